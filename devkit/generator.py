@@ -1,0 +1,168 @@
+"""Generates SelfManagedKafka events, since `sam local generate-event` has no Kafka template.
+
+    python -m devkit.generator --records 1000 --topics orders,inventory --partitions 3 --seed 7 > event.json
+
+The generator is stateful: successive batches continue each partition's
+offsets and the order ids, like a live topic. The same seed gives the same
+records (record timestamps are the wall clock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import random
+import sys
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+BOOTSTRAP_SERVERS = "pkc-abc12.us-east-1.aws.confluent.cloud:9092"
+TOPICS = ("orders", "inventory", "products")
+INVENTORY_WEIGHTS = {"shipment": 2, "purchase": 6, "count": 1}
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+    timestamp: int | None = None
+
+
+def kafka_record(topic: str, partition: int, offset: int, raw: RawRecord, timestamp: int) -> dict[str, Any]:
+    """One record exactly as Lambda delivers it (base64 key and value, headers as byte lists)."""
+    return {
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "timestamp": raw.timestamp if raw.timestamp is not None else timestamp,
+        "timestampType": "CREATE_TIME",
+        "key": None if raw.key is None else base64.b64encode(raw.key).decode(),
+        "value": None if raw.value is None else base64.b64encode(raw.value).decode(),
+        "headers": [{name: list(value)} for name, value in raw.headers],
+    }
+
+
+def partition_for(key: bytes | None, partitions: int, fallback: int) -> int:
+    # like Kafka's default partitioner: a key always lands in the same partition
+    return fallback % partitions if key is None else zlib.crc32(key) % partitions
+
+
+class EventGenerator:
+    def __init__(
+        self,
+        seed: int = 0,
+        partitions: int = 3,
+        stores: int = 5,
+        skus: int = 200,
+        first_order_id: int = 1,
+        topic_names: dict[str, str] | None = None,
+        first_offset: int = 0,
+    ):
+        self.random = random.Random(seed)
+        self.partitions = partitions
+        self.stores = [f"store{n}" for n in range(1, stores + 1)]
+        self.skus = [f"{n:010d}" for n in self.random.sample(range(10**9, 10**10), skus)]
+        self.next_order_id = first_order_id
+        self.topic_names = {topic: topic for topic in TOPICS} | (topic_names or {})
+        self.first_offset = first_offset
+        self.next_offset: dict[tuple[str, int], int] = {}
+        self._round_robin = 0
+
+    # --- record values -----------------------------------------------------
+    def order(self) -> RawRecord:
+        order_id = self.next_order_id
+        self.next_order_id += 1
+        r = self.random
+        value = {
+            "ordertime": 1497014222380 + r.randint(0, 10**10),
+            "orderid": order_id,
+            "itemid": f"Item_{r.randint(1, 999)}",
+            "orderunits": round(r.uniform(0.1, 10.0), 10),
+            "address": {
+                "city": f"City_{r.randint(1, 99)}",
+                "state": f"State_{r.randint(1, 99)}",
+                "zipcode": r.randint(10000, 99999),
+            },
+        }
+        return RawRecord("orders", str(order_id).encode(), _json(value))
+
+    def inventory(self, kind: str | None = None, store: str | None = None, sku: str | None = None) -> RawRecord:
+        r = self.random
+        kind = kind or r.choices(list(INVENTORY_WEIGHTS), weights=list(INVENTORY_WEIGHTS.values()))[0]
+        store = store or r.choice(self.stores)
+        sku = sku or r.choice(self.skus)
+        units = {"shipment": r.randint(10, 200), "purchase": r.randint(1, 5), "count": r.randint(0, 500)}.get(kind, 0)
+        value: dict[str, Any] = {"type": kind, "store": store, "sku": sku, "eventtime": int(time.time() * 1000)}
+        if kind != "remove":
+            value["units"] = units
+        return RawRecord("inventory", f"{store}:{sku}".encode(), _json(value))
+
+    def product(self, sku: str | None = None) -> RawRecord:
+        r = self.random
+        sku = sku or r.choice(self.skus)
+        value = {
+            "sku": sku,
+            "name": f"Product {sku[-4:]}",
+            "description": f"A very good product, batch {r.randint(1, 9)}.",
+            "price": round(r.uniform(1, 500), 2),
+            "currency": "USD",
+            "category": r.choice(["kitchen", "garden", "toys", "books"]),
+        }
+        return RawRecord("products", sku.encode(), _json(value))
+
+    def records(self, count: int, topics: Sequence[str] = TOPICS) -> list[RawRecord]:
+        makers = {"orders": self.order, "inventory": self.inventory, "products": self.product}
+        return [makers[self.random.choice(list(topics))]() for _ in range(count)]
+
+    # --- events -------------------------------------------------------------
+    def event(self, raws: Sequence[RawRecord], now_ms: int | None = None) -> dict[str, Any]:
+        """A SelfManagedKafka event holding `raws`, each at the next offset of its partition."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        records: dict[str, list[dict[str, Any]]] = {}
+        for raw in raws:
+            topic = self.topic_names.get(raw.topic, raw.topic)
+            self._round_robin += 1
+            partition = partition_for(raw.key, self.partitions, self._round_robin)
+            offset = self.next_offset.get((topic, partition), self.first_offset)
+            self.next_offset[(topic, partition)] = offset + 1
+            records.setdefault(f"{topic}-{partition}", []).append(kafka_record(topic, partition, offset, raw, now_ms))
+        return {"eventSource": "SelfManagedKafka", "bootstrapServers": BOOTSTRAP_SERVERS, "records": records}
+
+    def batch(self, count: int, topics: Sequence[str] = TOPICS) -> dict[str, Any]:
+        return self.event(self.records(count, topics))
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Write a SelfManagedKafka Lambda event of generated records.")
+    parser.add_argument("--records", type=int, default=10, help="number of records (default 10)")
+    parser.add_argument("--topics", default=",".join(TOPICS), help="comma-separated: orders,inventory,products")
+    parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--first-order-id", type=int, default=1)
+    parser.add_argument("--out", help="file to write (default: standard output)")
+    args = parser.parse_args(argv)
+    topics = [t.strip() for t in args.topics.split(",") if t.strip()]
+    unknown = sorted(set(topics) - set(TOPICS))
+    if unknown or args.records < 0 or args.partitions < 1:
+        parser.error(f"unknown topics {unknown}" if unknown else "--records must be >= 0 and --partitions >= 1")
+    generator = EventGenerator(seed=args.seed, partitions=args.partitions, first_order_id=args.first_order_id)
+    text = json.dumps(generator.batch(args.records, topics), indent=2)
+    if args.out:
+        with open(args.out, "w") as out:
+            out.write(text + "\n")
+    else:
+        sys.stdout.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Runs the template's functions in-process, the way `sam local invoke` would, without Docker.
+
+The SAM CLI's own providers read `template.yaml` (Globals, parameters,
+layers, environment), so the handler, code and layer paths and the
+environment are exactly what `sam local invoke` would use.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "template.yaml"
+
+Handler = Callable[[dict[str, Any], Any], Any]
+
+
+@dataclass(frozen=True)
+class LocalFunction:
+    logical_id: str
+    handler: str
+    code_dir: Path
+    layer_dirs: tuple[Path, ...]
+    environment: dict[str, str]
+    memory_mb: int
+    timeout_s: int
+
+
+def describe(logical_id: str, parameters: Mapping[str, str] | None = None, template: Path = TEMPLATE) -> LocalFunction:
+    from samcli.lib.providers.sam_function_provider import SamFunctionProvider
+    from samcli.lib.providers.sam_stack_provider import SamLocalStackProvider
+
+    stacks, _ = SamLocalStackProvider.get_stacks(str(template), parameter_overrides=dict(parameters or {}))
+    function = SamFunctionProvider(stacks).get(logical_id)
+    if function is None or not function.handler or not function.codeuri:
+        names = [f.function_id for f in SamFunctionProvider(stacks).get_all()]
+        raise SystemExit(f"no function {logical_id!r} in {template.name}; functions: {', '.join(sorted(names))}")
+    base = template.parent
+    variables = (function.environment or {}).get("Variables", {})
+    return LocalFunction(
+        logical_id=logical_id,
+        handler=function.handler,
+        code_dir=(base / function.codeuri).resolve(),
+        layer_dirs=tuple(_layer_dir(base / layer.codeuri) for layer in function.layers if layer.codeuri),
+        # values SAM cannot resolve locally (e.g. GetAtt of a cloud resource) come through as dicts: drop them
+        environment={k: str(v) for k, v in variables.items() if isinstance(v, str | int | float | bool)},
+        memory_mb=int(function.memory or 128),
+        timeout_s=int(function.timeout or 3),
+    )
+
+
+def _layer_dir(path: Path) -> Path:
+    # a layer's code may sit at its root or under python/, as Lambda lays it out
+    return (path / "python").resolve() if (path / "python").is_dir() else path.resolve()
+
+
+def load_handler(function: LocalFunction) -> Handler:
+    """Import the handler module under a unique name, with its code and layers on sys.path."""
+    for directory in (*function.layer_dirs, function.code_dir):
+        if str(directory) not in sys.path:
+            sys.path.insert(0, str(directory))
+    module_name, _, attribute = function.handler.rpartition(".")
+    path = function.code_dir / (module_name.replace(".", "/") + ".py")
+    spec = importlib.util.spec_from_file_location(f"_local_{function.logical_id}_{module_name}", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    handler: Handler = getattr(module, attribute)
+    return handler
+
+
+def apply_environment(function: LocalFunction, overrides: Mapping[str, str]) -> None:
+    """The function's template environment, then the overrides (like `sam local invoke --env-vars`)."""
+    os.environ.update(function.environment)
+    os.environ.update(overrides)
+
+
+class LocalContext:
+    """The parts of the Lambda context object that handlers and Powertools read."""
+
+    def __init__(self, function: LocalFunction):
+        self.function_name = function.logical_id
+        self.function_version = "$LATEST"
+        self.memory_limit_in_mb = function.memory_mb
+        self.invoked_function_arn = f"arn:aws:lambda:us-east-1:123456789012:function:{function.logical_id}"
+        self.aws_request_id = str(uuid.uuid4())
+        self.log_group_name = f"/aws/lambda/{function.logical_id}"
+        self.log_stream_name = "local"
+        self._timeout_s = function.timeout_s
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self._timeout_s * 1000

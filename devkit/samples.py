@@ -1,0 +1,93 @@
+"""Writes the sample Kafka events in events/ (`make events`). Deterministic: same files every time."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from devkit.generator import EventGenerator, RawRecord
+from devkit.sam import ROOT
+
+EVENTS = ROOT / "events"
+TIMESTAMP = 1497014222380
+# The order from the original design: `GET orders:18` must return exactly this JSON.
+SEED_ORDER = (
+    b'{"ordertime": 1497014222380, "orderid": 18, "itemid": "Item_184", "orderunits": 2.5, '
+    b'"address": {"city": "Mountain View", "state": "CA", "zipcode": 94041}}'
+)
+
+
+def _generator(first_offset: int, first_order_id: int = 19) -> EventGenerator:
+    # Each sample uses its own offset range, rising in the order the README runs
+    # them, so running one after another is never mistaken for a replay;
+    # running the same file twice is one (and changes nothing).
+    return EventGenerator(
+        seed=42, partitions=3, stores=3, skus=6, first_order_id=first_order_id, first_offset=first_offset
+    )
+
+
+def orders() -> dict[str, Any]:
+    g = _generator(100)
+    raws = [RawRecord("orders", b"18", SEED_ORDER), *(g.order() for _ in range(8))]
+    return g.event(raws, now_ms=TIMESTAMP)
+
+
+def inventory() -> dict[str, Any]:
+    g = _generator(200)
+    sku = "0123456789"
+    raws = [
+        g.inventory("count", "store1", sku),  # ZADD-like stock take
+        g.inventory("purchase", "store1", sku),  # ZINCRBY -units
+        g.inventory("shipment", "store2", sku),
+        *(g.inventory("count", store, other) for store in g.stores for other in g.skus),
+        *(g.inventory() for _ in range(10)),
+    ]
+    # make the first two the design's own numbers: ZADD 710, then ZINCRBY -6
+    raws[0] = _with(raws[0], units=710)
+    raws[1] = _with(raws[1], units=6)
+    return g.event(raws, now_ms=TIMESTAMP)
+
+
+def products() -> dict[str, Any]:
+    g = _generator(300)
+    return g.event([g.product(sku) for sku in g.skus], now_ms=TIMESTAMP)
+
+
+def mixed() -> dict[str, Any]:
+    """Orders, inventory and products, a tombstone, poison records and non-ASCII headers."""
+    g = _generator(400, first_order_id=1001)
+    raws = [
+        g.order(),
+        g.order(),
+        RawRecord("orders", b"1001", None),  # tombstone: deletes orders:1001 written just before
+        RawRecord("orders", b"bad", b"{not json", (("source", "caf\u00e9 \u2615".encode()),)),  # poison: invalid JSON
+        RawRecord("orders", b"1003", b'{"orderid": 1003, "itemid": "Item_1"}'),  # poison: fields missing
+        g.inventory("shipment", "store1", "0123456789"),
+        g.inventory("purchase", "store1", "0123456789"),
+        g.product("0123456789"),
+        RawRecord("products", None, b'{"sku": "", "name": "x", "price": 1}'),  # poison: empty sku
+    ]
+    raws[0] = RawRecord(raws[0].topic, raws[0].key, raws[0].value, (("trace", bytes([0xC3, 0xA9, 0xFF, 0x00])),))
+    return g.event(raws, now_ms=TIMESTAMP)
+
+
+def _with(raw: RawRecord, **fields: Any) -> RawRecord:
+    value = json.loads(raw.value or b"{}") | fields
+    return RawRecord(raw.topic, raw.key, json.dumps(value, separators=(",", ":")).encode(), raw.headers)
+
+
+def main() -> None:
+    EVENTS.mkdir(exist_ok=True)
+    samples = {
+        "kafka-orders.json": orders(),
+        "kafka-inventory.json": inventory(),
+        "kafka-products.json": products(),
+        "kafka-mixed.json": mixed(),
+    }
+    for name, event in samples.items():
+        (EVENTS / name).write_text(json.dumps(event, indent=2) + "\n")
+        print(f"wrote events/{name}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""IngestFunction: a Kafka batch from the event source mapping into Redis.
+
+Thin by design: the domain lives in `cachesync.ingest`. The whole invocation
+fails when Redis cannot be reached, so the event source mapping retries the
+batch; the retry converges because every write is applied once per offset.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from cachesync.config import settings
+from cachesync.connection import get_client
+from cachesync.deadletter import DeadLetterSink, RedisStreamSink, SqsSink
+from cachesync.ingest import Ingestor
+from cachesync.writer import BatchWriter
+
+logger = Logger(service="cachesync-ingest")
+metrics = Metrics(namespace="CacheSync", service="cachesync-ingest")
+
+
+@lru_cache(maxsize=1)
+def ingestor() -> Ingestor:
+    config = settings()
+    client = get_client(config)
+    sink: DeadLetterSink = (
+        SqsSink(config.dlq_queue_url)
+        if config.dlq_queue_url
+        else RedisStreamSink(client, config.dlq_stream_key, config.dlq_stream_maxlen)
+    )
+    writer = BatchWriter(client, config.script_batch_size, config.tombstone_retention_seconds)
+    return Ingestor(config, writer, sink)
+
+
+@metrics.log_metrics
+@logger.inject_lambda_context
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    outcome = ingestor().process(event)
+
+    metrics.add_metric("RecordsApplied", MetricUnit.Count, outcome.applied)
+    metrics.add_metric("DuplicatesSkipped", MetricUnit.Count, outcome.duplicates)
+    metrics.add_metric("RecordsDeadLettered", MetricUnit.Count, outcome.dead_lettered)
+    for span in outcome.partitions.values():
+        if span.max_lag_ms is not None:
+            metrics.add_metric("FreshnessLagMs", MetricUnit.Milliseconds, span.max_lag_ms)
+
+    logger.info(
+        "batch applied",
+        extra={
+            **outcome.summary(),
+            "partitions": {
+                name: {"first": s.first, "last": s.last, "records": s.records, "maxLagMs": s.max_lag_ms}
+                for name, s in outcome.partitions.items()
+            },
+            **({"deadLetterReasons": outcome.reasons} if outcome.reasons else {}),
+        },
+    )
+    return outcome.summary()

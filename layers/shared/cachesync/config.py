@@ -1,0 +1,144 @@
+"""Settings read once from the environment into typed, immutable objects.
+
+Every knob the functions have lives here, so a reader can see the whole
+configuration surface in one place and tests can build a `Settings` directly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TypeVar
+from urllib.parse import urlparse
+
+
+class ConfigError(ValueError):
+    """The environment describes a configuration that cannot work."""
+
+
+# The three projections the product ships with; `TOPIC_<KIND>` renames the topic.
+PROJECTION_KINDS = ("orders", "inventory", "products")
+
+_DEFAULT_KEY_FIELDS = {"orders": "orderid", "inventory": "store", "products": "sku"}
+
+
+@dataclass(frozen=True)
+class TopicConfig:
+    """How one Kafka topic is projected into Redis."""
+
+    kind: str  # which projection: orders | inventory | products
+    topic: str  # the Kafka topic name
+    key_prefix: str  # Redis key prefix, e.g. "orders" gives "orders:<id>"
+    key_field: str  # JSON field of the value that names the Redis key
+    ttl_seconds: int = 0  # 0 means the key never expires
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    cluster: bool = False
+    redis_username: str | None = None
+    redis_secret_arn: str | None = None  # Secrets Manager secret with the ACL user's password
+    socket_timeout: float = 1.0
+    connect_timeout: float = 1.0
+    retries: int = 3  # bounded retries on connection errors, with exponential backoff
+    topics: tuple[TopicConfig, ...] = field(default_factory=tuple)
+    max_value_bytes: int = 1_048_576
+    dlq_queue_url: str | None = None
+    dlq_stream_key: str = "deadletter:ingest"
+    dlq_stream_maxlen: int = 10_000
+    # How long the idempotence record of a deleted key is kept; replays older than
+    # this could resurrect a deleted key, so keep it above the topic's retention.
+    tombstone_retention_seconds: int = 7 * 24 * 3600
+    # Records per server-side script call: large enough to amortise the round
+    # trip, small enough not to block Redis for long (~1 ms per 1,000 records).
+    script_batch_size: int = 1000
+
+    def topic(self, name: str) -> TopicConfig | None:
+        return self._by_topic().get(name)
+
+    def _by_topic(self) -> dict[str, TopicConfig]:
+        # frozen dataclass: cache the index on the instance dict once
+        cache = self.__dict__.get("_topic_index")
+        if cache is None:
+            cache = {t.topic: t for t in self.topics}
+            object.__setattr__(self, "_topic_index", cache)
+        return cache
+
+    @property
+    def tls(self) -> bool:
+        return self.redis_url.startswith("rediss://")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        url = env.get("REDIS_URL", cls.redis_url)
+        scheme = urlparse(url).scheme
+        if scheme not in ("redis", "rediss"):
+            raise ConfigError(f"REDIS_URL must start with redis:// or rediss://, got {scheme or url!r}")
+        return cls(
+            redis_url=url,
+            cluster=_bool(env, "REDIS_CLUSTER", False),
+            redis_username=env.get("REDIS_USERNAME") or None,
+            redis_secret_arn=env.get("REDIS_SECRET_ARN") or None,
+            socket_timeout=_number(env, "REDIS_SOCKET_TIMEOUT", 1.0, float),
+            connect_timeout=_number(env, "REDIS_CONNECT_TIMEOUT", 1.0, float),
+            retries=_number(env, "REDIS_RETRIES", 3, int),
+            topics=tuple(_topic_config(env, kind) for kind in PROJECTION_KINDS),
+            max_value_bytes=_number(env, "MAX_VALUE_BYTES", 1_048_576, int),
+            dlq_queue_url=env.get("DLQ_QUEUE_URL") or None,
+            dlq_stream_key=env.get("DLQ_STREAM_KEY") or "deadletter:ingest",
+            dlq_stream_maxlen=_number(env, "DLQ_STREAM_MAXLEN", 10_000, int),
+            tombstone_retention_seconds=_number(env, "TOMBSTONE_RETENTION_SECONDS", 7 * 24 * 3600, int),
+            script_batch_size=_number(env, "SCRIPT_BATCH_SIZE", 1000, int, minimum=1),
+        )
+
+
+def _topic_config(env: Mapping[str, str], kind: str) -> TopicConfig:
+    upper = kind.upper()
+    prefix = env.get(f"{upper}_KEY_PREFIX") or kind
+    if "{" in prefix or "}" in prefix:
+        raise ConfigError(f"{upper}_KEY_PREFIX must not contain braces (they pick the cluster hash slot)")
+    return TopicConfig(
+        kind=kind,
+        topic=env.get(f"TOPIC_{upper}") or kind,
+        key_prefix=prefix,
+        key_field=env.get(f"{upper}_KEY_FIELD") or _DEFAULT_KEY_FIELDS[kind],
+        ttl_seconds=_number(env, f"{upper}_TTL_SECONDS", 0, int),
+    )
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+_N = TypeVar("_N", int, float)
+
+
+def _number(env: Mapping[str, str], name: str, default: _N, kind: type[_N], minimum: _N | int = 0) -> _N:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a {kind.__name__}, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {raw!r}")
+    return value
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings.from_env()
