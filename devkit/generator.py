@@ -48,6 +48,12 @@ def kafka_record(topic: str, partition: int, offset: int, raw: RawRecord, timest
     }
 
 
+def decode_record(record: dict[str, Any]) -> tuple[bytes | None, bytes | None]:
+    """(key, value) bytes of a record as Lambda delivers it."""
+    key, value = record.get("key"), record.get("value")
+    return (None if key is None else base64.b64decode(key), None if value is None else base64.b64decode(value))
+
+
 def partition_for(key: bytes | None, partitions: int, fallback: int) -> int:
     # like Kafka's default partitioner: a key always lands in the same partition
     return fallback % partitions if key is None else zlib.crc32(key) % partitions

@@ -15,10 +15,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cachesync.config import settings
-from cachesync.connection import get_client
-from cachesync.deadletter import DeadLetterSink, RedisStreamSink, SqsSink
-from cachesync.ingest import Ingestor
-from cachesync.writer import BatchWriter
+from cachesync.ingest import Ingestor, build_ingestor
 
 logger = Logger(service="cachesync-ingest")
 metrics = Metrics(namespace="CacheSync", service="cachesync-ingest")
@@ -26,15 +23,8 @@ metrics = Metrics(namespace="CacheSync", service="cachesync-ingest")
 
 @lru_cache(maxsize=1)
 def ingestor() -> Ingestor:
-    config = settings()
-    client = get_client(config)
-    sink: DeadLetterSink = (
-        SqsSink(config.dlq_queue_url)
-        if config.dlq_queue_url
-        else RedisStreamSink(client, config.dlq_stream_key, config.dlq_stream_maxlen)
-    )
-    writer = BatchWriter(client, config.script_batch_size, config.tombstone_retention_seconds)
-    return Ingestor(config, writer, sink)
+    # built on the first invocation and reused while the environment is warm
+    return build_ingestor(settings())
 
 
 @metrics.log_metrics

@@ -17,7 +17,8 @@ from typing import Any
 from aws_lambda_powertools.utilities.data_classes.kafka_event import KafkaEvent, KafkaEventRecord
 
 from cachesync.config import Settings
-from cachesync.deadletter import DeadLetter, DeadLetterSink
+from cachesync.connection import get_client
+from cachesync.deadletter import DeadLetter, DeadLetterSink, RedisStreamSink, SqsSink
 from cachesync.projections import PoisonRecord, project
 from cachesync.writer import BatchWriter, Pending
 
@@ -124,6 +125,18 @@ class Ingestor:
             if timestamp is not None:
                 lag = now_ms - timestamp
                 span.max_lag_ms = lag if span.max_lag_ms is None else max(span.max_lag_ms, lag)
+
+
+def build_ingestor(settings: Settings) -> Ingestor:
+    """The ingestor the settings describe: their Redis, and SQS or a Redis stream for dead letters."""
+    client = get_client(settings)
+    sink: DeadLetterSink = (
+        SqsSink(settings.dlq_queue_url)
+        if settings.dlq_queue_url
+        else RedisStreamSink(client, settings.dlq_stream_key, settings.dlq_stream_maxlen)
+    )
+    writer = BatchWriter(client, settings.script_batch_size, settings.tombstone_retention_seconds)
+    return Ingestor(settings, writer, sink)
 
 
 def _records(event: Any) -> Iterable[KafkaEventRecord]:

@@ -1,0 +1,90 @@
+"""Real Redis servers for the suites: a private Valkey (always), Debian's Redis 7
+(when installed; required in CI), and a local 3-master Valkey cluster.
+
+Servers start once per test session on free loopback ports and are flushed
+before each test that asks for one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+import redis
+from redis.cluster import RedisCluster
+
+from cachesync.config import Settings
+from cachesync.connection import RedisClient, get_client
+from devkit import servers
+
+REQUIRE_ALL = os.environ.get("CACHESYNC_REQUIRE_ALL_SERVERS") == "1"
+
+
+@dataclass
+class Target:
+    """One Redis deployment under test."""
+
+    name: str
+    url: str
+    cluster: bool
+
+    def settings(self, **env: str) -> Settings:
+        return Settings.from_env({"REDIS_URL": self.url, "REDIS_CLUSTER": str(self.cluster).lower(), **env})
+
+    def client(self, **env: str) -> RedisClient:
+        return get_client(self.settings(**env))
+
+    def flush(self) -> None:
+        if self.cluster:
+            RedisCluster.from_url(self.url).flushall()
+        else:
+            redis.Redis.from_url(self.url).flushall()
+
+
+@pytest.fixture(scope="session")
+def valkey_server() -> Iterator[servers.ServerProcess]:
+    server = servers.start_server(servers.valkey_binary())
+    yield server
+    server.remove()
+
+
+@pytest.fixture(scope="session")
+def redis7_server() -> Iterator[servers.ServerProcess]:
+    binary = servers.redis_binary()
+    if binary is None:
+        if REQUIRE_ALL:
+            pytest.fail("redis-server is not installed (apt-get install -y redis-server)")
+        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
+    server = servers.start_server(binary)
+    yield server
+    server.remove()
+
+
+@pytest.fixture(scope="session")
+def valkey_cluster() -> Iterator[servers.LocalCluster]:
+    cluster = servers.start_cluster(servers.valkey_binary())
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["valkey", "redis7", "cluster"])
+def target(request: pytest.FixtureRequest) -> Target:
+    """Each test using this runs against standalone Valkey 8, Redis 7 and a 3-master cluster."""
+    if request.param == "cluster":
+        cluster = request.getfixturevalue("valkey_cluster")
+        chosen = Target("cluster", cluster.url, cluster=True)
+    else:
+        server = request.getfixturevalue(f"{request.param}_server")
+        chosen = Target(request.param, server.url, cluster=False)
+    chosen.flush()
+    return chosen
+
+
+@pytest.fixture
+def valkey(valkey_server: servers.ServerProcess) -> Target:
+    """Standalone Valkey only, for tests where the deployment does not matter."""
+    chosen = Target("valkey", valkey_server.url, cluster=False)
+    chosen.flush()
+    return chosen

@@ -1,0 +1,154 @@
+"""The ingest path against real servers: Valkey 8, Redis 7 and a 3-master cluster."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cachesync.ingest import Ingestor, build_ingestor
+from devkit.generator import EventGenerator, RawRecord, decode_record
+from tests.integration.helpers import data_state, model_state
+
+ROOT = Path(__file__).resolve().parents[2]
+SEED_ORDER = (
+    b'{"ordertime": 1497014222380, "orderid": 18, "itemid": "Item_184", "orderunits": 2.5, '
+    b'"address": {"city": "Mountain View", "state": "CA", "zipcode": 94041}}'
+)
+
+
+def sample(name: str) -> dict[str, Any]:
+    event: dict[str, Any] = json.loads((ROOT / "events" / name).read_text())
+    return event
+
+
+def records_of(event: dict[str, Any]) -> list[dict[str, Any]]:
+    return [r for chunk in event["records"].values() for r in chunk]
+
+
+def ingestor(target: Any, **env: str) -> Ingestor:
+    return build_ingestor(target.settings(**env))
+
+
+def test_get_orders_18_returns_the_order_json_exactly(target: Any) -> None:
+    outcome = ingestor(target).process(sample("kafka-orders.json"))
+    assert (outcome.applied, outcome.duplicates, outcome.dead_lettered) == (9, 0, 0)
+    assert target.client().get("orders:18") == SEED_ORDER
+
+
+def test_every_sample_matches_the_reference_model(target: Any) -> None:
+    ingest = ingestor(target)
+    seen: list[dict[str, Any]] = []
+    for name in ("kafka-orders.json", "kafka-inventory.json", "kafka-products.json", "kafka-mixed.json"):
+        event = sample(name)
+        ingest.process(event)
+        seen += records_of(event)
+    assert data_state(target.client()) == model_state(target.settings(), seen)
+    # the design's own numbers: ZADD 710 then ZINCRBY -6, then a shipment and a purchase in the mixed sample
+    assert target.client().zscore("inventory:store1", "sku:0123456789") is not None
+
+
+def test_a_replayed_batch_changes_nothing_in_whole_or_in_part(target: Any) -> None:
+    generator = EventGenerator(seed=3, partitions=4, stores=2, skus=5)
+    event = generator.batch(400)
+    ingest = ingestor(target, SCRIPT_BATCH_SIZE="16")
+    first = ingest.process(event)
+    assert first.applied == 400 and first.duplicates == 0
+    before = data_state(target.client())
+
+    again = ingest.process(event)
+    assert (again.applied, again.duplicates) == (0, 400)
+
+    # half of one partition, replayed together with new records on the same keys
+    partition = next(iter(event["records"]))
+    part = {"eventSource": "SelfManagedKafka", "records": {partition: event["records"][partition][::2]}}
+    assert ingest.process(part).applied == 0
+    assert data_state(target.client()) == before
+
+    later = generator.batch(100)
+    overlap = {name: event["records"].get(name, []) + chunk for name, chunk in later["records"].items()}
+    outcome = ingest.process({"eventSource": "SelfManagedKafka", "records": overlap})
+    assert outcome.applied == 100
+    assert data_state(target.client()) == model_state(target.settings(), records_of(event) + records_of(later))
+
+
+def test_inventory_counts_and_movements(target: Any) -> None:
+    g = EventGenerator(seed=4, partitions=2)
+    event = g.event(
+        [
+            g.inventory("count", "store1", "0123456789"),
+            g.inventory("purchase", "store1", "0123456789"),
+            g.inventory("shipment", "store1", "0000000001"),
+        ]
+    )
+    units = [json.loads(decode_record(r)[1] or b"") for r in records_of(event)]
+    ingest = ingestor(target)
+    ingest.process(event)
+    ingest.process(event)  # at-least-once delivery: the same batch again
+    expected_count = next(u["units"] for u in units if u["type"] == "count")
+    purchase = next(u["units"] for u in units if u["type"] == "purchase")
+    assert target.client().zscore("inventory:store1", "sku:0123456789") == expected_count - purchase
+
+
+def test_a_write_then_a_tombstone_in_one_batch_leaves_no_key(target: Any) -> None:
+    g = EventGenerator(seed=5, partitions=3)
+    order = g.order()
+    event = g.event([order, RawRecord("orders", order.key, None)])
+    ingest = ingestor(target)
+    ingest.process(event)
+    assert target.client().exists(f"orders:{order.key.decode()}") == 0  # type: ignore[union-attr]
+    # and the deleted key's offsets outlive it for the tombstone retention, so a replay cannot resurrect it
+    assert ingest.process(event).applied == 0
+    assert target.client().exists(f"orders:{order.key.decode()}") == 0  # type: ignore[union-attr]
+    ttl = target.client().ttl("{orders:" + order.key.decode() + "}:offsets")  # type: ignore[union-attr]
+    assert 0 < ttl <= 7 * 24 * 3600
+
+
+def test_topic_ttl_applies_to_the_key_and_its_offsets(target: Any) -> None:
+    ingestor(target, ORDERS_TTL_SECONDS="120").process(sample("kafka-orders.json"))
+    client = target.client()
+    assert 100 < client.ttl("orders:18") <= 120
+    assert 100 < client.ttl("{orders:18}:offsets") <= 120
+
+
+def test_a_write_redis_refuses_is_dead_lettered_and_the_rest_applied(target: Any) -> None:
+    client = target.client()
+    client.set("inventory:store1", "not a sorted set")
+    outcome = ingestor(target).process(sample("kafka-inventory.json"))
+    assert outcome.dead_lettered > 0 and outcome.applied > 0
+    letters = client.xrange("deadletter:ingest")
+    assert len(letters) == outcome.dead_lettered
+    assert all(b"WRONGTYPE" in fields[b"reason"] for _, fields in letters)
+    assert client.exists("inventory:store2") == 1
+
+
+def test_poison_records_go_to_a_capped_stream_with_the_raw_record(target: Any) -> None:
+    event = sample("kafka-mixed.json")
+    outcome = ingestor(target).process(event)
+    assert outcome.dead_lettered == 3
+    letters = target.client().xrange("deadletter:ingest")
+    reasons = [fields[b"reason"].decode() for _, fields in letters]
+    assert any("not valid JSON" in r for r in reasons)
+    assert any("'ordertime' is missing" in r for r in reasons)
+    assert any("'sku'" in r for r in reasons)
+    raw = {(r["topic"], r["partition"], r["offset"]): r for r in records_of(event)}
+    for _, fields in letters:
+        record = json.loads(fields[b"record"])
+        original = raw[(record["topic"], record["partition"], record["offset"])]
+        assert (record["key"], record["value"], record["headers"]) == (
+            original["key"],
+            original["value"],
+            original["headers"],
+        )
+    # good records in the same batch were applied, the tombstone included
+    assert target.client().exists("orders:1002") == 1 and target.client().exists("orders:1001") == 0
+
+
+@pytest.mark.parametrize("batch_size", ["1", "1000"])
+def test_many_keys_in_one_slot_group_and_across_calls(target: Any, batch_size: str) -> None:
+    g = EventGenerator(seed=6, partitions=5, stores=3, skus=50)
+    event = g.batch(1500)
+    ingestor(target, SCRIPT_BATCH_SIZE=batch_size).process(event)
+    assert data_state(target.client()) == model_state(target.settings(), records_of(event))
