@@ -104,7 +104,12 @@ class EventGenerator:
         store = store or r.choice(self.stores)
         sku = sku or r.choice(self.skus)
         units = {"shipment": r.randint(10, 200), "purchase": r.randint(1, 5), "count": r.randint(0, 500)}.get(kind, 0)
-        value: dict[str, Any] = {"type": kind, "store": store, "sku": sku, "eventtime": int(time.time() * 1000)}
+        value: dict[str, Any] = {
+            "type": kind,
+            "store": store,
+            "sku": sku,
+            "eventtime": 1497014222380 + r.randint(0, 10**10),
+        }
         if kind != "remove":
             value["units"] = units
         return RawRecord("inventory", f"{store}:{sku}".encode(), _json(value))

@@ -61,3 +61,16 @@ def model_state(settings: Settings, records: Iterable[dict[str, Any]]) -> dict[s
                 if not members:
                     del state[m.key]
     return state
+
+
+def poison_coordinates(settings: Settings, records: Iterable[dict[str, Any]]) -> list[tuple[str, int, int]]:
+    """(topic, partition, offset) of the records the projections refuse, sorted."""
+    poison = []
+    for record in records:
+        config = settings.topic(record["topic"])
+        assert config is not None
+        try:
+            project(config, *decode_record(record))
+        except PoisonRecord:
+            poison.append((record["topic"], record["partition"], record["offset"]))
+    return sorted(poison)

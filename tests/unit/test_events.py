@@ -98,7 +98,7 @@ def test_poison_records_are_dead_lettered_with_coordinates_and_reason(fields: di
 
 def test_a_record_that_is_not_an_object_is_dead_lettered() -> None:
     event = {"eventSource": "SelfManagedKafka", "records": {"orders-0": ["oops"]}}
-    writer, sink = run(event)
+    _, sink = run(event)
     assert [letter.reason for letter in sink.letters] == ["record must be a JSON object"]
 
 

@@ -1,0 +1,90 @@
+"""IngestFunction as the template declares it: `make invoke`, the real handler, logs and EMF metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from devkit.generator import EventGenerator
+
+ROOT = Path(__file__).resolve().parents[2]
+SEED_ORDER = (
+    b'{"ordertime": 1497014222380, "orderid": 18, "itemid": "Item_184", "orderunits": 2.5, '
+    b'"address": {"city": "Mountain View", "state": "CA", "zipcode": 94041}}'
+)
+
+
+def run(args: list[str], url: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env={**os.environ, "REDIS_URL": url},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_make_invoke_writes_the_order_and_prints_the_response(valkey: Any) -> None:
+    result = subprocess.run(
+        ["make", "-s", "invoke", "FUNCTION=IngestFunction", "EVENT=events/kafka-orders.json"],
+        cwd=ROOT,
+        env={**os.environ, "REDIS_URL": valkey.url},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"records": 9, "applied": 9, "duplicates": 0, "deadLettered": 0}
+    assert redis.Redis.from_url(valkey.url).get("orders:18") == SEED_ORDER
+
+
+def test_handler_logs_offset_ranges_and_emits_the_four_metrics(valkey: Any) -> None:
+    event = EventGenerator(seed=9, partitions=2).batch(50, ["orders"])
+    result = run(["-m", "devkit.invoke", "IngestFunction", "-"], valkey.url, json.dumps(event))
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    log = next(line for line in lines if line.get("message") == "batch applied")
+    expected = {f"orders-{p}": len(records) for p, records in enumerate(event["records"].values())}
+    assert {name: span["records"] for name, span in log["partitions"].items()} == {
+        name: len(event["records"][name]) for name in event["records"]
+    }
+    assert sum(expected.values()) == 50
+    emf = next(line for line in lines if "_aws" in line)
+    names = {m["Name"] for m in emf["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+    assert names == {"RecordsApplied", "DuplicatesSkipped", "RecordsDeadLettered", "FreshnessLagMs"}
+    assert emf["RecordsApplied"] == [50.0] and emf["DuplicatesSkipped"] == [0.0]
+    assert all(0 <= lag < 60_000 for lag in emf["FreshnessLagMs"])
+
+
+def test_a_non_kafka_event_fails_the_invocation_with_a_clear_error(valkey: Any) -> None:
+    result = run(["-m", "devkit.invoke", "IngestFunction", "-"], valkey.url, json.dumps({"eventSource": "aws:sqs"}))
+    assert result.returncode != 0
+    assert "is not a Kafka event source" in result.stderr
+
+
+@pytest.mark.parametrize("topics", ["orders", "orders,inventory,products"])
+def test_the_generator_writes_events_of_n_records(tmp_path: Path, topics: str) -> None:
+    out = tmp_path / "event.json"
+    args = ["-m", "devkit.generator", "--records", "250", "--topics", topics, "--partitions", "4", "--out", str(out)]
+    result = run([*args, "--seed", "5"], "redis://unused")
+    assert result.returncode == 0, result.stderr
+    event = json.loads(out.read_text())
+    records = [r for chunk in event["records"].values() for r in chunk]
+    assert event["eventSource"] == "SelfManagedKafka" and len(records) == 250
+    assert {r["topic"] for r in records} <= set(topics.split(","))
+    for name, chunk in event["records"].items():
+        assert [r["offset"] for r in chunk] == list(range(len(chunk)))
+        assert all(f"{r['topic']}-{r['partition']}" == name for r in chunk)
+    again = tmp_path / "again.json"
+    run([*args[:-1], str(again), "--seed", "5"], "redis://unused")
+    strip = lambda e: [(r["key"], r["value"]) for c in e["records"].values() for r in c]  # noqa: E731
+    assert strip(json.loads(again.read_text())) == strip(event)  # same seed, same records

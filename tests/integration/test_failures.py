@@ -1,0 +1,167 @@
+"""Redis failing under the handler, dead letters to SQS, and ACL credentials from Secrets Manager."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+import redis
+from moto import mock_aws
+
+from cachesync.config import Settings
+from cachesync.connection import get_client
+from cachesync.deadletter import SqsSink
+from cachesync.ingest import Ingestor, build_ingestor
+from cachesync.writer import APPLY_SCRIPT, BatchWriter, _Call
+from devkit import servers
+from devkit.generator import EventGenerator
+from tests.integration.helpers import data_state, model_state, poison_coordinates
+from tests.integration.test_ingest import records_of, sample
+
+
+@pytest.fixture
+def durable_server() -> Iterator[servers.ServerProcess]:
+    """A Valkey that keeps every write across a crash (AOF, fsync always), so a
+    restart shows exactly what the failed invocation had applied."""
+    server = servers.start_server(extra=["--appendonly", "yes", "--appendfsync", "always"])
+    yield server
+    server.remove()
+
+
+class CrashingWriter(BatchWriter):
+    """Kills the real server (SIGKILL) after the first half of the batch's script calls."""
+
+    def __init__(self, server: servers.ServerProcess, *args: Any):
+        super().__init__(*args)
+        self.server = server
+
+    def _pipeline(self, calls: list[_Call]) -> list[Any]:
+        half = len(calls) // 2
+        replies = super()._pipeline(calls[:half])
+        self.server.process.kill()
+        self.server.process.wait()
+        return replies + super()._pipeline(calls[half:])
+
+
+def test_redis_dying_mid_batch_fails_the_invocation_and_the_retry_converges(
+    durable_server: servers.ServerProcess,
+) -> None:
+    settings = Settings.from_env(
+        {
+            "REDIS_URL": durable_server.url,
+            "SCRIPT_BATCH_SIZE": "50",
+            "REDIS_RETRIES": "1",
+            "REDIS_CONNECT_TIMEOUT": "0.2",
+        }
+    )
+    event = EventGenerator(seed=11, partitions=4, stores=2, skus=20).batch(2000)
+    healthy = build_ingestor(settings)
+    crashing = Ingestor(
+        settings,
+        CrashingWriter(durable_server, get_client(settings), 50, settings.tombstone_retention_seconds),
+        healthy._dead_letters,
+    )
+    get_client(settings).script_load(APPLY_SCRIPT)  # so the first half runs rather than missing the script
+    with pytest.raises(redis.exceptions.ConnectionError):
+        crashing.process(event)
+
+    durable_server.restart()  # the AOF brings back what was applied before the crash
+    client = redis.Redis.from_url(durable_server.url)
+    partially = client.dbsize()
+    assert partially > 0, "the first half of the batch should have been applied before the crash"
+
+    retry = healthy.process(event)  # the event source mapping retries the whole batch
+    assert retry.duplicates > 0 and retry.applied > 0
+    assert retry.applied + retry.duplicates == 2000
+    assert data_state(client) == model_state(settings, records_of(event))
+
+
+def test_unreachable_redis_fails_fast_with_a_connection_error() -> None:
+    port = servers.free_port()
+    settings = Settings.from_env(
+        {"REDIS_URL": f"redis://127.0.0.1:{port}/0", "REDIS_RETRIES": "2", "REDIS_CONNECT_TIMEOUT": "0.2"}
+    )
+    with pytest.raises(redis.exceptions.ConnectionError):
+        build_ingestor(settings).process(sample("kafka-orders.json"))
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """moto stands in for the AWS APIs (no account is reached)."""
+    for name, value in {
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }.items():
+        monkeypatch.setenv(name, value)
+    with mock_aws():
+        yield
+
+
+def test_poison_records_go_to_sqs_with_their_reason(aws: None, valkey: Any) -> None:
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    url = sqs.create_queue(QueueName="cachesync-dlq")["QueueUrl"]
+    settings = valkey.settings(DLQ_QUEUE_URL=url)
+    client = get_client(settings)
+    ingest = Ingestor(
+        settings,
+        BatchWriter(client, settings.script_batch_size, settings.tombstone_retention_seconds),
+        SqsSink(url, sqs),
+    )
+    event = sample("kafka-mixed.json")
+    outcome = ingest.process(event)
+    assert outcome.dead_lettered == 3
+
+    messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"])["Messages"]
+    bodies = [json.loads(m["Body"]) for m in messages]
+    assert sorted((b["topic"], b["partition"], b["offset"]) for b in bodies) == poison_coordinates(
+        settings, records_of(event)
+    )
+    assert all(
+        m["MessageAttributes"]["reason"]["StringValue"] == b["reason"] for m, b in zip(messages, bodies, strict=True)
+    )
+    assert any("not valid JSON" in b["reason"] for b in bodies)
+    # the good records were applied and nothing was written to the Redis dead-letter stream
+    assert client.exists("orders:1002") == 1 and client.exists("deadletter:ingest") == 0
+    assert data_state(client) == model_state(settings, records_of(event))
+
+
+def test_large_dead_letters_are_split_across_sqs_batches(aws: None) -> None:
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    url = sqs.create_queue(QueueName="cachesync-dlq")["QueueUrl"]
+    from cachesync.deadletter import DeadLetter
+
+    letters = [
+        DeadLetter("orders", 0, n, 1, None, "A" * (100_000 if n % 2 else 10), [], f"reason {n}") for n in range(13)
+    ] + [DeadLetter("orders", 0, 99, 1, None, "B" * 300_000, [], "too big")]
+    SqsSink(url, sqs).send(letters)
+    received: list[dict[str, Any]] = []
+    while True:
+        batch = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+        if not batch:
+            break
+        received += [json.loads(m["Body"]) for m in batch]
+        sqs.delete_message_batch(
+            QueueUrl=url, Entries=[{"Id": m["MessageId"], "ReceiptHandle": m["ReceiptHandle"]} for m in batch]
+        )
+    assert sorted(r["offset"] for r in received) == [*range(13), 99]
+    big = next(r for r in received if r["offset"] == 99)
+    assert big["value"] is None and "omitted" in big["reason"]
+
+
+def test_acl_credentials_come_from_secrets_manager(aws: None, valkey: Any) -> None:
+    admin = redis.Redis.from_url(valkey.url)
+    admin.execute_command("ACL", "SETUSER", "ingest", "on", ">s3cret-pass", "~*", "+@all")
+    secrets = boto3.client("secretsmanager", region_name="us-east-1")
+    arn = secrets.create_secret(
+        Name="cache-user", SecretString=json.dumps({"username": "ingest", "password": "s3cret-pass"})
+    )["ARN"]
+    client = get_client(valkey.settings(REDIS_SECRET_ARN=arn))
+    assert client.acl_whoami() in ("ingest", b"ingest")
+
+    plain = secrets.create_secret(Name="cache-password", SecretString="s3cret-pass")["ARN"]
+    client = get_client(valkey.settings(REDIS_SECRET_ARN=plain, REDIS_USERNAME="ingest"))
+    assert client.acl_whoami() in ("ingest", b"ingest")
