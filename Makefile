@@ -29,6 +29,8 @@ format: dev
 
 mypy: dev
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy functions/ingest/app.py
+	@if [ -f functions/api/app.py ]; then $(VENV)/bin/mypy functions/api/app.py; fi
 
 # docker-free `sam local invoke`: make invoke FUNCTION=IngestFunction EVENT=events/kafka-orders.json
 invoke: dev

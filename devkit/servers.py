@@ -150,11 +150,11 @@ def start_cluster(binary: str | None = None, masters: int = 3) -> LocalCluster:
     try:
         first = redis.Redis(port=nodes[0].port)
         for node in nodes[1:]:
-            first.execute_command("CLUSTER MEET", "127.0.0.1", node.port)
+            first.cluster("MEET", "127.0.0.1", str(node.port))
         per_node = 16384 // masters
         for i, node in enumerate(nodes):
             end = 16383 if i == masters - 1 else (i + 1) * per_node - 1
-            redis.Redis(port=node.port).execute_command("CLUSTER ADDSLOTSRANGE", i * per_node, end)
+            redis.Redis(port=node.port).cluster("ADDSLOTSRANGE", str(i * per_node), str(end))
         _wait_cluster_ok(nodes)
     except Exception:
         cluster.stop()

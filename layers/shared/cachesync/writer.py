@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from redis.cluster import RedisCluster, key_slot
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
 from cachesync import keys
 from cachesync.projections import Mutation
