@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.event} is not valid JSON: {error}")
     overrides = _env_overrides(args.env_vars, args.function)
     overrides["REDIS_URL"] = os.environ.get("REDIS_URL") or overrides.get("REDIS_URL") or localredis.ensure()
+    # the local Redis decides the client, not the template's cloud cache
+    overrides.setdefault("REDIS_CLUSTER", os.environ.get("REDIS_CLUSTER", "false"))
     print(f"invoking {args.function} with {args.event} against {overrides['REDIS_URL']}", file=sys.stderr)
     response = invoke(args.function, event, overrides)
     print(json.dumps(response, indent=2, default=str))

@@ -44,16 +44,25 @@ def describe(logical_id: str, parameters: Mapping[str, str] | None = None, templ
         raise SystemExit(f"no function {logical_id!r} in {template.name}; functions: {', '.join(sorted(names))}")
     base = template.parent
     variables = (function.environment or {}).get("Variables", {})
+    resources = set(stacks[0].resources)
     return LocalFunction(
         logical_id=logical_id,
         handler=function.handler,
         code_dir=(base / function.codeuri).resolve(),
         layer_dirs=tuple(_layer_dir(base / layer.codeuri) for layer in function.layers if layer.codeuri),
-        # values SAM cannot resolve locally (e.g. GetAtt of a cloud resource) come through as dicts: drop them
-        environment={k: str(v) for k, v in variables.items() if isinstance(v, str | int | float | bool)},
+        environment={k: str(v) for k, v in variables.items() if _resolved_locally(v, resources)},
         memory_mb=int(function.memory or 128),
         timeout_s=int(function.timeout or 3),
     )
+
+
+def _resolved_locally(value: Any, resources: set[str]) -> bool:
+    """False for values that only exist in the cloud: SAM resolves `!Ref Queue` to the
+    logical id "Queue", leaves `${Cache.Endpoint.Address}` in a Sub, and GetAtt as a dict."""
+    if not isinstance(value, str | int | float | bool):
+        return False
+    text = str(value)
+    return "${" not in text and text not in resources
 
 
 def _layer_dir(path: Path) -> Path:
