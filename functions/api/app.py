@@ -271,7 +271,7 @@ def _retry_after() -> dict[str, str]:
     return {"Retry-After": str(config.retry_after_seconds)}
 
 
-@app.exception_handler(RequestValidationError)
+@app.exception_handler(RequestValidationError)  # type: ignore[untyped-decorator]
 def invalid_request(error: RequestValidationError) -> Response[Any]:
     details = [
         {"location": ".".join(str(part) for part in e["loc"]), "message": str(e.get("msg", e["type"]))}
@@ -281,23 +281,23 @@ def invalid_request(error: RequestValidationError) -> Response[Any]:
     return problem(HTTPStatus.BAD_REQUEST, f"invalid request: {summary}", details=details)
 
 
-@app.exception_handler(BadRequest)
+@app.exception_handler(BadRequest)  # type: ignore[untyped-decorator]
 def bad_request(error: BadRequest) -> Response[Any]:
     return problem(HTTPStatus.BAD_REQUEST, error.message)
 
 
-@app.exception_handler(NotFound)
+@app.exception_handler(NotFound)  # type: ignore[untyped-decorator]
 def not_found(error: NotFound) -> Response[Any]:
     return problem(HTTPStatus.NOT_FOUND, error.message)
 
 
-@app.not_found
+@app.not_found  # type: ignore[untyped-decorator]
 def no_route(_: Exception) -> Response[Any]:
     path = app.current_event.path
     return problem(HTTPStatus.NOT_FOUND, f"no route for {app.current_event.http_method} {path[:200]}")
 
 
-@app.exception_handler(list(UNAVAILABLE))
+@app.exception_handler(list(UNAVAILABLE))  # type: ignore[untyped-decorator]
 def unavailable(error: Exception) -> Response[Any]:
     logger.warning("redis unreachable", extra={"error": repr(error)})
     with single_metric(name="CacheUnavailable", unit=MetricUnit.Count, value=1, namespace="CacheSync") as metric:
@@ -305,13 +305,13 @@ def unavailable(error: Exception) -> Response[Any]:
     return problem(HTTPStatus.SERVICE_UNAVAILABLE, "the cache is unreachable; retry shortly", _retry_after())
 
 
-@app.exception_handler(redis.exceptions.RedisError)
+@app.exception_handler(redis.exceptions.RedisError)  # type: ignore[untyped-decorator]
 def redis_refused(error: redis.exceptions.RedisError) -> Response[Any]:
     logger.exception("redis refused a read")
     return problem(HTTPStatus.BAD_GATEWAY, "the cache refused the read")
 
 
-@app.exception_handler(Exception)
+@app.exception_handler(Exception)  # type: ignore[untyped-decorator]
 def internal(error: Exception) -> Response[Any]:
     logger.exception("unhandled error")
     return problem(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; it has been logged")
