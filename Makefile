@@ -59,3 +59,32 @@ events: dev
 
 clean:
 	rm -rf $(VENV) .local .aws-sam .mypy_cache .ruff_cache
+
+# --- the SAM stack (template.yaml) ------------------------------------------------
+# inside .venv (ignored by git, removed by `make clean`)
+CHECKOV_VENV ?= $(VENV)/checkov
+
+.PHONY: build validate checkov checkov-venv
+
+# docker-free `sam build`: the layer's Makefile installs cp313/aarch64 wheels with pip,
+# whatever Python runs it (see layers/shared/Makefile)
+build: dev
+	PATH="$(abspath $(VENV))/bin:$$PATH" PYTHON="$(abspath $(PY))" $(VENV)/bin/sam build
+
+# template checks: SAM's validator with cfn-lint, cfn-lint itself, and checkov
+validate: dev checkov-venv
+	$(VENV)/bin/sam validate --lint
+	$(VENV)/bin/cfn-lint template.yaml
+	$(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download --framework cloudformation -f template.yaml
+
+checkov: checkov-venv
+	$(CHECKOV_VENV)/bin/checkov --compact --skip-download --framework cloudformation -f template.yaml
+
+# checkov pins an older boto3 than aws-sam-cli needs, so it gets a venv of its own
+checkov-venv: $(CHECKOV_VENV)/.installed
+
+$(CHECKOV_VENV)/.installed: tests/template/requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install --quiet -r tests/template/requirements-checkov.txt
+	touch $@
