@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-from devkit.apigw import build_event, http_routes
+from devkit.apigw import LocalGateway, http_routes
 from devkit.sam import ROOT
 
 ORIGIN = "http://localhost:5173"  # the template's default CORS origin
@@ -32,14 +33,6 @@ SAMPLES = {
 
 
 def sample(method: str, target: str) -> dict[str, object]:
-    routes = http_routes("ApiFunction")
-    path = target.split("?", 1)[0]
-    route_key, parameters = "$default", None
-    for route in routes:
-        parameters = route.match(method, path)
-        if parameters is not None:
-            route_key = route.key
-            break
     headers = [
         ("Host", "abc123.execute-api.us-east-1.amazonaws.com"),
         ("User-Agent", "curl/8.5.0"),
@@ -48,7 +41,9 @@ def sample(method: str, target: str) -> dict[str, object]:
     ]
     if method == "OPTIONS":
         headers += [("Access-Control-Request-Method", "GET")]
-    event = build_event(method, target, headers, b"", route_key, parameters, source_ip="203.0.113.7")
+    gateway = LocalGateway(_unused, http_routes("ApiFunction"), dict)
+    event = gateway.event(method, target, headers, ip="203.0.113.7")
+    assert event is not None, f"no ApiFunction route for {method} {target}"
     # fixed ids and times keep the files stable when they are written again
     event["headers"]["x-amzn-trace-id"] = "Root=1-65f0c2a0-0123456789abcdef01234567"
     context = event["requestContext"]
@@ -59,6 +54,10 @@ def sample(method: str, target: str) -> dict[str, object]:
     event["headers"]["x-forwarded-port"] = "443"
     event["headers"]["x-forwarded-proto"] = "https"
     return event
+
+
+def _unused(event: dict[str, Any], context: Any) -> None:
+    raise AssertionError("only builds events")
 
 
 def main() -> None:

@@ -188,23 +188,72 @@ def _message(status: HTTPStatus) -> HttpReply:
     return HttpReply(status.value, [("content-type", "application/json")], body)
 
 
-class HttpApiServer:
-    """Serves `handler` at http://host:port; `port=0` picks a free port."""
+class LocalGateway:
+    """Routes a request like API Gateway and invokes the handler with the v2 event."""
 
     def __init__(
         self,
         handler: Handler,
         routes: list[Route],
         context_factory: Callable[[], Any],
-        host: str = "127.0.0.1",
-        port: int = 0,
         local_routes: Iterable[str] = ("GET /swagger",),
-        log: Callable[[str], None] | None = None,
     ):
         self.handler, self.routes, self.context_factory = handler, routes, context_factory
         self.local_routes = [Route.parse(*r.split(" ", 1)) for r in local_routes]
-        self.log = log
         self._invoke_lock = threading.Lock()
+        self.last_event: dict[str, Any] | None = None
+
+    def event(
+        self,
+        method: str,
+        target: str,
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+        ip: str = "127.0.0.1",
+    ) -> dict[str, Any] | None:
+        """The event for this request, or None when API Gateway would answer 404 itself."""
+        path = urlsplit(target).path
+        for route in self.routes:
+            parameters = route.match(method, path)
+            if parameters is not None:
+                return build_event(method, target, headers, body, route.key, parameters, ip)
+        if method == "OPTIONS" or any(r.match(method, path) is not None for r in self.local_routes):
+            return build_event(method, target, headers, body, "$default", None, ip)
+        return None
+
+    def request(
+        self,
+        method: str,
+        target: str,
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+        ip: str = "127.0.0.1",
+    ) -> HttpReply:
+        event = self.event(method, target, headers, body, ip)
+        if event is None:
+            return _message(HTTPStatus.NOT_FOUND)
+        try:
+            with self._invoke_lock:
+                self.last_event = event
+                result = self.handler(event, self.context_factory())
+            return reply_from(result)
+        except Exception as error:  # what API Gateway answers when the function fails
+            print(f"handler failed: {error!r}", file=sys.stderr)
+            return _message(HTTPStatus.INTERNAL_SERVER_ERROR)
+
+
+class HttpApiServer:
+    """Serves the gateway at http://host:port over real HTTP; `port=0` picks a free port."""
+
+    def __init__(
+        self,
+        gateway: LocalGateway,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log: Callable[[str], None] | None = None,
+    ):
+        self.gateway = gateway
+        self.log = log
         self._thread: threading.Thread | None = None
         self.httpd = ThreadingHTTPServer((host, port), self._request_class())
         self.httpd.daemon_threads = True
@@ -213,29 +262,6 @@ class HttpApiServer:
     def url(self) -> str:
         host, port = self.httpd.server_address[:2]
         return f"http://{host!s}:{port}"
-
-    def dispatch(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes, ip: str) -> HttpReply:
-        path = urlsplit(target).path
-        route_key, parameters = None, None
-        for route in self.routes:
-            parameters = route.match(method, path)
-            if parameters is not None:
-                route_key = route.key
-                break
-        if route_key is None and (
-            method == "OPTIONS" or any(r.match(method, path) is not None for r in self.local_routes)
-        ):
-            route_key, parameters = "$default", None
-        if route_key is None:
-            return _message(HTTPStatus.NOT_FOUND)
-        event = build_event(method, target, headers, body, route_key, parameters, ip)
-        try:
-            with self._invoke_lock:
-                result = self.handler(event, self.context_factory())
-            return reply_from(result)
-        except Exception as error:  # what API Gateway answers when the function fails
-            print(f"handler failed: {error!r}", file=sys.stderr)
-            return _message(HTTPStatus.INTERNAL_SERVER_ERROR)
 
     def _request_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -248,9 +274,8 @@ class HttpApiServer:
                 started = time.perf_counter()
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length) if length else b""
-                reply = server.dispatch(
-                    self.command, self.path, list(self.headers.items()), body, self.client_address[0]
-                )
+                headers = list(self.headers.items())
+                reply = server.gateway.request(self.command, self.path, headers, body, self.client_address[0])
                 self.send_response(reply.status)
                 for name, value in reply.headers:
                     if name.lower() not in ("content-length", "connection"):

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from devkit.apigw import HttpApiServer, http_routes
+from devkit.apigw import HttpApiServer, LocalGateway, http_routes
 from devkit.generator import EventGenerator, RawRecord
 from devkit.sam import Handler, LocalContext, LocalFunction, describe, load_handler
 from devkit.servers import ServerProcess, start_server
@@ -89,9 +89,8 @@ class LocalRun:
             self._stream.start()
             log = self.say if self.access_log else None
             assert self.api is not None
-            self.server = HttpApiServer(
-                self.api, http_routes("ApiFunction"), lambda: LocalContext(api_fn), self.host, self.port, log=log
-            ).start()
+            gateway = LocalGateway(self.api, http_routes("ApiFunction"), lambda: LocalContext(api_fn))
+            self.server = HttpApiServer(gateway, self.host, self.port, log=log).start()
         except BaseException:
             self.stop()
             raise

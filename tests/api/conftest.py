@@ -1,0 +1,65 @@
+"""Fixtures for the read API suites: a real Valkey, the real ApiFunction handler
+loaded from template.yaml the way `sam local invoke` would, and a local API
+Gateway (devkit.apigw) that turns requests into payload v2 events.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+
+from cachesync import config
+from devkit import servers
+from devkit.apigw import LocalGateway, Route, http_routes
+from devkit.sam import LocalContext, describe, load_handler
+from tests.api.apikit import ORIGIN, OTHER_ORIGIN, Api
+
+
+@pytest.fixture(scope="session")
+def api_routes() -> list[Route]:
+    return http_routes("ApiFunction")
+
+
+@pytest.fixture(scope="session")
+def api_valkey() -> Iterator[servers.ServerProcess]:
+    server = servers.start_server()
+    yield server
+    server.remove()
+
+
+@pytest.fixture(scope="session")
+def load_api(api_routes: list[Route]) -> Iterator[Callable[..., Api]]:
+    """Loads a fresh ApiFunction module with the template's environment plus `env`."""
+    saved = dict(os.environ)
+
+    def load(redis_url: str, **env: str) -> Api:
+        function = describe("ApiFunction", {"RedisUrl": redis_url})
+        os.environ.clear()
+        os.environ.update(saved)
+        os.environ.update(function.environment)
+        os.environ.update({"REDIS_URL": redis_url, "POWERTOOLS_METRICS_DISABLED": "true", **env})
+        config.settings.cache_clear()  # the module reads the settings once, at import
+        handler = load_handler(function)
+        return Api(handler, LocalGateway(handler, api_routes, lambda: LocalContext(function)), function)
+
+    yield load
+    os.environ.clear()
+    os.environ.update(saved)
+    config.settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def api(api_valkey: servers.ServerProcess, load_api: Callable[..., Api]) -> Api:
+    return load_api(api_valkey.url, CORS_ALLOWED_ORIGINS=f"{ORIGIN}, {OTHER_ORIGIN}")
+
+
+@pytest.fixture
+def store(api_valkey: servers.ServerProcess) -> Iterator[redis.Redis]:
+    """A client on the API's Valkey, emptied before each test."""
+    client = redis.Redis.from_url(api_valkey.url)
+    client.flushall()
+    yield client
+    client.close()
