@@ -288,7 +288,11 @@ class HttpApiServer:
                     elapsed = (time.perf_counter() - started) * 1000
                     server.log(f"{self.command} {self.path} -> {reply.status} ({elapsed:.1f} ms)")
 
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _serve
+            def __getattr__(self, name: str) -> Any:
+                # every method reaches the gateway (TRACE, PROPFIND...): unrouted ones get its 404
+                if name.startswith("do_"):
+                    return self._serve
+                raise AttributeError(name)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # one line per request comes from _serve instead

@@ -68,6 +68,7 @@ class LocalRun:
         self.ingest: Handler | None = None
         self.api: Handler | None = None
         self._metrics: Any = None
+        self._saved_env: dict[str, str] | None = None
         self.ingest_function: LocalFunction | None = None
         self.low_stock: list[str] = []
 
@@ -107,6 +108,10 @@ class LocalRun:
         if self.valkey is not None:
             self.valkey.remove()
             self.valkey = None
+        if self._saved_env is not None:  # leave the process as it was (tests run it in-process)
+            os.environ.clear()
+            os.environ.update(self._saved_env)
+            self._saved_env = None
 
     def _load_functions(self, redis_url: str) -> LocalFunction:
         parameters = {"RedisUrl": redis_url}
@@ -117,6 +122,7 @@ class LocalRun:
         env |= {"POWERTOOLS_LOG_LEVEL": "WARNING", "POWERTOOLS_METRICS_DISABLED": "true"}
         env |= {k: os.environ[k] for k in USER_SETTINGS if os.environ.get(k)}
         env["REDIS_URL"] = redis_url
+        self._saved_env = dict(os.environ)
         os.environ.update(env)
         config = sys.modules.get("cachesync.config")
         if config is not None:  # settings are read once per process: read them again for this run

@@ -53,7 +53,7 @@ def test_missing_order_is_404(api: Api, store: redis.Redis) -> None:
 )
 def test_ids_that_could_name_another_key_are_400(api: Api, store: redis.Redis, order_id: str) -> None:
     store.set(keys.order_key("18"), ORDER)
-    store.hset(keys.offsets_key(keys.order_key("18")), "orders/0", 7)
+    store.hset(keys.offsets_key(), "orders/0", 7)
     body = problem(api.get(f"/orders/{order_id}"), 400)
     assert "orderId" in body["message"]
     assert body["details"][0]["location"] == "path.orderId"
@@ -209,7 +209,8 @@ def test_openapi_document_covers_every_template_route(api: Api, api_routes: list
     assert reply.status == 200
     document = reply.json
     assert document["openapi"].startswith("3.")
-    template = {(r.method.lower(), r.path) for r in api_routes if r.path != "/openapi.json"}
+    undocumented = ("/openapi.json", "/swagger")  # the document itself and its viewer
+    template = {(r.method.lower(), r.path) for r in api_routes if r.path not in undocumented}
     served = {(m, p) for p, ops in document["paths"].items() for m in ops}
     assert served == template
     for path, operations in document["paths"].items():

@@ -1,0 +1,161 @@
+"""`make run`'s server over real HTTP: in-process, and as the command a developer runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from cachesync import keys
+from devkit.localrun import LocalRun
+from devkit.sam import ROOT
+from devkit.servers import free_port
+
+
+def fetch(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, {k.lower(): v for k, v in error.headers.items()}, error.read()
+
+
+@pytest.fixture(scope="module")
+def run() -> Iterator[LocalRun]:
+    # no live stream here, so what was seeded stays put; the stream has its own test below
+    local = LocalRun(port=0, rate=0, orders=300, movements=300).start()
+    yield local
+    local.stop()
+
+
+def test_seeded_order_over_http_is_the_cached_bytes(run: LocalRun) -> None:
+    assert run.redis_url and run.valkey is not None  # its own private Valkey
+    cached = redis.Redis.from_url(run.redis_url).get(keys.order_key("18"))
+    assert cached is not None
+    status, headers, body = fetch(f"{run.url}/orders/18")
+    assert status == 200 and body == cached
+    assert headers["content-type"] == "application/json"
+    assert headers["content-length"] == str(len(cached))
+
+
+def test_low_stock_in_store1(run: LocalRun) -> None:
+    status, _, body = fetch(f"{run.url}/stores/store1/inventory?below=10")
+    assert status == 200
+    items = json.loads(body)["items"]
+    assert items, "the local run seeds low stock in store1"
+    assert all(item["quantity"] < 10 for item in items)
+    assert {item["sku"] for item in items} <= set(run.low_stock)
+
+
+def test_every_route_over_http(run: LocalRun) -> None:
+    sku = run.generator.skus[0]
+    for path in (
+        f"/products/{sku}",
+        f"/products?skus={sku},{run.generator.skus[1]}",
+        "/stores/store2/inventory?sort=sku&limit=5",
+        f"/stores/store1/inventory/{run.low_stock[0]}",
+        "/health",
+        "/openapi.json",
+        "/swagger",
+    ):
+        status, _, body = fetch(run.url + path)
+        assert status == 200, (path, body[:200])
+    status, _, body = fetch(f"{run.url}/orders/999999")
+    assert status == 404 and json.loads(body)["statusCode"] == 404
+    status, _, body = fetch(f"{run.url}/orders/a%7Bb")
+    assert status == 400 and "orderId" in json.loads(body)["message"]
+
+
+def test_gateway_behaviour_over_http(run: LocalRun) -> None:
+    status, _, body = fetch(f"{run.url}/not/a/route")
+    assert status == 404 and json.loads(body) == {"message": "Not Found"}
+    status, _, _ = fetch(f"{run.url}/orders/18", method="POST")
+    assert status == 404  # no POST route, as in the template
+    origin = "http://localhost:5173"  # the template's default allow-list
+    status, headers, _ = fetch(f"{run.url}/orders/18", headers={"Origin": origin})
+    assert headers["access-control-allow-origin"] == origin
+    status, headers, _ = fetch(
+        f"{run.url}/orders/18", method="OPTIONS", headers={"Origin": origin, "Access-Control-Request-Method": "GET"}
+    )
+    assert status == 204 and headers["access-control-allow-origin"] == origin
+
+
+def test_event_is_what_api_gateway_sends(run: LocalRun) -> None:
+    assert run.server is not None
+    fetch(f"{run.url}/stores/store1/inventory?below=10&limit=5&limit=6", headers={"Cookie": "a=1; b=2"})
+    event: Any = run.server.gateway.last_event
+    assert event["version"] == "2.0"
+    assert event["routeKey"] == "GET /stores/{storeId}/inventory"
+    assert event["rawPath"] == "/stores/store1/inventory"
+    assert event["rawQueryString"] == "below=10&limit=5&limit=6"
+    assert event["queryStringParameters"] == {"below": "10", "limit": "5,6"}  # repeats joined, like API Gateway
+    assert event["pathParameters"] == {"storeId": "store1"}
+    assert event["cookies"] == ["a=1", "b=2"] and "cookie" not in event["headers"]
+    assert event["requestContext"]["http"]["method"] == "GET"
+    assert event["requestContext"]["stage"] == "$default"
+    assert all(name == name.lower() for name in event["headers"])
+
+
+def test_live_stream_reaches_the_api() -> None:
+    local = LocalRun(port=0, rate=500, orders=10, movements=10).start()
+    try:
+        next_order = local.generator.next_order_id  # the stream's orders come after the seeded ones
+        client = redis.Redis.from_url(local.redis_url or "")
+        for _ in range(600):
+            if client.exists(keys.order_key(str(next_order))):
+                break
+            local._stop.wait(0.05)
+        status, _, body = fetch(f"{local.url}/orders/{next_order}")
+        assert status == 200 and json.loads(body)["orderid"] == next_order
+        assert local.streamed > 0 and local.stream_errors == 0
+    finally:
+        local.stop()
+    assert local.server is None
+
+
+def test_make_run_command_starts_serves_and_stops_cleanly() -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "devkit.localrun", "--rate", "5", "--orders", "50"]
+    env = {**os.environ, "PORT": str(port)}
+    env.pop("REDIS_URL", None)
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        banner = []
+        assert process.stdout is not None
+        for line in process.stdout:
+            banner.append(line)
+            if "Ctrl-C" in line:
+                break
+        text = "".join(banner)
+        assert f"http://127.0.0.1:{port}" in text, text
+        order_url = re.search(r"curl (http://\S+/orders/\d+)", text)
+        assert order_url, text
+        redis_url = re.search(r"\(Redis (redis://\S+),", text)
+        assert redis_url, text
+        status, _, body = fetch(order_url.group(1))
+        assert status == 200 and "orderid" in json.loads(body)
+        status, _, body = fetch(f"http://127.0.0.1:{port}/stores/store1/inventory?below=10")
+        assert status == 200 and json.loads(body)["items"]
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    stderr = process.stderr.read() if process.stderr else ""
+    assert "seeded" in stderr and "stopped" in stderr
+    with pytest.raises(redis.exceptions.ConnectionError):  # its Valkey is gone
+        redis.Redis.from_url(redis_url.group(1), socket_timeout=1).ping()
+    with pytest.raises(urllib.error.URLError):  # and so is the server
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
