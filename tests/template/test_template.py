@@ -1,0 +1,613 @@
+"""template.yaml, checked the way CloudFormation would take it, without an AWS account.
+
+The SAM translator turns the template into plain CloudFormation in-process;
+`cfn.Resolved` applies a scenario's parameter values (conditions, `Fn::If`,
+defaults) so each test sees the resources one deployment would create.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.template.cfn import REQUIRED, ROOT, TEMPLATE, Resolved, get_att, load, ref, source_text, transform
+
+BIN = Path(sys.executable).parent
+
+SCRAM_SECRET = "arn:aws:secretsmanager:us-east-1:123456789012:secret:cachesync/scram-XyZ123"
+CACHE_SECRET = "arn:aws:secretsmanager:us-east-1:123456789012:secret:cachesync/cache-acl-QwErTy"
+KMS_KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
+# Each scenario is one way to deploy: parameter overrides on top of the defaults.
+SCENARIOS: dict[str, dict[str, str]] = {
+    # sam deploy --guided with only the Kafka values: new VPC, new cache, on-demand pollers
+    "defaults": dict(REQUIRED),
+    # an existing network and cache, provisioned pollers, SCRAM, ACL secret, alarms by mail
+    "existing-everything": {
+        "KafkaBootstrapServers": "broker-1.internal:9096",
+        "KafkaSecretArn": SCRAM_SECRET,
+        "KafkaAuthMechanism": "SASL_SCRAM_512_AUTH",
+        "KafkaSecretKmsKeyArn": KMS_KEY,
+        "OrdersTopic": "shop.orders",
+        "InventoryTopic": "shop.stock",
+        "ProductsTopic": "shop.catalog",
+        "KafkaConsumerGroupId": "cache-prod",
+        "KafkaStartingPosition": "LATEST",
+        "KafkaBatchSize": "1000",
+        "KafkaBatchingWindowSeconds": "2",
+        "PollerMode": "PROVISIONED",
+        "MinimumPollers": "2",
+        "MaximumPollers": "8",
+        "KafkaMaximumRetryAttempts": "5",
+        "KafkaBisectBatchOnError": "true",
+        "ExistingVpcId": "vpc-0123456789abcdef0",
+        "ExistingSubnetIds": "subnet-0aaaaaaaaaaaaaaa1,subnet-0bbbbbbbbbbbbbbb2,subnet-0ccccccccccccccc3",
+        "CreateVpcEndpoints": "false",
+        "RedisUrl": "rediss://master.shop-cache.abc123.use1.cache.amazonaws.com:6390",
+        "RedisCluster": "true",
+        "ExistingCacheSecurityGroupId": "sg-0123456789abcdef0",
+        "ExistingCachePort": "6390",
+        "CacheUsername": "cachesync",
+        "CacheAuthSecretArn": CACHE_SECRET,
+        "AlarmEmail": "oncall@example.com",
+    },
+    # an existing VPC that needs our endpoints, a stack-created cache with an ACL user group
+    "existing-vpc-new-cache": {
+        **REQUIRED,
+        "ExistingVpcId": "vpc-0fedcba9876543210",
+        "ExistingSubnetIds": "subnet-0ddddddddddddddd4,subnet-0eeeeeeeeeeeeeee5",
+        "CreateVpcEndpoints": "true",
+        "CacheAuthSecretArn": CACHE_SECRET,
+        "CacheUserGroupId": "cachesync-users",
+        "PollerMode": "PROVISIONED",
+        "KafkaBisectBatchOnError": "false",
+    },
+}
+
+MAPPINGS = {"orders": "OrdersMapping", "inventory": "InventoryMapping", "products": "ProductsMapping"}
+TOPIC_PARAMETERS = {"orders": "OrdersTopic", "inventory": "InventoryTopic", "products": "ProductsTopic"}
+FUNCTIONS = ("IngestFunction", "ApiFunction")
+
+
+@pytest.fixture(autouse=True)
+def _region(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the translator asks boto for the partition of the current region; no call is made
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+
+
+@pytest.fixture(params=sorted(SCENARIOS), scope="module")
+def scenario(request: pytest.FixtureRequest) -> tuple[str, dict[str, str], Resolved]:
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    name = request.param
+    return name, SCENARIOS[name], Resolved(SCENARIOS[name])
+
+
+def given(overrides: dict[str, str], name: str) -> str:
+    """A parameter's value in a scenario (its default when not overridden)."""
+    return overrides.get(name, str(load()["Parameters"][name].get("Default", "")))
+
+
+# ---------------------------------------------------------------------- linters
+def test_sam_validate_lint_is_clean() -> None:
+    result = subprocess.run(
+        [str(BIN / "sam"), "validate", "--lint", "--template-file", str(TEMPLATE)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "SAM_CLI_TELEMETRY": "0"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "is a valid SAM Template" in result.stdout + result.stderr
+
+
+def test_cfn_lint_is_clean() -> None:
+    result = subprocess.run(
+        [str(BIN / "cfn-lint"), str(TEMPLATE)], cwd=ROOT, capture_output=True, text=True, timeout=180
+    )
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------------- Kafka
+def test_one_mapping_per_topic(scenario: tuple[str, dict[str, str], Resolved]) -> None:
+    _, overrides, stack = scenario
+    mappings = stack.of_type("AWS::Lambda::EventSourceMapping")
+    assert sorted(mappings) == sorted(MAPPINGS.values())
+
+    servers = given(overrides, "KafkaBootstrapServers").split(",")
+    groups = set()
+    for kind, name in MAPPINGS.items():
+        props = stack.props(name)
+        assert props["FunctionName"] == ref("IngestFunction")
+        assert props["Topics"] == [given(overrides, TOPIC_PARAMETERS[kind])]
+        assert props["SelfManagedEventSource"] == {"Endpoints": {"KafkaBootstrapServers": servers}}
+        assert props["SourceAccessConfigurations"] == [
+            {"Type": given(overrides, "KafkaAuthMechanism"), "URI": given(overrides, "KafkaSecretArn")}
+        ]
+        group = props["SelfManagedKafkaEventSourceConfig"]["ConsumerGroupId"]
+        assert group == f"{given(overrides, 'KafkaConsumerGroupId')}-{kind}"
+        groups.add(group)
+        assert int(props["BatchSize"]) == int(given(overrides, "KafkaBatchSize"))
+        assert int(props["MaximumBatchingWindowInSeconds"]) == int(given(overrides, "KafkaBatchingWindowSeconds"))
+        assert props["StartingPosition"] == given(overrides, "KafkaStartingPosition")
+        # the ingest function fails batches whole: never ask it for partial batch responses
+        assert "FunctionResponseTypes" not in props
+        # no VPC access configuration: Confluent Cloud is reached on its public endpoint
+        assert {c["Type"] for c in props["SourceAccessConfigurations"]}.isdisjoint({"VPC_SUBNET", "VPC_SECURITY_GROUP"})
+    assert len(groups) == 3, "each mapping needs a consumer group of its own"
+
+
+def test_poller_mode_settings(scenario: tuple[str, dict[str, str], Resolved]) -> None:
+    _, overrides, stack = scenario
+    provisioned = given(overrides, "PollerMode") == "PROVISIONED"
+    for name in MAPPINGS.values():
+        props = stack.props(name)
+        if not provisioned:
+            # on-demand mappings take none of the provisioned-mode error controls
+            for key in (
+                "ProvisionedPollerConfig",
+                "MaximumRetryAttempts",
+                "BisectBatchOnFunctionError",
+                "DestinationConfig",
+            ):
+                assert key not in props, f"{name}: {key} in on-demand mode"
+            continue
+        assert props["ProvisionedPollerConfig"] == {
+            "MinimumPollers": given(overrides, "MinimumPollers"),
+            "MaximumPollers": given(overrides, "MaximumPollers"),
+        }
+        assert int(props["MaximumRetryAttempts"]) == int(given(overrides, "KafkaMaximumRetryAttempts"))
+        if given(overrides, "KafkaBisectBatchOnError") == "true":
+            assert props["BisectBatchOnFunctionError"] is True
+        else:
+            assert "BisectBatchOnFunctionError" not in props
+        assert props["DestinationConfig"] == {"OnFailure": {"Destination": get_att("MappingFailureQueue", "Arn")}}
+    assert ("MappingFailureQueue" in stack.resources) == provisioned
+    assert ("MappingFailureQueueAlarm" in stack.resources) == provisioned
+
+
+# ---------------------------------------------------------------------- functions
+def test_functions_run_python313_arm64_in_the_vpc(scenario: tuple[str, dict[str, str], Resolved]) -> None:
+    _, overrides, stack = scenario
+    existing_subnets = given(overrides, "ExistingSubnetIds")
+    expected_subnets = (
+        existing_subnets.split(",") if existing_subnets else [ref("PrivateSubnetA"), ref("PrivateSubnetB")]
+    )
+    layers = [name for name in stack.resources if name.startswith("SharedLayer")]
+    assert len(layers) == 1
+    for name in FUNCTIONS:
+        props = stack.props(name)
+        assert props["Runtime"] == "python3.13"
+        assert props["Architectures"] == ["arm64"]
+        assert props["TracingConfig"] == {"Mode": "Active"}
+        assert props["Layers"] == [ref(layers[0])]
+        assert props["VpcConfig"] == {"SecurityGroupIds": [ref("FunctionSecurityGroup")], "SubnetIds": expected_subnets}
+    role_of = {name: stack.props(name)["Role"] for name in FUNCTIONS}
+    assert role_of == {
+        "IngestFunction": get_att("IngestFunctionRole", "Arn"),
+        "ApiFunction": get_att("ApiFunctionRole", "Arn"),
+    }
+
+
+def test_stack_created_subnets_span_two_zones() -> None:
+    stack = Resolved(SCENARIOS["defaults"])
+    zones = [stack.props(name)["AvailabilityZone"] for name in ("PrivateSubnetA", "PrivateSubnetB")]
+    assert zones[0] != zones[1]
+    assert all(z["Fn::Select"][1] == {"Fn::GetAZs": ""} for z in zones)
+    # a private VPC: no internet gateway, no NAT, no routes besides the VPC-local one
+    for forbidden in ("AWS::EC2::InternetGateway", "AWS::EC2::NatGateway", "AWS::EC2::Route", "AWS::EC2::EIP"):
+        assert not stack.of_type(forbidden), forbidden
+    for name in ("PrivateSubnetA", "PrivateSubnetB"):
+        assert stack.props(name)["MapPublicIpOnLaunch"] is False
+
+
+def _code_environment_names() -> set[str]:
+    """Environment variable names the code reads (config.py, plus the API's CORS list)."""
+    config = (ROOT / "layers/shared/cachesync/config.py").read_text()
+    names = set(re.findall(r'env\.get\("([A-Z_]+)"', config))
+    names |= set(re.findall(r'_(?:number|bool)\(env, "([A-Z_]+)"', config))
+    for kind in re.search(r"PROJECTION_KINDS = \(([^)]*)\)", config).group(1).replace('"', "").split(","):  # type: ignore[union-attr]
+        upper = kind.strip().upper()
+        names |= {f"TOPIC_{upper}", f"{upper}_KEY_PREFIX", f"{upper}_KEY_FIELD", f"{upper}_TTL_SECONDS"}
+    return names | {"CORS_ALLOWED_ORIGINS"}
+
+
+def test_function_environment(scenario: tuple[str, dict[str, str], Resolved]) -> None:
+    _, overrides, stack = scenario
+    known = _code_environment_names()
+    assert {"REDIS_URL", "REDIS_CLUSTER", "DLQ_QUEUE_URL", "TOPIC_ORDERS"} <= known  # the parser found them
+    env = {name: stack.props(name)["Environment"]["Variables"] for name in FUNCTIONS}
+    for name, variables in env.items():
+        unknown = {k for k in variables if not k.startswith("POWERTOOLS_")} - known
+        assert not unknown, f"{name} sets variables no code reads: {unknown}"
+        assert variables["TOPIC_ORDERS"] == given(overrides, "OrdersTopic")
+        assert variables["TOPIC_INVENTORY"] == given(overrides, "InventoryTopic")
+        assert variables["TOPIC_PRODUCTS"] == given(overrides, "ProductsTopic")
+        assert variables["REDIS_SECRET_ARN"] == given(overrides, "CacheAuthSecretArn")
+        assert variables["POWERTOOLS_LOG_LEVEL"] == given(overrides, "LogLevel")
+        if given(overrides, "RedisUrl"):
+            assert variables["REDIS_URL"] == given(overrides, "RedisUrl")
+            assert variables["REDIS_CLUSTER"] == given(overrides, "RedisCluster")
+        else:  # the stack's serverless cache: TLS and the cluster client, always
+            assert variables["REDIS_URL"] == {"Fn::Sub": "rediss://${Cache.Endpoint.Address}:${Cache.Endpoint.Port}"}
+            assert variables["REDIS_CLUSTER"] == "true"
+    assert env["IngestFunction"]["DLQ_QUEUE_URL"] == ref("DeadLetterQueue")
+    assert "DLQ_QUEUE_URL" not in env["ApiFunction"]
+    assert env["ApiFunction"]["CORS_ALLOWED_ORIGINS"] == given(overrides, "CorsAllowedOrigins")
+    assert env["IngestFunction"]["POWERTOOLS_SERVICE_NAME"] == "cachesync-ingest"
+    assert env["ApiFunction"]["POWERTOOLS_SERVICE_NAME"] == "cachesync-api"
+
+
+def test_local_invoke_resolves_redis_url_from_the_parameter() -> None:
+    # `make invoke` reads the template with the SAM CLI providers and passes RedisUrl
+    from devkit.sam import describe
+
+    for name in FUNCTIONS:
+        function = describe(name, {"RedisUrl": "redis://127.0.0.1:6399/0"})
+        assert function.environment["REDIS_URL"] == "redis://127.0.0.1:6399/0"
+        assert function.environment["REDIS_CLUSTER"] == "false"
+        assert function.handler == "app.lambda_handler"
+
+
+# ---------------------------------------------------------------------- HTTP API
+def _api_function_routes() -> tuple[set[tuple[str, str]], str]:
+    """(method, path) of every route the ApiFunction's resolver serves, and where they came from."""
+    app = ROOT / "functions/api/app.py"
+    if not app.exists():
+        return FALLBACK_ROUTES, "constant list (functions/api/app.py absent)"
+    script = """
+import importlib.util, json, sys
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+spec = importlib.util.spec_from_file_location("api_app_routes", sys.argv[3])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
+resolvers = [v for v in vars(module).values() if isinstance(v, ApiGatewayResolver)]
+assert len(resolvers) == 1, resolvers
+routes = resolvers[0]._static_routes + resolvers[0]._dynamic_routes
+print(json.dumps(sorted({(r.method, r.openapi_path) for r in routes})))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(ROOT / "layers/shared"), str(app.parent), str(app)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "CORS_"))},
+    )
+    assert result.returncode == 0, result.stderr
+    return {tuple(route) for route in json.loads(result.stdout.strip().splitlines()[-1])}, "functions/api/app.py"  # type: ignore[misc]
+
+
+# used only while functions/api/app.py does not exist
+FALLBACK_ROUTES = {
+    ("GET", "/orders/{orderId}"),
+    ("GET", "/products/{sku}"),
+    ("GET", "/products"),
+    ("GET", "/stores/{storeId}/inventory"),
+    ("GET", "/stores/{storeId}/inventory/{sku}"),
+    ("GET", "/health"),
+    ("GET", "/openapi.json"),
+}
+
+
+def test_http_api_routes_are_the_api_functions_routes() -> None:
+    stack = Resolved(SCENARIOS["defaults"])
+    body = stack.props("HttpApi")["Body"]
+    deployed = {(method.upper(), path) for path, methods in body["paths"].items() for method in methods}
+    for path, methods in body["paths"].items():
+        for method, operation in methods.items():
+            uri = operation["x-amazon-apigateway-integration"]["uri"]["Fn::Sub"]
+            assert "${ApiFunction.Arn}" in uri, f"{method} {path} is not integrated with ApiFunction"
+    expected, source = _api_function_routes()
+    assert deployed == expected, (
+        f"routes differ from {source}: only in template {deployed - expected}, only in code {expected - deployed}"
+    )
+
+
+def test_cors_origins_reject_wildcards() -> None:
+    pattern = load()["Parameters"]["CorsAllowedOrigins"]["AllowedPattern"]
+    assert re.fullmatch(pattern, "https://shop.example.com,http://localhost:5173")
+    assert re.fullmatch(pattern, "")  # no cross-origin access at all
+    for bad in ("*", "https://*.example.com", "https://a.example.com, https://b.example.com", "shop.example.com"):
+        assert not re.fullmatch(pattern, bad), bad
+
+
+def test_http_api_cors_throttling_and_access_logs() -> None:
+    overrides = {**REQUIRED, "CorsAllowedOrigins": "https://shop.example.com,https://admin.example.com"}
+    stack = Resolved(overrides)
+    # SAM writes the CORS settings into the API definition at transform time
+    cors = stack.props("HttpApi")["Body"]["x-amazon-apigateway-cors"]
+    assert cors["allowOrigins"] == ["https://shop.example.com", "https://admin.example.com"]
+    assert set(cors["allowMethods"]) == {"GET", "OPTIONS"}
+    stage = stack.props("HttpApiApiGatewayDefaultStage")
+    throttling = {k: int(v) for k, v in stage["DefaultRouteSettings"].items()}
+    assert throttling == {"ThrottlingRateLimit": 200, "ThrottlingBurstLimit": 400}
+    assert stage["AccessLogSettings"]["DestinationArn"] == get_att("ApiAccessLogGroup", "Arn")
+    fields = json.loads(stage["AccessLogSettings"]["Format"])
+    assert {"requestId", "status", "routeKey", "integrationError"} <= set(fields)
+    assert stack.props("ApiFunction")["Environment"]["Variables"]["CORS_ALLOWED_ORIGINS"] == (
+        "https://shop.example.com,https://admin.example.com"
+    )
+    # no origins: API Gateway answers no preflight and the function sends no CORS headers
+    closed = Resolved({**REQUIRED, "CorsAllowedOrigins": ""})
+    assert "x-amazon-apigateway-cors" not in closed.props("HttpApi")["Body"]
+    assert closed.props("ApiFunction")["Environment"]["Variables"]["CORS_ALLOWED_ORIGINS"] == ""
+
+
+# ---------------------------------------------------------------------- IAM
+# Actions AWS offers no resource-level permissions for (or documents only with "*").
+STAR_ALLOWED = {
+    "ec2:CreateNetworkInterface",
+    "ec2:DescribeNetworkInterfaces",
+    "ec2:DescribeSubnets",
+    "ec2:DeleteNetworkInterface",
+    "ec2:AssignPrivateIpAddresses",
+    "ec2:UnassignPrivateIpAddresses",
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
+}
+
+
+def _statements(stack: Resolved) -> dict[str, list[dict[str, Any]]]:
+    found: dict[str, list[dict[str, Any]]] = {}
+    for name, resource in stack.resources.items():
+        props = resource.get("Properties", {})
+        if resource["Type"] == "AWS::IAM::Role":
+            assert not props.get("ManagedPolicyArns"), f"{name} has managed policies (unscoped permissions)"
+            found[name] = [s for p in props.get("Policies", []) for s in p["PolicyDocument"]["Statement"]]
+        elif resource["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
+            found[name] = props["PolicyDocument"]["Statement"]
+    return found
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def test_iam_has_no_wildcard_resources_except_where_aws_requires(
+    scenario: tuple[str, dict[str, str], Resolved],
+) -> None:
+    _, _, stack = scenario
+    statements = _statements(stack)
+    assert set(statements) == {"IngestFunctionRole", "ApiFunctionRole"}
+    for role, items in statements.items():
+        for statement in items:
+            assert statement["Effect"] == "Allow"
+            actions = set(_as_list(statement["Action"]))
+            assert not any(a.endswith("*") for a in actions), f"{role}: wildcard action in {statement}"
+            if "*" in _as_list(statement["Resource"]):
+                assert actions <= STAR_ALLOWED, f"{role}: Resource '*' for {actions - STAR_ALLOWED}"
+
+
+def test_every_wildcard_resource_is_commented_in_the_template() -> None:
+    lines = source_text().splitlines()
+    stars = [i for i, line in enumerate(lines) if re.search(r'Resource: "\*"', line)]
+    assert stars, "the VPC and X-Ray statements need Resource '*'"
+    for i in stars:
+        statement_start = max(j for j in range(i) if lines[j].lstrip().startswith("- Sid:"))
+        comment_window = lines[max(0, statement_start - 3) : i]
+        assert any(line.lstrip().startswith("#") for line in comment_window), (
+            f"line {i + 1}: Resource '*' without a comment"
+        )
+
+
+def _grants(stack: Resolved, role: str) -> dict[str, list[Any]]:
+    """action -> resources granted by the role."""
+    grants: dict[str, list[Any]] = {}
+    for statement in _statements(stack)[role]:
+        for action in _as_list(statement["Action"]):
+            grants.setdefault(action, []).extend(_as_list(statement["Resource"]))
+    return grants
+
+
+def test_each_function_gets_only_what_it_calls(scenario: tuple[str, dict[str, str], Resolved]) -> None:
+    _, overrides, stack = scenario
+    ingest, api = _grants(stack, "IngestFunctionRole"), _grants(stack, "ApiFunctionRole")
+
+    queues = [get_att("DeadLetterQueue", "Arn")]
+    if given(overrides, "PollerMode") == "PROVISIONED":
+        queues.append(get_att("MappingFailureQueue", "Arn"))
+    assert sorted(map(json.dumps, ingest["sqs:SendMessage"])) == sorted(map(json.dumps, queues))
+    assert "sqs:SendMessage" not in api
+
+    secrets = [given(overrides, "KafkaSecretArn")]
+    if given(overrides, "CacheAuthSecretArn"):
+        secrets.append(given(overrides, "CacheAuthSecretArn"))
+        assert api["secretsmanager:GetSecretValue"] == [given(overrides, "CacheAuthSecretArn")]
+    else:
+        assert "secretsmanager:GetSecretValue" not in api
+    assert sorted(ingest["secretsmanager:GetSecretValue"]) == sorted(secrets)
+
+    if given(overrides, "KafkaSecretKmsKeyArn"):
+        assert ingest["kms:Decrypt"] == [given(overrides, "KafkaSecretKmsKeyArn")]
+    else:
+        assert "kms:Decrypt" not in ingest
+    assert "kms:Decrypt" not in api
+
+    assert ingest["logs:PutLogEvents"] == [get_att("IngestLogGroup", "Arn")]
+    assert api["logs:PutLogEvents"] == [get_att("ApiLogGroup", "Arn")]
+    assert stack.props("IngestFunction")["LoggingConfig"] == {"LogGroup": ref("IngestLogGroup")}
+    assert stack.props("ApiFunction")["LoggingConfig"] == {"LogGroup": ref("ApiLogGroup")}
+
+
+# ---------------------------------------------------------------------- network
+def _ingress_rules(stack: Resolved) -> list[tuple[str, dict[str, Any]]]:
+    rules = [(name, r["Properties"]) for name, r in stack.of_type("AWS::EC2::SecurityGroupIngress").items()]
+    for name, group in stack.of_type("AWS::EC2::SecurityGroup").items():
+        for rule in group["Properties"].get("SecurityGroupIngress", []):
+            rules.append((name, {**rule, "GroupId": ref(name)}))
+    return rules
+
+
+def test_cache_admits_only_the_function_group(scenario: tuple[str, dict[str, str], Resolved]) -> None:
+    _, overrides, stack = scenario
+    existing = bool(given(overrides, "RedisUrl"))
+    cache_group: Any = given(overrides, "ExistingCacheSecurityGroupId") if existing else ref("CacheSecurityGroup")
+    ports = (int(given(overrides, "ExistingCachePort")),) * 2 if existing else (6379, 6380)
+
+    rules = _ingress_rules(stack)
+    for name, rule in rules:
+        assert "CidrIp" not in rule and "CidrIpv6" not in rule, f"{name} admits an address range"
+        assert rule["SourceSecurityGroupId"] == ref("FunctionSecurityGroup"), f"{name} admits another source"
+    into_cache = [rule for _, rule in rules if rule["GroupId"] == cache_group]
+    assert len(into_cache) == 1
+    assert (int(into_cache[0]["FromPort"]), int(into_cache[0]["ToPort"])) == ports
+    assert into_cache[0]["IpProtocol"] == "tcp"
+
+    if existing:
+        assert "Cache" not in stack.resources and "CacheSecurityGroup" not in stack.resources
+    else:
+        cache = stack.props("Cache")
+        assert cache["Engine"] == "valkey"
+        assert cache["SecurityGroupIds"] == [ref("CacheSecurityGroup")]
+        assert stack.props("CacheSecurityGroup")["SecurityGroupEgress"] == [
+            {
+                "Description": "no outbound traffic (replaces the default allow-all rule)",
+                "IpProtocol": "-1",
+                "CidrIp": "127.0.0.1/32",
+            }
+        ]
+
+
+def test_function_egress_is_limited(scenario: tuple[str, dict[str, str], Resolved]) -> None:
+    _, overrides, stack = scenario
+    group = stack.props("FunctionSecurityGroup")
+    inline = group["SecurityGroupEgress"]
+    assert len(inline) == 1  # listing a rule removes the default allow-all egress
+    extra = {name: r["Properties"] for name, r in stack.of_type("AWS::EC2::SecurityGroupEgress").items()}
+    assert all(rule["GroupId"] == ref("FunctionSecurityGroup") for rule in extra.values())
+    open_https = [rule for rule in [*inline, *extra.values()] if rule.get("CidrIp") == "0.0.0.0/0"]
+    uses_own_endpoints = given(overrides, "ExistingVpcId") == "" or given(overrides, "CreateVpcEndpoints") == "true"
+    if uses_own_endpoints:
+        assert not open_https, "with the stack's endpoints nothing leaves the VPC"
+        assert extra["FunctionEgressToEndpoints"]["DestinationSecurityGroupId"] == ref("EndpointSecurityGroup")
+    else:
+        assert [(r["FromPort"], r["ToPort"]) for r in open_https] == [(443, 443)]
+
+
+def test_interface_endpoints_cover_what_the_functions_call(scenario: tuple[str, dict[str, str], Resolved]) -> None:
+    _, overrides, stack = scenario
+    endpoints = {
+        r["Properties"]["ServiceName"]: r["Properties"] for r in stack.of_type("AWS::EC2::VPCEndpoint").values()
+    }
+    uses_own_endpoints = given(overrides, "ExistingVpcId") == "" or given(overrides, "CreateVpcEndpoints") == "true"
+    expected = set()
+    if uses_own_endpoints:
+        expected.add("com.amazonaws.us-east-1.sqs")  # dead letters (and on-failure records)
+        if given(overrides, "CacheAuthSecretArn"):
+            expected.add("com.amazonaws.us-east-1.secretsmanager")  # the cache's ACL secret
+    assert set(endpoints) == expected
+    for props in endpoints.values():
+        assert props["VpcEndpointType"] == "Interface"
+        assert props["PrivateDnsEnabled"] is True
+        assert props["SecurityGroupIds"] == [ref("EndpointSecurityGroup")]
+        assert props["SubnetIds"] == stack.props("IngestFunction")["VpcConfig"]["SubnetIds"]
+        if given(overrides, "ExistingVpcId") == "":
+            # in the stack's own VPC the endpoints serve only this stack's resources
+            assert all("*" not in _as_list(s["Resource"]) for s in props["PolicyDocument"]["Statement"])
+
+
+# ---------------------------------------------------------------------- queues, alarms, outputs
+def test_queues_are_encrypted_and_tls_only(scenario: tuple[str, dict[str, str], Resolved]) -> None:
+    _, _, stack = scenario
+    queues = stack.of_type("AWS::SQS::Queue")
+    assert "DeadLetterQueue" in queues
+    for name, queue in queues.items():
+        assert queue["Properties"]["SqsManagedSseEnabled"] is True, name
+        policy = stack.props(f"{name}Policy")
+        assert policy["Queues"] == [ref(name)]
+        (deny,) = policy["PolicyDocument"]["Statement"]
+        assert deny["Effect"] == "Deny" and deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_alarms(scenario: tuple[str, dict[str, str], Resolved]) -> None:
+    _, overrides, stack = scenario
+    alarms = stack.of_type("AWS::CloudWatch::Alarm")
+    metrics = {(a["Properties"]["Namespace"], a["Properties"]["MetricName"]) for a in alarms.values()}
+    assert {
+        ("AWS/Lambda", "Errors"),
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
+        ("AWS/Lambda", "OffsetLag"),
+        ("AWS/ApiGateway", "5xx"),
+    } <= metrics
+    lag = stack.props("OffsetLagAlarm")
+    assert lag["Dimensions"] == [{"Name": "FunctionName", "Value": ref("IngestFunction")}]
+    assert lag["Threshold"] == given(overrides, "OffsetLagAlarmThreshold")
+    email = given(overrides, "AlarmEmail")
+    assert ("AlarmTopic" in stack.resources) == bool(email)
+    for name, alarm in alarms.items():
+        if email:
+            assert alarm["Properties"]["AlarmActions"] == [ref("AlarmTopic")], name
+        else:
+            assert "AlarmActions" not in alarm["Properties"], name
+    if email:
+        assert stack.props("AlarmTopic")["Subscription"] == [{"Protocol": "email", "Endpoint": email}]
+
+
+def test_outputs(scenario: tuple[str, dict[str, str], Resolved]) -> None:
+    _, overrides, stack = scenario
+    assert {"ApiUrl", "CacheEndpoint", "DeadLetterQueueUrl", "IngestFunctionName", "ApiFunctionName"} <= set(
+        stack.outputs
+    )
+    assert stack.outputs["DeadLetterQueueUrl"]["Value"] == ref("DeadLetterQueue")
+    assert ("MappingFailureQueueUrl" in stack.outputs) == (given(overrides, "PollerMode") == "PROVISIONED")
+
+
+# ---------------------------------------------------------------------- parameters
+def _referenced_names(node: Any) -> set[str]:
+    names: set[str] = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "Ref" and isinstance(value, str):
+                names.add(value)
+            elif key == "Fn::Sub":
+                text = value if isinstance(value, str) else value[0]
+                names |= set(re.findall(r"\$\{([^}.!]+)", text))
+                names |= _referenced_names(value)
+            else:
+                names |= _referenced_names(value)
+    elif isinstance(node, list):
+        for item in node:
+            names |= _referenced_names(item)
+    return names
+
+
+def test_every_parameter_is_used_and_described() -> None:
+    template = load()
+    # Rules and Metadata do not count: a parameter must reach a resource, condition or output
+    used = _referenced_names({k: template.get(k) for k in ("Globals", "Conditions", "Resources", "Outputs")})
+    parameters = template["Parameters"]
+    assert set(parameters) - used == set()
+    for name, spec in parameters.items():
+        assert len(spec.get("Description", "")) >= 20, f"{name} needs a description"
+    grouped = {
+        p for g in template["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"] for p in g["Parameters"]
+    }
+    assert grouped == set(parameters)
+
+
+def test_only_the_kafka_values_lack_defaults() -> None:
+    parameters = load()["Parameters"]
+    assert {name for name, spec in parameters.items() if "Default" not in spec} == set(REQUIRED)
+
+
+def test_rules_guard_half_configured_networks() -> None:
+    rules = load()["Rules"]
+    text = json.dumps(rules)
+    assert {"ExistingCacheNeedsItsNetwork", "ExistingVpcNeedsSubnets", "ExistingSubnetsNeedTheirVpc"} <= set(rules)
+    assert "ExistingCacheSecurityGroupId" in text
+    # the transform keeps them, so CloudFormation enforces them at deploy time
+    assert transform(REQUIRED)["Rules"] == rules
+
+
+def test_translated_template_has_no_sam_leftovers() -> None:
+    resources = transform(REQUIRED)["Resources"]
+    assert not [n for n, r in resources.items() if r["Type"].startswith("AWS::Serverless::")]
