@@ -18,7 +18,7 @@ def data_state(client: RedisClient, exclude: Iterable[str] = ("deadletter:ingest
     state: dict[str, Any] = {}
     for raw in client.scan_iter(count=1000):
         key = raw.decode()
-        if key in skip or key.endswith(keys.OFFSETS_SUFFIX):
+        if key in skip or keys.is_offsets_key(key):
             continue
         kind = client.type(key)
         kind = kind.decode() if isinstance(kind, bytes) else kind

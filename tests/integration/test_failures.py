@@ -61,7 +61,7 @@ def test_redis_dying_mid_batch_fails_the_invocation_and_the_retry_converges(
     healthy = build_ingestor(settings)
     crashing = Ingestor(
         settings,
-        CrashingWriter(durable_server, get_client(settings), 50, settings.tombstone_retention_seconds),
+        CrashingWriter(durable_server, get_client(settings), 50),
         healthy._dead_letters,
     )
     get_client(settings).script_load(APPLY_SCRIPT)  # so the first half runs rather than missing the script
@@ -108,7 +108,7 @@ def test_poison_records_go_to_sqs_with_their_reason(aws: None, valkey: Any) -> N
     client = get_client(settings)
     ingest = Ingestor(
         settings,
-        BatchWriter(client, settings.script_batch_size, settings.tombstone_retention_seconds),
+        BatchWriter(client, settings.script_batch_size),
         SqsSink(url, sqs),
     )
     event = sample("kafka-mixed.json")

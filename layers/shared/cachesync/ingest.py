@@ -6,7 +6,6 @@ the returned `BatchOutcome` as logs and metrics.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import itertools
 import time
@@ -16,6 +15,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.data_classes.kafka_event import KafkaEvent
 
+from cachesync import keys
 from cachesync.config import Settings
 from cachesync.connection import get_client
 from cachesync.deadletter import DeadLetter, DeadLetterSink, RedisStreamSink, SqsSink
@@ -112,21 +112,24 @@ class Ingestor:
         return outcome
 
     def _pending(self, record: Record) -> Pending:
-        if not isinstance(record, dict):
+        if type(record) is not dict:
             raise PoisonRecord("record must be a JSON object")
         topic, partition, offset = record.get("topic"), record.get("partition"), record.get("offset")
         if topic is None or partition is None or offset is None:
             raise PoisonRecord("record lacks topic, partition or offset")
-        if not isinstance(topic, str) or not _is_int(partition) or not _is_int(offset) or offset < 0:
+        if type(topic) is not str or type(partition) is not int or type(offset) is not int or offset < 0:
             raise PoisonRecord("record topic must be a string, partition and offset non-negative integers")
         config = self._settings.topic(topic)
         if config is None:
             raise PoisonRecord(f"no projection is configured for topic {topic!r}")
         value = _decode(record.get("value"), "value")
-        if value is not None and len(value) > self._settings.max_value_bytes:
+        if value is None:
+            key = _decode(record.get("key"), "key")  # only tombstones read the record key
+        elif len(value) > self._settings.max_value_bytes:
             raise PoisonRecord(f"value of {len(value)} bytes is over the limit of {self._settings.max_value_bytes}")
-        mutation = project(config, _decode(record.get("key"), "key"), value)
-        return Pending(mutation, topic, partition, offset)
+        else:
+            key = None
+        return Pending(project(config, key, value), keys.offsets_field(topic, partition), offset)
 
 
 def build_ingestor(settings: Settings) -> Ingestor:
@@ -137,7 +140,7 @@ def build_ingestor(settings: Settings) -> Ingestor:
         if settings.dlq_queue_url
         else RedisStreamSink(client, settings.dlq_stream_key, settings.dlq_stream_maxlen)
     )
-    writer = BatchWriter(client, settings.script_batch_size, settings.tombstone_retention_seconds)
+    writer = BatchWriter(client, settings.script_batch_size)
     return Ingestor(settings, writer, sink)
 
 
@@ -180,7 +183,7 @@ def _decode(raw: Any, what: str) -> bytes | None:
     if not isinstance(raw, str):
         raise PoisonRecord(f"record {what} must be a base64 string or null")
     try:
-        return base64.b64decode(raw, validate=True)
+        return binascii.a2b_base64(raw, strict_mode=True)
     except (binascii.Error, ValueError):
         raise PoisonRecord(f"record {what} is not valid base64") from None
 

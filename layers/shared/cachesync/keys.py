@@ -3,15 +3,20 @@
 Data keys keep the names of the original design (`orders:18`,
 `inventory:store1` with members `sku:<sku>`), so existing readers keep working.
 
-Each data key has a companion `{<key>}:offsets` hash that records, per Kafka
-topic-partition, the last offset applied to that key. The braces make Redis
-Cluster hash only `<key>`, so the companion lives in the same slot as the data
-key and one script can update both atomically (no CROSSSLOT).
+The applied Kafka offsets live in one small hash per scope, field
+`<topic>/<partition>` -> the last offset applied in that scope. On a
+standalone server the scope is the whole database (`cachesync:offsets`). On
+Redis Cluster it is a hash slot: `cachesync:offsets:{<tag>}`, where `<tag>`
+hashes to that slot, so a script can update a slot's data and its offsets
+atomically without touching another slot (no CROSSSLOT).
 """
 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 # Identifiers that may appear in a key: no braces (hash tags), no spaces or
 # glob characters, so no input can name another key or a pattern.
@@ -19,7 +24,8 @@ IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 IDENTIFIER_PATTERN = IDENTIFIER.pattern
 
 SKU_MEMBER_PREFIX = "sku:"
-OFFSETS_SUFFIX = ":offsets"
+OFFSETS_KEY = "cachesync:offsets"
+OFFSETS_PATTERN = OFFSETS_KEY + "*"  # every scope's offsets hash (for ACL key patterns)
 
 
 class InvalidIdentifier(ValueError):
@@ -59,9 +65,32 @@ def sku_from_member(member: str) -> str:
     return member[len(SKU_MEMBER_PREFIX) :] if member.startswith(SKU_MEMBER_PREFIX) else member
 
 
-def offsets_key(key: str) -> str:
-    """The companion hash of applied offsets; same cluster slot as `key`."""
-    return "{" + key + "}" + OFFSETS_SUFFIX
+def offsets_key(slot: int | None = None) -> str:
+    """The offsets hash of a scope: the database (None) or one cluster hash slot."""
+    if slot is None:
+        return OFFSETS_KEY
+    return f"{OFFSETS_KEY}:{{{_slot_tags()[slot]}}}"
+
+
+def is_offsets_key(key: str) -> bool:
+    return key == OFFSETS_KEY or key.startswith(OFFSETS_KEY + ":{")
+
+
+@lru_cache(maxsize=1)
+def _slot_tags() -> tuple[str, ...]:
+    """For each of the 16384 slots, the smallest number whose decimal text hashes to it.
+
+    Computed once per process, in cluster mode only (~170,000 CRC16s, ~60 ms).
+    """
+    tags: list[str | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
+    missing, n = REDIS_CLUSTER_HASH_SLOTS, 0
+    while missing:
+        slot = key_slot(str(n).encode())
+        if tags[slot] is None:
+            tags[slot] = str(n)
+            missing -= 1
+        n += 1
+    return tuple(t for t in tags if t is not None)
 
 
 def offsets_field(topic: str, partition: int) -> str:

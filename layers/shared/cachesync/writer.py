@@ -1,14 +1,18 @@
 """Applies a batch of mutations to Redis exactly once, in few round trips.
 
-Mutations are grouped by key (keeping partition order within each key) and
-sent as server-side script calls of up to `script_batch_size` mutations, all
-in one pipeline. Under Redis Cluster the groups are split by hash slot first,
-so every script call touches the keys of one slot only.
+The batch goes out as server-side script calls (apply.lua) of up to
+`script_batch_size` mutations each, all in one pipeline. Each call checks and
+advances the applied offset of every partition it carries in the same atomic
+step as the writes, which is what makes a replay change nothing.
 
-Why one script per group rather than one command per record: the script reads
-the key's recorded offsets and writes the data in the same atomic step, which
-is what makes a replay change nothing, and it turns thousands of commands into
-a handful of round trips.
+Scope of the offsets: on a standalone server one hash covers the database, so
+calls can mix any keys. Under Redis Cluster the batch is split by hash slot
+first and each slot keeps its own offsets hash, so every call touches the keys
+of one slot only.
+
+Measured on a 10,000-record batch (`python -m devkit.bench_ingest`): one
+script call per 1,000 mutations with one JSON argument costs the server about
+1 us a mutation; the earlier design, one offsets hash per data key, cost 3 us.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import orjson
 import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
@@ -30,13 +35,11 @@ APPLY_SCRIPT = (Path(__file__).parent / "apply.lua").read_text()
 APPLY_SHA = hashlib.sha1(APPLY_SCRIPT.encode()).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
-class Pending:
-    """A mutation with the Kafka coordinates that make it idempotent."""
+class Pending(NamedTuple):
+    """A mutation with the Kafka coordinates that make it idempotent (a tuple: one per record)."""
 
     mutation: Mutation
-    topic: str
-    partition: int
+    field: str  # "<topic>/<partition>", see keys.offsets_field
     offset: int
 
 
@@ -51,17 +54,38 @@ class WriteResult:
 
 @dataclass
 class _Call:
-    keys: list[str] = field(default_factory=list)
-    args: list[Any] = field(default_factory=list)
-    indexes: list[int] = field(default_factory=list)  # pending index of each mutation, in order
+    """One script call: the offsets hash, the data keys, and each partition's mutations."""
+
+    offsets_key: str
+    keys: dict[str, int] = field(default_factory=dict)  # data key -> its KEYS index (from 2)
+    partitions: dict[str, list[list[Any]]] = field(default_factory=dict)
+    sources: dict[str, list[int]] = field(default_factory=dict)  # pending index of each, per partition
+
+    def add(self, index: int, item: Pending) -> None:
+        m = item.mutation
+        key_index = self.keys.setdefault(m.key, len(self.keys) + 2)
+        # values are UTF-8 (the projections parsed them as JSON); the offset
+        # stays a string so Lua never rounds or reformats it
+        argument = m.argument.decode() if isinstance(m.argument, bytes) else m.argument
+        self.partitions.setdefault(item.field, []).append(
+            [str(item.offset), key_index, m.code, m.member, argument, m.ttl]
+        )
+        self.sources.setdefault(item.field, []).append(index)
+
+    def command(self) -> tuple[Any, ...]:
+        plan = orjson.dumps(list(self.partitions.items()))
+        return ("EVALSHA", APPLY_SHA, len(self.keys) + 1, self.offsets_key, *self.keys, plan)
+
+    def positions(self) -> list[int]:
+        """The pending index of each mutation, in the order the script numbers them."""
+        return [index for field_ in self.partitions for index in self.sources[field_]]
 
 
 class BatchWriter:
-    def __init__(self, client: redis.Redis | RedisCluster, script_batch_size: int, tombstone_retention: int):
+    def __init__(self, client: redis.Redis | RedisCluster, script_batch_size: int):
         self._client = client
         self._cluster = isinstance(client, RedisCluster)
         self._batch_size = script_batch_size
-        self._retention = tombstone_retention
 
     def apply(self, pending: Sequence[Pending]) -> WriteResult:
         calls = self._plan(pending)
@@ -73,51 +97,30 @@ class BatchWriter:
             applied, skipped, errors = reply
             result.applied += applied
             result.skipped += skipped
-            for position, message in zip(errors[::2], errors[1::2], strict=True):
-                result.refused.append((call.indexes[position - 1], _text(message)))
+            if errors:
+                positions = call.positions()
+                for position, message in zip(errors[::2], errors[1::2], strict=True):
+                    result.refused.append((positions[position - 1], _text(message)))
         return result
 
     def _plan(self, pending: Sequence[Pending]) -> list[_Call]:
-        # key -> indexes of its mutations; dicts keep insertion order, and the
-        # pending list is in partition order, so each key's order is kept.
-        by_key: dict[str, list[int]] = {}
-        for index, item in enumerate(pending):
-            by_key.setdefault(item.mutation.key, []).append(index)
-        groups: list[list[str]]
+        # The pending list is in partition order; calls keep it (a partition's
+        # mutations go out in offset order, calls run in order).
+        groups: dict[int | None, list[int]]
         if self._cluster:
-            by_slot: dict[int, list[str]] = {}
-            for key in by_key:
-                by_slot.setdefault(key_slot(key.encode()), []).append(key)
-            groups = list(by_slot.values())
+            groups = {}
+            for index, item in enumerate(pending):
+                groups.setdefault(key_slot(item.mutation.key.encode()), []).append(index)
         else:
-            groups = [list(by_key)]
+            groups = {None: list(range(len(pending)))}
 
         calls: list[_Call] = []
-        for group in groups:
-            call = _Call()
-            for key in group:
-                indexes = by_key[key]
-                # a key's mutations may span calls; calls for one key run in order
-                for start in range(0, len(indexes), self._batch_size):
-                    chunk = indexes[start : start + self._batch_size]
-                    if len(call.indexes) + len(chunk) > self._batch_size and call.indexes:
-                        calls.append(call)
-                        call = _Call()
-                    call.keys += (key, keys.offsets_key(key))
-                    call.args.append(len(chunk))
-                    for index in chunk:
-                        item = pending[index]
-                        m = item.mutation
-                        call.args += (
-                            f"{item.topic}/{item.partition}",
-                            item.offset,
-                            m.code,
-                            m.member,
-                            m.argument,
-                            m.ttl,
-                        )
-                    call.indexes += chunk
-            if call.indexes:
+        for slot, indexes in groups.items():
+            offsets_key = keys.offsets_key(slot)
+            for start in range(0, len(indexes), self._batch_size):
+                call = _Call(offsets_key)
+                for index in indexes[start : start + self._batch_size]:
+                    call.add(index, pending[index])
                 calls.append(call)
         return calls
 
@@ -139,7 +142,7 @@ class BatchWriter:
     def _pipeline(self, calls: list[_Call]) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
         for call in calls:
-            pipe.execute_command("EVALSHA", APPLY_SHA, len(call.keys), *call.keys, self._retention, *call.args)
+            pipe.execute_command(*call.command())
         return list(pipe.execute(raise_on_error=False))
 
 
