@@ -159,8 +159,12 @@ class Reader:
             raise BadRequest(f"at most {self._settings.products_max_skus} SKUs per request, got {len(wanted)}")
         for sku in wanted:
             _identifier(sku, "sku")
-        # in cluster mode redis-py splits MGET by slot and sends the parts in parallel
-        values = cast("list[bytes | None]", self._client.mget([keys.product_key(s, self._products) for s in wanted]))
+        names = [keys.product_key(s, self._products) for s in wanted]
+        if isinstance(self._client, RedisCluster):
+            # one MGET per slot, pipelined per node: a plain MGET across slots is CROSSSLOT
+            values = cast("list[bytes | None]", self._client.mget_nonatomic(names))
+        else:
+            values = cast("list[bytes | None]", self._client.mget(names))
         return ProductList(
             documents=[v for v in values if v is not None],
             missing=[s for s, v in zip(wanted, values, strict=True) if v is None],
