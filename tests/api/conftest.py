@@ -31,24 +31,28 @@ def api_valkey() -> Iterator[servers.ServerProcess]:
 
 
 @pytest.fixture(scope="session")
-def load_api(api_routes: list[Route]) -> Iterator[Callable[..., Api]]:
-    """Loads a fresh ApiFunction module with the template's environment plus `env`."""
-    saved = dict(os.environ)
+def load_api(api_routes: list[Route]) -> Callable[..., Api]:
+    """Loads a fresh ApiFunction module with the template's environment plus `env`.
+
+    The module reads its settings and logger configuration at import, so the
+    environment is put back right after: other suites see the process unchanged.
+    """
 
     def load(redis_url: str, **env: str) -> Api:
         function = describe("ApiFunction", {"RedisUrl": redis_url})
-        os.environ.clear()
-        os.environ.update(saved)
-        os.environ.update(function.environment)
-        os.environ.update({"REDIS_URL": redis_url, "POWERTOOLS_METRICS_DISABLED": "true", **env})
-        config.settings.cache_clear()  # the module reads the settings once, at import
-        handler = load_handler(function)
+        saved = dict(os.environ)
+        try:
+            os.environ.update(function.environment)
+            os.environ.update({"REDIS_URL": redis_url, **env})
+            config.settings.cache_clear()
+            handler = load_handler(function)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+            config.settings.cache_clear()
         return Api(handler, LocalGateway(handler, api_routes, lambda: LocalContext(function)), function)
 
-    yield load
-    os.environ.clear()
-    os.environ.update(saved)
-    config.settings.cache_clear()
+    return load
 
 
 @pytest.fixture(scope="session")
