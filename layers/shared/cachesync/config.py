@@ -41,6 +41,15 @@ class Settings:
     cluster: bool = False
     redis_username: str | None = None
     redis_secret_arn: str | None = None  # Secrets Manager secret with the ACL user's password
+    # TLS (rediss://): CA bundle to verify the server with; None trusts the system store,
+    # which holds the Amazon roots that ElastiCache certificates chain to.
+    redis_ca_cert: str | None = None
+    # IAM authentication (ElastiCache, Valkey 7.2+ / Redis OSS 7+): the password is a
+    # SigV4-presigned elasticache:Connect request for `redis_username` on this cache.
+    iam_auth: bool = False
+    iam_cache_name: str | None = None  # replication group id or serverless cache name
+    iam_serverless: bool = False
+    aws_region: str | None = None
     socket_timeout: float = 1.0
     connect_timeout: float = 1.0
     retries: int = 3  # bounded retries on connection errors, with exponential backoff
@@ -49,9 +58,6 @@ class Settings:
     dlq_queue_url: str | None = None
     dlq_stream_key: str = "deadletter:ingest"
     dlq_stream_maxlen: int = 10_000
-    # How long the idempotence record of a deleted key is kept; replays older than
-    # this could resurrect a deleted key, so keep it above the topic's retention.
-    tombstone_retention_seconds: int = 7 * 24 * 3600
     # Records per server-side script call: large enough to amortise the round
     # trip, small enough not to block Redis for long (~1 ms per 1,000 records).
     script_batch_size: int = 1000
@@ -90,11 +96,19 @@ class Settings:
         scheme = urlparse(url).scheme
         if scheme not in ("redis", "rediss"):
             raise ConfigError(f"REDIS_URL must start with redis:// or rediss://, got {scheme or url!r}")
+        iam_auth = _bool(env, "REDIS_IAM_AUTH", False)
+        if iam_auth:
+            _check_iam(env, scheme)
         return cls(
             redis_url=url,
             cluster=_bool(env, "REDIS_CLUSTER", False),
             redis_username=env.get("REDIS_USERNAME") or None,
             redis_secret_arn=env.get("REDIS_SECRET_ARN") or None,
+            redis_ca_cert=env.get("REDIS_CA_CERT") or None,
+            iam_auth=iam_auth,
+            iam_cache_name=env.get("REDIS_IAM_CACHE_NAME") or None,
+            iam_serverless=_bool(env, "REDIS_IAM_SERVERLESS", False),
+            aws_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
             socket_timeout=_number(env, "REDIS_SOCKET_TIMEOUT", 1.0, float),
             connect_timeout=_number(env, "REDIS_CONNECT_TIMEOUT", 1.0, float),
             retries=_number(env, "REDIS_RETRIES", 3, int),
@@ -103,7 +117,6 @@ class Settings:
             dlq_queue_url=env.get("DLQ_QUEUE_URL") or None,
             dlq_stream_key=env.get("DLQ_STREAM_KEY") or "deadletter:ingest",
             dlq_stream_maxlen=_number(env, "DLQ_STREAM_MAXLEN", 10_000, int),
-            tombstone_retention_seconds=_number(env, "TOMBSTONE_RETENTION_SECONDS", 7 * 24 * 3600, int),
             script_batch_size=_number(env, "SCRIPT_BATCH_SIZE", 1000, int, minimum=1),
             cors_allowed_origins=tuple(o.strip() for o in env.get("CORS_ALLOWED_ORIGINS", "").split(",") if o.strip()),
             products_max_skus=_number(env, "PRODUCTS_MAX_SKUS", 100, int, minimum=1),
@@ -112,6 +125,19 @@ class Settings:
             inventory_sku_sort_max=_number(env, "INVENTORY_SKU_SORT_MAX", 10_000, int, minimum=1),
             retry_after_seconds=_number(env, "RETRY_AFTER_SECONDS", 1, int, minimum=1),
         )
+
+
+def _check_iam(env: Mapping[str, str], scheme: str) -> None:
+    """IAM authentication needs TLS, a user, a cache name and a region, and no password secret."""
+    if scheme != "rediss":
+        raise ConfigError("REDIS_IAM_AUTH needs a rediss:// REDIS_URL: ElastiCache accepts IAM tokens over TLS only")
+    missing = [name for name in ("REDIS_USERNAME", "REDIS_IAM_CACHE_NAME") if not env.get(name)]
+    if not (env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")):
+        missing.append("AWS_REGION")
+    if missing:
+        raise ConfigError(f"REDIS_IAM_AUTH needs {', '.join(missing)}")
+    if env.get("REDIS_SECRET_ARN"):
+        raise ConfigError("REDIS_IAM_AUTH and REDIS_SECRET_ARN exclude each other: choose IAM or a password")
 
 
 def _topic_config(env: Mapping[str, str], kind: str) -> TopicConfig:

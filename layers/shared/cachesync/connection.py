@@ -2,10 +2,12 @@
 
 Clients are created once per process and reused across warm invocations.
 Standalone or cluster (ElastiCache Serverless and cluster-mode caches need the
-cluster client), TLS from a `rediss://` URL, ACL credentials from the URL, the
-environment, or a Secrets Manager secret fetched once through Powertools
-Parameters. Every call has explicit timeouts and a bounded, backed-off retry
-on connection errors, so a dead cache fails an invocation quickly instead of
+cluster client), TLS from a `rediss://` URL (certificate and host name always
+verified, against REDIS_CA_CERT or the system trust store), ACL credentials from
+the URL, the environment, a Secrets Manager secret fetched once through
+Powertools Parameters, or ElastiCache IAM tokens (`cachesync.iam_auth`).
+Every call has explicit timeouts and a bounded, backed-off retry on connection
+errors, so a dead cache fails an invocation quickly instead of
 hanging until the Lambda timeout.
 """
 
@@ -33,12 +35,30 @@ def client_options(settings: Settings) -> dict[str, Any]:
         "retry_on_error": [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
         "health_check_interval": 30,
         "client_name": "cachesync",
+        # no CLIENT SETINFO on connect: Redis 7.0 lacks it, the ACL users do not grant it
+        # (cachesync.acl), and it costs two round trips per new connection
+        "driver_info": None,
     }
+    if settings.tls:
+        options.update(tls_options(settings))
+    if settings.iam_auth:
+        from cachesync.iam_auth import provider_for
+
+        options["credential_provider"] = provider_for(settings)  # a fresh token per connection
+        return options
     username, password = credentials(settings)
     if username:
         options["username"] = username
     if password:
         options["password"] = password
+    return options
+
+
+def tls_options(settings: Settings) -> dict[str, Any]:
+    """Certificate and host name verification always on; the CA bundle from REDIS_CA_CERT or the system."""
+    options: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+    if settings.redis_ca_cert:
+        options["ssl_ca_certs"] = settings.redis_ca_cert
     return options
 
 

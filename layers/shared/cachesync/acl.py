@@ -1,0 +1,100 @@
+"""Least-privilege Redis ACL users for the two functions, as data.
+
+One user per function, so a compromised or buggy read path cannot write, and
+neither can flush, reconfigure, enumerate (KEYS, SCAN) or touch keys outside
+its projections. The access strings here are what docs/security.md shows, what
+the tests apply to real Redis 7 and Valkey 8 servers, and what an ElastiCache
+RBAC user takes as its `AccessString` (`on`, key patterns, `-@all`, then the
+commands; no password, no `reset`, no Redis 7-only selectors or `%R~`).
+
+Lua scripts run their inner commands under the caller's ACL: the ingest user may
+load and run scripts, but a script can only do what the user could do itself,
+so the inner commands of `apply.lua` are listed here too.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cachesync import keys
+from cachesync.config import PROJECTION_KINDS, Settings
+
+# What every connection of the shared factory sends: PING (health checks) and
+# CLIENT SETNAME (client_name "cachesync"); the factory turns redis-py's CLIENT
+# SETINFO off. AUTH and HELLO need no permission.
+CONNECTION_COMMANDS = ("ping", "client|setname")
+# What the cluster client needs to find its nodes and slots (ElastiCache Serverless
+# and cluster-mode caches): redis-py reads CLUSTER SLOTS and the COMMAND table.
+CLUSTER_COMMANDS = ("cluster|slots", "cluster|shards", "command")
+
+# The ingest path: the writer's script (EVAL, or EVALSHA with SCRIPT LOAD after
+# NOSCRIPT: any of them lets a user run a script of its own, so allowing all three
+# grants nothing more), the commands apply.lua calls (read from the script itself,
+# so the two cannot drift apart), and XADD to the dead-letter stream.
+INGEST_SCRIPT_COMMANDS = ("eval", "evalsha", "script|load")
+DEAD_LETTER_COMMANDS = ("xadd",)
+
+# The read API: GET/MGET documents, ZSCORE/ZRANGE inventory, EXISTS, and the paging
+# script (EVALSHA, EVAL on NOSCRIPT) whose inner commands are EXISTS and ZRANGE.
+API_COMMANDS = ("get", "mget", "zscore", "zrange", "exists", "evalsha", "eval")
+
+
+@dataclass(frozen=True)
+class AccessRule:
+    """One function's Redis user: the commands it may run and the keys it may touch."""
+
+    role: str
+    commands: tuple[str, ...]
+    key_patterns: tuple[str, ...]
+
+    def rules(self) -> list[str]:
+        """The ACL rules after `on`: key patterns, then `-@all`, then each allowed command."""
+        return [*(f"~{p}" for p in self.key_patterns), "-@all", *(f"+{c}" for c in self.commands)]
+
+    def access_string(self) -> str:
+        """The ElastiCache RBAC `AccessString` (also valid after `ACL SETUSER <name>`)."""
+        return " ".join(["on", *self.rules()])
+
+    def setuser_args(self, username: str, password: str) -> list[str]:
+        """`ACL SETUSER` arguments for a self-managed server (tests, local runs)."""
+        return ["ACL", "SETUSER", username, "reset", "on", f">{password}", *self.rules()]
+
+
+def script_commands(script: str) -> tuple[str, ...]:
+    """The commands a Lua script calls (`redis.call('X'` / `redis.pcall('X'`), lower case, sorted."""
+    return tuple(sorted({name.lower() for name in re.findall(r"redis\.p?call\(\s*['\"](\w+)['\"]", script)}))
+
+
+def apply_lua_commands() -> tuple[str, ...]:
+    from cachesync.writer import APPLY_SCRIPT
+
+    return script_commands(APPLY_SCRIPT)
+
+
+def _prefixes(settings: Settings) -> list[str]:
+    return [settings.key_prefix(kind) for kind in PROJECTION_KINDS]
+
+
+def ingest_rule(settings: Settings, cluster: bool | None = None) -> AccessRule:
+    """The ingest user: its data keys, the applied-offsets hashes, the dead-letter stream."""
+    patterns = [keys.data_key(prefix, "*") for prefix in _prefixes(settings)]
+    patterns.append(keys.OFFSETS_PATTERN)
+    if not settings.dlq_queue_url:
+        patterns.append(settings.dlq_stream_key)
+    commands = [*CONNECTION_COMMANDS, *INGEST_SCRIPT_COMMANDS, *apply_lua_commands()]
+    if not settings.dlq_queue_url:
+        commands += DEAD_LETTER_COMMANDS
+    return AccessRule("ingest", _with_cluster(commands, settings, cluster), tuple(patterns))
+
+
+def api_rule(settings: Settings, cluster: bool | None = None) -> AccessRule:
+    """The read API user: read-only commands on the data keys (not the offsets, not dead letters)."""
+    patterns = tuple(keys.data_key(prefix, "*") for prefix in _prefixes(settings))
+    return AccessRule("api", _with_cluster([*CONNECTION_COMMANDS, *API_COMMANDS], settings, cluster), patterns)
+
+
+def _with_cluster(commands: Sequence[str], settings: Settings, cluster: bool | None) -> tuple[str, ...]:
+    on_cluster = settings.cluster if cluster is None else cluster
+    return tuple([*commands, *CLUSTER_COMMANDS] if on_cluster else commands)

@@ -1,0 +1,212 @@
+"""Least-privilege users (cachesync.acl) on real Redis 7, Valkey 8 and a Valkey cluster:
+each path works with its own user and nothing more, and the ACL log shows no denial
+during normal work (nothing the client sends on its own is missing from the rules)."""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+from redis.cluster import RedisCluster
+
+from cachesync import acl, keys
+from cachesync.config import Settings
+from cachesync.connection import RedisClient, get_client
+from cachesync.ingest import build_ingestor
+from cachesync.reads import Reader
+from cachesync.writer import APPLY_SCRIPT
+from devkit.generator import EventGenerator
+from tests.integration.helpers import data_state, model_state
+from tests.security.conftest import USERS, create_users, userinfo
+
+NOPERM = (redis.exceptions.NoPermissionError, redis.exceptions.ResponseError)
+
+
+def with_user(url: str, role: str) -> str:
+    return url.replace("redis://", f"redis://{userinfo(role)}@", 1)
+
+
+def admins(target: Any) -> list[redis.Redis]:
+    if target.cluster:
+        return [redis.Redis(host=n.host, port=n.port) for n in RedisCluster.from_url(target.url).get_primaries()]
+    return [redis.Redis.from_url(target.url)]
+
+
+def admin_client(target: Any) -> RedisClient:
+    return RedisCluster.from_url(target.url) if target.cluster else redis.Redis.from_url(target.url)
+
+
+@pytest.fixture
+def users(target: Any) -> Callable[[str], Settings]:
+    """Creates both users on every node; returns the settings of one role's connection."""
+    for node in admins(target):
+        create_users(_url(node), cluster=target.cluster)
+        node.execute_command("ACL", "LOG", "RESET")
+        node.script_flush()  # so each path has to load its scripts under its own user
+
+    def settings(role: str, **env: str) -> Settings:
+        return target.settings(REDIS_URL=with_user(target.url, role), **env)
+
+    return settings
+
+
+def _url(node: redis.Redis) -> str:
+    kwargs = node.connection_pool.connection_kwargs
+    return f"redis://{kwargs['host']}:{kwargs['port']}/0"
+
+
+def poison(offset: int) -> dict[str, Any]:
+    return {
+        "topic": "orders",
+        "partition": 0,
+        "offset": offset,
+        "timestamp": 1,
+        "key": None,
+        "value": base64.b64encode(b"{not json").decode(),
+        "headers": [],
+    }
+
+
+def test_each_path_works_with_its_own_user_and_nothing_is_denied(target: Any, users: Any) -> None:
+    generator = EventGenerator(seed=21, partitions=3, stores=3, skus=12)
+    batch = generator.batch(400)
+    batch["records"].setdefault("orders-0", []).append(poison(10**6))
+    ingest = build_ingestor(users("ingest"))
+    first = ingest.process(batch)
+    assert first.applied == 400 and first.dead_lettered == 1
+    replay = ingest.process(batch)
+    assert replay.duplicates == 400
+    admin = admin_client(target)
+    records = [r for rs in batch["records"].values() for r in rs]
+    assert data_state(admin) == model_state(target.settings(), records)
+    assert admin.xlen("deadletter:ingest") >= 1  # XADD under the ingest user
+
+    api_settings = users("api")
+    reader = Reader(get_client(api_settings), api_settings)
+    some_order = next(key for key in data_state(admin) if key.startswith("orders:")).split(":", 1)[1]
+    assert reader.order(some_order)
+    store = next(key for key in data_state(admin) if key.startswith("inventory:")).split(":", 1)[1]
+    by_quantity = reader.inventory(store, limit=2)  # the paging script: EVALSHA, EVAL on NOSCRIPT
+    assert by_quantity.items and by_quantity.next_cursor
+    assert reader.inventory(store, limit=2, cursor=by_quantity.next_cursor).items
+    assert reader.inventory(store, sort="sku", limit=3).items
+    item = by_quantity.items[0]
+    assert reader.inventory_item(store, item.sku).quantity == item.quantity
+    assert reader.products(",".join(generator.skus[:5])).documents
+    assert reader.ping_ms() >= 0
+
+    for node in admins(target):
+        denied = node.execute_command("ACL", "LOG")
+        assert denied == [], denied
+
+
+def assert_denied(name: str, attempt: Callable[[], Any]) -> None:
+    try:
+        result = attempt()
+    except NOPERM as error:
+        assert re.search(r"(?i)no permissions|noperm|user executing the script can't", str(error)), f"{name}: {error}"
+    else:
+        raise AssertionError(f"{name} was allowed: {result!r}")
+
+
+def attempts_common(client: RedisClient) -> list[tuple[str, Callable[[], Any]]]:
+    return [
+        ("FLUSHALL", lambda: client.flushall()),
+        ("FLUSHDB", lambda: client.flushdb()),
+        ("CONFIG GET", lambda: client.config_get("*")),
+        ("CONFIG SET", lambda: client.config_set("maxmemory-policy", "allkeys-lru")),
+        ("KEYS", lambda: client.keys("*")),
+        ("SCAN", lambda: client.execute_command("SCAN", 0)),
+        ("ACL SETUSER", lambda: client.execute_command("ACL", "SETUSER", "intruder", "on", ">x", "+@all", "~*")),
+        ("SHUTDOWN", lambda: client.execute_command("SHUTDOWN", "NOSAVE")),
+        ("CLIENT KILL", lambda: client.execute_command("CLIENT", "KILL", "TYPE", "normal")),
+        ("SCRIPT FLUSH", lambda: client.script_flush()),
+        ("GET outside", lambda: client.get("sessions:42")),
+        ("SET outside", lambda: client.set("sessions:42", "x")),
+    ]
+
+
+def _seed(target: Any) -> None:
+    admin = admin_client(target)
+    admin.set("orders:1", b'{"orderid": 1}')
+    admin.set("sessions:42", b"secret")
+    admin.zadd("inventory:store1", {"sku:1": 5})
+    admin.hset(keys.offsets_key(), "orders/0", 3)
+
+
+def test_the_api_user_reads_only_its_keys(target: Any, users: Any) -> None:
+    _seed(target)
+    admin = admin_client(target)
+    before = data_state(admin, exclude=())
+    client = get_client(users("api"))
+    assert client.get("orders:1") == b'{"orderid": 1}'
+    writes = [
+        ("SET", lambda: client.set("orders:1", "x")),
+        ("DEL", lambda: client.delete("orders:1")),
+        ("ZADD", lambda: client.zadd("inventory:store1", {"sku:1": 99})),
+        ("ZINCRBY", lambda: client.zincrby("inventory:store1", 1, "sku:1")),
+        ("EXPIRE", lambda: client.expire("orders:1", 1)),
+        ("XADD", lambda: client.xadd("deadletter:ingest", {"x": "y"})),
+        ("HGET offsets", lambda: client.hget(keys.offsets_key(), "orders/0")),
+        ("EVAL write", lambda: client.eval("return redis.call('SET', KEYS[1], 'x')", 1, "orders:1")),
+        ("EVAL del", lambda: client.eval("return redis.call('DEL', KEYS[1])", 1, "products:1")),
+        ("EVAL flushall", lambda: client.eval("return redis.call('FLUSHALL')", 0)),
+        ("SCRIPT LOAD", lambda: client.script_load("return 1")),
+        ("XRANGE dead letters", lambda: client.xrange("deadletter:ingest")),
+    ]
+    for name, attempt in writes + attempts_common(client):
+        assert_denied(name, attempt)
+    assert data_state(admin, exclude=()) == before
+
+
+def test_the_ingest_user_cannot_step_outside_its_keys_even_from_a_script(target: Any, users: Any) -> None:
+    _seed(target)
+    admin = admin_client(target)
+    before = data_state(admin, exclude=())
+    client = get_client(users("ingest"))
+    # its own script runs; any other script it may load runs with its rights and no more
+    evil = {
+        "set outside": ("return redis.call('SET', KEYS[1], 'x')", ["sessions:42"]),
+        "read outside": ("return redis.call('GET', KEYS[1])", ["sessions:42"]),
+        "get own key": ("return redis.call('GET', KEYS[1])", ["orders:1"]),  # no GET: it never reads data
+        "flushall": ("return redis.call('FLUSHALL')", []),
+        "del outside": ("return redis.call('DEL', KEYS[1])", ["sessions:42"]),
+        "unlisted command": ("return redis.call('GETDEL', KEYS[1])", ["orders:1"]),
+        "keys": ("return redis.call('KEYS', '*')", []),
+    }
+    for name, (script, script_keys) in evil.items():
+        sha = client.script_load(script)
+        assert_denied(name, lambda: client.evalsha(sha, len(script_keys), *script_keys))  # noqa: B023
+    attempts = [
+        ("GET own key", lambda: client.get("orders:1")),
+        ("HGETALL offsets", lambda: client.hgetall(keys.offsets_key())),
+        ("XRANGE", lambda: client.xrange("deadletter:ingest")),
+        *attempts_common(client),
+    ]
+    for name, attempt in attempts:
+        assert_denied(name, attempt)
+    assert data_state(admin, exclude=()) == before
+    assert client.script_load(APPLY_SCRIPT)  # what it does need still works
+
+
+def test_access_strings_are_in_elasticache_rbac_form() -> None:
+    settings = Settings.from_env({})
+    for rule in (acl.ingest_rule(settings), acl.api_rule(settings), acl.api_rule(settings, cluster=True)):
+        text = rule.access_string()
+        tokens = text.split()
+        assert tokens[0] == "on"
+        assert "reset" not in tokens and not any(t.startswith((">", "<", "#", "%", "(")) for t in tokens)
+        assert tokens.index("-@all") < min(i for i, t in enumerate(tokens) if t.startswith("+"))
+        assert not any(t in ("+@all", "allkeys", "~*", "allcommands", "+@dangerous") for t in tokens)
+    api = acl.api_rule(settings).access_string()
+    assert "~cachesync:offsets" not in api and "~deadletter" not in api
+    ingest = acl.ingest_rule(settings)
+    assert set(acl.script_commands(APPLY_SCRIPT)) <= set(ingest.commands)
+    assert "xadd" not in acl.ingest_rule(Settings.from_env({"DLQ_QUEUE_URL": "https://sqs/q"})).commands
+    renamed = acl.api_rule(Settings.from_env({"PRODUCTS_KEY_PREFIX": "catalog"})).key_patterns
+    assert "catalog:*" in renamed and "products:*" not in renamed
+    assert USERS["ingest"] != USERS["api"]

@@ -1,0 +1,142 @@
+"""Test-only TLS material and TLS-enabled Redis servers (never used by production code).
+
+`make_pki` writes a throwaway CA, a server certificate for 127.0.0.1/localhost
+signed by it, a second unrelated CA, and a certificate for another host name
+signed by the first CA, so the suites can show what a client accepts and what
+it refuses.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from devkit import servers
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: Path  # the CA that signed the server certificates
+    other_ca: Path  # an unrelated CA: trusting it must not let a client in
+    server_cert: Path  # for DNS localhost and IP 127.0.0.1
+    server_key: Path
+    wrong_host_cert: Path  # signed by `ca`, but for cache.example.invalid only
+    wrong_host_key: Path
+
+
+def make_pki(directory: Path) -> Pki:
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_cert = _ca("cachesync test CA")
+    other_key, other_cert = _ca("some other CA")
+    server_key, server_cert = _leaf(
+        ca_key, ca_cert, "localhost", [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    )
+    wrong_key, wrong_cert = _leaf(ca_key, ca_cert, "cache.example.invalid", [x509.DNSName("cache.example.invalid")])
+    del other_key
+    paths = Pki(
+        ca=directory / "ca.pem",
+        other_ca=directory / "other-ca.pem",
+        server_cert=directory / "server.pem",
+        server_key=directory / "server.key",
+        wrong_host_cert=directory / "wrong-host.pem",
+        wrong_host_key=directory / "wrong-host.key",
+    )
+    _write_cert(paths.ca, ca_cert)
+    _write_cert(paths.other_ca, other_cert)
+    _write_cert(paths.server_cert, server_cert)
+    _write_key(paths.server_key, server_key)
+    _write_cert(paths.wrong_host_cert, wrong_cert)
+    _write_key(paths.wrong_host_key, wrong_key)
+    return paths
+
+
+@dataclass
+class TlsServer:
+    """A server with a loopback plaintext port for setup and a TLS port for the clients under test."""
+
+    server: servers.ServerProcess
+    tls_port: int
+
+    def url(self, host: str = "127.0.0.1", userinfo: str = "") -> str:
+        return f"rediss://{userinfo + '@' if userinfo else ''}{host}:{self.tls_port}/0"
+
+    @property
+    def admin_url(self) -> str:
+        return self.server.url
+
+
+def start_tls_server(binary: str, cert: Path, key: Path, ca: Path) -> TlsServer:
+    tls_port = servers.free_port()
+    extra = [
+        "--tls-port", str(tls_port),
+        "--tls-cert-file", str(cert),
+        "--tls-key-file", str(key),
+        "--tls-ca-cert-file", str(ca),
+        "--tls-auth-clients", "no",  # server-authenticated TLS, like ElastiCache
+    ]  # fmt: skip
+    return TlsServer(servers.start_server(binary, extra=extra), tls_port)
+
+
+def _ca(name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )  # keyCertSign, cRLSign
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def _leaf(
+    ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, name: str, alt_names: list[x509.GeneralName]
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def _write_cert(path: Path, cert: x509.Certificate) -> None:
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    path.chmod(0o600)
