@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import boto3
@@ -15,7 +16,7 @@ from cachesync.config import Settings
 from cachesync.connection import get_client
 from cachesync.deadletter import SqsSink
 from cachesync.ingest import Ingestor, build_ingestor
-from cachesync.writer import APPLY_SCRIPT, BatchWriter, _Call
+from cachesync.writer import BatchWriter, Pending, _Call
 from devkit import servers
 from devkit.generator import EventGenerator
 from tests.integration.helpers import data_state, model_state, poison_coordinates
@@ -32,18 +33,27 @@ def durable_server() -> Iterator[servers.ServerProcess]:
 
 
 class CrashingWriter(BatchWriter):
-    """Kills the real server (SIGKILL) after the first half of the batch's script calls."""
+    """Kills the real server (SIGKILL) once it has run half of the batch's script calls."""
 
     def __init__(self, server: servers.ServerProcess, *args: Any):
         super().__init__(*args)
         self.server = server
 
-    def _pipeline(self, calls: list[_Call]) -> list[Any]:
-        half = len(calls) // 2
-        replies = super()._pipeline(calls[:half])
+    def _calls(self, items: Iterable[tuple[int, Pending]], offsets_key: str) -> Iterator[_Call]:
+        calls = list(super()._calls(items, offsets_key))
+        yield from calls[: len(calls) // 2]
+        watcher = redis.Redis.from_url(self.server.url)
+        deadline = time.monotonic() + 10
+        while _evals(watcher) < len(calls) // 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
         self.server.process.kill()
         self.server.process.wait()
-        return replies + super()._pipeline(calls[half:])
+        yield from calls[len(calls) // 2 :]
+
+
+def _evals(client: redis.Redis) -> int:
+    stats = client.info("commandstats").get("cmdstat_eval", {})
+    return int(stats.get("calls", 0))
 
 
 def test_redis_dying_mid_batch_fails_the_invocation_and_the_retry_converges(
@@ -64,7 +74,6 @@ def test_redis_dying_mid_batch_fails_the_invocation_and_the_retry_converges(
         CrashingWriter(durable_server, get_client(settings), 50),
         healthy._dead_letters,
     )
-    get_client(settings).script_load(APPLY_SCRIPT)  # so the first half runs rather than missing the script
     with pytest.raises(redis.exceptions.ConnectionError):
         crashing.process(event)
 

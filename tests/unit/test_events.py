@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,10 @@ class RecordingWriter:
     def __init__(self) -> None:
         self.pending: list[Pending] = []
 
-    def apply(self, pending: Sequence[Pending]) -> WriteResult:
-        self.pending += pending
-        return WriteResult(applied=len(pending))
+    def apply(self, pending: Iterable[Pending]) -> WriteResult:
+        batch = list(pending)
+        self.pending += batch
+        return WriteResult(applied=len(batch))
 
 
 class ListSink:

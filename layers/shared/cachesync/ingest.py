@@ -9,7 +9,7 @@ from __future__ import annotations
 import binascii
 import itertools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,30 +73,32 @@ class Ingestor:
 
     def process(self, event: dict[str, Any]) -> BatchOutcome:
         outcome = BatchOutcome()
-        pending: list[Pending] = []
-        sources: list[Record] = []  # the record behind each pending mutation
+        sources: list[Record] = []  # the record behind each mutation, in the order written
         letters: list[DeadLetter] = []
         oldest: dict[str, int] = {}  # partition -> oldest record timestamp, for the freshness lag
 
-        for name, records in _partitions(event):
-            outcome.records += len(records)
-            for record in records:
-                try:
-                    pending.append(self._pending(record))
-                except PoisonRecord as poison:
-                    letters.append(_dead_letter(record, str(poison)))
-                    continue
-                sources.append(record)
-                offset, timestamp = record["offset"], _int_field(record, "timestamp")
-                span = outcome.partitions.get(name)
-                if span is None:
-                    span = outcome.partitions[name] = PartitionRange(offset, offset)
-                span.last = offset  # records are in offset order
-                span.records += 1
-                if timestamp is not None and timestamp < oldest.get(name, timestamp + 1):
-                    oldest[name] = timestamp
+        def mutations() -> Iterator[Pending]:
+            # a generator: the writer sends each script call while the next is projected
+            for name, records in _partitions(event):
+                outcome.records += len(records)
+                for record in records:
+                    try:
+                        item = self._pending(record)
+                    except PoisonRecord as poison:
+                        letters.append(_dead_letter(record, str(poison)))
+                        continue
+                    sources.append(record)
+                    offset, timestamp = record["offset"], _int_field(record, "timestamp")
+                    span = outcome.partitions.get(name)
+                    if span is None:
+                        span = outcome.partitions[name] = PartitionRange(offset, offset)
+                    span.last = offset  # records are in offset order
+                    span.records += 1
+                    if timestamp is not None and timestamp < oldest.get(name, timestamp + 1):
+                        oldest[name] = timestamp
+                    yield item
 
-        written = self._writer.apply(pending)
+        written = self._writer.apply(mutations())
         outcome.applied, outcome.duplicates = written.applied, written.skipped
         for index, error in written.refused:
             letters.append(_dead_letter(sources[index], f"Redis refused the write: {error}"))
