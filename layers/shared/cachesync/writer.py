@@ -127,7 +127,7 @@ class BatchWriter:
         """Write each call as soon as it is built; read all replies at the end."""
         assert isinstance(self._client, redis.Redis)
         pool = self._client.connection_pool
-        connection = pool.get_connection()
+        connection: Any = pool.get_connection()  # redis-py leaves Connection methods untyped
         sent: list[_Call] = []
         try:
             for call in calls:
