@@ -59,6 +59,14 @@ def test_ids_that_could_name_another_key_are_400(api: Api, store: redis.Redis, o
     assert body["details"][0]["location"] == "path.orderId"
 
 
+def test_no_id_reaches_the_offsets_hashes(api: Api, store: redis.Redis) -> None:
+    store.hset(keys.offsets_key(), "orders/0", 7)
+    # every key the API reads starts with a data prefix, so this is orders:cachesync:offsets, absent
+    problem(api.get(f"/orders/{keys.offsets_key()}"), 404)
+    problem(api.get(f"/stores/{keys.offsets_key()}/inventory"), 404)
+    assert keys.is_offsets_key(keys.offsets_key())
+
+
 def test_order_ids_may_use_the_whole_identifier_alphabet(api: Api, store: redis.Redis) -> None:
     store.set(keys.order_key("A-1.b_2:c"), b'{"orderid":"A-1.b_2:c"}')
     assert api.get("/orders/A-1.b_2:c").body == b'{"orderid":"A-1.b_2:c"}'

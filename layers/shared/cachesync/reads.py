@@ -3,7 +3,7 @@
 Plain functions over a Redis client, no HTTP: the API handler maps the
 exceptions here to status codes. Every key name comes from `keys`, and every
 identifier is checked against `keys.IDENTIFIER` before it becomes part of a
-key, so no input can reach another key, a companion `{<key>}:offsets` hash, or
+key, so no input can reach another key, the applied-offsets hashes, or
 a pattern.
 
 Inventory paging uses keyset cursors: the cursor holds the last item returned
