@@ -1,4 +1,7 @@
-"""Security scan of template.yaml with checkov: no failed check, every skip justified.
+"""Security scan with checkov: no failed check, every skip justified.
+
+Both the SAM template as written and the CloudFormation the SAM transform makes
+of it are scanned (the second sees the generated stage, permissions and API).
 
 checkov pins an older boto3 than aws-sam-cli, so it runs from its own venv
 (`make checkov-venv`, created here on first use).
@@ -14,32 +17,38 @@ from typing import Any
 
 import pytest
 
-from tests.template.cfn import ROOT, TEMPLATE
+from tests.template.cfn import REQUIRED, ROOT, TEMPLATE, transform
 
 pytestmark = pytest.mark.slow
 
 CHECKOV = ROOT / ".venv/checkov/bin/checkov"
 
 
-@pytest.fixture(scope="module")
-def report() -> dict[str, Any]:
+@pytest.fixture(scope="module", params=["template", "transformed"])
+def report(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     if not CHECKOV.exists():
         made = subprocess.run(
             ["make", "--no-print-directory", "checkov-venv"], cwd=ROOT, capture_output=True, text=True, timeout=900
         )
         assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
+    target = TEMPLATE
+    if request.param == "transformed":
+        os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+        target = tmp_path_factory.mktemp("checkov") / "transformed.json"
+        target.write_text(json.dumps(transform(REQUIRED), indent=1))
     result = subprocess.run(
-        [str(CHECKOV), "--skip-download", "--framework", "cloudformation", "-f", str(TEMPLATE), "-o", "json"],
+        [str(CHECKOV), "--skip-download", "--framework", "cloudformation", "-f", str(target), "-o", "json"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"},
+        env={**os.environ, "BC_SKIP_MAPPING": "TRUE"},
     )
     assert result.stdout.strip(), result.stderr[-2000:]
     document = json.loads(result.stdout)
     reports = document if isinstance(document, list) else [document]
     (cloudformation,) = [r for r in reports if r.get("check_type") == "cloudformation"]
+    cloudformation["scanned"] = target.name
     return cloudformation  # type: ignore[no-any-return]
 
 
@@ -59,4 +68,4 @@ def test_every_skip_is_justified(report: dict[str, Any]) -> None:
 
 def test_scan_covers_the_template_file(report: dict[str, Any]) -> None:
     files = {Path(c["file_path"]).name for c in report["results"]["passed_checks"]}
-    assert files == {TEMPLATE.name}
+    assert files == {report["scanned"]}
