@@ -17,7 +17,18 @@ from typing import Any
 
 import pytest
 
-from tests.template.cfn import REQUIRED, ROOT, TEMPLATE, Resolved, get_att, load, ref, source_text, transform
+from tests.template.cfn import (
+    REQUIRED,
+    ROOT,
+    TEMPLATE,
+    Resolved,
+    get_att,
+    load,
+    parameter_values,
+    ref,
+    source_text,
+    transform,
+)
 
 BIN = Path(sys.executable).parent
 
@@ -597,6 +608,58 @@ def test_every_parameter_is_used_and_described() -> None:
 def test_only_the_kafka_values_lack_defaults() -> None:
     parameters = load()["Parameters"]
     assert {name for name, spec in parameters.items() if "Default" not in spec} == set(REQUIRED)
+
+
+def _rule_value(node: Any, values: dict[str, Any]) -> Any:
+    if isinstance(node, dict):
+        ((function, args),) = node.items()
+        if function == "Ref":
+            return values[args]
+        if function == "Fn::Equals":
+            return _rule_value(args[0], values) == _rule_value(args[1], values)
+        if function == "Fn::Not":
+            return not _rule_value(args[0], values)
+        if function == "Fn::Contains":
+            return _rule_value(args[1], values) in _rule_value(args[0], values)
+        raise AssertionError(f"rule function {function} not evaluated here")
+    return node
+
+
+def broken_rules(overrides: dict[str, str]) -> list[str]:
+    """The AssertDescriptions CloudFormation would fail the deployment with."""
+    values = parameter_values(overrides)
+    failures = []
+    for rule in load()["Rules"].values():
+        if "RuleCondition" in rule and not _rule_value(rule["RuleCondition"], values):
+            continue
+        failures += [a["AssertDescription"] for a in rule["Assertions"] if not _rule_value(a["Assert"], values)]
+    return failures
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_rules_accept_complete_configurations(name: str) -> None:
+    assert broken_rules(SCENARIOS[name]) == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "complaint"),
+    [
+        ({"RedisUrl": "rediss://cache.example:6379"}, "needs ExistingVpcId"),
+        (
+            {
+                "RedisUrl": "rediss://cache.example:6379",
+                "ExistingVpcId": "vpc-0123456789abcdef0",
+                "ExistingSubnetIds": "subnet-0aaaaaaaaaaaaaaa1,subnet-0bbbbbbbbbbbbbbb2",
+            },
+            "needs ExistingCacheSecurityGroupId",
+        ),
+        ({"ExistingVpcId": "vpc-0123456789abcdef0"}, "ExistingVpcId needs ExistingSubnetIds"),
+        ({"ExistingSubnetIds": "subnet-0aaaaaaaaaaaaaaa1"}, "ExistingSubnetIds needs ExistingVpcId"),
+    ],
+)
+def test_rules_reject_half_configured_networks(overrides: dict[str, str], complaint: str) -> None:
+    failures = broken_rules({**REQUIRED, **overrides})
+    assert any(complaint in failure for failure in failures), failures
 
 
 def test_rules_guard_half_configured_networks() -> None:
