@@ -70,6 +70,7 @@ class Ingestor:
         clock: Callable[[], float] = time.time,
     ):
         self._settings, self._writer, self._dead_letters, self._clock = settings, writer, dead_letters, clock
+        self._topics = {config.topic: config for config in settings.topics}
 
     def process(self, event: dict[str, Any]) -> BatchOutcome:
         outcome = BatchOutcome()
@@ -121,7 +122,7 @@ class Ingestor:
             raise PoisonRecord("record lacks topic, partition or offset")
         if type(topic) is not str or type(partition) is not int or type(offset) is not int or offset < 0:
             raise PoisonRecord("record topic must be a string, partition and offset non-negative integers")
-        config = self._settings.topic(topic)
+        config = self._topics.get(topic)
         if config is None:
             raise PoisonRecord(f"no projection is configured for topic {topic!r}")
         value = _decode(record.get("value"), "value")
