@@ -145,9 +145,10 @@ def _inventory(config: TopicConfig, record_key: bytes | None, value: bytes | Non
     member = keys.sku_member(_identifier(event, "sku"))
     if kind == "remove":
         return Mutation(key, REMOVE, member, ttl=config.ttl_seconds)
-    units: int = event.get("units")  # checked just below
+    units = event.get("units")
     if type(units) is not int:
-        _check(event, _INVENTORY_FIELDS)
+        _check(event, _INVENTORY_FIELDS)  # raises: says what is wrong with it
+        raise AssertionError("unreachable")
     if units < 0:
         raise PoisonRecord("field 'units' must not be negative")
     if kind == "count":
