@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from unittest.mock import MagicMock
 
 import pytest
 
@@ -674,3 +675,46 @@ def test_rules_guard_half_configured_networks() -> None:
 def test_translated_template_has_no_sam_leftovers() -> None:
     resources = transform(REQUIRED)["Resources"]
     assert not [n for n, r in resources.items() if r["Type"].startswith("AWS::Serverless::")]
+
+
+def test_sam_kafka_event_cannot_take_the_auth_type_from_a_parameter() -> None:
+    """Why the mappings are plain AWS::Lambda::EventSourceMapping resources.
+
+    SAM's `SelfManagedKafka` event checks the authentication type while it
+    transforms, so a `Ref` to a parameter (needed for BASIC_AUTH / SCRAM to be a
+    deploy-time choice) is refused. Should SAM accept it one day, this fails and
+    the mappings can become events of IngestFunction.
+    """
+    from samtranslator.model.exceptions import InvalidDocumentException
+    from samtranslator.translator.transform import transform as sam_transform
+
+    template = {
+        "Transform": "AWS::Serverless-2016-10-31",
+        "Parameters": {"Auth": {"Type": "String", "Default": "BASIC_AUTH"}},
+        "Resources": {
+            "Fn": {
+                "Type": "AWS::Serverless::Function",
+                "Properties": {
+                    "CodeUri": "s3://bucket/code.zip",
+                    "Handler": "app.handler",
+                    "Runtime": "python3.13",
+                    "Events": {
+                        "Orders": {
+                            "Type": "SelfManagedKafka",
+                            "Properties": {
+                                "KafkaBootstrapServers": ["broker:9092"],
+                                "Topics": ["orders"],
+                                "SourceAccessConfigurations": [
+                                    {"Type": {"Ref": "Auth"}, "URI": REQUIRED["KafkaSecretArn"]}
+                                ],
+                            },
+                        }
+                    },
+                },
+            }
+        },
+    }
+    loader = MagicMock()
+    loader.load.return_value = {}
+    with pytest.raises(InvalidDocumentException, match="SourceAccessConfigurations Type"):
+        sam_transform(template, {"Auth": "BASIC_AUTH"}, loader)
