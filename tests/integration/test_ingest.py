@@ -164,3 +164,31 @@ def test_many_keys_in_one_slot_group_and_across_calls(target: Any, batch_size: s
     event = g.batch(1500)
     ingestor(target, SCRIPT_BATCH_SIZE=batch_size).process(event)
     assert data_state(target.client()) == model_state(target.settings(), records_of(event))
+
+
+def test_the_writer_keeps_order_when_partitions_interleave(target: Any) -> None:
+    """Pending mutations whose partitions alternate still apply in order, and a refused
+    write is reported at its own position."""
+    from cachesync.projections import Mutation
+    from cachesync.writer import BatchWriter, Pending
+
+    client = target.client()
+    client.set("inventory:broken", "a string, not a sorted set")
+    pending = [
+        Pending(Mutation("orders:1", "S", argument=b'{"v":1}'), "orders/0", 0),
+        Pending(Mutation("inventory:s1", "Z", "sku:a", "5"), "inventory/1", 0),
+        Pending(Mutation("orders:1", "S", argument=b'{"v":2}'), "orders/0", 1),
+        Pending(Mutation("inventory:broken", "I", "sku:a", "1"), "inventory/1", 1),
+        Pending(Mutation("inventory:s1", "I", "sku:a", "-2"), "inventory/1", 2),
+        Pending(Mutation("orders:1", "D"), "orders/0", 2),
+        Pending(Mutation("orders:1", "S", argument=b'{"v":3}'), "orders/0", 3),
+    ]
+    writer = BatchWriter(client, script_batch_size=4)
+    result = writer.apply(pending)
+    assert (result.applied, result.skipped) == (6, 0)
+    assert [index for index, _ in result.refused] == [3]
+    assert "WRONGTYPE" in result.refused[0][1]
+    assert client.get("orders:1") == b'{"v":3}'
+    assert client.zscore("inventory:s1", "sku:a") == 3.0
+    again = writer.apply(pending)
+    assert (again.applied, again.skipped, again.refused) == (0, 7, [])

@@ -4,11 +4,15 @@
 -- KEYS[1]:  the offsets hash of this scope (see keys.offsets_key): field
 --           "<topic>/<partition>" -> the last offset applied in this scope.
 -- KEYS[2..]: the data keys the mutations write; all keys share one hash slot.
--- ARGV[1]:  JSON [[field, [[offset, key index, code, member, argument, ttl], ...]], ...]
---           with each partition's mutations in offset order. One JSON argument
---           instead of six per mutation: decoding it in C is far cheaper than
---           thousands of protocol arguments.
--- Codes: S set, D delete, I zincrby, Z zadd, R zrem.
+-- ARGV[1]:  JSON [[field, ttl, [mutation, ...]], ...], each partition's
+--           mutations in offset order, each one of
+--             [offset, key, "S", value]   SET key ARGV[value] (EX ttl)
+--             [offset, key, "D"]          DEL key
+--             [offset, key, "I", member, delta]   ZINCRBY
+--             [offset, key, "Z", member, score]   ZADD
+--             [offset, key, "R", member]          ZREM
+--           where key indexes KEYS and value indexes ARGV.
+-- ARGV[2..]: the values to SET, as received: they never pass through JSON.
 --
 -- A mutation at or below its partition's recorded offset was applied before
 -- and is skipped. Data and offsets change in one atomic step, so a batch that
@@ -24,31 +28,31 @@ local applied, skipped, errors = 0, 0, {}
 local position = 0
 
 for _, partition in ipairs(plan) do
-  local field, mutations = partition[1], partition[2]
+  local field, ttl, mutations = partition[1], partition[2], partition[3]
   local mark = tonumber(redis.call('HGET', offsets_key, field) or '-1')
   local last = nil
   for _, m in ipairs(mutations) do
     position = position + 1
     local offset = m[1]
-    if tonumber(offset) <= mark then
+    if offset <= mark then
       skipped = skipped + 1
     else
-      local key, code, member, argument, ttl = KEYS[m[2]], m[3], m[4], m[5], m[6]
+      local key, code = KEYS[m[2]], m[3]
       local result
       if code == 'S' then
         if ttl > 0 then
-          result = redis.pcall('SET', key, argument, 'EX', ttl)
+          result = redis.pcall('SET', key, ARGV[m[4]], 'EX', ttl)
         else
-          result = redis.pcall('SET', key, argument)
+          result = redis.pcall('SET', key, ARGV[m[4]])
         end
+      elseif code == 'I' then
+        result = redis.pcall('ZINCRBY', key, m[5], m[4])
+      elseif code == 'Z' then
+        result = redis.pcall('ZADD', key, m[5], m[4])
       elseif code == 'D' then
         result = redis.pcall('DEL', key)
-      elseif code == 'I' then
-        result = redis.pcall('ZINCRBY', key, argument, member)
-      elseif code == 'Z' then
-        result = redis.pcall('ZADD', key, argument, member)
       elseif code == 'R' then
-        result = redis.pcall('ZREM', key, member)
+        result = redis.pcall('ZREM', key, m[4])
       else
         result = {err = 'unknown mutation code ' .. tostring(code)}
       end
@@ -62,11 +66,12 @@ for _, partition in ipairs(plan) do
           redis.call('EXPIRE', key, ttl)
         end
       end
-      last = offset -- the string: Lua numbers lose digits when printed
+      last = offset
     end
   end
   if last then
-    redis.call('HSET', offsets_key, field, last)
+    -- %.0f prints the integer exactly (offsets are exact in Lua numbers up to 2^53)
+    redis.call('HSET', offsets_key, field, string.format('%.0f', last))
   end
 end
 

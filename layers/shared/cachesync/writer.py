@@ -20,7 +20,6 @@ calls can never run out of order.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from cachesync import keys
-from cachesync.projections import Mutation
+from cachesync.projections import ASSIGN, INCREMENT, REMOVE, SET, Mutation
 
 APPLY_SCRIPT = (Path(__file__).parent / "apply.lua").read_text()
 
@@ -54,33 +53,49 @@ class WriteResult:
     refused: list[tuple[int, str]] = field(default_factory=list)
 
 
-@dataclass
 class _Call:
-    """One script call: the offsets hash, the data keys, and each partition's mutations."""
+    """One script call: the offsets hash, the data keys, the values, and each partition's mutations.
 
-    offsets_key: str
-    keys: dict[str, int] = field(default_factory=dict)  # data key -> its KEYS index (from 2)
-    partitions: dict[str, list[list[Any]]] = field(default_factory=dict)
-    sources: dict[str, list[int]] = field(default_factory=dict)  # pending position of each, per partition
+    A partition's mutations form one run in a call, so the script's order is the
+    order they were added in (the positions list).
+    """
 
-    def add(self, position: int, item: Pending) -> None:
+    def __init__(self, offsets_key: str):
+        self.offsets_key = offsets_key
+        self.keys: dict[str, int] = {}  # data key -> its index in KEYS (from 2)
+        self.values: list[bytes | str] = []  # ARGV[2..]
+        self.partitions: dict[str, list[Any]] = {}  # field -> [field, ttl, mutations]
+        self.positions: list[int] = []  # pending position of each mutation, in the script's order
+        self._field: str | None = None
+        self._mutations: list[list[Any]] = []
+
+    def add(self, position: int, item: Pending) -> bool:
+        """Add the mutation; False (and nothing added) if its partition already had a run here."""
         m = item.mutation
-        key_index = self.keys.setdefault(m.key, len(self.keys) + 2)
-        # values are UTF-8 (the projections parsed them as JSON); the offset
-        # stays a string so Lua never rounds or reformats it
-        argument = m.argument.decode() if isinstance(m.argument, bytes) else m.argument
-        self.partitions.setdefault(item.field, []).append(
-            [str(item.offset), key_index, m.code, m.member, argument, m.ttl]
-        )
-        self.sources.setdefault(item.field, []).append(position)
+        if item.field != self._field:  # partitions come in runs: look the group up once a run
+            if item.field in self.partitions:
+                return False
+            self.partitions[item.field] = [item.field, m.ttl, []]  # a partition is one topic: one TTL
+            self._field, self._mutations = item.field, self.partitions[item.field][2]
+        key = self.keys.get(m.key)
+        if key is None:
+            key = self.keys[m.key] = len(self.keys) + 2
+        code = m.code
+        if code == SET:
+            self.values.append(m.argument)
+            self._mutations.append([item.offset, key, code, len(self.values) + 1])
+        elif code in (INCREMENT, ASSIGN):
+            self._mutations.append([item.offset, key, code, m.member, m.argument])
+        elif code == REMOVE:
+            self._mutations.append([item.offset, key, code, m.member])
+        else:
+            self._mutations.append([item.offset, key, code])
+        self.positions.append(position)
+        return True
 
     def command(self) -> tuple[Any, ...]:
-        plan = orjson.dumps(list(self.partitions.items()))
-        return ("EVAL", APPLY_SCRIPT, len(self.keys) + 1, self.offsets_key, *self.keys, plan)
-
-    def positions(self) -> list[int]:
-        """The pending position of each mutation, in the order the script numbers them."""
-        return [position for field_ in self.partitions for position in self.sources[field_]]
+        plan = orjson.dumps(list(self.partitions.values()))
+        return ("EVAL", APPLY_SCRIPT, len(self.keys) + 1, self.offsets_key, *self.keys, plan, *self.values)
 
 
 class BatchWriter:
@@ -104,17 +119,19 @@ class BatchWriter:
             result.applied += applied
             result.skipped += skipped
             if errors:
-                positions = call.positions()
+                positions = call.positions
                 for position, message in zip(errors[::2], errors[1::2], strict=True):
                     result.refused.append((positions[position - 1], _text(message)))
         return result
 
     def _calls(self, items: Iterable[tuple[int, Pending]], offsets_key: str) -> Iterator[_Call]:
-        iterator = iter(items)
-        while chunk := list(itertools.islice(iterator, self._batch_size)):
-            call = _Call(offsets_key)
-            for position, item in chunk:
+        call = _Call(offsets_key)
+        for position, item in items:
+            if len(call.positions) == self._batch_size or not call.add(position, item):
+                yield call
+                call = _Call(offsets_key)
                 call.add(position, item)
+        if call.positions:
             yield call
 
     def _slot_calls(self, pending: list[Pending]) -> list[_Call]:
