@@ -82,6 +82,7 @@ class Ingestor:
             # a generator: the writer sends each script call while the next is projected
             for name, records in _partitions(event):
                 outcome.records += len(records)
+                first, last, count, earliest = -1, -1, 0, None
                 for record in records:
                     try:
                         item = self._pending(record)
@@ -89,15 +90,18 @@ class Ingestor:
                         letters.append(_dead_letter(record, str(poison)))
                         continue
                     sources.append(record)
-                    offset, timestamp = record["offset"], _int_field(record, "timestamp")
-                    span = outcome.partitions.get(name)
-                    if span is None:
-                        span = outcome.partitions[name] = PartitionRange(offset, offset)
-                    span.last = offset  # records are in offset order
-                    span.records += 1
-                    if timestamp is not None and timestamp < oldest.get(name, timestamp + 1):
-                        oldest[name] = timestamp
+                    last = item.offset  # records are in offset order
+                    if not count:
+                        first = last
+                    count += 1
+                    timestamp = record.get("timestamp")
+                    if type(timestamp) is int and (earliest is None or timestamp < earliest):
+                        earliest = timestamp
                     yield item
+                if count:
+                    outcome.partitions[name] = PartitionRange(first, last, count)
+                    if earliest is not None:
+                        oldest[name] = earliest
 
         written = self._writer.apply(mutations())
         outcome.applied, outcome.duplicates = written.applied, written.skipped
