@@ -31,6 +31,11 @@ KAFKA_EVENT_SOURCES = frozenset({"SelfManagedKafka", "aws:SelfManagedKafka", "aw
 Record = dict[str, Any]
 
 
+# Kafka partitions are 32-bit; offsets are compared as Lua numbers, exact up to 2^53.
+MAX_PARTITION = 2**31 - 1
+MAX_OFFSET = 2**53
+
+
 class InvalidEvent(ValueError):
     """The invocation payload is not a Kafka batch at all (a wiring mistake, not a poison record)."""
 
@@ -124,8 +129,10 @@ class Ingestor:
         topic, partition, offset = record.get("topic"), record.get("partition"), record.get("offset")
         if topic is None or partition is None or offset is None:
             raise PoisonRecord("record lacks topic, partition or offset")
-        if type(topic) is not str or type(partition) is not int or type(offset) is not int or offset < 0:
+        if type(topic) is not str or type(partition) is not int or type(offset) is not int:
             raise PoisonRecord("record topic must be a string, partition and offset non-negative integers")
+        if not (0 <= partition <= MAX_PARTITION and 0 <= offset <= MAX_OFFSET):
+            raise PoisonRecord(f"record partition must be 0 to {MAX_PARTITION} and offset 0 to {MAX_OFFSET}")
         config = self._topics.get(topic)
         if config is None:
             raise PoisonRecord(f"no projection is configured for topic {topic!r}")
@@ -164,7 +171,7 @@ def _partitions(event: Any) -> Iterable[tuple[str, list[Record]]]:
         raise InvalidEvent("the event must be a JSON object")
     batch = KafkaEvent(event)
     source = batch.get("eventSource")
-    if source not in KAFKA_EVENT_SOURCES:
+    if not isinstance(source, str) or source not in KAFKA_EVENT_SOURCES:  # a list or object is unhashable
         raise InvalidEvent(
             f"eventSource {source!r} is not a Kafka event source ({', '.join(sorted(KAFKA_EVENT_SOURCES))})"
         )
