@@ -53,6 +53,15 @@ run: dev
 openapi: dev
 	$(PY) -m devkit.openapi docs/openapi.json
 
+# ingest, reads (in-process and over HTTP), freshness and cold start against the same-run
+# baselines; prints one table and writes docs/performance.md (a benchmark, never a test).
+# wrk generates the HTTP load: installed with apt-get when missing (else a Python client).
+bench: dev
+	@command -v wrk >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then apt-get install -y -q wrk; \
+		else sudo -n apt-get install -y -q wrk; fi; } >/dev/null 2>&1 || \
+		echo "wrk is not installable here: the HTTP load comes from a Python client"
+	$(PY) -m devkit.bench --output docs/performance.md
+
 # regenerate the sample Kafka events in events/
 events: dev
 	$(PY) -m devkit.samples

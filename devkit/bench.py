@@ -1,0 +1,385 @@
+"""`make bench`: ingest, reads, freshness and cold start, measured side by side in one run.
+
+    python -m devkit.bench [--output docs/performance.md] [--quick] [--no-cluster]
+
+A benchmark, not a test: nothing here asserts a time. Every figure comes with
+a baseline measured in the same run on the same machine (the naive consumer and
+redis-benchmark for ingest, the bare redis-py command for reads), because
+shared machines are noisy and only ratios travel.
+
+Each part runs in a fresh interpreter (`--part`), so settings, clients and
+module state never leak from one server setup into the next:
+
+- ingest: devkit.bench_ingest (IngestFunction handler on 10,000-record
+  batches, replayed batch, naive pipeline, redis-benchmark -P 100 SET, 100-record batch);
+- reads: devkit.bench_api in-process (handler vs bare redis-py for three routes),
+  then over HTTP through the local API server (devkit.apigw) with wrk (or a
+  Python client when wrk is not installed) while a live stream runs, then
+  freshness (devkit.freshness);
+- cold: devkit.coldstart, and the sizes of the `sam build` artifacts.
+
+All against a private Valkey and a local 3-master Valkey cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from devkit.sam import ROOT
+
+TARGETS = {
+    "ingest": 250_000,  # records/s on a 10,000-record batch
+    "order_p50_ratio": 2.0,  # handler p50 / bare GET p50
+    "order_p99_us": 1000.0,
+    "freshness_p99_ms": 10.0,
+    "cold_import_ms": 300.0,
+}
+HTTP_CONNECTIONS = 8
+
+
+# --- the parts, each in its own interpreter -------------------------------------------
+def part_ingest(cluster: bool, quick: bool) -> dict[str, Any]:
+    from devkit import bench_ingest
+
+    rows = bench_ingest.run(10_000, 2 if quick else 5, cluster)
+    return {"rows": [{"name": r.name, "records": r.records, "seconds": r.seconds} for r in rows]}
+
+
+def part_reads(cluster: bool, quick: bool) -> dict[str, Any]:
+    from devkit import bench_api, freshness, loadgen
+
+    stack = bench_api.ReadStack(cluster)
+    try:
+        stack.seed()
+        requests = 2_000 if quick else 5_000
+        inprocess = bench_api.run(cluster, requests, requests // 10, stack=stack)
+        url = stack.serve()
+        stop = threading.Event()
+        stream = threading.Thread(target=_live_stream, args=(stack, stop, 20.0), daemon=True)
+        stream.start()
+        http = []
+        try:
+            for case in bench_api.read_cases(stack):
+                result = loadgen.load(url + case.target, HTTP_CONNECTIONS, 2 if quick else 4)
+                http.append({"route": case.route, **asdict(result)})
+        finally:
+            stop.set()
+            stream.join()
+        fresh = freshness.measure(stack, url, seconds=2 if quick else 5)
+        return {"inprocess": inprocess, "http": http, "freshness": fresh}
+    finally:
+        stack.stop()
+
+
+def _live_stream(stack: Any, stop: threading.Event, rate: float) -> None:
+    """Generated events through IngestFunction at `rate` a second, a batch every 0.2 s (as `make run`)."""
+    owed = 0.0
+    while not stop.wait(0.2):
+        owed += rate * 0.2
+        count = int(owed)
+        owed -= count
+        if count:
+            stack.apply(stack.generator.batch(count))
+
+
+def part_cold(cluster: bool, quick: bool) -> dict[str, Any]:
+    from devkit import coldstart
+
+    return {"cold": coldstart.measure(3 if quick else 7, cluster)}
+
+
+PARTS = {"ingest": part_ingest, "reads": part_reads, "cold": part_cold}
+
+
+def run_part(name: str, cluster: bool, quick: bool) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as directory:
+        out = Path(directory) / "part.json"
+        command = [sys.executable, "-m", "devkit.bench", "--part", name, "--part-output", str(out)]
+        command += ["--cluster"] if cluster else []
+        command += ["--quick"] if quick else []
+        started = time.perf_counter()
+        subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, timeout=600)
+        result: dict[str, Any] = json.loads(out.read_text())
+        label = "cluster" if cluster else "standalone"
+        print(f"  {name} ({label}): {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+        return result
+
+
+# --- the build, the machine ----------------------------------------------------------
+BUILD_INPUTS = ("template.yaml", "layers/shared", "functions")
+
+
+def ensure_build() -> str:
+    """`make build` when .aws-sam/build is missing or older than what it is built from."""
+    build = ROOT / ".aws-sam" / "build" / "template.yaml"
+    newest = max(
+        p.stat().st_mtime
+        for name in BUILD_INPUTS
+        for p in ([ROOT / name] if (ROOT / name).is_file() else (ROOT / name).rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts and ".build" not in p.parts
+    )
+    if build.is_file() and build.stat().st_mtime >= newest:
+        return "up to date"
+    result = subprocess.run(["make", "build"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        return f"`make build` failed: {result.stderr.strip().splitlines()[-1:] or result.returncode}"
+    return "rebuilt"
+
+
+def _version(command: list[str]) -> str:
+    try:
+        output = subprocess.run(command, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "not installed"
+    return (output.stdout or output.stderr).strip().splitlines()[0] if (output.stdout or output.stderr) else "?"
+
+
+def machine() -> dict[str, str]:
+    from devkit import loadgen, servers
+
+    model = "unknown"
+    with open("/proc/cpuinfo") if os.path.exists("/proc/cpuinfo") else open(os.devnull) as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    wrk = loadgen.wrk_binary()
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpus": f"{os.cpu_count()} x {model}",
+        "os": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "python": platform.python_version(),
+        "valkey": _version([servers.valkey_binary(), "--version"]),
+        "redis-benchmark": _version(["redis-benchmark", "--version"]) if shutil.which("redis-benchmark") else "-",
+        "load generator": _version([wrk, "-v"]) if wrk else "Python thread-pool client (wrk not installed)",
+        "commit": subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
+    }
+
+
+# --- the table ----------------------------------------------------------------------
+def _us(value: float) -> str:
+    return f"{value / 1000:.2f} ms" if value >= 1000 else f"{value:.0f} µs"
+
+
+def _rate(value: float, unit: str = "") -> str:
+    return f"{value:,.0f} {unit}/s" if unit else f"{value:,.0f}/s"
+
+
+def _bytes(value: int) -> str:
+    return f"{value / 1e6:.2f} MB" if value >= 1e6 else f"{value / 1e3:.1f} kB"
+
+
+def rows_for(results: dict[str, dict[str, Any]], sizes: list[dict[str, Any]]) -> list[list[str]]:
+    rows: list[list[str]] = []
+    for label in ("standalone", "cluster"):
+        ingest = results.get(f"ingest/{label}")
+        if not ingest:
+            continue
+        by_name = {r["name"]: r for r in ingest["rows"]}
+        naive = next((r for n, r in by_name.items() if n.startswith("naive")), None)
+        for name, r in by_name.items():
+            per_second = r["records"] / r["seconds"]
+            baseline, ratio, target = "-", "-", ""
+            if naive and r is not naive:
+                baseline = f"naive pipeline {_rate(naive['records'] / naive['seconds'])}"
+                ratio = f"{per_second / (naive['records'] / naive['seconds']):.2f}x"
+            if name == "IngestFunction handler, new records":
+                target = f"≥ {TARGETS['ingest']:,} records/s"
+            time_text = "" if name.startswith("redis-benchmark") else f" ({r['seconds'] * 1000:.1f} ms a batch)"
+            rows.append(["Ingest", name, label, f"{_rate(per_second, 'records')}{time_text}", baseline, ratio, target])
+    for label in ("standalone", "cluster"):
+        reads = results.get(f"reads/{label}")
+        if not reads:
+            continue
+        for r in reads["inprocess"]:
+            h, b = r["handler"], r["redis"]
+            target = ""
+            if r["route"].startswith("GET /orders"):
+                target = f"p50 ≤ {TARGETS['order_p50_ratio']:g}x bare, p99 ≤ {TARGETS['order_p99_us'] / 1000:g} ms"
+            rows.append(
+                [
+                    "Reads, handler in-process",
+                    f"{r['route']}: p50 / p99",
+                    label,
+                    f"{_us(h['p50'])} / {_us(h['p99'])}",
+                    f"bare {r['bare']} {_us(b['p50'])} / {_us(b['p99'])}",
+                    f"{h['p50'] / b['p50']:.2f}x / {h['p99'] / b['p99']:.2f}x",
+                    target,
+                ]
+            )
+    for label in ("standalone", "cluster"):
+        reads = results.get(f"reads/{label}")
+        if not reads:
+            continue
+        inprocess = {r["route"]: r for r in reads["inprocess"]}
+        for r in reads["http"]:
+            rows.append(
+                [
+                    "Reads over HTTP",
+                    f"{r['route']}: {r['tool']}, {r['connections']} connections, {r['seconds']:.0f} s",
+                    label,
+                    f"{_rate(r['requests'] / r['seconds'], 'requests')}, p50 {_us(r['p50_us'])}, "
+                    f"p99 {_us(r['p99_us'])}, errors {r['errors']}, non-2xx {r['non_2xx']}",
+                    f"handler in-process p50 {_us(inprocess[r['route']]['handler']['p50'])}",
+                    "-",
+                    "",
+                ]
+            )
+    for label in ("standalone", "cluster"):
+        reads = results.get(f"reads/{label}")
+        if not reads:
+            continue
+        f = reads["freshness"]
+        rows.append(
+            [
+                "Freshness",
+                f"record timestamp to 200 from the API: p50 / p99 (max), {f['probes']} probe orders "
+                f"in {f['probe_rate']:g} batches/s with {f['rate']:g} live events/s",
+                label,
+                f"{f['p50_ms']:.2f} ms / {f['p99_ms']:.2f} ms ({f['max_ms']:.2f} ms)",
+                "-",
+                "-",
+                f"p99 ≤ {TARGETS['freshness_p99_ms']:g} ms",
+            ]
+        )
+    for label in ("standalone", "cluster"):
+        cold = results.get(f"cold/{label}")
+        if not cold:
+            continue
+        for c in cold["cold"]:
+            rows.append(
+                [
+                    "Cold start",
+                    f"{c['function']}: import / first invocation / whole process (median of {c['runs']})",
+                    label,
+                    f"{c['import_ms']:.0f} ms / {c['first_ms']:.1f} ms / {c['process_ms']:.0f} ms",
+                    f"slowest import {c['import_max_ms']:.0f} ms",
+                    "-",
+                    f"import ≤ {TARGETS['cold_import_ms']:g} ms",
+                ]
+            )
+    for s in sizes:
+        rows.append(
+            [
+                "Artifact size",
+                f"{s['artifact']} (`sam build`)",
+                "-",
+                f"{_bytes(s['zip_bytes'])} zipped, {_bytes(s['bytes'])} unpacked, {s['files']} files",
+                "-",
+                "-",
+                "",
+            ]
+        )
+    return rows
+
+
+def table(rows: list[list[str]]) -> str:
+    header = ["section", "measurement", "server", "result", "same-run baseline", "ratio", "target"]
+    lines = ["| " + " | ".join(header) + " |", "| --- | --- | --- | --- | --- | ---: | --- |"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def document(table_text: str, info: dict[str, str], build: str, command: str) -> str:
+    machine_lines = "\n".join(f"- {k}: {v}" for k, v in info.items())
+    return f"""# Performance
+
+The latest `make bench` run: {info["date"]}.
+
+## Machine
+
+{machine_lines}
+- `sam build` artifacts: {build}
+
+## Reproduce
+
+```sh
+{command}
+```
+
+(`.venv/bin/python -m devkit.bench --quick` is a shorter run; `--no-cluster` skips the cluster.)
+
+`make bench` installs `wrk` with apt-get when it is missing and can be installed
+(otherwise a Python thread-pool client generates the HTTP load), builds the SAM
+artifacts when they are out of date, and takes 2 to 3 minutes. Each part runs in
+a fresh interpreter against a private Valkey, then a local 3-master Valkey cluster.
+
+## Results
+
+{table_text}
+
+## How to read it
+
+- Machines are shared and noisy: compare a figure with its same-run baseline,
+  not with another run. Ratios are result over baseline (for ingest, higher is
+  better; for reads, the handler's cost relative to the bare command).
+- Ingest: `devkit/bench_ingest.py`. The handler runs in-process with the
+  exactly-once machinery on; the naive pipeline sends one command per record
+  without idempotence; `redis-benchmark -P 100` SET is the server's own ceiling.
+- Reads in-process: `devkit/bench_api.py`. The handler gets the API Gateway
+  payload v2 event; the bare command is the redis-py call for the same data,
+  interleaved one for one with the handler.
+- Reads over HTTP: `devkit/loadgen.py` against the local API server
+  (`devkit/apigw.py`, as in `make run`) while a live stream of 20 events/s runs.
+  The server handles one request at a time, like one Lambda instance, so under
+  {HTTP_CONNECTIONS} connections the latency is mostly queueing; wrk is closed-loop.
+  The benchmark turns on TCP_NODELAY on the server's sockets (see
+  `NoDelayHttpApiServer` in `devkit/bench_api.py`).
+- Freshness: `devkit/freshness.py`. It includes the IngestFunction invocation and one
+  HTTP read; it cannot include the event source mapping's polling and batching in AWS.
+- Cold start: `devkit/coldstart.py`, a new interpreter per run (this machine's
+  Python, not Lambda's python3.13/arm64); sizes are those of `.aws-sam/build`.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--output", help="write the report here (e.g. docs/performance.md)")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and shorter loads")
+    parser.add_argument("--no-cluster", action="store_true", help="standalone Valkey only")
+    parser.add_argument("--part", choices=sorted(PARTS), help=argparse.SUPPRESS)
+    parser.add_argument("--part-output", help=argparse.SUPPRESS)
+    parser.add_argument("--cluster", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    argv_ = sys.argv[1:] if argv is None else argv
+
+    if args.part:
+        result = PARTS[args.part](args.cluster, args.quick)
+        Path(args.part_output).write_text(json.dumps(result))
+        return 0
+
+    started = time.perf_counter()
+    print("building the SAM artifacts if out of date...", file=sys.stderr, flush=True)
+    build = ensure_build()
+    results: dict[str, dict[str, Any]] = {}
+    for cluster in (False,) if args.no_cluster else (False, True):
+        label = "cluster" if cluster else "standalone"
+        for name in ("ingest", "reads", "cold"):
+            results[f"{name}/{label}"] = run_part(name, cluster, args.quick)
+    from devkit.coldstart import artifact_sizes
+
+    text = table(rows_for(results, artifact_sizes()))
+    print(text)
+    if args.output:
+        command = "make bench" if not (args.quick or args.no_cluster) else " ".join(["python -m devkit.bench", *argv_])
+        Path(args.output).write_text(document(text, machine(), build, command))
+        print(f"\nwrote {args.output} ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
