@@ -174,3 +174,37 @@ def test_acl_credentials_come_from_secrets_manager(aws: None, valkey: Any) -> No
     plain = secrets.create_secret(Name="cache-password", SecretString="s3cret-pass")["ARN"]
     client = get_client(valkey.settings(REDIS_SECRET_ARN=plain, REDIS_USERNAME="ingest"))
     assert client.acl_whoami() in ("ingest", b"ingest")
+
+
+class DisconnectingWriter(BatchWriter):
+    """Has Redis drop every client connection once it has run half of the batch's script calls."""
+
+    def __init__(self, url: str, *args: Any):
+        super().__init__(*args)
+        self.url = url
+
+    def _calls(
+        self, items: Iterable[tuple[int, Pending]], offsets_key: str, slot: int | None = None
+    ) -> Iterator[_Call]:
+        calls = list(super()._calls(items, offsets_key, slot))
+        yield from calls[: len(calls) // 2]
+        admin = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while _evals(admin) < len(calls) // 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        admin.client_kill_filter(_type="normal", skipme=True)
+        yield from calls[len(calls) // 2 :]
+
+
+def test_a_connection_dropped_mid_batch_is_replaced_and_the_batch_completes(valkey: Any) -> None:
+    settings = valkey.settings(SCRIPT_BATCH_SIZE="50")
+    event = EventGenerator(seed=13, partitions=4, stores=2, skus=20).batch(2000)
+    redis.Redis.from_url(valkey.url).config_resetstat()
+    ingest = Ingestor(
+        settings, DisconnectingWriter(valkey.url, get_client(settings), 50), build_ingestor(settings)._dead_letters
+    )
+    outcome = ingest.process(event)
+    # the first half was applied before the drop; sending the whole batch again skipped it
+    assert outcome.applied == 2000 - outcome.duplicates and outcome.duplicates > 0
+    client = redis.Redis.from_url(valkey.url)
+    assert data_state(client) == model_state(settings, records_of(event))

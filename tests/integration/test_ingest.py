@@ -192,3 +192,21 @@ def test_the_writer_keeps_order_when_partitions_interleave(target: Any) -> None:
     assert client.zscore("inventory:s1", "sku:a") == 3.0
     again = writer.apply(pending)
     assert (again.applied, again.skipped, again.refused) == (0, 7, [])
+
+
+def test_idle_connections_dropped_between_batches_are_replaced(target: Any) -> None:
+    """Redis (or a NAT) closed the pooled connections while the function was idle."""
+    import redis as redis_py
+
+    generator = EventGenerator(seed=12, partitions=3)
+    ingest = ingestor(target)
+    first = generator.batch(200)
+    ingest.process(first)
+    servers_ = target.client().get_nodes() if target.cluster else [None]
+    for node in servers_:
+        admin = redis_py.Redis(host=node.host, port=node.port) if node else redis_py.Redis.from_url(target.url)
+        admin.client_kill_filter(_type="normal", skipme=True)
+    second = generator.batch(200)
+    outcome = ingest.process(second)
+    assert outcome.applied == 200
+    assert data_state(target.client()) == model_state(target.settings(), records_of(first) + records_of(second))

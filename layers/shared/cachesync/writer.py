@@ -60,8 +60,9 @@ class _Call:
     order they were added in (the positions list).
     """
 
-    def __init__(self, offsets_key: str):
+    def __init__(self, offsets_key: str, slot: int | None = None):
         self.offsets_key = offsets_key
+        self.slot = slot  # the hash slot of every key here (cluster), or None (standalone)
         self.keys: dict[str, int] = {}  # data key -> its index in KEYS (from 2)
         self.values: list[bytes | str] = []  # ARGV[2..]
         self.partitions: dict[str, list[Any]] = {}  # field -> [field, ttl, mutations]
@@ -93,9 +94,10 @@ class _Call:
         self.positions.append(position)
         return True
 
-    def command(self) -> tuple[Any, ...]:
+    def command(self, sha: str | None = None) -> tuple[Any, ...]:
         plan = orjson.dumps(list(self.partitions.values()))
-        return ("EVAL", APPLY_SCRIPT, len(self.keys) + 1, self.offsets_key, *self.keys, plan, *self.values)
+        script = ("EVALSHA", sha) if sha else ("EVAL", APPLY_SCRIPT)
+        return (*script, len(self.keys) + 1, self.offsets_key, *self.keys, plan, *self.values)
 
 
 class BatchWriter:
@@ -106,9 +108,9 @@ class BatchWriter:
 
     def apply(self, pending: Iterable[Pending]) -> WriteResult:
         """Apply the mutations in order; `pending` may be a generator, consumed as calls fill."""
-        if self._cluster:
+        if isinstance(self._client, RedisCluster):
             calls = self._slot_calls(list(pending))
-            replies = self._pipeline(calls)
+            replies = self._send_to_primaries(self._client, calls)
         else:
             calls, replies = self._stream(self._calls(enumerate(pending), keys.offsets_key()))
         result = WriteResult()
@@ -124,12 +126,14 @@ class BatchWriter:
                     result.refused.append((positions[position - 1], _text(message)))
         return result
 
-    def _calls(self, items: Iterable[tuple[int, Pending]], offsets_key: str) -> Iterator[_Call]:
-        call = _Call(offsets_key)
+    def _calls(
+        self, items: Iterable[tuple[int, Pending]], offsets_key: str, slot: int | None = None
+    ) -> Iterator[_Call]:
+        call = _Call(offsets_key, slot)
         for position, item in items:
             if len(call.positions) == self._batch_size or not call.add(position, item):
                 yield call
-                call = _Call(offsets_key)
+                call = _Call(offsets_key, slot)
                 call.add(position, item)
         if call.positions:
             yield call
@@ -138,7 +142,60 @@ class BatchWriter:
         by_slot: dict[int, list[tuple[int, Pending]]] = {}
         for position, item in enumerate(pending):
             by_slot.setdefault(key_slot(item.mutation.key.encode()), []).append((position, item))
-        return [call for slot, items in by_slot.items() for call in self._calls(items, keys.offsets_key(slot))]
+        return [call for slot, items in by_slot.items() for call in self._calls(items, keys.offsets_key(slot), slot)]
+
+    def _send_to_primaries(self, client: RedisCluster, calls: list[_Call]) -> list[Any]:
+        """Cluster: each primary gets its calls in one write, replies read after all writes.
+
+        A batch here is thousands of small per-slot calls. redis-py's cluster
+        pipeline writes them one socket send each: 25,000 records/s on a local
+        3-master cluster, against (see `devkit/bench_ingest.py --cluster`) several
+        times that with one write per node. Calls carry the script's hash, not
+        its 3 KB body; the script is loaded on every primary first, so a
+        NOSCRIPT can only come from a failover mid-batch, and then the
+        invocation fails (calls are never re-ordered) and its retry converges.
+        """
+        for attempt in (1, 2):
+            try:
+                sha = client.script_load(APPLY_SCRIPT)
+                replies = self._node_round_trip(client, calls, sha)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+                if attempt == 2:
+                    raise
+                # a stale connection or a node gone: learn the topology again and
+                # send the whole batch again (safe: each mutation applies once)
+                client.nodes_manager.initialize()
+                continue
+            if any(isinstance(reply, _STALE_MAP_ERRORS) for reply in replies):
+                client.nodes_manager.initialize()  # the retried invocation routes by the new map
+            return replies
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _node_round_trip(client: RedisCluster, calls: list[_Call], sha: str) -> list[Any]:
+        by_node: dict[str, tuple[Any, list[int]]] = {}
+        for index, call in enumerate(calls):
+            node = client.nodes_manager.get_node_from_slot(call.slot or 0)  # set for every cluster call
+            by_node.setdefault(node.name, (node, []))[1].append(index)
+        replies: list[Any] = [None] * len(calls)
+        in_flight: list[tuple[Any, Any, list[int]]] = []
+        try:
+            for node, indexes in by_node.values():
+                pool = client.get_redis_connection(node).connection_pool
+                connection: Any = pool.get_connection()  # redis-py leaves Connection methods untyped
+                in_flight.append((pool, connection, indexes))
+                connection.send_packed_command(connection.pack_commands([calls[i].command(sha) for i in indexes]))
+            for _, connection, indexes in in_flight:
+                for index in indexes:
+                    replies[index] = _read(connection)
+        except BaseException:
+            for _, connection, _ in in_flight:
+                connection.disconnect()  # never hand back a connection with replies unread
+            raise
+        finally:
+            for pool, connection, _ in in_flight:
+                pool.release(connection)
+        return replies
 
     def _stream(self, calls: Iterator[_Call]) -> tuple[list[_Call], list[Any]]:
         """Write each call as soon as it is built; read all replies at the end."""
@@ -170,6 +227,16 @@ class BatchWriter:
         for call in calls:
             pipe.execute_command(*call.command())
         return list(pipe.execute(raise_on_error=False))
+
+
+# replies that mean the client's map of the cluster is out of date: slots moved,
+# or a replica was promoted (its script cache is empty: NOSCRIPT)
+_STALE_MAP_ERRORS = (
+    redis.exceptions.AskError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.NoScriptError,
+)
 
 
 def _read(connection: Any) -> Any:
