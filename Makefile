@@ -97,3 +97,28 @@ $(CHECKOV_VENV)/.installed: tests/template/requirements-checkov.txt
 	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
 	$(CHECKOV_VENV)/bin/pip install --quiet -r tests/template/requirements-checkov.txt
 	touch $@
+
+# --- soak and supply chain (not part of `make test`) ------------------------------
+AUDIT_VENV ?= $(VENV)/audit
+
+.PHONY: soak audit
+
+# a million generated records through IngestFunction (replays and overlaps included), an exact
+# comparison with the reference model, then the read API under concurrent load for 60 s
+soak: dev
+	$(PY) -m devkit.soak --records 1000000 --api-seconds 60
+
+# known vulnerabilities in the layer's pinned, hashed dependencies (layers/shared/requirements.lock).
+# Needs the PyPI vulnerability API; --strict fails when a package could not be checked.
+# Regenerate the lock after changing requirements.txt:
+#   cd layers/shared && ../../$(AUDIT_VENV)/bin/pip-compile --generate-hashes --strip-extras \
+#     --no-emit-index-url --no-emit-find-links --output-file requirements.lock requirements.txt
+audit: $(AUDIT_VENV)/.installed
+	$(AUDIT_VENV)/bin/pip-audit --strict --disable-pip --require-hashes --progress-spinner off \
+		-r layers/shared/requirements.lock
+
+$(AUDIT_VENV)/.installed: tests/security/requirements-audit.txt
+	$(PYTHON) -m venv $(AUDIT_VENV)
+	$(AUDIT_VENV)/bin/pip install --quiet --upgrade pip
+	$(AUDIT_VENV)/bin/pip install --quiet -r tests/security/requirements-audit.txt
+	touch $@
