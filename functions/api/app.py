@@ -17,15 +17,10 @@ from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
 
 import redis
-from aws_lambda_powertools import Logger, single_metric
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, CORSConfig, Response, content_types
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
-from aws_lambda_powertools.event_handler.openapi.params import Path, Query
-from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
 from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import BaseModel, ConfigDict, Field
 
 from cachesync.config import settings
 from cachesync.connection import get_client
@@ -65,13 +60,6 @@ cors = (
     if config.cors_allowed_origins
     else None  # no allow-list, no CORS headers (never a wildcard by default)
 )
-app = APIGatewayHttpResolver(cors=cors, enable_validation=True)
-app.configure_openapi(
-    title=TITLE,
-    version=VERSION,
-    description="Orders, products and store inventory, read from the Redis cache that the Kafka topics keep current.",
-)
-app.enable_swagger(path="/swagger")
 
 
 @lru_cache(maxsize=1)
@@ -90,179 +78,10 @@ def _read() -> Reader:
     return reader()
 
 
-# --- response models (for the OpenAPI document) ------------------------------
-class Address(BaseModel):
-    city: str
-    state: str
-    zipcode: int | str
-
-
-class Order(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    ordertime: int = Field(description="epoch milliseconds")
-    orderid: int | str
-    itemid: str
-    orderunits: float
-    address: Address
-
-
-class Product(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    sku: str
-    name: str
-    price: float
-    description: str | None = None
-
-
-class ProductList(BaseModel):
-    items: list[Product] = Field(description="the products found, in the order asked")
-    missing: list[str] = Field(description="SKUs asked for that are not in the cache")
-
-
-class InventoryItem(BaseModel):
-    sku: str
-    quantity: float = Field(description="units on hand (whole numbers come as integers)")
-
-
-class InventoryPage(BaseModel):
-    store: str
-    sort: Literal["quantity", "sku"]
-    below: int | None
-    items: list[InventoryItem]
-    nextCursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
-
-
-class RedisHealth(BaseModel):
-    reachable: bool
-    latencyMs: float | None = None
-
-
-class Health(BaseModel):
-    status: Literal["ok", "unavailable"]
-    redis: RedisHealth
-
-
-class Problem(BaseModel):
-    statusCode: int
-    error: str
-    message: str
-    details: list[dict[str, str]] | None = None
-
-
-def _json(model: type[BaseModel], description: str = "OK") -> OpenAPIResponse:
-    return {"description": description, "content": {content_types.APPLICATION_JSON: {"model": model}}}
-
-
-RETRY_AFTER: dict[str, Any] = {
-    "Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}
-}
-ERRORS: dict[int, OpenAPIResponse] = {
-    400: _json(Problem, "Invalid input"),
-    404: _json(Problem, "Not in the cache"),
-    503: {**_json(Problem, "Redis is unreachable; retry after Retry-After seconds"), "headers": RETRY_AFTER},
-}
-
-# --- parameters -----------------------------------------------------------------
-_ID = {"pattern": IDENTIFIER_PATTERN, "min_length": 1, "max_length": 128}
-OrderId = Annotated[str, Path(description="order id, e.g. 18", **_ID)]
-Sku = Annotated[str, Path(description="product SKU", **_ID)]
-StoreId = Annotated[str, Path(description="store id, e.g. store1", **_ID)]
-
-
-# --- routes -------------------------------------------------------------------
-@app.get("/orders/<orderId>", cache_control=ORDER_CACHE, responses={200: _json(Order), **ERRORS}, tags=["orders"])
-def get_order(orderId: OrderId) -> Response[Any]:
-    """The order JSON exactly as the orders topic delivered it."""
-    return _raw(_read().order(orderId))
-
-
-@app.get("/products/<sku>", cache_control=PRODUCT_CACHE, responses={200: _json(Product), **ERRORS}, tags=["products"])
-def get_product(sku: Sku) -> Response[Any]:
-    """The product document exactly as the products topic delivered it."""
-    return _raw(_read().product(sku))
-
-
-@app.get("/products", cache_control=PRODUCT_CACHE, responses={200: _json(ProductList), **ERRORS}, tags=["products"])
-def get_products(
-    skus: Annotated[
-        str,
-        Query(
-            description=f"comma-separated SKUs, at most {config.products_max_skus}; order is kept",
-            min_length=1,
-            max_length=4096,  # well within URL limits; 100 ten-digit SKUs take 1,099
-        ),
-    ],
-) -> Response[Any]:
-    """Several products in one call; SKUs not in the cache are listed under `missing`."""
-    return _raw(_read().products(skus).to_json())
-
-
-@app.get(
-    "/stores/<storeId>/inventory",
-    cache_control=INVENTORY_CACHE,
-    responses={200: _json(InventoryPage), **ERRORS},
-    tags=["inventory"],
-)
-def get_inventory(
-    storeId: StoreId,
-    sort: Annotated[
-        Literal["quantity", "sku"], Query(description="quantity: lowest stock first; sku: by SKU")
-    ] = "quantity",
-    below: Annotated[
-        int | None, Query(description="only items with fewer units than this (low stock)", ge=-(10**15), le=10**15)
-    ] = None,
-    limit: Annotated[
-        int | None,
-        Query(
-            description=f"items per page (default {config.inventory_default_limit})",
-            ge=1,
-            le=config.inventory_max_limit,
-        ),
-    ] = None,
-    cursor: Annotated[
-        str | None,
-        Query(description="the `nextCursor` of the previous page", pattern=r"^[A-Za-z0-9_-]+$", max_length=512),
-    ] = None,
-) -> Response[Any]:
-    """A page of a store's stock, with an opaque cursor to the next page."""
-    page = _read().inventory(storeId, sort=sort, below=below, limit=limit, cursor=cursor)
-    return Response(HTTPStatus.OK, content_types.APPLICATION_JSON, page.as_dict())
-
-
-@app.get(
-    "/stores/<storeId>/inventory/<sku>",
-    cache_control=INVENTORY_CACHE,
-    responses={200: _json(InventoryItem), **ERRORS},
-    tags=["inventory"],
-)
-def get_inventory_item(storeId: StoreId, sku: Sku) -> Response[Any]:
-    """Units on hand of one SKU in one store."""
-    item = _read().inventory_item(storeId, sku)
-    return Response(HTTPStatus.OK, content_types.APPLICATION_JSON, item.as_dict())
-
-
-@app.get("/health", cache_control=NO_STORE, responses={200: _json(Health), 503: ERRORS[503]}, tags=["health"])
-def get_health() -> Response[Any]:
-    """Whether Redis answers, and how fast."""
-    try:
-        latency = reader().ping_ms()
-    except redis.exceptions.RedisError as error:
-        logger.warning("redis unreachable", extra={"error": repr(error)})
-        body = {"status": "unavailable", "redis": {"reachable": False, "latencyMs": None}}
-        return Response(HTTPStatus.SERVICE_UNAVAILABLE, content_types.APPLICATION_JSON, body, _retry_after())
-    body = {"status": "ok", "redis": {"reachable": True, "latencyMs": latency}}
-    return Response(HTTPStatus.OK, content_types.APPLICATION_JSON, body)
-
-
-@app.get("/openapi.json", cache_control="public, max-age=300", include_in_schema=False)
-def get_openapi() -> Response[Any]:
-    return Response(HTTPStatus.OK, content_types.APPLICATION_JSON, openapi_json())
-
-
 @lru_cache(maxsize=1)
 def openapi_json() -> str:
     """The OpenAPI document generated from the routes above (also `make openapi`)."""
-    document = json.loads(app.get_openapi_json_schema())
+    document = json.loads(resolver().get_openapi_json_schema())
     # invalid input is answered with 400 here (invalid_request below), not Powertools' default 422
     for operations in document["paths"].values():
         for operation in operations.values():
@@ -290,52 +109,6 @@ def problem(status: HTTPStatus, message: str, headers: dict[str, str] | None = N
 
 def _retry_after() -> dict[str, str]:
     return {"Retry-After": str(config.retry_after_seconds)}
-
-
-@app.exception_handler(RequestValidationError)  # type: ignore[untyped-decorator]
-def invalid_request(error: RequestValidationError) -> Response[Any]:
-    details = [
-        {"location": ".".join(str(part) for part in e["loc"]), "message": str(e.get("msg", e["type"]))}
-        for e in error.errors()
-    ]
-    summary = "; ".join(f"{d['location']}: {d['message']}" for d in details)
-    return problem(HTTPStatus.BAD_REQUEST, f"invalid request: {summary}", details=details)
-
-
-@app.exception_handler(BadRequest)  # type: ignore[untyped-decorator]
-def bad_request(error: BadRequest) -> Response[Any]:
-    return problem(HTTPStatus.BAD_REQUEST, error.message)
-
-
-@app.exception_handler(NotFound)  # type: ignore[untyped-decorator]
-def not_found(error: NotFound) -> Response[Any]:
-    return problem(HTTPStatus.NOT_FOUND, error.message)
-
-
-@app.not_found  # type: ignore[untyped-decorator]
-def no_route(_: Exception) -> Response[Any]:
-    path = app.current_event.path
-    return problem(HTTPStatus.NOT_FOUND, f"no route for {app.current_event.http_method} {path[:200]}")
-
-
-@app.exception_handler(list(UNAVAILABLE))  # type: ignore[untyped-decorator]
-def unavailable(error: Exception) -> Response[Any]:
-    logger.warning("redis unreachable", extra={"error": repr(error)})
-    with single_metric(name="CacheUnavailable", unit=MetricUnit.Count, value=1, namespace="CacheSync") as metric:
-        metric.add_dimension(name="service", value="cachesync-api")
-    return problem(HTTPStatus.SERVICE_UNAVAILABLE, "the cache is unreachable; retry shortly", _retry_after())
-
-
-@app.exception_handler(redis.exceptions.RedisError)  # type: ignore[untyped-decorator]
-def redis_refused(error: redis.exceptions.RedisError) -> Response[Any]:
-    logger.exception("redis refused a read")
-    return problem(HTTPStatus.BAD_GATEWAY, "the cache refused the read")
-
-
-@app.exception_handler(Exception)  # type: ignore[untyped-decorator]
-def internal(error: Exception) -> Response[Any]:
-    logger.exception("unhandled error")
-    return problem(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; it has been logged")
 
 
 # --- the fast path ---------------------------------------------------------------
@@ -479,8 +252,235 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
 def _resolve(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    response = app.resolve(event, context)
+    response = resolver().resolve(event, context)
     if cors is not None:
         # the CORS headers depend on the request's Origin: shared caches must key on it
         response.setdefault("headers", {})["Vary"] = "Origin"
     return response
+
+
+@lru_cache(maxsize=1)
+def resolver() -> APIGatewayHttpResolver:
+    """The Powertools resolver: every route with validation, the error answers, the OpenAPI document.
+
+    Built on first use, not at import: its models, validation and the pydantic import
+    cost about as much as the rest of the cold start (see devkit/coldstart.py), and the
+    fast path answers a page's reads without it.
+    """
+    from aws_lambda_powertools import single_metric
+    from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+    from aws_lambda_powertools.event_handler.openapi.params import Path, Query
+    from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
+    from aws_lambda_powertools.metrics import MetricUnit
+    from pydantic import BaseModel, ConfigDict, Field
+
+    app = APIGatewayHttpResolver(cors=cors, enable_validation=True)
+    app.configure_openapi(
+        title=TITLE,
+        version=VERSION,
+        description=(
+            "Orders, products and store inventory, read from the Redis cache that the Kafka topics keep current."
+        ),
+    )
+    app.enable_swagger(path="/swagger")
+
+    # --- response models (for the OpenAPI document) ------------------------------
+    class Address(BaseModel):
+        city: str
+        state: str
+        zipcode: int | str
+
+    class Order(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        ordertime: int = Field(description="epoch milliseconds")
+        orderid: int | str
+        itemid: str
+        orderunits: float
+        address: Address
+
+    class Product(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        sku: str
+        name: str
+        price: float
+        description: str | None = None
+
+    class ProductList(BaseModel):
+        items: list[Product] = Field(description="the products found, in the order asked")
+        missing: list[str] = Field(description="SKUs asked for that are not in the cache")
+
+    class InventoryItem(BaseModel):
+        sku: str
+        quantity: float = Field(description="units on hand (whole numbers come as integers)")
+
+    class InventoryPage(BaseModel):
+        store: str
+        sort: Literal["quantity", "sku"]
+        below: int | None
+        items: list[InventoryItem]
+        nextCursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
+
+    class RedisHealth(BaseModel):
+        reachable: bool
+        latencyMs: float | None = None
+
+    class Health(BaseModel):
+        status: Literal["ok", "unavailable"]
+        redis: RedisHealth
+
+    class Problem(BaseModel):
+        statusCode: int
+        error: str
+        message: str
+        details: list[dict[str, str]] | None = None
+
+    def _json(model: type[BaseModel], description: str = "OK") -> OpenAPIResponse:
+        return {"description": description, "content": {content_types.APPLICATION_JSON: {"model": model}}}
+
+    RETRY_AFTER: dict[str, Any] = {
+        "Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}
+    }
+    ERRORS: dict[int, OpenAPIResponse] = {
+        400: _json(Problem, "Invalid input"),
+        404: _json(Problem, "Not in the cache"),
+        503: {**_json(Problem, "Redis is unreachable; retry after Retry-After seconds"), "headers": RETRY_AFTER},
+    }
+
+    # --- parameters -----------------------------------------------------------------
+    _ID = {"pattern": IDENTIFIER_PATTERN, "min_length": 1, "max_length": 128}
+    OrderId = Annotated[str, Path(description="order id, e.g. 18", **_ID)]
+    Sku = Annotated[str, Path(description="product SKU", **_ID)]
+    StoreId = Annotated[str, Path(description="store id, e.g. store1", **_ID)]
+
+    # --- routes -------------------------------------------------------------------
+    @app.get("/orders/<orderId>", cache_control=ORDER_CACHE, responses={200: _json(Order), **ERRORS}, tags=["orders"])
+    def get_order(orderId: OrderId) -> Response[Any]:
+        """The order JSON exactly as the orders topic delivered it."""
+        return _raw(_read().order(orderId))
+
+    @app.get(
+        "/products/<sku>", cache_control=PRODUCT_CACHE, responses={200: _json(Product), **ERRORS}, tags=["products"]
+    )
+    def get_product(sku: Sku) -> Response[Any]:
+        """The product document exactly as the products topic delivered it."""
+        return _raw(_read().product(sku))
+
+    @app.get("/products", cache_control=PRODUCT_CACHE, responses={200: _json(ProductList), **ERRORS}, tags=["products"])
+    def get_products(
+        skus: Annotated[
+            str,
+            Query(
+                description=f"comma-separated SKUs, at most {config.products_max_skus}; order is kept",
+                min_length=1,
+                max_length=4096,  # well within URL limits; 100 ten-digit SKUs take 1,099
+            ),
+        ],
+    ) -> Response[Any]:
+        """Several products in one call; SKUs not in the cache are listed under `missing`."""
+        return _raw(_read().products(skus).to_json())
+
+    @app.get(
+        "/stores/<storeId>/inventory",
+        cache_control=INVENTORY_CACHE,
+        responses={200: _json(InventoryPage), **ERRORS},
+        tags=["inventory"],
+    )
+    def get_inventory(
+        storeId: StoreId,
+        sort: Annotated[
+            Literal["quantity", "sku"], Query(description="quantity: lowest stock first; sku: by SKU")
+        ] = "quantity",
+        below: Annotated[
+            int | None, Query(description="only items with fewer units than this (low stock)", ge=-(10**15), le=10**15)
+        ] = None,
+        limit: Annotated[
+            int | None,
+            Query(
+                description=f"items per page (default {config.inventory_default_limit})",
+                ge=1,
+                le=config.inventory_max_limit,
+            ),
+        ] = None,
+        cursor: Annotated[
+            str | None,
+            Query(description="the `nextCursor` of the previous page", pattern=r"^[A-Za-z0-9_-]+$", max_length=512),
+        ] = None,
+    ) -> Response[Any]:
+        """A page of a store's stock, with an opaque cursor to the next page."""
+        page = _read().inventory(storeId, sort=sort, below=below, limit=limit, cursor=cursor)
+        return Response(HTTPStatus.OK, content_types.APPLICATION_JSON, page.as_dict())
+
+    @app.get(
+        "/stores/<storeId>/inventory/<sku>",
+        cache_control=INVENTORY_CACHE,
+        responses={200: _json(InventoryItem), **ERRORS},
+        tags=["inventory"],
+    )
+    def get_inventory_item(storeId: StoreId, sku: Sku) -> Response[Any]:
+        """Units on hand of one SKU in one store."""
+        item = _read().inventory_item(storeId, sku)
+        return Response(HTTPStatus.OK, content_types.APPLICATION_JSON, item.as_dict())
+
+    @app.get("/health", cache_control=NO_STORE, responses={200: _json(Health), 503: ERRORS[503]}, tags=["health"])
+    def get_health() -> Response[Any]:
+        """Whether Redis answers, and how fast."""
+        try:
+            latency = reader().ping_ms()
+        except redis.exceptions.RedisError as error:
+            logger.warning("redis unreachable", extra={"error": repr(error)})
+            body = {"status": "unavailable", "redis": {"reachable": False, "latencyMs": None}}
+            return Response(HTTPStatus.SERVICE_UNAVAILABLE, content_types.APPLICATION_JSON, body, _retry_after())
+        body = {"status": "ok", "redis": {"reachable": True, "latencyMs": latency}}
+        return Response(HTTPStatus.OK, content_types.APPLICATION_JSON, body)
+
+    @app.get("/openapi.json", cache_control="public, max-age=300", include_in_schema=False)
+    def get_openapi() -> Response[Any]:
+        return Response(HTTPStatus.OK, content_types.APPLICATION_JSON, openapi_json())
+
+    @app.exception_handler(RequestValidationError)  # type: ignore[untyped-decorator]
+    def invalid_request(error: RequestValidationError) -> Response[Any]:
+        details = [
+            {"location": ".".join(str(part) for part in e["loc"]), "message": str(e.get("msg", e["type"]))}
+            for e in error.errors()
+        ]
+        summary = "; ".join(f"{d['location']}: {d['message']}" for d in details)
+        return problem(HTTPStatus.BAD_REQUEST, f"invalid request: {summary}", details=details)
+
+    @app.exception_handler(BadRequest)  # type: ignore[untyped-decorator]
+    def bad_request(error: BadRequest) -> Response[Any]:
+        return problem(HTTPStatus.BAD_REQUEST, error.message)
+
+    @app.exception_handler(NotFound)  # type: ignore[untyped-decorator]
+    def not_found(error: NotFound) -> Response[Any]:
+        return problem(HTTPStatus.NOT_FOUND, error.message)
+
+    @app.not_found  # type: ignore[untyped-decorator]
+    def no_route(_: Exception) -> Response[Any]:
+        path = app.current_event.path
+        return problem(HTTPStatus.NOT_FOUND, f"no route for {app.current_event.http_method} {path[:200]}")
+
+    @app.exception_handler(list(UNAVAILABLE))  # type: ignore[untyped-decorator]
+    def unavailable(error: Exception) -> Response[Any]:
+        logger.warning("redis unreachable", extra={"error": repr(error)})
+        with single_metric(name="CacheUnavailable", unit=MetricUnit.Count, value=1, namespace="CacheSync") as metric:
+            metric.add_dimension(name="service", value="cachesync-api")
+        return problem(HTTPStatus.SERVICE_UNAVAILABLE, "the cache is unreachable; retry shortly", _retry_after())
+
+    @app.exception_handler(redis.exceptions.RedisError)  # type: ignore[untyped-decorator]
+    def redis_refused(error: redis.exceptions.RedisError) -> Response[Any]:
+        logger.exception("redis refused a read")
+        return problem(HTTPStatus.BAD_GATEWAY, "the cache refused the read")
+
+    @app.exception_handler(Exception)  # type: ignore[untyped-decorator]
+    def internal(error: Exception) -> Response[Any]:
+        logger.exception("unhandled error")
+        return problem(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; it has been logged")
+
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    # `app` (the resolver) as a module attribute, built when first asked for
+    if name == "app":
+        return resolver()
+    raise AttributeError(name)
