@@ -4,8 +4,9 @@
 -- KEYS[1]:  the offsets hash of this scope (see keys.offsets_key): field
 --           "<topic>/<partition>" -> the last offset applied in this scope.
 -- KEYS[2..]: the data keys the mutations write; all keys share one hash slot.
--- ARGV[1]:  JSON [[field, ttl, [mutation, ...]], ...], each partition's
---           mutations in offset order, each one of
+-- ARGV[1]:  JSON [[field, ttl, [mutation, ...], after], ...], each partition's
+--           mutations in offset order; `after` is the partition's last offset in
+--           the previous call of this batch (-1 for the first), each mutation one of
 --             [offset, key, "S", value]   SET key ARGV[value] (EX ttl)
 --             [offset, key, "D"]          DEL key
 --             [offset, key, "I", member, delta]   ZINCRBY
@@ -20,6 +21,12 @@
 -- check memory before the script starts (never mid-way) and forbids
 -- undeclared keys.
 --
+-- The calls of a batch are chained: a call writes nothing unless each of its
+-- partitions has reached `after`, i.e. the previous call ran. Pipelined calls
+-- run independently, so without this a call refused mid-batch (say, out of
+-- memory) followed by one that succeeds would move the offset past records
+-- that were never applied, and the retry would skip them.
+--
 -- Returns {applied, skipped, {position, error, ...}}; position counts
 -- mutations from 1 in the order of ARGV[1].
 local offsets_key = KEYS[1]
@@ -27,9 +34,19 @@ local plan = cjson.decode(ARGV[1])
 local applied, skipped, errors = 0, 0, {}
 local position = 0
 
-for _, partition in ipairs(plan) do
+local marks = {}
+for i, partition in ipairs(plan) do
+  local mark = tonumber(redis.call('HGET', offsets_key, partition[1]) or '-1')
+  if mark < partition[4] then
+    return redis.error_reply('CACHESYNC_GAP ' .. partition[1] .. ' is at offset ' .. string.format('%.0f', mark) ..
+      ', before ' .. string.format('%.0f', partition[4]) .. ': an earlier call of this batch failed; nothing written')
+  end
+  marks[i] = mark
+end
+
+for i, partition in ipairs(plan) do
   local field, ttl, mutations = partition[1], partition[2], partition[3]
-  local mark = tonumber(redis.call('HGET', offsets_key, field) or '-1')
+  local mark = marks[i]
   local last = nil
   for _, m in ipairs(mutations) do
     position = position + 1

@@ -60,9 +60,12 @@ class _Call:
     order they were added in (the positions list).
     """
 
-    def __init__(self, offsets_key: str, slot: int | None = None):
+    def __init__(self, offsets_key: str, slot: int | None = None, previous: dict[str, int] | None = None):
         self.offsets_key = offsets_key
         self.slot = slot  # the hash slot of every key here (cluster), or None (standalone)
+        # each partition's last offset in the earlier calls of this batch and scope;
+        # the script checks it was reached, so a failed call stops those after it
+        self.previous = {} if previous is None else previous
         self.keys: dict[str, int] = {}  # data key -> its index in KEYS (from 2)
         self.values: list[bytes | str] = []  # ARGV[2..]
         self.partitions: dict[str, list[Any]] = {}  # field -> [field, ttl, mutations]
@@ -76,7 +79,8 @@ class _Call:
         if item.field != self._field:  # partitions come in runs: look the group up once a run
             if item.field in self.partitions:
                 return False
-            self.partitions[item.field] = [item.field, m.ttl, []]  # a partition is one topic: one TTL
+            # a partition is one topic: one TTL
+            self.partitions[item.field] = [item.field, m.ttl, [], self.previous.get(item.field, -1)]
             self._field, self._mutations = item.field, self.partitions[item.field][2]
         key = self.keys.get(m.key)
         if key is None:
@@ -93,6 +97,11 @@ class _Call:
             self._mutations.append([item.offset, key, code])
         self.positions.append(position)
         return True
+
+    def done(self) -> None:
+        """Record this call's last offset per partition for the calls after it."""
+        for field_, (_, _, mutations, _) in self.partitions.items():
+            self.previous[field_] = mutations[-1][0]
 
     def command(self, sha: str | None = None) -> tuple[Any, ...]:
         plan = orjson.dumps(list(self.partitions.values()))
@@ -129,13 +138,17 @@ class BatchWriter:
     def _calls(
         self, items: Iterable[tuple[int, Pending]], offsets_key: str, slot: int | None = None
     ) -> Iterator[_Call]:
-        call = _Call(offsets_key, slot)
+        """The calls of one scope, in order, chained by their partitions' offsets."""
+        previous: dict[str, int] = {}
+        call = _Call(offsets_key, slot, previous)
         for position, item in items:
             if len(call.positions) == self._batch_size or not call.add(position, item):
+                call.done()
                 yield call
-                call = _Call(offsets_key, slot)
+                call = _Call(offsets_key, slot, previous)
                 call.add(position, item)
         if call.positions:
+            call.done()
             yield call
 
     def _slot_calls(self, pending: list[Pending]) -> list[_Call]:
