@@ -219,13 +219,17 @@ def test_out_of_memory_fails_the_invocation_loudly_and_dead_letters_nothing(
 
 
 def test_out_of_memory_then_retry_converges_to_the_model(small_cache: servers.ServerProcess) -> None:
+    """Redis refuses some script calls of the batch and, as memory drains, accepts later ones:
+    the calls are chained, so none writes past a refused one and the retry loses nothing."""
     settings, admin, ingest, (first, batch) = _fill_then_overflow(small_cache)
     with pytest.raises(redis.exceptions.OutOfMemoryError):
         ingest.process(batch)
     admin.config_set("maxmemory", "0")  # an operator scales the cache up
     retry = ingest.process(batch)
+    assert retry.duplicates > 0 and retry.applied > 0
     assert retry.applied + retry.duplicates == len(records_of(batch))
     assert data_state(admin) == model_state(settings, records_of(first) + records_of(batch))
+    print(f"\nOOM: retry {retry.summary()}")
 
 
 def test_an_evicting_cache_drifts_silently_which_is_why_it_must_be_noeviction() -> None:
