@@ -264,7 +264,8 @@ def rows_for(results: dict[str, dict[str, Any]], sizes: list[dict[str, Any]]) ->
             rows.append(
                 [
                     "Cold start",
-                    f"{c['function']}: import / first invocation / whole process (median of {c['runs']})",
+                    f"{c['function']} first on {c['event']}: import / first invocation / whole process "
+                    f"(median of {c['runs']})",
                     label,
                     f"{c['import_ms']:.0f} ms / {c['first_ms']:.1f} ms / {c['process_ms']:.0f} ms",
                     f"slowest import {c['import_max_ms']:.0f} ms",
@@ -295,7 +296,7 @@ def table(rows: list[list[str]]) -> str:
 
 
 def document(table_text: str, info: dict[str, str], build: str, command: str) -> str:
-    machine_lines = "\n".join(f"- {k}: {v}" for k, v in info.items())
+    machine_lines = "\n".join(f"- {k}: {v}" for k, v in info.items() if k != "date")
     return f"""# Performance
 
 The latest `make bench` run: {info["date"]}.

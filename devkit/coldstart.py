@@ -7,7 +7,9 @@ sys.path (as Lambda lays them out) and the function's template environment. It
 reports the handler module's import time, its first invocation (connecting to
 Redis included) and the whole process from exec to exit. IngestFunction gets
 events/kafka-orders.json on an emptied server; ApiFunction then gets
-events/api-get-order.json (order 18). Medians of `--runs`.
+events/api-get-order.json (order 18, a fast-path route), and in other runs
+events/api-get-inventory-item.json (a route the Powertools resolver serves, built
+on that first invocation). Medians of `--runs`.
 
 Also the size of each built artifact (`sam build` output in .aws-sam/build):
 files, bytes unpacked, and bytes as the zip that gets uploaded.
@@ -34,7 +36,13 @@ from devkit import servers
 from devkit.sam import ROOT, describe
 
 BUILD = ROOT / ".aws-sam" / "build"
-EVENTS = {"IngestFunction": "kafka-orders.json", "ApiFunction": "api-get-order.json"}
+# (function, first event): the API twice, first on a fast-path route (GET /orders/{id}),
+# then on one the Powertools resolver serves (built on that first use)
+CASES = (
+    ("IngestFunction", "kafka-orders.json"),
+    ("ApiFunction", "api-get-order.json"),
+    ("ApiFunction", "api-get-inventory-item.json"),
+)
 
 # runs in the fresh interpreter; writes its figures to argv[4] (stdout belongs to the handler's logs)
 _CHILD = """
@@ -67,12 +75,12 @@ with open(sys.argv[4], "w") as out:
 """
 
 
-def cold_runs(function_name: str, redis_url: str, cluster: bool, runs: int) -> dict[str, Any]:
+def cold_runs(function_name: str, event_name: str, redis_url: str, cluster: bool, runs: int) -> dict[str, Any]:
     function = describe(function_name, {"RedisUrl": redis_url})
     env = {**os.environ, **function.environment, "REDIS_URL": redis_url, "REDIS_CLUSTER": str(cluster).lower()}
     env.pop("PYTHONPATH", None)
     layer = str(function.layer_dirs[0]) if function.layer_dirs else ""
-    event = ROOT / "events" / EVENTS[function_name]
+    event = ROOT / "events" / event_name
     results = []
     with tempfile.TemporaryDirectory() as directory:
         report = Path(directory) / "report.json"
@@ -92,6 +100,7 @@ def cold_runs(function_name: str, redis_url: str, cluster: bool, runs: int) -> d
     statuses = sorted({r["status"] for r in results})
     return {
         "function": function_name,
+        "event": event_name,
         "runs": runs,
         "import_ms": statistics.median(r["import_ms"] for r in results),
         "import_max_ms": max(r["import_ms"] for r in results),
@@ -111,7 +120,7 @@ def _flush(redis_url: str, cluster: bool) -> None:
 def measure(runs: int = 5, cluster: bool = False) -> list[dict[str, Any]]:
     target = servers.start_cluster() if cluster else servers.start_server()
     try:
-        return [cold_runs(name, target.url, cluster, runs) for name in ("IngestFunction", "ApiFunction")]
+        return [cold_runs(name, event, target.url, cluster, runs) for name, event in CASES]
     finally:
         target.stop() if isinstance(target, servers.LocalCluster) else target.remove()
 
