@@ -185,7 +185,7 @@ def _fast_inventory(event: dict[str, Any]) -> tuple[Any, str] | None:
             limit=None if limit is None else int(limit),
             cursor=cursor,
         )
-        return json.dumps(page.as_dict(), separators=(",", ":"))  # as Powertools serialises a dict
+        return page.to_json().decode()
 
     return read, INVENTORY_CACHE
 
@@ -408,7 +408,7 @@ def resolver() -> APIGatewayHttpResolver:
     ) -> Response[Any]:
         """A page of a store's stock, with an opaque cursor to the next page."""
         page = _read().inventory(storeId, sort=sort, below=below, limit=limit, cursor=cursor)
-        return Response(HTTPStatus.OK, content_types.APPLICATION_JSON, page.as_dict())
+        return Response(HTTPStatus.OK, content_types.APPLICATION_JSON, page.to_json().decode())
 
     @app.get(
         "/stores/<storeId>/inventory/<sku>",
