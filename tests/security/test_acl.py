@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -210,3 +211,12 @@ def test_access_strings_are_in_elasticache_rbac_form() -> None:
     renamed = acl.api_rule(Settings.from_env({"PRODUCTS_KEY_PREFIX": "catalog"})).key_patterns
     assert "catalog:*" in renamed and "products:*" not in renamed
     assert USERS["ingest"] != USERS["api"]
+
+
+def test_docs_show_the_access_strings_in_force() -> None:
+    """docs/security.md is what an operator copies into ElastiCache: it must match the code."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    settings = Settings.from_env({})
+    for rule in (acl.ingest_rule(settings), acl.api_rule(settings)):
+        assert rule.access_string() in text, f"docs/security.md is out of date for the {rule.role} user"
+    assert " ".join(f"+{c}" for c in acl.CLUSTER_COMMANDS) in text
