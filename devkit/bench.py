@@ -316,7 +316,7 @@ The latest `make bench` run: {info["date"]}.
 
 `make bench` installs `wrk` with apt-get when it is missing and can be installed
 (otherwise a Python thread-pool client generates the HTTP load), builds the SAM
-artifacts when they are out of date, and takes 2 to 3 minutes. Each part runs in
+artifacts when they are out of date, and takes about a minute and a half on 2 CPUs. Each part runs in
 a fresh interpreter against a private Valkey, then a local 3-master Valkey cluster.
 
 ## Results
@@ -343,7 +343,10 @@ a fresh interpreter against a private Valkey, then a local 3-master Valkey clust
 - Freshness: `devkit/freshness.py`. It includes the IngestFunction invocation and one
   HTTP read; it cannot include the event source mapping's polling and batching in AWS.
 - Cold start: `devkit/coldstart.py`, a new interpreter per run (this machine's
-  Python, not Lambda's python3.13/arm64); sizes are those of `.aws-sam/build`.
+  Python with its cached bytecode, not Lambda's python3.13/arm64); sizes are those
+  of `.aws-sam/build`. ApiFunction answers its hot routes (orders, products,
+  inventory pages) on a fast path and builds the Powertools resolver (validation
+  models, OpenAPI) on the first request that needs it: hence the two ApiFunction rows.
 """
 
 
