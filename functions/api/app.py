@@ -113,7 +113,7 @@ def _retry_after() -> dict[str, str]:
 
 # --- the fast path ---------------------------------------------------------------
 # Powertools' resolver costs more than the Redis read it wraps. Measured with
-# `python -m devkit.bench_api` (in-process, interleaved with a bare redis-py GET of the
+# devkit/bench_api.py, as `make bench` runs it (in-process, interleaved with a bare redis-py GET of the
 # same key, standalone Valkey, 2 CPUs): GET /orders/{id} through
 # Logger.inject_lambda_context + APIGatewayHttpResolver with validation took p50 91 µs
 # against 35 µs for the bare GET (2.6x); the profile puts most of the difference in the
