@@ -17,7 +17,7 @@ import redis
 from cachesync import acl, config
 from cachesync.config import Settings
 from devkit import servers
-from tests.security.tlskit import Pki, TlsServer, make_pki, start_tls_server
+from tests.security.tlskit import Pki, TlsCluster, TlsServer, make_pki, start_tls_cluster, start_tls_server
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUIRE_ALL = os.environ.get("CACHESYNC_REQUIRE_ALL_SERVERS") == "1"
@@ -63,6 +63,14 @@ def wrong_host_redis(redis7_binary: str, pki: Pki) -> Iterator[TlsServer]:
     server = start_tls_server(redis7_binary, pki.wrong_host_cert, pki.wrong_host_key, pki.ca)
     yield server
     server.server.remove()
+
+
+@pytest.fixture(scope="session")
+def tls_cluster(redis7_binary: str, pki: Pki) -> Iterator[TlsCluster]:
+    """A 3-master Redis 7 cluster that speaks only verified TLS to clients (and TLS on its bus)."""
+    cluster = start_tls_cluster(redis7_binary, pki)
+    yield cluster
+    cluster.remove()
 
 
 def create_users(admin_url: str, settings: Settings | None = None, cluster: bool = False) -> None:

@@ -14,10 +14,12 @@ import redis
 
 from cachesync.config import Settings
 from cachesync.connection import client_options, get_client
+from cachesync.ingest import build_ingestor
+from cachesync.reads import Reader
 from devkit.generator import EventGenerator
 from tests.integration.helpers import data_state, model_state
 from tests.security.conftest import ROOT, USERS, Handler, create_users, lambda_context, userinfo
-from tests.security.tlskit import Pki, TlsServer
+from tests.security.tlskit import Pki, TlsCluster, TlsServer
 
 FAST_FAIL = {"REDIS_RETRIES": "0", "REDIS_CONNECT_TIMEOUT": "2"}
 
@@ -122,3 +124,43 @@ def test_tls_options_always_verify() -> None:
     assert "ssl_ca_certs" not in system  # the system trust store
     plain = client_options(Settings.from_env({"REDIS_URL": "redis://cache:6379/0"}))
     assert not any(name.startswith("ssl") for name in plain)
+
+
+def test_a_tls_cluster_like_elasticache_serverless(tls_cluster: TlsCluster, pki: Pki) -> None:
+    """TLS, cluster client and least-privilege users together: both paths over rediss:// to a
+    3-master cluster, each node's certificate verified (the client follows CLUSTER SLOTS to
+    the other nodes' TLS ports)."""
+    admins = [redis.Redis(port=node.server.port) for node in tls_cluster.nodes]
+    for admin in admins:
+        admin.flushall()
+        create_users(f"redis://127.0.0.1:{admin.connection_pool.connection_kwargs['port']}/0", cluster=True)
+    env = {"REDIS_CLUSTER": "true", "REDIS_CA_CERT": str(pki.ca), **FAST_FAIL}
+    ingest_settings = Settings.from_env({"REDIS_URL": tls_cluster.url(userinfo("ingest")), **env})
+    batch = EventGenerator(seed=17, partitions=3, stores=4, skus=40).batch(1500)
+    outcome = build_ingestor(ingest_settings).process(batch)
+    assert outcome.applied == 1500
+    state: dict[str, Any] = {}
+    for admin in admins:
+        state |= data_state(admin)
+    assert state == model_state(Settings.from_env({}), records_of(batch))
+
+    api_settings = Settings.from_env({"REDIS_URL": tls_cluster.url(userinfo("api")), **env})
+    reader = Reader(get_client(api_settings), api_settings)
+    orders = [key.split(":", 1)[1] for key in state if key.startswith("orders:")]
+    products = [key.split(":", 1)[1] for key in state if key.startswith("products:")]
+    assert all(reader.order(order) for order in orders[:20])
+    assert len(reader.products(",".join(products[:10])).documents) == min(10, len(products))  # MGET per slot
+    store = next(key for key in state if key.startswith("inventory:")).split(":", 1)[1]
+    assert reader.inventory(store, limit=5).items
+
+    for admin in admins:  # every node served the functions' users, and denied them nothing
+        users = {c["user"] for c in admin.client_list() if c.get("name") == "cachesync"}
+        assert USERS["ingest"] in users, admin
+        assert admin.execute_command("ACL", "LOG") == []
+
+    wrong = Settings.from_env(
+        {"REDIS_URL": tls_cluster.url(userinfo("api")), **env, "REDIS_CA_CERT": str(pki.other_ca)}
+    )
+    with pytest.raises((redis.exceptions.ConnectionError, redis.exceptions.RedisClusterException)) as refused:
+        get_client(wrong).ping()
+    assert "certificate verify failed" in str(refused.value).lower(), refused.value

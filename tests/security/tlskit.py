@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import redis
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -84,6 +86,57 @@ def start_tls_server(binary: str, cert: Path, key: Path, ca: Path) -> TlsServer:
     return TlsServer(servers.start_server(binary, extra=extra), tls_port)
 
 
+@dataclass
+class TlsCluster:
+    """Redis Cluster over TLS (client and bus), like ElastiCache Serverless or a cluster-mode cache."""
+
+    nodes: list[TlsServer]
+
+    def url(self, userinfo: str = "") -> str:
+        return self.nodes[0].url(userinfo=userinfo)
+
+    def remove(self) -> None:
+        for node in self.nodes:
+            node.server.remove()
+
+
+def start_tls_cluster(binary: str, pki: Pki, masters: int = 3) -> TlsCluster:
+    """Cluster nodes talk TLS on the bus too (`tls-cluster yes`, bus port = TLS port + 10000)."""
+    nodes: list[TlsServer] = []
+    try:
+        for _ in range(masters):
+            tls_port = servers.free_port()  # also checks that tls_port + 10000 (the bus) is free
+            extra = [
+                "--tls-port", str(tls_port),
+                "--tls-cert-file", str(pki.server_cert),
+                "--tls-key-file", str(pki.server_key),
+                "--tls-ca-cert-file", str(pki.ca),
+                "--tls-auth-clients", "no",
+                "--tls-cluster", "yes",
+                "--cluster-enabled", "yes",
+                "--cluster-node-timeout", "2000",
+            ]  # fmt: skip
+            nodes.append(TlsServer(servers.start_server(binary, extra=extra), tls_port))
+        first = redis.Redis(port=nodes[0].server.port)
+        for node in nodes[1:]:
+            first.cluster("MEET", "127.0.0.1", str(node.tls_port), str(node.tls_port + 10000))
+        per_node = 16384 // masters
+        for i, node in enumerate(nodes):
+            end = 16383 if i == masters - 1 else (i + 1) * per_node - 1
+            redis.Redis(port=node.server.port).cluster("ADDSLOTSRANGE", str(i * per_node), str(end))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            infos = [redis.Redis(port=n.server.port, decode_responses=True).cluster("INFO") for n in nodes]
+            if all(i["cluster_state"] == "ok" and int(i["cluster_known_nodes"]) == masters for i in infos):
+                return TlsCluster(nodes)
+            time.sleep(0.1)
+        raise RuntimeError("the TLS cluster did not reach cluster_state:ok")
+    except BaseException:
+        for node in nodes:
+            node.server.remove()
+        raise
+
+
 def _ca(name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
@@ -121,7 +174,10 @@ def _leaf(
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(  # client auth too: cluster nodes present it to each other on the TLS bus
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
             critical=False,
