@@ -11,6 +11,10 @@ events/api-get-order.json (order 18, a fast-path route), and in other runs
 events/api-get-inventory-item.json (a route the Powertools resolver serves, built
 on that first invocation). Medians of `--runs`.
 
+Twice: with the venv's packages, whose bytecode pip compiled at install, and with
+the layer's packages as `sam build` ships them, without bytecode (what a Lambda
+cold start imports: see layer_without_bytecode).
+
 Also the size of each built artifact (`sam build` output in .aws-sam/build):
 files, bytes unpacked, and bytes as the zip that gets uploaded.
 """
@@ -21,6 +25,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -75,11 +80,17 @@ with open(sys.argv[4], "w") as out:
 """
 
 
-def cold_runs(function_name: str, event_name: str, redis_url: str, cluster: bool, runs: int) -> dict[str, Any]:
+def cold_runs(
+    function_name: str, event_name: str, redis_url: str, cluster: bool, runs: int, layer_copy: Path | None = None
+) -> dict[str, Any]:
+    """`layer_copy`: run on that copy of the layer (see layer_without_bytecode) instead of the venv's."""
     function = describe(function_name, {"RedisUrl": redis_url})
     env = {**os.environ, **function.environment, "REDIS_URL": redis_url, "REDIS_CLUSTER": str(cluster).lower()}
     env.pop("PYTHONPATH", None)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # every run as cold as the first
     layer = str(function.layer_dirs[0]) if function.layer_dirs else ""
+    if layer_copy is not None:
+        layer = str(layer_copy)
     event = ROOT / "events" / event_name
     results = []
     with tempfile.TemporaryDirectory() as directory:
@@ -101,6 +112,7 @@ def cold_runs(function_name: str, event_name: str, redis_url: str, cluster: bool
     return {
         "function": function_name,
         "event": event_name,
+        "bytecode": layer_copy is None,
         "runs": runs,
         "import_ms": statistics.median(r["import_ms"] for r in results),
         "import_max_ms": max(r["import_ms"] for r in results),
@@ -117,10 +129,42 @@ def _flush(redis_url: str, cluster: bool) -> None:
         redis.Redis.from_url(redis_url).flushall()
 
 
-def measure(runs: int = 5, cluster: bool = False) -> list[dict[str, Any]]:
+def layer_without_bytecode(directory: Path, build: Path = BUILD) -> Path | None:
+    """The layer's packages as `sam build` ships them: no compiled bytecode.
+
+    The layer's Makefile installs with --no-compile and Lambda cannot write to /opt,
+    so each cold start compiles every module it imports. The packages are copied from
+    this venv (the built ones are arm64 wheels), named as in .aws-sam/build/SharedLayer.
+    """
+    built = build / "SharedLayer" / "python"
+    if not built.is_dir():
+        return None
+    site = Path(redis.__file__).resolve().parent.parent
+    target = directory / "python"
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for entry in built.iterdir():
+        if entry.name.endswith(".dist-info") or entry.name == "cachesync":
+            continue
+        source = site / entry.name
+        if source.is_dir():
+            shutil.copytree(source, target / entry.name, ignore=skip)
+        elif source.is_file():
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / entry.name)
+    shutil.copytree(ROOT / "layers" / "shared" / "cachesync", target / "cachesync", ignore=skip)
+    return target
+
+
+def measure(runs: int = 5, cluster: bool = False, without_bytecode: bool = True) -> list[dict[str, Any]]:
     target = servers.start_cluster() if cluster else servers.start_server()
     try:
-        return [cold_runs(name, event, target.url, cluster, runs) for name, event in CASES]
+        results = [cold_runs(name, event, target.url, cluster, runs) for name, event in CASES]
+        if without_bytecode:
+            with tempfile.TemporaryDirectory() as directory:
+                copy = layer_without_bytecode(Path(directory))
+                if copy is not None:
+                    results += [cold_runs(name, event, target.url, cluster, runs, copy) for name, event in CASES]
+        return results
     finally:
         target.stop() if isinstance(target, servers.LocalCluster) else target.remove()
 
