@@ -340,8 +340,6 @@ a fresh interpreter against a private Valkey, then a local 3-master Valkey clust
   (`devkit/apigw.py`, as in `make run`) while a live stream of 20 events/s runs.
   The server handles one request at a time, like one Lambda instance, so under
   {HTTP_CONNECTIONS} connections the latency is mostly queueing; wrk is closed-loop.
-  The benchmark turns on TCP_NODELAY on the server's sockets (see
-  `NoDelayHttpApiServer` in `devkit/bench_api.py`).
 - Freshness: `devkit/freshness.py`. It includes the IngestFunction invocation and one
   HTTP read; it cannot include the event source mapping's polling and batching in AWS.
 - Cold start: `devkit/coldstart.py`, a new interpreter per run (this machine's

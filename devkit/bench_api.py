@@ -27,7 +27,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import redis
@@ -106,7 +105,7 @@ class ReadStack:
             self.apply(g.event(records[start : start + 500]))
 
     def serve(self) -> str:
-        self.server = NoDelayHttpApiServer(self.gateway).start()
+        self.server = HttpApiServer(self.gateway).start()
         return self.server.url
 
     def stop(self) -> None:
@@ -118,35 +117,6 @@ class ReadStack:
         elif self.target is not None:
             self.target.remove()
         self.target = None
-
-
-class NoDelayHttpApiServer(HttpApiServer):
-    """devkit.apigw's server with TCP_NODELAY on its sockets.
-
-    The server writes an answer's headers and body in two sends; with Nagle's
-    algorithm on, a keep-alive client's delayed ACK holds the body back for
-    about 40 ms (measured here: freshness p50 44.5 ms with it on, 1.8 ms off).
-    That is the local server's artefact, not the API's, so the benchmark turns it off.
-    Clients that hang up mid-answer (wrk at the end of a run) are not reported.
-    """
-
-    def __init__(self, gateway: LocalGateway) -> None:
-        super().__init__(gateway)
-        report = self.httpd.handle_error
-
-        def handle_error(request: Any, address: Any) -> None:
-            if not isinstance(sys.exc_info()[1], ConnectionError):
-                report(request, address)
-
-        self.httpd.handle_error = handle_error  # type: ignore[method-assign,assignment]
-
-    def _request_class(self) -> type[BaseHTTPRequestHandler]:
-        base = super()._request_class()
-
-        class Request(base):  # type: ignore[valid-type,misc]
-            disable_nagle_algorithm = True
-
-        return Request
 
 
 @dataclass
