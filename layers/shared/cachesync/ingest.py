@@ -7,7 +7,6 @@ the returned `BatchOutcome` as logs and metrics.
 from __future__ import annotations
 
 import binascii
-import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -76,6 +75,7 @@ class Ingestor:
     ):
         self._settings, self._writer, self._dead_letters, self._clock = settings, writer, dead_letters, clock
         self._topics = {config.topic: config for config in settings.topics}
+        self._field: tuple[str, int, str] = ("", -1, "")  # the last partition's offsets field
 
     def process(self, event: dict[str, Any]) -> BatchOutcome:
         outcome = BatchOutcome()
@@ -143,7 +143,10 @@ class Ingestor:
             raise PoisonRecord(f"value of {len(value)} bytes is over the limit of {self._settings.max_value_bytes}")
         else:
             key = None
-        return Pending(project(config, key, value), keys.offsets_field(topic, partition), offset)
+        field = self._field
+        if field[0] != topic or field[1] != partition:  # records come partition by partition
+            field = self._field = (topic, partition, keys.offsets_field(topic, partition))
+        return Pending(project(config, key, value), field[2], offset)
 
 
 def build_ingestor(settings: Settings) -> Ingestor:
@@ -184,9 +187,8 @@ def _partitions(event: Any) -> Iterable[tuple[str, list[Record]]]:
     for name, records in partitions.items():
         # Lambda delivers each partition in offset order; sort anyway (cheap when
         # already sorted) because per-key order is what makes replays exact.
-        offsets = [_offset(record) for record in records]
-        in_order = all(a <= b for a, b in itertools.pairwise(offsets))
-        yield name, records if in_order else sorted(records, key=_offset)
+        offsets = list(map(_offset, records))
+        yield name, records if offsets == sorted(offsets) else sorted(records, key=_offset)
 
 
 def _decode(raw: Any, what: str) -> bytes | None:

@@ -125,8 +125,8 @@ def _document(config: TopicConfig, record_key: bytes | None, value: bytes | None
         return Mutation(keys.data_key(config.key_prefix, identifier), DELETE)
     document = _json_object(value)
     check(document)
-    identifier = _identifier(document, config.key_field)
-    return Mutation(keys.data_key(config.key_prefix, identifier), SET, "", value, config.ttl_seconds)
+    key = keys.data_key(config.key_prefix, _identifier(document, config.key_field))
+    return Mutation(key, SET, "", value, config.ttl_seconds)
 
 
 _Check = Callable[[dict[str, Any]], None]
@@ -156,9 +156,17 @@ def _inventory(config: TopicConfig, record_key: bytes | None, value: bytes | Non
     return Mutation(key, INCREMENT, member, str(units if kind == "shipment" else -units), config.ttl_seconds)
 
 
+def _order(config: TopicConfig, record_key: bytes | None, value: bytes | None) -> Mutation:
+    return _document(config, record_key, value, _check_order)
+
+
+def _product(config: TopicConfig, record_key: bytes | None, value: bytes | None) -> Mutation:
+    return _document(config, record_key, value, _check_product)
+
+
 _PROJECTIONS: dict[str, Callable[[TopicConfig, bytes | None, bytes | None], Mutation]] = {
-    "orders": lambda c, k, v: _document(c, k, v, _check_order),
-    "products": lambda c, k, v: _document(c, k, v, _check_product),
+    "orders": _order,
+    "products": _product,
     "inventory": _inventory,
 }
 
