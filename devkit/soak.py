@@ -19,7 +19,6 @@ Exits non-zero when anything was lost, applied twice, or answered with an error.
 from __future__ import annotations
 
 import argparse
-import base64
 import http.client
 import json
 import os
@@ -36,9 +35,8 @@ from urllib.parse import urlsplit
 import redis
 
 from devkit.generator import EventGenerator, RawRecord
+from devkit.model import ReferenceModel, redis_state
 from devkit.servers import free_port, start_server
-
-Model = dict[str, Any]
 
 
 @dataclass
@@ -54,44 +52,6 @@ class IngestFigures:
     double_applied: int = 0
     lost: int = 0
     mismatched_keys: list[str] = field(default_factory=list)  # Redis against the reference model
-
-
-class ReferenceModel:
-    """Each record applied once, in partition order (records are fed in generation order)."""
-
-    def __init__(self) -> None:
-        from cachesync.config import Settings
-
-        self.settings = Settings.from_env({})
-        self.state: Model = {}
-        self.poison = 0
-
-    def apply(self, record: dict[str, Any]) -> None:
-        from cachesync.projections import ASSIGN, DELETE, INCREMENT, REMOVE, SET, PoisonRecord, project
-
-        config = self.settings.topic(record["topic"])
-        assert config is not None
-        key = None if record["key"] is None else base64.b64decode(record["key"])
-        value = None if record["value"] is None else base64.b64decode(record["value"])
-        try:
-            m = project(config, key, value)
-        except PoisonRecord:
-            self.poison += 1
-            return
-        if m.code == SET:
-            self.state[m.key] = bytes(m.argument) if isinstance(m.argument, bytes | bytearray) else m.argument
-        elif m.code == DELETE:
-            self.state.pop(m.key, None)
-        else:
-            members = self.state.setdefault(m.key, {})
-            if m.code == INCREMENT:
-                members[m.member] = members.get(m.member, 0.0) + float(m.argument)
-            elif m.code == ASSIGN:
-                members[m.member] = float(m.argument)
-            elif m.code == REMOVE:
-                members.pop(m.member, None)
-                if not members:
-                    del self.state[m.key]
 
 
 def generated(g: EventGenerator, count: int, order_pool: int) -> list[RawRecord]:
@@ -166,33 +126,6 @@ def ingest_soak(
     figures.double_applied = max(0, figures.applied - expected)
     figures.lost = max(0, expected - figures.applied)
     return figures
-
-
-def redis_state(client: redis.Redis) -> Model:
-    from cachesync import keys
-
-    state: Model = {}
-    pipe_keys: list[str] = []
-    for raw in client.scan_iter(count=5000):
-        key = raw.decode()
-        if key == "deadletter:ingest" or keys.is_offsets_key(key):
-            continue
-        pipe_keys.append(key)
-    for start in range(0, len(pipe_keys), 1000):
-        chunk = pipe_keys[start : start + 1000]
-        pipe = client.pipeline(transaction=False)
-        for key in chunk:
-            pipe.type(key)
-        kinds = pipe.execute()
-        pipe = client.pipeline(transaction=False)
-        for key, kind in zip(chunk, kinds, strict=True):
-            if kind == b"string":
-                pipe.get(key)
-            else:
-                pipe.zrange(key, 0, -1, withscores=True)
-        for key, value in zip(chunk, pipe.execute(), strict=True):
-            state[key] = value if isinstance(value, bytes) else {m.decode(): s for m, s in value}
-    return state
 
 
 @dataclass

@@ -17,8 +17,8 @@ from cachesync.config import Settings
 from cachesync.ingest import build_ingestor
 from devkit import servers
 from devkit.generator import EventGenerator
+from devkit.model import model_state, redis_state
 from devkit.proxy import StallingProxy
-from tests.integration.helpers import data_state, model_state
 
 INGEST_LAMBDA_TIMEOUT_S = 60  # IngestFunction's Timeout in template.yaml
 BACKOFF_CAP_S = 0.5  # connection.py: ExponentialBackoff(cap=0.5)
@@ -117,7 +117,7 @@ def test_restarts_during_a_live_stream_lose_nothing_and_apply_nothing_twice(
     assert done[0] == batches
     assert failures, "the restarts should have failed some invocations"
     admin = redis.Redis.from_url(durable.url)
-    assert data_state(admin) == model_state(settings, log)
+    assert redis_state(admin) == model_state(settings, log)
     print(f"\nrestarts: {restarts}, records: {len(log)}, failed invocations retried: {len(failures)}")
 
 
@@ -179,7 +179,7 @@ def test_a_stalled_network_fails_within_the_bounds_and_the_retry_converges(
     else:
         assert retry.duplicates > 0, "part of the batch should have been applied before the stall"
     admin = redis.Redis(port=server.port)
-    assert data_state(admin) == model_state(settings, records_of(warm) + records_of(batch))
+    assert redis_state(admin) == model_state(settings, records_of(warm) + records_of(batch))
     print(f"\nstall {stall}: failed after {elapsed:.2f}s (bound {bound:.2f}s); retry {retry.summary()}")
 
 
@@ -228,7 +228,7 @@ def test_out_of_memory_then_retry_converges_to_the_model(small_cache: servers.Se
     retry = ingest.process(batch)
     assert retry.duplicates > 0 and retry.applied > 0
     assert retry.applied + retry.duplicates == len(records_of(batch))
-    assert data_state(admin) == model_state(settings, records_of(first) + records_of(batch))
+    assert redis_state(admin) == model_state(settings, records_of(first) + records_of(batch))
     print(f"\nOOM: retry {retry.summary()}")
 
 
@@ -248,7 +248,7 @@ def test_an_evicting_cache_drifts_silently_which_is_why_it_must_be_noeviction() 
             ingest.process(batch)  # never fails: Redis makes room by evicting
         admin = redis.Redis.from_url(server.url)
         evicted = int(admin.info("stats")["evicted_keys"])
-        state, model = data_state(admin), model_state(settings, log)
+        state, model = redis_state(admin), model_state(settings, log)
         drifted = [key for key in set(model) | set(state) if state.get(key) != model.get(key)]
         assert evicted > 0 and drifted, "a full, evicting cache should have dropped data without an error"
         print(f"\nallkeys-lru: {evicted} keys evicted, {len(drifted)} keys differ from the model, no invocation failed")

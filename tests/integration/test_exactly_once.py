@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from cachesync.ingest import build_ingestor
 from devkit.generator import EventGenerator, RawRecord, kafka_record, partition_for
-from tests.integration.helpers import data_state, model_state
+from devkit.model import model_state, redis_state
 
 PARTITIONS = 3
 
@@ -77,4 +77,4 @@ def test_any_delivery_converges_to_the_reference_model(
     for batch in deliveries(log, data.draw):
         ingest.process(batch)
     every_record = [record for records in log.values() for record in records]
-    assert data_state(target.client()) == model_state(target.settings(), every_record)
+    assert redis_state(target.client()) == model_state(target.settings(), every_record)

@@ -19,7 +19,7 @@ from cachesync.ingest import Ingestor, build_ingestor
 from cachesync.writer import BatchWriter, Pending, _Call
 from devkit import servers
 from devkit.generator import EventGenerator
-from tests.integration.helpers import data_state, model_state, poison_coordinates
+from devkit.model import model_state, poison_coordinates, redis_state
 from tests.integration.test_ingest import records_of, sample
 
 
@@ -85,7 +85,7 @@ def test_redis_dying_mid_batch_fails_the_invocation_and_the_retry_converges(
     retry = healthy.process(event)  # the event source mapping retries the whole batch
     assert retry.duplicates > 0 and retry.applied > 0
     assert retry.applied + retry.duplicates == 2000
-    assert data_state(client) == model_state(settings, records_of(event))
+    assert redis_state(client) == model_state(settings, records_of(event))
 
 
 def test_unreachable_redis_fails_fast_with_a_connection_error() -> None:
@@ -135,7 +135,7 @@ def test_poison_records_go_to_sqs_with_their_reason(aws: None, valkey: Any) -> N
     assert any("not valid JSON" in b["reason"] for b in bodies)
     # the good records were applied and nothing was written to the Redis dead-letter stream
     assert client.exists("orders:1002") == 1 and client.exists("deadletter:ingest") == 0
-    assert data_state(client) == model_state(settings, records_of(event))
+    assert redis_state(client) == model_state(settings, records_of(event))
 
 
 def test_large_dead_letters_are_split_across_sqs_batches(aws: None) -> None:
@@ -207,4 +207,4 @@ def test_a_connection_dropped_mid_batch_is_replaced_and_the_batch_completes(valk
     # the first half was applied before the drop; sending the whole batch again skipped it
     assert outcome.applied == 2000 - outcome.duplicates and outcome.duplicates > 0
     client = redis.Redis.from_url(valkey.url)
-    assert data_state(client) == model_state(settings, records_of(event))
+    assert redis_state(client) == model_state(settings, records_of(event))

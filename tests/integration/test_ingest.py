@@ -10,7 +10,7 @@ import pytest
 
 from cachesync.ingest import Ingestor, build_ingestor
 from devkit.generator import EventGenerator, RawRecord, decode_record
-from tests.integration.helpers import data_state, model_state
+from devkit.model import model_state, redis_state
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED_ORDER = (
@@ -45,7 +45,7 @@ def test_every_sample_matches_the_reference_model(target: Any) -> None:
         event = sample(name)
         ingest.process(event)
         seen += records_of(event)
-    assert data_state(target.client()) == model_state(target.settings(), seen)
+    assert redis_state(target.client()) == model_state(target.settings(), seen)
     # the design's own numbers: ZADD 710 then ZINCRBY -6, then a shipment and a purchase in the mixed sample
     assert target.client().zscore("inventory:store1", "sku:0123456789") is not None
 
@@ -56,7 +56,7 @@ def test_a_replayed_batch_changes_nothing_in_whole_or_in_part(target: Any) -> No
     ingest = ingestor(target, SCRIPT_BATCH_SIZE="16")
     first = ingest.process(event)
     assert first.applied == 400 and first.duplicates == 0
-    before = data_state(target.client())
+    before = redis_state(target.client())
 
     again = ingest.process(event)
     assert (again.applied, again.duplicates) == (0, 400)
@@ -65,13 +65,13 @@ def test_a_replayed_batch_changes_nothing_in_whole_or_in_part(target: Any) -> No
     partition = next(iter(event["records"]))
     part = {"eventSource": "SelfManagedKafka", "records": {partition: event["records"][partition][::2]}}
     assert ingest.process(part).applied == 0
-    assert data_state(target.client()) == before
+    assert redis_state(target.client()) == before
 
     later = generator.batch(100)
     overlap = {name: event["records"].get(name, []) + chunk for name, chunk in later["records"].items()}
     outcome = ingest.process({"eventSource": "SelfManagedKafka", "records": overlap})
     assert outcome.applied == 100
-    assert data_state(target.client()) == model_state(target.settings(), records_of(event) + records_of(later))
+    assert redis_state(target.client()) == model_state(target.settings(), records_of(event) + records_of(later))
 
 
 def test_inventory_counts_and_movements(target: Any) -> None:
@@ -163,7 +163,7 @@ def test_many_keys_in_one_slot_group_and_across_calls(target: Any, batch_size: s
     g = EventGenerator(seed=6, partitions=5, stores=3, skus=50)
     event = g.batch(1500)
     ingestor(target, SCRIPT_BATCH_SIZE=batch_size).process(event)
-    assert data_state(target.client()) == model_state(target.settings(), records_of(event))
+    assert redis_state(target.client()) == model_state(target.settings(), records_of(event))
 
 
 def test_the_writer_keeps_order_when_partitions_interleave(target: Any) -> None:
@@ -209,4 +209,4 @@ def test_idle_connections_dropped_between_batches_are_replaced(target: Any) -> N
     second = generator.batch(200)
     outcome = ingest.process(second)
     assert outcome.applied == 200
-    assert data_state(target.client()) == model_state(target.settings(), records_of(first) + records_of(second))
+    assert redis_state(target.client()) == model_state(target.settings(), records_of(first) + records_of(second))

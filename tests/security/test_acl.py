@@ -21,7 +21,7 @@ from cachesync.ingest import build_ingestor
 from cachesync.reads import Reader
 from cachesync.writer import APPLY_SCRIPT
 from devkit.generator import EventGenerator
-from tests.integration.helpers import data_state, model_state
+from devkit.model import model_state, redis_state
 from tests.security.conftest import USERS, create_users, userinfo
 
 NOPERM = (redis.exceptions.NoPermissionError, redis.exceptions.ResponseError)
@@ -83,14 +83,14 @@ def test_each_path_works_with_its_own_user_and_nothing_is_denied(target: Any, us
     assert replay.duplicates == 400
     admin = admin_client(target)
     records = [r for rs in batch["records"].values() for r in rs]
-    assert data_state(admin) == model_state(target.settings(), records)
+    assert redis_state(admin) == model_state(target.settings(), records)
     assert admin.xlen("deadletter:ingest") >= 1  # XADD under the ingest user
 
     api_settings = users("api")
     reader = Reader(get_client(api_settings), api_settings)
-    some_order = next(key for key in data_state(admin) if key.startswith("orders:")).split(":", 1)[1]
+    some_order = next(key for key in redis_state(admin) if key.startswith("orders:")).split(":", 1)[1]
     assert reader.order(some_order)
-    store = next(key for key in data_state(admin) if key.startswith("inventory:")).split(":", 1)[1]
+    store = next(key for key in redis_state(admin) if key.startswith("inventory:")).split(":", 1)[1]
     by_quantity = reader.inventory(store, limit=2)  # the paging script: EVALSHA, EVAL on NOSCRIPT
     assert by_quantity.items and by_quantity.next_cursor
     assert reader.inventory(store, limit=2, cursor=by_quantity.next_cursor).items
@@ -142,7 +142,7 @@ def _seed(target: Any) -> None:
 def test_the_api_user_reads_only_its_keys(target: Any, users: Any) -> None:
     _seed(target)
     admin = admin_client(target)
-    before = data_state(admin, exclude=())
+    before = redis_state(admin, exclude=())
     client = get_client(users("api"))
     assert client.get("orders:1") == b'{"orderid": 1}'
     writes = [
@@ -161,13 +161,13 @@ def test_the_api_user_reads_only_its_keys(target: Any, users: Any) -> None:
     ]
     for name, attempt in writes + attempts_common(client):
         assert_denied(name, attempt)
-    assert data_state(admin, exclude=()) == before
+    assert redis_state(admin, exclude=()) == before
 
 
 def test_the_ingest_user_cannot_step_outside_its_keys_even_from_a_script(target: Any, users: Any) -> None:
     _seed(target)
     admin = admin_client(target)
-    before = data_state(admin, exclude=())
+    before = redis_state(admin, exclude=())
     client = get_client(users("ingest"))
     # its own script runs; any other script it may load runs with its rights and no more
     evil = {
@@ -190,7 +190,7 @@ def test_the_ingest_user_cannot_step_outside_its_keys_even_from_a_script(target:
     ]
     for name, attempt in attempts:
         assert_denied(name, attempt)
-    assert data_state(admin, exclude=()) == before
+    assert redis_state(admin, exclude=()) == before
     assert client.script_load(APPLY_SCRIPT)  # what it does need still works
 
 
