@@ -170,18 +170,18 @@ def test_the_writer_keeps_order_when_partitions_interleave(target: Any) -> None:
     """Pending mutations whose partitions alternate still apply in order, and a refused
     write is reported at its own position."""
     from cachesync.projections import Mutation
-    from cachesync.writer import BatchWriter, Pending
+    from cachesync.writer import BatchWriter
 
     client = target.client()
     client.set("inventory:broken", "a string, not a sorted set")
     pending = [
-        Pending(Mutation("orders:1", "S", argument=b'{"v":1}'), "orders/0", 0),
-        Pending(Mutation("inventory:s1", "Z", "sku:a", "5"), "inventory/1", 0),
-        Pending(Mutation("orders:1", "S", argument=b'{"v":2}'), "orders/0", 1),
-        Pending(Mutation("inventory:broken", "I", "sku:a", "1"), "inventory/1", 1),
-        Pending(Mutation("inventory:s1", "I", "sku:a", "-2"), "inventory/1", 2),
-        Pending(Mutation("orders:1", "D"), "orders/0", 2),
-        Pending(Mutation("orders:1", "S", argument=b'{"v":3}'), "orders/0", 3),
+        (Mutation("orders:1", "S", argument=b'{"v":1}'), "orders/0", 0),
+        (Mutation("inventory:s1", "Z", "sku:a", "5"), "inventory/1", 0),
+        (Mutation("orders:1", "S", argument=b'{"v":2}'), "orders/0", 1),
+        (Mutation("inventory:broken", "I", "sku:a", "1"), "inventory/1", 1),
+        (Mutation("inventory:s1", "I", "sku:a", "-2"), "inventory/1", 2),
+        (Mutation("orders:1", "D"), "orders/0", 2),
+        (Mutation("orders:1", "S", argument=b'{"v":3}'), "orders/0", 3),
     ]
     writer = BatchWriter(client, script_batch_size=4)
     result = writer.apply(pending)

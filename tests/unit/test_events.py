@@ -113,7 +113,7 @@ def test_null_keys_null_values_and_non_ascii_headers() -> None:
         ]
     )
     writer, sink = run(event)
-    assert [p.mutation.code for p in writer.pending] == ["S", "D"]
+    assert [p[0].code for p in writer.pending] == ["S", "D"]
     assert not sink.letters
 
 
@@ -122,7 +122,7 @@ def test_records_are_applied_in_partition_order_even_when_delivered_out_of_order
     event = gen.event([gen.order() for _ in range(5)])
     event["records"]["orders-0"].reverse()
     writer, _ = run(event)
-    assert [p.offset for p in writer.pending] == [0, 1, 2, 3, 4]
+    assert [p[2] for p in writer.pending] == [0, 1, 2, 3, 4]
 
 
 @pytest.mark.parametrize(

@@ -95,7 +95,7 @@ class Ingestor:
                         letters.append(_dead_letter(record, str(poison)))
                         continue
                     sources.append(record)
-                    last = item.offset  # records are in offset order
+                    last = item[2]  # its offset: records are in offset order
                     if not count:
                         first = last
                     count += 1
@@ -146,7 +146,7 @@ class Ingestor:
         field = self._field
         if field[0] != topic or field[1] != partition:  # records come partition by partition
             field = self._field = (topic, partition, keys.offsets_field(topic, partition))
-        return Pending(project(config, key, value), field[2], offset)
+        return (project(config, key, value), field[2], offset)
 
 
 def build_ingestor(settings: Settings) -> Ingestor:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 import redis
@@ -36,12 +36,10 @@ from cachesync.projections import ASSIGN, INCREMENT, REMOVE, SET, Mutation
 APPLY_SCRIPT = (Path(__file__).parent / "apply.lua").read_text()
 
 
-class Pending(NamedTuple):
-    """A mutation with the Kafka coordinates that make it idempotent (a tuple: one per record)."""
-
-    mutation: Mutation
-    field: str  # "<topic>/<partition>", see keys.offsets_field
-    offset: int
+# (mutation, offsets field "<topic>/<partition>", offset): the Kafka coordinates that
+# make a mutation idempotent. A plain tuple, built once per record: a NamedTuple
+# costs 0.17 us to build against 0.02 us (timeit), 4% of a 10,000-record batch.
+Pending = tuple[Mutation, str, int]
 
 
 @dataclass
@@ -75,26 +73,26 @@ class _Call:
 
     def add(self, position: int, item: Pending) -> bool:
         """Add the mutation; False (and nothing added) if its partition already had a run here."""
-        m = item.mutation
-        if item.field != self._field:  # partitions come in runs: look the group up once a run
-            if item.field in self.partitions:
+        m, field_, offset = item
+        if field_ != self._field:  # partitions come in runs: look the group up once a run
+            if field_ in self.partitions:
                 return False
             # a partition is one topic: one TTL
-            self.partitions[item.field] = [item.field, m.ttl, [], self.previous.get(item.field, -1)]
-            self._field, self._mutations = item.field, self.partitions[item.field][2]
+            self.partitions[field_] = [field_, m.ttl, [], self.previous.get(field_, -1)]
+            self._field, self._mutations = field_, self.partitions[field_][2]
         key = self.keys.get(m.key)
         if key is None:
             key = self.keys[m.key] = len(self.keys) + 2
         code = m.code
         if code == SET:
             self.values.append(m.argument)
-            self._mutations.append([item.offset, key, code, len(self.values) + 1])
+            self._mutations.append([offset, key, code, len(self.values) + 1])
         elif code in (INCREMENT, ASSIGN):
-            self._mutations.append([item.offset, key, code, m.member, m.argument])
+            self._mutations.append([offset, key, code, m.member, m.argument])
         elif code == REMOVE:
-            self._mutations.append([item.offset, key, code, m.member])
+            self._mutations.append([offset, key, code, m.member])
         else:
-            self._mutations.append([item.offset, key, code])
+            self._mutations.append([offset, key, code])
         self.positions.append(position)
         return True
 
@@ -154,7 +152,7 @@ class BatchWriter:
     def _slot_calls(self, pending: list[Pending]) -> list[_Call]:
         by_slot: dict[int, list[tuple[int, Pending]]] = {}
         for position, item in enumerate(pending):
-            by_slot.setdefault(key_slot(item.mutation.key.encode()), []).append((position, item))
+            by_slot.setdefault(key_slot(item[0].key.encode()), []).append((position, item))
         return [call for slot, items in by_slot.items() for call in self._calls(items, keys.offsets_key(slot), slot)]
 
     def _send_to_primaries(self, client: RedisCluster, calls: list[_Call]) -> list[Any]:
