@@ -1,10 +1,14 @@
-"""Writes the sample Kafka events in events/ (`make events`). Deterministic: same files every time."""
+"""Writes the sample Kafka events in events/, and the cluster slot tags table (`make events`).
+
+Deterministic: same files every time.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from cachesync import keys
 from devkit.generator import EventGenerator, RawRecord
 from devkit.sam import ROOT
 
@@ -87,6 +91,8 @@ def main() -> None:
     for name, event in samples.items():
         (EVENTS / name).write_text(json.dumps(event, indent=2) + "\n")
         print(f"wrote events/{name}")
+    keys.SLOT_TAGS_FILE.write_text(" ".join(keys.compute_slot_tags()) + "\n")
+    print(f"wrote {keys.SLOT_TAGS_FILE.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

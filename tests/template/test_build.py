@@ -62,10 +62,11 @@ def test_function_artifacts_hold_only_their_code(build_dir: Path) -> None:
         assert not list(artifact.glob("*.dist-info")), name
 
 
-def test_layer_has_the_package_its_data_file_and_pinned_dependencies(build_dir: Path) -> None:
+def test_layer_has_the_package_its_data_files_and_pinned_dependencies(build_dir: Path) -> None:
     python = layer_dir(build_dir)
     source = ROOT / "layers/shared/cachesync"
-    assert (python / "cachesync/apply.lua").read_text() == (source / "apply.lua").read_text()
+    for data_file in ("apply.lua", "slot_tags.txt"):  # read at runtime
+        assert (python / "cachesync" / data_file).read_text() == (source / data_file).read_text()
     assert {p.name for p in (python / "cachesync").glob("*.py")} == {p.name for p in source.glob("*.py")}
     installed = {p.name.split("-")[0].lower().replace("_", "-"): p.name for p in python.glob("*.dist-info")}
     for line in (ROOT / "layers/shared/requirements.txt").read_text().splitlines():
