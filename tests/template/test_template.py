@@ -35,6 +35,7 @@ BIN = Path(sys.executable).parent
 
 SCRAM_SECRET = "arn:aws:secretsmanager:us-east-1:123456789012:secret:cachesync/scram-XyZ123"
 CACHE_SECRET = "arn:aws:secretsmanager:us-east-1:123456789012:secret:cachesync/cache-acl-QwErTy"
+API_CACHE_SECRET = "arn:aws:secretsmanager:us-east-1:123456789012:secret:cachesync/cache-acl-api-AsDfGh"
 KMS_KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 
 # Each scenario is one way to deploy: parameter overrides on top of the defaults.
@@ -66,20 +67,40 @@ SCENARIOS: dict[str, dict[str, str]] = {
         "RedisCluster": "true",
         "ExistingCacheSecurityGroupId": "sg-0123456789abcdef0",
         "ExistingCachePort": "6390",
+        "CacheAuthMode": "password",
         "CacheUsername": "cachesync",
         "CacheAuthSecretArn": CACHE_SECRET,
         "AlarmEmail": "oncall@example.com",
     },
-    # an existing VPC that needs our endpoints, a stack-created cache with an ACL user group
+    # an existing VPC that needs our endpoints, a stack-created cache with an ACL user group,
+    # one ACL user (and secret) per function
     "existing-vpc-new-cache": {
         **REQUIRED,
         "ExistingVpcId": "vpc-0fedcba9876543210",
         "ExistingSubnetIds": "subnet-0ddddddddddddddd4,subnet-0eeeeeeeeeeeeeee5",
         "CreateVpcEndpoints": "true",
+        "CacheAuthMode": "password",
         "CacheAuthSecretArn": CACHE_SECRET,
+        "ApiCacheAuthSecretArn": API_CACHE_SECRET,
         "CacheUserGroupId": "cachesync-users",
         "PollerMode": "PROVISIONED",
         "KafkaBisectBatchOnError": "false",
+    },
+    # IAM authentication on the stack's cache: it creates the users and their group
+    "iam-new-cache": {**REQUIRED, "CacheAuthMode": "iam"},
+    # IAM authentication on an existing node-based cache with its own IAM-enabled users
+    "iam-existing-cache": {
+        **REQUIRED,
+        "ExistingVpcId": "vpc-0123456789abcdef0",
+        "ExistingSubnetIds": "subnet-0aaaaaaaaaaaaaaa1,subnet-0bbbbbbbbbbbbbbb2",
+        "RedisUrl": "rediss://master.shop-cache.abc123.use1.cache.amazonaws.com:6379",
+        "RedisCluster": "true",
+        "ExistingCacheSecurityGroupId": "sg-0123456789abcdef0",
+        "CacheAuthMode": "iam",
+        "ExistingCacheName": "shop-cache",
+        "ExistingCacheKind": "replicationgroup",
+        "ExistingCacheIngestUserId": "cachesync-ingest",
+        "ExistingCacheApiUserId": "cachesync-api",
     },
 }
 
@@ -232,10 +253,45 @@ def _code_environment_names() -> set[str]:
     return names | {"CORS_ALLOWED_ORIGINS"}
 
 
+# each function's cache user in the stack-created IAM mode, and the other's
+CACHE_USERS = {"IngestFunction": "IngestCacheUser", "ApiFunction": "ApiCacheUser"}
+EXISTING_USER_PARAMETERS = {"IngestFunction": "ExistingCacheIngestUserId", "ApiFunction": "ExistingCacheApiUserId"}
+
+
+def expected_cache_auth(overrides: dict[str, str], function: str) -> dict[str, Any]:
+    """The cache authentication variables a function should get in a scenario."""
+    mode = given(overrides, "CacheAuthMode")
+    if mode == "iam":
+        created = not given(overrides, "RedisUrl")
+        return {
+            "REDIS_IAM_AUTH": "true",
+            "REDIS_IAM_CACHE_NAME": ref("Cache") if created else given(overrides, "ExistingCacheName"),
+            "REDIS_IAM_SERVERLESS": "true"
+            if created or given(overrides, "ExistingCacheKind") == "serverlesscache"
+            else "false",
+            "REDIS_USERNAME": ref(CACHE_USERS[function])
+            if created
+            else given(overrides, EXISTING_USER_PARAMETERS[function]),
+            "REDIS_SECRET_ARN": "",
+        }
+    secret = ""
+    if mode == "password":
+        secret = given(overrides, "CacheAuthSecretArn")
+        if function == "ApiFunction" and given(overrides, "ApiCacheAuthSecretArn"):
+            secret = given(overrides, "ApiCacheAuthSecretArn")
+    return {
+        "REDIS_IAM_AUTH": "false",
+        "REDIS_IAM_CACHE_NAME": "",
+        "REDIS_IAM_SERVERLESS": "false",
+        "REDIS_USERNAME": given(overrides, "CacheUsername"),
+        "REDIS_SECRET_ARN": secret,
+    }
+
+
 def test_function_environment(scenario: tuple[str, dict[str, str], Resolved]) -> None:
     _, overrides, stack = scenario
     known = _code_environment_names()
-    assert {"REDIS_URL", "REDIS_CLUSTER", "DLQ_QUEUE_URL", "TOPIC_ORDERS"} <= known  # the parser found them
+    assert {"REDIS_URL", "REDIS_CLUSTER", "DLQ_QUEUE_URL", "TOPIC_ORDERS", "REDIS_IAM_AUTH"} <= known  # parsed
     env = {name: stack.props(name)["Environment"]["Variables"] for name in FUNCTIONS}
     for name, variables in env.items():
         unknown = {k for k in variables if not k.startswith("POWERTOOLS_")} - known
@@ -243,7 +299,8 @@ def test_function_environment(scenario: tuple[str, dict[str, str], Resolved]) ->
         assert variables["TOPIC_ORDERS"] == given(overrides, "OrdersTopic")
         assert variables["TOPIC_INVENTORY"] == given(overrides, "InventoryTopic")
         assert variables["TOPIC_PRODUCTS"] == given(overrides, "ProductsTopic")
-        assert variables["REDIS_SECRET_ARN"] == given(overrides, "CacheAuthSecretArn")
+        expected = expected_cache_auth(overrides, name)
+        assert {k: variables[k] for k in expected} == expected, name
         assert variables["POWERTOOLS_LOG_LEVEL"] == given(overrides, "LogLevel")
         if given(overrides, "RedisUrl"):
             assert variables["REDIS_URL"] == given(overrides, "RedisUrl")
@@ -267,6 +324,10 @@ def test_local_invoke_resolves_redis_url_from_the_parameter() -> None:
         assert function.environment["REDIS_URL"] == "redis://127.0.0.1:6399/0"
         assert function.environment["REDIS_CLUSTER"] == "false"
         assert function.handler == "app.lambda_handler"
+        # the default CacheAuthMode (none): no IAM tokens, no secret, the default user
+        for variable in ("REDIS_IAM_CACHE_NAME", "REDIS_USERNAME", "REDIS_SECRET_ARN"):
+            assert function.environment.get(variable, "") == "", variable
+        assert function.environment.get("REDIS_IAM_AUTH", "false") == "false"
 
 
 # ---------------------------------------------------------------------- HTTP API
@@ -433,10 +494,12 @@ def test_each_function_gets_only_what_it_calls(scenario: tuple[str, dict[str, st
     assert sorted(map(json.dumps, ingest["sqs:SendMessage"])) == sorted(map(json.dumps, queues))
     assert "sqs:SendMessage" not in api
 
+    # each function reads only its own cache secret (password mode), the mappings the Kafka one
     secrets = [given(overrides, "KafkaSecretArn")]
-    if given(overrides, "CacheAuthSecretArn"):
+    if given(overrides, "CacheAuthMode") == "password":
         secrets.append(given(overrides, "CacheAuthSecretArn"))
-        assert api["secretsmanager:GetSecretValue"] == [given(overrides, "CacheAuthSecretArn")]
+        api_secret = given(overrides, "ApiCacheAuthSecretArn") or given(overrides, "CacheAuthSecretArn")
+        assert api["secretsmanager:GetSecretValue"] == [api_secret]
     else:
         assert "secretsmanager:GetSecretValue" not in api
     assert sorted(ingest["secretsmanager:GetSecretValue"]) == sorted(secrets)
@@ -451,6 +514,40 @@ def test_each_function_gets_only_what_it_calls(scenario: tuple[str, dict[str, st
     assert api["logs:PutLogEvents"] == [get_att("ApiLogGroup", "Arn")]
     assert stack.props("IngestFunction")["LoggingConfig"] == {"LogGroup": ref("IngestLogGroup")}
     assert stack.props("ApiFunction")["LoggingConfig"] == {"LogGroup": ref("ApiLogGroup")}
+
+
+def _connect_resources(overrides: dict[str, str], function: str) -> list[Any]:
+    """The two ARNs a function may connect with in IAM mode: the cache and its own user."""
+    arn = "arn:aws:elasticache:us-east-1:123456789012"
+    if given(overrides, "RedisUrl"):
+        cache = f"{arn}:{given(overrides, 'ExistingCacheKind')}:{given(overrides, 'ExistingCacheName')}"
+        user = f"{arn}:user:{given(overrides, EXISTING_USER_PARAMETERS[function])}"
+        return [cache, user]
+    return [
+        {"Fn::Sub": f"{arn}:serverlesscache:${{Cache}}"},
+        {"Fn::Sub": f"{arn}:user:${{{CACHE_USERS[function]}}}"},
+    ]
+
+
+def test_iam_auth_connects_each_function_as_its_own_user_only(
+    scenario: tuple[str, dict[str, str], Resolved],
+) -> None:
+    _, overrides, stack = scenario
+    roles = {"IngestFunction": "IngestFunctionRole", "ApiFunction": "ApiFunctionRole"}
+    for function, role in roles.items():
+        connects = [s for s in _statements(stack)[role] if "elasticache:Connect" in _as_list(s["Action"])]
+        if given(overrides, "CacheAuthMode") != "iam":
+            assert connects == [], f"{role} may connect with IAM outside iam mode"
+            continue
+        (statement,) = connects
+        assert statement["Effect"] == "Allow" and _as_list(statement["Action"]) == ["elasticache:Connect"]
+        assert "Condition" not in statement
+        resources = _as_list(statement["Resource"])
+        assert resources == _connect_resources(overrides, function), role
+        assert not any("*" in json.dumps(r) for r in resources), f"{role}: a wildcard in {resources}"
+        # the other function's user is not among them
+        other = next(f for f in roles if f != function)
+        assert _connect_resources(overrides, other)[1] not in resources
 
 
 # ---------------------------------------------------------------------- network
@@ -490,6 +587,93 @@ def test_cache_admits_only_the_function_group(scenario: tuple[str, dict[str, str
                 "CidrIp": "127.0.0.1/32",
             }
         ]
+
+
+# ---------------------------------------------------------------------- cache authentication
+def test_cache_users_and_group_only_for_iam_on_the_stacks_cache(
+    scenario: tuple[str, dict[str, str], Resolved],
+) -> None:
+    _, overrides, stack = scenario
+    users = stack.of_type("AWS::ElastiCache::User")
+    groups = stack.of_type("AWS::ElastiCache::UserGroup")
+    created_cache = not given(overrides, "RedisUrl")
+    if not (created_cache and given(overrides, "CacheAuthMode") == "iam"):
+        assert users == {} and groups == {}
+        if created_cache:
+            attached = stack.props("Cache").get("UserGroupId")
+            if given(overrides, "CacheAuthMode") == "password" and given(overrides, "CacheUserGroupId"):
+                assert attached == given(overrides, "CacheUserGroupId")
+            else:
+                assert attached is None
+        return
+
+    assert set(users) == {"IngestCacheUser", "ApiCacheUser", "DefaultCacheUser"}
+    assert set(groups) == {"CacheUserGroup"}
+    assert stack.props("Cache")["UserGroupId"] == ref("CacheUserGroup")
+    group = stack.props("CacheUserGroup")
+    assert sorted(map(json.dumps, group["UserIds"])) == sorted(json.dumps(ref(name)) for name in users)
+    assert {u["Properties"]["Engine"] for u in users.values()} == {group["Engine"]}
+    ids = [json.dumps(u["Properties"]["UserId"]) for u in users.values()]
+    assert len(set(ids)) == 3, "user ids are unique per account and region"
+    assert all("${Suffix}" in i for i in ids), "ids carry the stack's suffix"
+
+    for name in ("IngestCacheUser", "ApiCacheUser"):
+        props = stack.props(name)
+        assert props["AuthenticationMode"] == {"Type": "iam"}
+        assert props["UserName"] == props["UserId"], "an IAM-enabled user's name must equal its id"
+        assert props["AccessString"].startswith("on ") and "-@all" in props["AccessString"]
+        assert "Passwords" not in props and "NoPasswordRequired" not in props
+
+    # every user group needs a user named default: this one can do nothing at all
+    default = stack.props("DefaultCacheUser")
+    assert default["UserName"] == "default"
+    assert default["AccessString"].split() == ["off", "-@all"]
+
+
+def _template_environment(stack: Resolved, function: str) -> dict[str, str]:
+    """A function's environment as Lambda would see it, placeholders for deploy-time values."""
+    placeholders = {
+        "REDIS_URL": "rediss://cachesync-0a1b2c3d.serverless.use1.cache.amazonaws.com:6379",
+        "DLQ_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/cachesync-DeadLetterQueue",
+        "REDIS_IAM_CACHE_NAME": "cachesync-0a1b2c3d",
+        "REDIS_USERNAME": f"cachesync-0a1b2c3d-{function}",
+    }
+    variables = stack.props(function)["Environment"]["Variables"]
+    env = {k: v if isinstance(v, str) else placeholders[k] for k, v in variables.items()}
+    return {**env, "AWS_REGION": "us-east-1"}
+
+
+def test_created_users_access_strings_are_what_cachesync_acl_makes() -> None:
+    """One source of truth: the template's access strings are cachesync.acl's, for the
+    settings the template gives each function (cluster client, dead letters in SQS)."""
+    from cachesync import acl
+    from cachesync.config import Settings
+
+    stack = Resolved(SCENARIOS["iam-new-cache"])
+    rules = {"IngestFunction": acl.ingest_rule, "ApiFunction": acl.api_rule}
+    for function, user in CACHE_USERS.items():
+        settings = Settings.from_env(_template_environment(stack, function))
+        assert settings.iam_auth and settings.cluster and settings.tls
+        assert stack.props(user)["AccessString"] == rules[function](settings).access_string(), user
+    # the API user reads; only the ingest user writes or touches the offsets
+    api = stack.props("ApiCacheUser")["AccessString"].split()
+    assert not {"+set", "+del", "+hset", "+zadd", "+zincrby", "+xadd", "+script|load"} & set(api)
+    assert not any("offsets" in rule for rule in api)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, o in SCENARIOS.items() if o.get("CacheAuthMode") == "iam"))
+def test_iam_mode_environment_configures_the_token_provider(name: str) -> None:
+    """What the functions' environment makes of cachesync's IAM credential provider."""
+    from cachesync.config import Settings
+    from cachesync.iam_auth import provider_for
+
+    overrides = SCENARIOS[name]
+    stack = Resolved(overrides)
+    for function in FUNCTIONS:
+        settings = Settings.from_env(_template_environment(stack, function))
+        provider = provider_for(settings)
+        assert provider.serverless == (expected_cache_auth(overrides, function)["REDIS_IAM_SERVERLESS"] == "true")
+        assert settings.redis_secret_arn is None
 
 
 def test_function_egress_is_limited(scenario: tuple[str, dict[str, str], Resolved]) -> None:
@@ -623,6 +807,10 @@ def _rule_value(node: Any, values: dict[str, Any]) -> Any:
             return _rule_value(args[0], values) == _rule_value(args[1], values)
         if function == "Fn::Not":
             return not _rule_value(args[0], values)
+        if function == "Fn::And":
+            return all(_rule_value(arg, values) for arg in args)
+        if function == "Fn::Or":
+            return any(_rule_value(arg, values) for arg in args)
         if function == "Fn::Contains":
             return _rule_value(args[1], values) in _rule_value(args[0], values)
         raise AssertionError(f"rule function {function} not evaluated here")
@@ -666,10 +854,112 @@ def test_rules_reject_half_configured_networks(overrides: dict[str, str], compla
     assert any(complaint in failure for failure in failures), failures
 
 
+EXISTING_IAM_CACHE = {
+    "RedisUrl": "rediss://master.shop-cache.abc123.use1.cache.amazonaws.com:6379",
+    "ExistingVpcId": "vpc-0123456789abcdef0",
+    "ExistingSubnetIds": "subnet-0aaaaaaaaaaaaaaa1,subnet-0bbbbbbbbbbbbbbb2",
+    "ExistingCacheSecurityGroupId": "sg-0123456789abcdef0",
+    "CacheAuthMode": "iam",
+}
+EXISTING_IAM_USERS = {
+    "ExistingCacheName": "shop-cache",
+    "ExistingCacheKind": "replicationgroup",
+    "ExistingCacheIngestUserId": "cachesync-ingest",
+    "ExistingCacheApiUserId": "cachesync-api",
+}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "complaint"),
+    [
+        # password mode without its secret, or a second secret equal to the first
+        ({"CacheAuthMode": "password"}, "CacheAuthMode=password needs CacheAuthSecretArn"),
+        (
+            {"CacheAuthMode": "password", "CacheAuthSecretArn": CACHE_SECRET, "ApiCacheAuthSecretArn": CACHE_SECRET},
+            "ApiCacheAuthSecretArn is for a second user",
+        ),
+        # a secret for the stack's cache, whose users only a user group can bring
+        (
+            {"CacheAuthMode": "password", "CacheAuthSecretArn": CACHE_SECRET},
+            "with the stack-created cache needs CacheUserGroupId",
+        ),
+        (
+            {
+                **EXISTING_IAM_CACHE,
+                "CacheAuthMode": "password",
+                "CacheAuthSecretArn": CACHE_SECRET,
+                "CacheUserGroupId": "my-users",
+            },
+            "attached to a stack-created cache only",
+        ),
+        # password settings outside password mode (they would be ignored, or worse, half used)
+        ({"CacheAuthSecretArn": CACHE_SECRET}, "are for CacheAuthMode=password"),
+        ({"CacheUsername": "cachesync"}, "are for CacheAuthMode=password"),
+        ({"CacheAuthMode": "iam", "CacheUserGroupId": "my-users"}, "are for CacheAuthMode=password"),
+        ({"CacheAuthMode": "iam", "ApiCacheAuthSecretArn": API_CACHE_SECRET}, "are for CacheAuthMode=password"),
+        # iam mode on an existing cache without its name, kind or users
+        (EXISTING_IAM_CACHE, "needs ExistingCacheName"),
+        ({**EXISTING_IAM_CACHE, **EXISTING_IAM_USERS, "ExistingCacheKind": ""}, "needs ExistingCacheKind"),
+        (
+            {**EXISTING_IAM_CACHE, **EXISTING_IAM_USERS, "ExistingCacheApiUserId": ""},
+            "needs ExistingCacheIngestUserId and ExistingCacheApiUserId",
+        ),
+        (
+            {**EXISTING_IAM_CACHE, **EXISTING_IAM_USERS, "ExistingCacheApiUserId": "cachesync-ingest"},
+            "must be two users",
+        ),
+        # existing-cache IAM settings where they would be ignored
+        ({"CacheAuthMode": "iam", **EXISTING_IAM_USERS}, "a stack-created cache gets its own users"),
+        (
+            {**EXISTING_IAM_CACHE, **EXISTING_IAM_USERS, "CacheAuthMode": "none"},
+            "are for CacheAuthMode=iam with an existing cache",
+        ),
+        ({"ExistingCacheName": "shop-cache"}, "are for CacheAuthMode=iam with an existing cache"),
+    ],
+)
+def test_rules_reject_half_configured_cache_auth(overrides: dict[str, str], complaint: str) -> None:
+    failures = broken_rules({**REQUIRED, **overrides})
+    assert any(complaint in failure for failure in failures), failures
+
+
+def test_rules_accept_each_cache_auth_mode() -> None:
+    assert broken_rules(REQUIRED) == []
+    assert broken_rules(SCENARIOS["existing-vpc-new-cache"]) == []  # password, a user group, two secrets
+    assert broken_rules(SCENARIOS["existing-everything"]) == []  # password on an existing cache
+    assert broken_rules({**REQUIRED, "CacheAuthMode": "iam"}) == []
+    assert broken_rules({**REQUIRED, **EXISTING_IAM_CACHE, **EXISTING_IAM_USERS}) == []
+    assert (
+        broken_rules({**REQUIRED, **EXISTING_IAM_CACHE, **EXISTING_IAM_USERS, "ExistingCacheKind": "serverlesscache"})
+        == []
+    )
+
+
+def test_existing_serverless_cache_in_iam_mode() -> None:
+    overrides = {**REQUIRED, **EXISTING_IAM_CACHE, **EXISTING_IAM_USERS, "ExistingCacheKind": "serverlesscache"}
+    stack = Resolved(overrides)
+    for function in FUNCTIONS:
+        variables = stack.props(function)["Environment"]["Variables"]
+        assert variables["REDIS_IAM_SERVERLESS"] == "true"
+        assert variables["REDIS_IAM_CACHE_NAME"] == "shop-cache"
+    (connect,) = [s for s in _statements(stack)["ApiFunctionRole"] if s["Action"] == "elasticache:Connect"]
+    assert connect["Resource"] == [
+        "arn:aws:elasticache:us-east-1:123456789012:serverlesscache:shop-cache",
+        "arn:aws:elasticache:us-east-1:123456789012:user:cachesync-api",
+    ]
+
+
 def test_rules_guard_half_configured_networks() -> None:
     rules = load()["Rules"]
     text = json.dumps(rules)
     assert {"ExistingCacheNeedsItsNetwork", "ExistingVpcNeedsSubnets", "ExistingSubnetsNeedTheirVpc"} <= set(rules)
+    assert {
+        "PasswordAuthNeedsSecret",
+        "PasswordAuthOnStackCacheNeedsUserGroup",
+        "ExistingCacheTakesNoUserGroup",
+        "PasswordSettingsNeedPasswordAuth",
+        "IamAuthOnExistingCacheNeedsItsUsers",
+        "ExistingCacheIamSettingsNeedIamAuth",
+    } <= set(rules)
     assert "ExistingCacheSecurityGroupId" in text
     # the transform keeps them, so CloudFormation enforces them at deploy time
     assert transform(REQUIRED)["Rules"] == rules
