@@ -27,6 +27,11 @@ from typing import Any
 
 import orjson
 import redis
+
+try:
+    import hiredis
+except ImportError:  # optional: redis-py works without it
+    hiredis = None  # type: ignore[assignment]
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
@@ -218,7 +223,7 @@ class BatchWriter:
             for call in calls:
                 sent.append(call)
                 # the first write checks the connection's health (it may have idled while the function was frozen)
-                connection.send_packed_command(connection.pack_command(*call.command()), check_health=len(sent) == 1)
+                connection.send_packed_command(_pack(connection, call.command()), check_health=len(sent) == 1)
             replies = [_read(connection) for _ in sent]
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
             # Start over on a fresh connection with the client's retry and backoff:
@@ -248,6 +253,15 @@ _STALE_MAP_ERRORS = (
     redis.exceptions.ClusterDownError,
     redis.exceptions.NoScriptError,
 )
+
+
+def _pack(connection: Any, command: tuple[Any, ...]) -> Any:
+    # hiredis packs our arguments (str, bytes, int) as they are; redis-py's own
+    # packer first re-checks every argument in Python: 2.0 ms of a 10,000-record
+    # batch against 1.2 ms (timeit of both on a generated batch's calls)
+    if hiredis is not None:
+        return [hiredis.pack_command(command)]  # send_packed_command takes a list of chunks
+    return connection.pack_command(*command)
 
 
 def _read(connection: Any) -> Any:
