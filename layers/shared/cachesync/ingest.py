@@ -187,8 +187,12 @@ def _partitions(event: Any) -> Iterable[tuple[str, list[Record]]]:
     for name, records in partitions.items():
         # Lambda delivers each partition in offset order; sort anyway (cheap when
         # already sorted) because per-key order is what makes replays exact.
-        offsets = list(map(_offset, records))
-        yield name, records if offsets == sorted(offsets) else sorted(records, key=_offset)
+        try:
+            offsets = [record["offset"] for record in records]
+            in_order = offsets == sorted(offsets)
+        except (TypeError, KeyError):  # a malformed record: sort by what can be read
+            in_order = False
+        yield name, records if in_order else sorted(records, key=_offset)
 
 
 def _decode(raw: Any, what: str) -> bytes | None:
