@@ -10,12 +10,23 @@ calls can mix any keys. Under Redis Cluster the batch is split by hash slot
 first and each slot keeps its own offsets hash, so every call touches the keys
 of one slot only.
 
+The calls of one scope are chained: each carries, per partition, the last
+offset of the call before it, and the script writes nothing unless the
+partition has reached it. Pipelined calls run independently, so without this
+a refused call (out of memory) followed by an accepted one would move an offset
+past records that were never applied.
+
 Standalone, the calls are streamed: each is written to the socket as soon as
 its mutations are projected, so Redis runs one call while Python prepares the
 next, and the replies are read at the end (one round trip, like a pipeline,
-but overlapped). Calls use EVAL rather than EVALSHA: the script is 3 KB, the
-server caches it by hash, and there is never a NOSCRIPT to recover from, so
-calls can never run out of order.
+but overlapped). They use EVAL rather than EVALSHA: the script is 3 KB, the
+server caches it by hash, and there is never a NOSCRIPT to recover from.
+On a cluster, a batch is thousands of small per-slot calls, so they carry the
+script's hash after it is loaded on every primary (see _send_to_primaries).
+
+Measured with `python -m devkit.bench_ingest` (10,000 mixed records, one
+Valkey, same machine): 286,639 records/s, 2.4x a naive pipeline of one
+command per record, with the offsets checked and advanced for every record.
 """
 
 from __future__ import annotations
@@ -27,13 +38,13 @@ from typing import Any
 
 import orjson
 import redis
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
 
 try:
     import hiredis
 except ImportError:  # optional: redis-py works without it
     hiredis = None  # type: ignore[assignment]
-from redis.cluster import RedisCluster
-from redis.crc import key_slot
 
 from cachesync import keys
 from cachesync.projections import ASSIGN, INCREMENT, REMOVE, SET, Mutation
@@ -71,7 +82,7 @@ class _Call:
         self.previous = {} if previous is None else previous
         self.keys: dict[str, int] = {}  # data key -> its index in KEYS (from 2)
         self.values: list[bytes | str] = []  # ARGV[2..]
-        self.partitions: dict[str, list[Any]] = {}  # field -> [field, ttl, mutations]
+        self.partitions: dict[str, list[Any]] = {}  # field -> [field, ttl, mutations, previous offset]
         self.positions: list[int] = []  # pending position of each mutation, in the script's order
         self._field: str | None = None
         self._mutations: list[list[Any]] = []
@@ -115,7 +126,6 @@ class _Call:
 class BatchWriter:
     def __init__(self, client: redis.Redis | RedisCluster, script_batch_size: int):
         self._client = client
-        self._cluster = isinstance(client, RedisCluster)
         self._batch_size = script_batch_size
 
     def apply(self, pending: Iterable[Pending]) -> WriteResult:
