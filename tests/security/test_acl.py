@@ -220,3 +220,25 @@ def test_docs_show_the_access_strings_in_force() -> None:
     for rule in (acl.ingest_rule(settings), acl.api_rule(settings)):
         assert rule.access_string() in text, f"docs/security.md is out of date for the {rule.role} user"
     assert " ".join(f"+{c}" for c in acl.CLUSTER_COMMANDS) in text
+
+
+def test_the_command_prints_both_access_strings_for_the_environment() -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from cachesync import acl
+    from cachesync.config import Settings
+
+    root = Path(__file__).resolve().parents[2]
+    # only what the strings depend on: nothing else from this shell's environment
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(root / "layers/shared"), "REDIS_CLUSTER": "true"}
+    output = subprocess.run(
+        [sys.executable, "-m", "cachesync.acl"], env=env, capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    settings = Settings.from_env({"REDIS_CLUSTER": "true"})
+    assert output.splitlines() == [
+        f"ingest: {acl.ingest_rule(settings).access_string()}",
+        f"api: {acl.api_rule(settings).access_string()}",
+    ]

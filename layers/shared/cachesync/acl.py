@@ -98,3 +98,18 @@ def api_rule(settings: Settings, cluster: bool | None = None) -> AccessRule:
 def _with_cluster(commands: Sequence[str], settings: Settings, cluster: bool | None) -> tuple[str, ...]:
     on_cluster = settings.cluster if cluster is None else cluster
     return tuple([*commands, *CLUSTER_COMMANDS] if on_cluster else commands)
+
+
+def main() -> None:
+    """Print both users' access strings for the settings in the environment.
+
+    `REDIS_CLUSTER=true DLQ_QUEUE_URL=... python -m cachesync.acl` gives the strings
+    for a deployment with those settings (ElastiCache `AccessString`).
+    """
+    config = Settings.from_env()
+    for rule in (ingest_rule(config), api_rule(config)):
+        print(f"{rule.role}: {rule.access_string()}")
+
+
+if __name__ == "__main__":
+    main()
