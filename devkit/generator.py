@@ -77,6 +77,7 @@ class EventGenerator:
         self.next_order_id = first_order_id
         self.topic_names = {topic: topic for topic in TOPICS} | (topic_names or {})
         self.first_offset = first_offset
+        self.stock: dict[tuple[str, str], int] = {}  # units on hand after the events generated so far
         self.next_offset: dict[tuple[str, int], int] = {}
         self._round_robin = 0
 
@@ -99,11 +100,27 @@ class EventGenerator:
         return RawRecord("orders", str(order_id).encode(), _json(value))
 
     def inventory(self, kind: str | None = None, store: str | None = None, sku: str | None = None) -> RawRecord:
+        """A stock event. Chosen at random, a purchase never takes more than the
+        generator's own running count shows on hand (it sells nothing it has not
+        received), so generated stock does not go negative; an explicit kind is kept."""
         r = self.random
-        kind = kind or r.choices(list(INVENTORY_WEIGHTS), weights=list(INVENTORY_WEIGHTS.values()))[0]
         store = store or r.choice(self.stores)
         sku = sku or r.choice(self.skus)
-        units = {"shipment": r.randint(10, 200), "purchase": r.randint(1, 5), "count": r.randint(0, 500)}.get(kind, 0)
+        on_hand = self.stock.get((store, sku), 0)
+        if kind is None:
+            kind = r.choices(list(INVENTORY_WEIGHTS), weights=list(INVENTORY_WEIGHTS.values()))[0]
+            if kind == "purchase" and on_hand == 0:
+                kind = "shipment"
+        if kind == "shipment":
+            units = r.randint(10, 200)
+            self.stock[(store, sku)] = on_hand + units
+        elif kind == "purchase":
+            units = r.randint(1, min(5, on_hand)) if on_hand > 0 else r.randint(1, 5)
+            self.stock[(store, sku)] = on_hand - units
+        elif kind == "count":
+            units = self.stock[(store, sku)] = r.randint(0, 500)
+        else:
+            units = self.stock[(store, sku)] = 0
         value: dict[str, Any] = {
             "type": kind,
             "store": store,
