@@ -210,7 +210,7 @@ class BatchWriter:
                 pool = client.get_redis_connection(node).connection_pool
                 connection: Any = pool.get_connection()  # redis-py leaves Connection methods untyped
                 in_flight.append((pool, connection, indexes))
-                connection.send_packed_command(connection.pack_commands([calls[i].command(sha) for i in indexes]))
+                connection.send_packed_command(_pack(connection, [calls[i].command(sha) for i in indexes]))
             for _, connection, indexes in in_flight:
                 for index in indexes:
                     replies[index] = _read(connection)
@@ -233,7 +233,7 @@ class BatchWriter:
             for call in calls:
                 sent.append(call)
                 # the first write checks the connection's health (it may have idled while the function was frozen)
-                connection.send_packed_command(_pack(connection, call.command()), check_health=len(sent) == 1)
+                connection.send_packed_command(_pack(connection, [call.command()]), check_health=len(sent) == 1)
             replies = [_read(connection) for _ in sent]
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
             # Start over on a fresh connection with the client's retry and backoff:
@@ -265,13 +265,14 @@ _STALE_MAP_ERRORS = (
 )
 
 
-def _pack(connection: Any, command: tuple[Any, ...]) -> Any:
+def _pack(connection: Any, commands: list[tuple[Any, ...]]) -> list[bytes]:
     # hiredis packs our arguments (str, bytes, int) as they are; redis-py's own
     # packer first re-checks every argument in Python: 2.0 ms of a 10,000-record
     # batch against 1.2 ms (timeit of both on a generated batch's calls)
     if hiredis is not None:
-        return [hiredis.pack_command(command)]  # send_packed_command takes a list of chunks
-    return connection.pack_command(*command)
+        return [hiredis.pack_command(command) for command in commands]
+    packed: list[bytes] = connection.pack_commands(commands)
+    return packed
 
 
 def _read(connection: Any) -> Any:
