@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import TypeVar
 from urllib.parse import urlparse
 
@@ -71,19 +71,16 @@ class Settings:
     retry_after_seconds: int = 1  # Retry-After on 503 while Redis is unreachable
 
     def topic(self, name: str) -> TopicConfig | None:
-        return self._by_topic().get(name)
+        return self.topics_by_name.get(name)
 
     def key_prefix(self, kind: str) -> str:
         """The Redis key prefix of a projection kind (orders | inventory | products)."""
         return next((t.key_prefix for t in self.topics if t.kind == kind), kind)
 
-    def _by_topic(self) -> dict[str, TopicConfig]:
-        # frozen dataclass: cache the index on the instance dict once
-        cache = self.__dict__.get("_topic_index")
-        if cache is None:
-            cache = {t.topic: t for t in self.topics}
-            object.__setattr__(self, "_topic_index", cache)
-        return cache
+    @cached_property
+    def topics_by_name(self) -> dict[str, TopicConfig]:
+        # cached_property writes the instance __dict__ directly, which a frozen dataclass allows
+        return {t.topic: t for t in self.topics}
 
     @property
     def tls(self) -> bool:

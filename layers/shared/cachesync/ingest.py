@@ -74,7 +74,7 @@ class Ingestor:
         clock: Callable[[], float] = time.time,
     ):
         self._settings, self._writer, self._dead_letters, self._clock = settings, writer, dead_letters, clock
-        self._topics = {config.topic: config for config in settings.topics}
+        self._topics = settings.topics_by_name  # looked up once per record: no method call
         self._field: tuple[str, int, str] = ("", -1, "")  # the last partition's offsets field
 
     def process(self, event: dict[str, Any]) -> BatchOutcome:
