@@ -1,0 +1,263 @@
+"""Kafka-protocol brokers on loopback, started by the project: no Docker.
+
+- `embedded`: noida-db from PyPI (a Rust binary inside the wheel), the default
+  of `make run` because it needs Python alone. Offsets, watermarks,
+  `offsets_for_times`, consumer groups and restarts behave as in Kafka.
+- `apache`: Apache Kafka itself in KRaft mode (broker and controller in one
+  JVM), from the jars Maven fetches into `.local/kafka/` (`devkit/kafka/pom.xml`).
+  Needs Java 17+ and Maven.
+
+Each broker gets free ports and a throwaway data directory, and is stopped
+(its directory removed) by `remove()`, also at interpreter exit.
+
+    python -m devkit.brokers embedded      # prints the bootstrap address, Ctrl-C stops it
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import base64
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from devkit.servers import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+KAFKA_POM = ROOT / "devkit" / "kafka" / "pom.xml"
+KAFKA_LIB = ROOT / ".local" / "kafka" / "lib"  # ignored by git: Maven copies the jars here
+KAFKA_REPO = ROOT / ".local" / "kafka" / "m2"  # Maven's own cache for those jars
+BROKER_KINDS = ("embedded", "apache")
+
+
+class BrokerUnavailable(RuntimeError):
+    """This broker cannot run on this machine (a missing binary, Java or Maven)."""
+
+
+@dataclass
+class Broker:
+    kind: str
+    port: int
+    directory: Path
+    command: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> Broker:
+        log = open(self.directory / "broker.log", "ab")  # noqa: SIM115 - owned by the child process
+        self.process = subprocess.Popen(
+            self.command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.directory,
+            env={**os.environ, **self.env},
+            start_new_session=True,
+        )
+        self._wait_ready(timeout)
+        return self
+
+    def stop(self) -> None:
+        """A clean shutdown (SIGTERM), then SIGKILL if it takes too long."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def restart(self) -> None:
+        """Stop and start again on the same port and data: committed offsets and records survive."""
+        self.stop()
+        self.start()
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def log_tail(self, lines: int = 20) -> str:
+        path = self.directory / "broker.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+    def _wait_ready(self, timeout: float) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.kind} Kafka broker exited with {self.process.returncode}:\n{self.log_tail()}"
+                )
+            if _port_open(self.port):
+                admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+                try:
+                    if admin.list_topics(timeout=2).brokers:
+                        return
+                except Exception:  # not answering metadata requests yet
+                    pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"{self.kind} Kafka broker on {self.bootstrap} was not ready within {timeout:.0f}s")
+
+
+def available(kind: str) -> str | None:
+    """None when `kind` can run here, else why not."""
+    try:
+        _command(kind, 0, Path("."), check_only=True)
+    except BrokerUnavailable as why:
+        return str(why)
+    return None
+
+
+def start_broker(kind: str = "embedded", timeout: float = 60.0) -> Broker:
+    if kind not in BROKER_KINDS:
+        raise ValueError(f"unknown broker {kind!r}; one of {', '.join(BROKER_KINDS)}")
+    port = free_port()
+    directory = Path(tempfile.mkdtemp(prefix=f"cachesync-kafka-{kind}-"))
+    try:
+        command = _command(kind, port, directory)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    broker = Broker(kind, port, directory, command, env=_environment(kind))
+    atexit.register(broker.remove)
+    try:
+        return broker.start(timeout)
+    except BaseException:
+        broker.remove()
+        raise
+
+
+def _command(kind: str, port: int, directory: Path, check_only: bool = False) -> list[str]:
+    if kind == "embedded":
+        return _embedded_command(port, directory)
+    return _apache_command(port, directory, check_only)
+
+
+def _embedded_command(port: int, directory: Path) -> list[str]:
+    binary = shutil.which("noida-db", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    if binary is None:
+        raise BrokerUnavailable("noida-db is not installed (make dev installs it)")
+    data = directory / "data"
+    return [binary, "start", "--only", "kafka", "--kafka-port", str(port), "--data-dir", str(data)]
+
+
+def _environment(kind: str) -> dict[str, str]:
+    # a small heap: the broker holds test and demo topics only
+    return {"KAFKA_HEAP_OPTS": "-Xmx512m"} if kind == "apache" else {}
+
+
+def _apache_command(port: int, directory: Path, check_only: bool) -> list[str]:
+    java = shutil.which("java")
+    if java is None:
+        raise BrokerUnavailable("Apache Kafka needs Java 17 or later (java is not on PATH)")
+    if check_only:
+        if not _jars_present() and shutil.which("mvn") is None:
+            raise BrokerUnavailable("Apache Kafka's jars are not fetched and Maven (mvn) is not on PATH")
+        return []
+    fetch_kafka_jars()
+    controller = free_port()
+    config = directory / "server.properties"
+    config.write_text(
+        "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@127.0.0.1:{controller}",
+                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+                "controller.listener.names=CONTROLLER",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                f"log.dirs={directory / 'data'}",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=6",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "group.initial.rebalance.delay.ms=0",
+                "num.partitions=1",
+                "",
+            ]
+        )
+    )
+    classpath = f"{KAFKA_LIB}/*"
+    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    formatted = subprocess.run(
+        [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if formatted.returncode != 0:
+        raise RuntimeError(f"kafka-storage format failed: {formatted.stderr.strip()[-500:]}")
+    return [java, "-Xmx512m", "-cp", classpath, "kafka.Kafka", str(config)]
+
+
+def _jars_present() -> bool:
+    return KAFKA_LIB.is_dir() and any(KAFKA_LIB.glob("kafka_2.13-*.jar"))
+
+
+def fetch_kafka_jars() -> Path:
+    """Apache Kafka's jars, fetched once by Maven into `.local/kafka/lib` (never into git)."""
+    if _jars_present():
+        return KAFKA_LIB
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise BrokerUnavailable("Apache Kafka's jars are not fetched and Maven (mvn) is not on PATH")
+    KAFKA_LIB.mkdir(parents=True, exist_ok=True)
+    fetched = subprocess.run(
+        [
+            mvn, "-q", "-B", "-f", str(KAFKA_POM),
+            f"-Dmaven.repo.local={KAFKA_REPO}",
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={KAFKA_LIB}",
+            "-DincludeScope=runtime",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )  # fmt: skip
+    if fetched.returncode != 0 or not _jars_present():
+        raise RuntimeError(f"Maven could not fetch Apache Kafka: {(fetched.stdout + fetched.stderr).strip()[-800:]}")
+    return KAFKA_LIB
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Start a local Kafka broker until Ctrl-C.")
+    parser.add_argument("kind", nargs="?", default="embedded", choices=BROKER_KINDS)
+    args = parser.parse_args(argv)
+    broker = start_broker(args.kind)
+    print(broker.bootstrap, flush=True)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        broker.remove()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Runs a template's Kafka mappings against a broker, each invoking its function in-process."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from devkit.esm.kafka import MappingError, client_settings, credentials
+from devkit.esm.mapping import read_mappings
+from devkit.esm.poller import LocalEventSourceMapping
+from devkit.sam import TEMPLATE, Handler, LocalContext, LocalFunction, describe, load_handler
+
+
+class InProcessFunction:
+    """A template function loaded once and invoked one event at a time, like one warm Lambda instance."""
+
+    def __init__(self, function: LocalFunction, handler: Handler | None = None):
+        self.function = function
+        self.handler = handler if handler is not None else load_handler(function)
+        self._lock = threading.Lock()
+
+    def __call__(self, event: dict[str, Any]) -> Any:
+        with self._lock:
+            return self.handler(event, LocalContext(self.function))
+
+
+class LocalMappings:
+    """Every Kafka mapping of a template (or the chosen ones), polling until stopped."""
+
+    def __init__(
+        self,
+        bootstrap: str | None = None,
+        parameters: Mapping[str, str] | None = None,
+        template: Path = TEMPLATE,
+        only: tuple[str, ...] = (),
+        functions: Mapping[str, InProcessFunction] | None = None,
+        use_secret: bool = False,
+        overrides: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        failure_dir: Path = Path(".local/esm-failures"),
+        backoff: tuple[float, float] = (0.1, 5.0),
+    ):
+        configs = read_mappings(parameters, template)
+        if only:
+            unknown = sorted(set(only) - {c.logical_id for c in configs})
+            if unknown:
+                names = ", ".join(c.logical_id for c in configs) or "none"
+                raise MappingError(f"no Kafka mapping {', '.join(unknown)} in {template.name}; mappings: {names}")
+            configs = [c for c in configs if c.logical_id in only]
+        configs = [c for c in configs if c.enabled]
+        if bootstrap:
+            configs = [c.with_bootstrap(bootstrap) for c in configs]
+        if overrides:  # e.g. a batching window or starting position to try locally
+            configs = [replace(c, **overrides) for c in configs]
+        self.configs = configs
+        functions = dict(functions or {})
+        for config in configs:
+            if config.function not in functions:
+                functions[config.function] = InProcessFunction(describe(config.function, parameters, template))
+        self.functions = functions
+        self.pollers = [
+            LocalEventSourceMapping(
+                config,
+                functions[config.function],
+                client_settings(config, credentials(config, env, use_secret), env),
+                failure_dir=failure_dir,
+                backoff=backoff,
+            )
+            for config in configs
+        ]
+
+    def start(self, check_timeout: float = 5.0) -> LocalMappings:
+        for poller in self.pollers:
+            poller.check(check_timeout)  # a clear error now rather than a silent poller later
+        for poller in self.pollers:
+            poller.start()
+        return self
+
+    def stop(self) -> None:
+        for poller in self.pollers:
+            with contextlib.suppress(Exception):
+                poller.stop()
+
+    def failed(self) -> list[tuple[str, BaseException]]:
+        return [(p.config.logical_id, p.error) for p in self.pollers if p.error is not None]
+
+    def describe(self) -> str:
+        lines = []
+        for p in self.pollers:
+            c = p.config
+            lines.append(
+                f"  {c.logical_id}: {','.join(c.topics)} -> {c.function}  group {c.consumer_group}, "
+                f"{c.starting_position}, batch {c.batch_size}, window {c.window_seconds:g} s"
+                + (f", retries {c.retry_limit}, on failure {p.destinations.describe()}" if c.provisioned else "")
+            )
+        return "\n".join(lines)
