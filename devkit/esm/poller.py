@@ -84,6 +84,7 @@ class LocalEventSourceMapping:
         self._thread: threading.Thread | None = None
         self._pending: deque[Record] = deque()  # fetched, not yet in a batch
         self._revoked: set[str] = set()
+        self.assignment: set[str] = set()  # the topic-partitions this poller owns now
         self._errors = ErrorLog()
 
     # --- lifecycle -----------------------------------------------------------------
@@ -147,6 +148,7 @@ class LocalEventSourceMapping:
 
     # --- assignment ----------------------------------------------------------------
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        self.assignment |= {f"{tp.topic}-{tp.partition}" for tp in partitions}
         if self.config.starting_position != "AT_TIMESTAMP" or self.config.starting_timestamp is None:
             return
         from confluent_kafka import OFFSET_END, TopicPartition
@@ -166,7 +168,9 @@ class LocalEventSourceMapping:
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         # another consumer of the group owns them now: it reads them from the committed offsets
-        self._revoked |= {f"{tp.topic}-{tp.partition}" for tp in partitions}
+        revoked = {f"{tp.topic}-{tp.partition}" for tp in partitions}
+        self._revoked |= revoked
+        self.assignment -= revoked
 
     # --- batching ------------------------------------------------------------------
     def _next_batch(self, consumer: Any) -> list[Record]:
