@@ -127,9 +127,9 @@ def _wait_for_leaders(admin: AdminClient, topic: str, partitions: int, timeout: 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = admin.list_topics(topic, timeout=5).topics.get(topic)
-        if found is not None and found.error is None and len(found.partitions) == partitions:
-            if all(p.leader >= 0 for p in found.partitions.values()):
-                return
+        ready = found is not None and found.error is None and len(found.partitions) == partitions
+        if ready and all(p.leader >= 0 for p in found.partitions.values()):
+            return
         time.sleep(0.1)
     raise AssertionError(f"topic {topic} has no leaders after {timeout}s")
 
