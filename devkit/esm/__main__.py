@@ -41,7 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--starting-timestamp", type=float, help="AT_TIMESTAMP: Unix seconds")
     parser.add_argument("--batching-window", type=float, help="seconds, override the template's")
     parser.add_argument("--use-secret", action="store_true", help="read credentials from the mapping's secret ARN")
+    parser.add_argument(
+        "--parameter-overrides", nargs="*", default=[], metavar="KEY=VALUE", help="template parameters, as for sam"
+    )
     args = parser.parse_args(argv)
+    parameters = dict(item.split("=", 1) for item in args.parameter_overrides if "=" in item)
     if not args.bootstrap:
         parser.error("give --bootstrap host:port or set KAFKA_BOOTSTRAP")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -60,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         mappings = LocalMappings(
             bootstrap=args.bootstrap,
-            parameters={"RedisUrl": redis_url, "KafkaBootstrapServers": args.bootstrap},
+            parameters={**parameters, "RedisUrl": redis_url, "KafkaBootstrapServers": args.bootstrap},
             template=Path(args.template),
             only=tuple(args.mapping),
             use_secret=args.use_secret,

@@ -127,6 +127,9 @@ class LocalEventSourceMapping:
                 "auto.offset.reset": "latest" if self.config.starting_position == "LATEST" else "earliest",
                 # a batch may be retried for a long time without a poll: the group must not drop the consumer
                 "max.poll.interval.ms": 86_400_000,
+                # static membership: a restarted poller takes its partitions back at once, where a new
+                # member would wait for the dead one to time out (on some brokers, for a whole rebalance)
+                "group.instance.id": f"{self.config.consumer_group}-local",
                 "session.timeout.ms": 10_000,
                 "heartbeat.interval.ms": 1_000,
                 "error_cb": self._errors,

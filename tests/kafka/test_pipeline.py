@@ -1,0 +1,189 @@
+"""Kafka to Redis end to end: generated records produced into a real broker, consumed by the
+template's mappings into the real IngestFunction, compared with the reference model, through
+a Redis outage and through a SIGKILL of the local event source mapping."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from cachesync import config
+from cachesync.config import Settings
+from devkit import servers
+from devkit.datagen import KafkaFeed
+from devkit.esm import payload
+from devkit.esm.runner import LocalMappings
+from devkit.generator import TOPICS, EventGenerator
+from devkit.model import model_state, redis_state
+from devkit.proxy import StallingProxy
+from devkit.sam import ROOT
+from tests.kafka.conftest import Kafka, wait_until
+
+PARTITIONS = 3
+
+
+@pytest.fixture
+def valkey_proxy() -> Iterator[tuple[servers.ServerProcess, StallingProxy]]:
+    server = servers.start_server()
+    proxy = StallingProxy(server.port)
+    yield server, proxy
+    proxy.close()
+    server.remove()
+
+
+def topics(kafka: Kafka) -> dict[str, str]:
+    """Topics of this test's own, as the template's parameters name them."""
+    suffix = uuid.uuid4().hex[:8]
+    return {kind: kafka.topic(PARTITIONS, f"{kind}-{suffix}") for kind in TOPICS}
+
+
+def parameters(names: dict[str, str]) -> dict[str, str]:
+    """The template's parameters for these topics, and consumer groups of their own (<prefix>-<kind>)."""
+    return {
+        "OrdersTopic": names["orders"],
+        "InventoryTopic": names["inventory"],
+        "ProductsTopic": names["products"],
+        "KafkaConsumerGroupId": f"group-{names['orders']}",
+    }
+
+
+def produce(kafka: Kafka, names: dict[str, str], count: int, seed: int) -> KafkaFeed:
+    feed = KafkaFeed({"bootstrap.servers": kafka.bootstrap}, names)
+    generator = EventGenerator(seed=seed, partitions=PARTITIONS, stores=3, skus=40)
+    feed.produce(generator.records(count))
+    feed.flush()
+    return feed
+
+
+def log_of(kafka: Kafka, names: dict[str, str]) -> list[dict[str, Any]]:
+    """Every record of the topics, as Lambda delivers them: what the model applies."""
+    log = []
+    for name in names.values():
+        expected = sum(kafka.end_offsets(name, PARTITIONS).values())
+        messages = kafka.read_all(name, expected)
+        assert len(messages) == expected, name
+        log += [payload.from_message(m).body for m in messages]
+    return log
+
+
+def model_settings(names: dict[str, str]) -> Settings:
+    return Settings.from_env({f"TOPIC_{kind.upper()}": name for kind, name in names.items()})
+
+
+def caught_up(mappings: LocalMappings, feed: KafkaFeed) -> bool:
+    committed: dict[str, int] = {}
+    for poller in mappings.pollers:
+        committed |= poller.stats.committed
+    return all(committed.get(f"{t}-{p}", 0) > offset for (t, p), offset in feed.last_offsets.items())
+
+
+def test_a_redis_outage_mid_stream_is_retried_and_the_cache_is_exact(
+    kafka: Kafka, valkey_proxy: tuple[servers.ServerProcess, StallingProxy]
+) -> None:
+    server, proxy = valkey_proxy
+    names = topics(kafka)
+    env = {"REDIS_SOCKET_TIMEOUT": "0.3", "REDIS_CONNECT_TIMEOUT": "0.3", "REDIS_RETRIES": "1"}
+    saved = dict(os.environ)
+    try:
+        mappings = LocalMappings(
+            bootstrap=kafka.bootstrap,
+            parameters={**parameters(names), "RedisUrl": proxy.url},
+            overrides={"batch_size": 200},
+            backoff=(0.05, 0.5),
+        )
+        [ingest] = mappings.functions.values()
+        os.environ.update({**ingest.function.environment, **env, "POWERTOOLS_METRICS_DISABLED": "true"})
+        os.environ["POWERTOOLS_LOG_LEVEL"] = "ERROR"
+        config.settings.cache_clear()
+        first = produce(kafka, names, 1500, seed=11)
+        mappings.start()
+        wait_until(lambda: caught_up(mappings, first), what="the first records")
+
+        proxy.stall()  # Redis stops answering while records keep coming
+        second = produce(kafka, names, 1500, seed=12)
+        wait_until(lambda: sum(p.stats.function_errors for p in mappings.pollers) >= 3, what="failed invocations")
+        proxy.resume()
+        wait_until(lambda: caught_up(mappings, second), timeout=60, what="the retries to converge")
+        errors = sum(p.stats.function_errors for p in mappings.pollers)
+        mappings.stop()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        config.settings.cache_clear()
+    assert errors >= 3
+    state = redis_state(redis.Redis(port=server.port))
+    assert state == model_state(model_settings(names), log_of(kafka, names))
+
+
+def test_a_killed_mapping_resumes_from_its_commits_and_counts_no_stock_twice(kafka: Kafka, tmp_path: Path) -> None:
+    server = servers.start_server()
+    names = topics(kafka)
+    overrides = [f"{key}={value}" for key, value in parameters(names).items()]
+    command = [sys.executable, "-m", "devkit.esm", "--bootstrap", kafka.bootstrap, "--parameter-overrides", *overrides]
+    env = {
+        **os.environ,
+        "REDIS_URL": server.url,
+        "POWERTOOLS_METRICS_DISABLED": "true",
+        "POWERTOOLS_LOG_LEVEL": "ERROR",
+    }
+
+    output = tmp_path / "esm.log"
+
+    def start() -> subprocess.Popen[bytes]:
+        with output.open("ab") as log:
+            return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
+
+    client = redis.Redis(port=server.port)
+    process = start()
+    try:
+        feed = KafkaFeed({"bootstrap.servers": kafka.bootstrap}, names)
+        generator = EventGenerator(seed=21, partitions=PARTITIONS, stores=3, skus=40)
+        for round_ in range(3):
+            for _ in range(10):  # records keep arriving while it runs
+                feed.produce(generator.records(100))
+                time.sleep(0.05)
+            feed.flush()
+            wait_until(lambda: client.dbsize() > 0, what="the first writes")
+            process.kill()  # SIGKILL: no clean shutdown, whatever batch was in flight
+            process.wait()
+            assert process.returncode == -9, round_
+            process = start()
+        try:
+            wait_until(lambda: _committed_all(kafka, names, feed), timeout=90, what="the restarted mapping to catch up")
+        except AssertionError:
+            raise AssertionError(output.read_text()[-3000:]) from None
+    finally:
+        process.kill()
+        process.wait()
+    try:
+        state = redis_state(client)
+        assert state == model_state(model_settings(names), log_of(kafka, names))
+    finally:
+        server.remove()
+
+
+def _committed_all(kafka: Kafka, names: dict[str, str], feed: KafkaFeed) -> bool:
+    from confluent_kafka import Consumer, TopicPartition
+
+    prefix = parameters(names)["KafkaConsumerGroupId"]
+    for kind, topic in names.items():
+        group = f"{prefix}-{kind}"
+        consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": group})
+        try:
+            wanted = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+            committed = {tp.partition: tp.offset for tp in consumer.committed(wanted, timeout=10)}
+        finally:
+            consumer.close()
+        for (t, p), offset in feed.last_offsets.items():
+            if t == topic and committed.get(p, -1) <= offset:
+                return False
+    return True
