@@ -15,10 +15,11 @@ import json
 import random
 import sys
 import time
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from devkit.esm.payload import lambda_record
 
 BOOTSTRAP_SERVERS = "pkc-abc12.us-east-1.aws.confluent.cloud:9092"
 TOPICS = ("orders", "inventory", "products")
@@ -35,17 +36,9 @@ class RawRecord:
 
 
 def kafka_record(topic: str, partition: int, offset: int, raw: RawRecord, timestamp: int) -> dict[str, Any]:
-    """One record exactly as Lambda delivers it (base64 key and value, headers as byte lists)."""
-    return {
-        "topic": topic,
-        "partition": partition,
-        "offset": offset,
-        "timestamp": raw.timestamp if raw.timestamp is not None else timestamp,
-        "timestampType": "CREATE_TIME",
-        "key": None if raw.key is None else base64.b64encode(raw.key).decode(),
-        "value": None if raw.value is None else base64.b64encode(raw.value).decode(),
-        "headers": [{name: list(value)} for name, value in raw.headers],
-    }
+    """One record exactly as Lambda delivers it (the local event source mapping's own encoding)."""
+    ts = raw.timestamp if raw.timestamp is not None else timestamp
+    return lambda_record(topic, partition, offset, ts, raw.key, raw.value, raw.headers)
 
 
 def decode_record(record: dict[str, Any]) -> tuple[bytes | None, bytes | None]:
@@ -55,8 +48,35 @@ def decode_record(record: dict[str, Any]) -> tuple[bytes | None, bytes | None]:
 
 
 def partition_for(key: bytes | None, partitions: int, fallback: int) -> int:
-    # like Kafka's default partitioner: a key always lands in the same partition
-    return fallback % partitions if key is None else zlib.crc32(key) % partitions
+    """Where Kafka's Java producers (and librdkafka's murmur2_random) put a key: murmur2, made positive."""
+    return fallback % partitions if key is None else (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's `Utils.murmur2` (seed 0x9747b28c), as a signed 32-bit int."""
+    m, r, mask = 0x5BD1E995, 24, 0xFFFFFFFF
+    length = len(data)
+    h = (0x9747B28C ^ length) & mask
+    for i in range(0, length - length % 4, 4):
+        k = int.from_bytes(data[i : i + 4], "little")
+        k = (k * m) & mask
+        k ^= k >> r
+        k = (k * m) & mask
+        h = (h * m) & mask
+        h ^= k
+    tail = length % 4
+    if tail:
+        rest = data[length - tail :]
+        if tail == 3:
+            h ^= rest[2] << 16
+        if tail >= 2:
+            h ^= rest[1] << 8
+        h ^= rest[0]
+        h = (h * m) & mask
+    h ^= h >> 13
+    h = (h * m) & mask
+    h ^= h >> 15
+    return h - (1 << 32) if h & 0x80000000 else h
 
 
 class EventGenerator:
