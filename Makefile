@@ -6,7 +6,7 @@ PORT ?= 3000
 FUNCTION ?= IngestFunction
 EVENT ?= events/kafka-orders.json
 
-.PHONY: dev test lint format mypy invoke run openapi bench stop cli events clean
+.PHONY: dev test lint format mypy invoke run openapi bench stop cli events clean esm kafka datagen
 
 dev: $(VENV)/.installed
 
@@ -48,6 +48,19 @@ cli: dev
 # the read API on http://127.0.0.1:$(PORT) over a private Valkey, seeded and fed by a live event stream
 run: dev
 	PORT=$(PORT) $(PY) -m devkit.localrun
+
+# the template's Kafka event source mappings, locally: KAFKA_BOOTSTRAP=host:port make esm
+esm: dev
+	$(PY) -m devkit.esm
+
+# a Kafka broker on a free port until Ctrl-C (KAFKA=apache for Apache Kafka itself; needs Java and Maven)
+KAFKA ?= embedded
+kafka: dev
+	$(PY) -m devkit.brokers $(KAFKA)
+
+# Datagen-like orders (and inventory, products) into KAFKA_BOOTSTRAP's topics until Ctrl-C
+datagen: dev
+	$(PY) -m devkit.datagen --topics orders,inventory,products --create-topics
 
 # write the read API's OpenAPI document to docs/openapi.json
 openapi: dev

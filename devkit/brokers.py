@@ -250,13 +250,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Start a local Kafka broker until Ctrl-C.")
     parser.add_argument("kind", nargs="?", default="embedded", choices=BROKER_KINDS)
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     broker = start_broker(args.kind)
-    print(broker.bootstrap, flush=True)
+    print(f"Kafka ({args.kind}) at {broker.bootstrap}; Ctrl-C stops it", flush=True)
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        while broker.process is not None and broker.process.poll() is None:
+            time.sleep(1)
+        print(f"the broker exited:\n{broker.log_tail()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
     finally:
         broker.remove()
-    return 0
 
 
 if __name__ == "__main__":
