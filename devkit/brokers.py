@@ -51,10 +51,16 @@ class Broker:
     command: list[str]
     process: subprocess.Popen[bytes] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    sasl_port: int | None = None  # a SASL_PLAINTEXT (PLAIN) listener, when users were given
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        assert self.sasl_port is not None, "started without SASL users"
+        return f"127.0.0.1:{self.sasl_port}"
 
     def start(self, timeout: float = 60.0) -> Broker:
         log = open(self.directory / "broker.log", "ab")  # noqa: SIM115 - owned by the child process
@@ -122,35 +128,39 @@ class Broker:
 def available(kind: str) -> str | None:
     """None when `kind` can run here, else why not."""
     try:
-        _command(kind, 0, Path("."), check_only=True)
+        if kind == "embedded":
+            _embedded_command(0, Path("."))
+        else:
+            _apache_command(0, Path("."), check_only=True)
     except BrokerUnavailable as why:
         return str(why)
     return None
 
 
-def start_broker(kind: str = "embedded", timeout: float = 60.0) -> Broker:
+def start_broker(kind: str = "embedded", timeout: float = 60.0, sasl_users: dict[str, str] | None = None) -> Broker:
+    """`sasl_users` (Apache Kafka only) adds a SASL_PLAINTEXT listener taking those PLAIN users."""
     if kind not in BROKER_KINDS:
         raise ValueError(f"unknown broker {kind!r}; one of {', '.join(BROKER_KINDS)}")
+    if sasl_users and kind != "apache":
+        raise ValueError("only the apache broker takes SASL users")
     port = free_port()
+    sasl_port = free_port() if sasl_users else None
     directory = Path(tempfile.mkdtemp(prefix=f"cachesync-kafka-{kind}-"))
     try:
-        command = _command(kind, port, directory)
+        if kind == "embedded":
+            command = _embedded_command(port, directory)
+        else:
+            command = _apache_command(port, directory, sasl_port=sasl_port, sasl_users=sasl_users or {})
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
-    broker = Broker(kind, port, directory, command, env=_environment(kind))
+    broker = Broker(kind, port, directory, command, env=_environment(kind), sasl_port=sasl_port)
     atexit.register(broker.remove)
     try:
         return broker.start(timeout)
     except BaseException:
         broker.remove()
         raise
-
-
-def _command(kind: str, port: int, directory: Path, check_only: bool = False) -> list[str]:
-    if kind == "embedded":
-        return _embedded_command(port, directory)
-    return _apache_command(port, directory, check_only)
 
 
 def _embedded_command(port: int, directory: Path) -> list[str]:
@@ -166,7 +176,13 @@ def _environment(kind: str) -> dict[str, str]:
     return {"KAFKA_HEAP_OPTS": "-Xmx512m"} if kind == "apache" else {}
 
 
-def _apache_command(port: int, directory: Path, check_only: bool) -> list[str]:
+def _apache_command(
+    port: int,
+    directory: Path,
+    check_only: bool = False,
+    sasl_port: int | None = None,
+    sasl_users: dict[str, str] | None = None,
+) -> list[str]:
     java = shutil.which("java")
     if java is None:
         raise BrokerUnavailable("Apache Kafka needs Java 17 or later (java is not on PATH)")
@@ -176,6 +192,18 @@ def _apache_command(port: int, directory: Path, check_only: bool) -> list[str]:
         return []
     fetch_kafka_jars()
     controller = free_port()
+    listeners, advertised = [f"PLAINTEXT://127.0.0.1:{port}"], [f"PLAINTEXT://127.0.0.1:{port}"]
+    sasl: list[str] = []
+    if sasl_port is not None:
+        listeners.append(f"SASL_PLAINTEXT://127.0.0.1:{sasl_port}")
+        advertised.append(f"SASL_PLAINTEXT://127.0.0.1:{sasl_port}")
+        users = " ".join(f'user_{name}="{password}"' for name, password in (sasl_users or {}).items())
+        sasl = [
+            "sasl.enabled.mechanisms=PLAIN",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.name.sasl_plaintext.plain.sasl.jaas.config="
+            f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};",
+        ]
     config = directory / "server.properties"
     config.write_text(
         "\n".join(
@@ -183,10 +211,11 @@ def _apache_command(port: int, directory: Path, check_only: bool) -> list[str]:
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.voters=1@127.0.0.1:{controller}",
-                f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+                f"listeners={','.join([*listeners, f'CONTROLLER://127.0.0.1:{controller}'])}",
+                f"advertised.listeners={','.join(advertised)}",
                 "controller.listener.names=CONTROLLER",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
+                *sasl,
                 f"log.dirs={directory / 'data'}",
                 "offsets.topic.replication.factor=1",
                 "offsets.topic.num.partitions=6",

@@ -43,7 +43,8 @@ def credentials(
     import boto3
 
     try:
-        secret = boto3.client("secretsmanager").get_secret_value(SecretId=arn)
+        region = arn.split(":")[3] if arn.count(":") >= 6 else None  # the secret's own region
+        secret = boto3.client("secretsmanager", region_name=region).get_secret_value(SecretId=arn)
         document = json.loads(secret["SecretString"])
         return Credentials(str(document["username"]), str(document["password"]))
     except (KeyError, TypeError, ValueError):
@@ -97,6 +98,7 @@ def check_topics(config: MappingConfig, settings: dict[str, Any], timeout: float
     try:
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException:
+        admin.poll(0.5)  # serves the error callbacks that say why
         refused = errors.authentication()
         if refused is not None:
             who = settings.get("sasl.username", "")

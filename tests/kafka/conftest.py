@@ -21,6 +21,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from devkit import brokers
 
 REQUIRE_ALL = os.environ.get("CACHESYNC_REQUIRE_ALL_SERVERS") == "1"
+SASL_USERS = {"storefront": "s3cret-Pa55word"}  # Apache Kafka's SASL_PLAINTEXT listener takes these
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +38,7 @@ def apache_broker() -> Iterator[brokers.Broker]:
         if REQUIRE_ALL:
             pytest.fail(why)
         pytest.skip(why)
-    broker = brokers.start_broker("apache", timeout=180)
+    broker = brokers.start_broker("apache", timeout=180, sasl_users=SASL_USERS)
     yield broker
     broker.remove()
 

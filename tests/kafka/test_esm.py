@@ -353,3 +353,39 @@ def test_a_missing_topic_is_named(kafka: Kafka) -> None:
     esm = LocalEventSourceMapping(config, Recorder(), {"bootstrap.servers": kafka.bootstrap})
     with pytest.raises(MappingError, match="topic 'no-such-topic' of TestMapping does not exist"):
         esm.check()
+
+
+def test_sasl_plain_credentials_from_a_secret_and_a_refusal_that_never_prints_the_secret(
+    apache_broker: Any,
+) -> None:
+    from devkit.esm.kafka import Credentials, client_settings, credentials
+    from tests.kafka.conftest import SASL_USERS
+
+    [(user, password)] = SASL_USERS.items()
+    kafka = Kafka(apache_broker)
+    topic = kafka.topic(partitions=1)
+    kafka.produce(topic, [(b"k", b"v")])
+    env = {"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT"}  # Lambda insists on TLS; the local listener has none
+    config = mapping(kafka, topic, auth_type="BASIC_AUTH").with_bootstrap(apache_broker.sasl_bootstrap)
+    with mock_aws():
+        arn = boto3.client("secretsmanager", region_name="us-east-1").create_secret(
+            Name="kafka", SecretString=json.dumps({"username": user, "password": password})
+        )["ARN"]
+        creds = credentials(config, {"KAFKA_SECRET_ARN": arn})
+    assert creds == Credentials(user, password) and password not in repr(creds)
+    settings = client_settings(config, creds, env)
+    assert settings["sasl.mechanism"] == "PLAIN" and settings["security.protocol"] == "SASL_PLAINTEXT"
+    recorder = Recorder()
+    esm = LocalEventSourceMapping(config, recorder, settings)
+    esm.check(timeout=10)
+    esm.start()
+    try:
+        wait_until(lambda: len(recorder.records()) == 1, what="the record over SASL")
+    finally:
+        esm.stop()
+
+    wrong = "not-" + password
+    refused = LocalEventSourceMapping(config, Recorder(), client_settings(config, Credentials(user, wrong), env))
+    with pytest.raises(MappingError, match=f"refused the credentials of '{user}' \\(PLAIN\\)") as raised:
+        refused.check(timeout=3)
+    assert wrong not in str(raised.value) and password not in str(raised.value)
