@@ -61,6 +61,7 @@ class LocalRun:
         redis_url: str | None = None,
         kafka_bootstrap: str | None = None,
         produce: bool | None = None,
+        window_seconds: float | None = None,
         say: Callable[[str], None] = _noop,
         access_log: bool = False,
     ):
@@ -71,6 +72,7 @@ class LocalRun:
         self.kafka_bootstrap = kafka_bootstrap
         # generated data goes only into a broker and a Redis this run started, unless asked
         self.produce = (not redis_url and not kafka_bootstrap) if produce is None else produce
+        self.window_seconds = window_seconds  # the mappings' batching window, when not the template's
         self.say = say
         self.access_log = access_log
         self.valkey: ServerProcess | None = None
@@ -115,6 +117,7 @@ class LocalRun:
                 bootstrap=self.kafka_bootstrap,
                 parameters={"RedisUrl": self.redis_url, "KafkaBootstrapServers": self.kafka_bootstrap},
                 functions={"IngestFunction": InProcessFunction(self.ingest_function, handler=self._ingest)},
+                overrides={} if self.window_seconds is None else {"window_seconds": self.window_seconds},
             ).start()
             if self.feed is not None:
                 self.seed()

@@ -22,8 +22,9 @@ from typing import Any
 EVENT_SOURCE = "SelfManagedKafka"
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # Lambda's synchronous invocation payload limit
 TIMESTAMP_TYPES = {1: "CREATE_TIME", 2: "LOG_APPEND_TIME"}
-# the bytes an event spends around its records: braces, names, the bootstrap servers
-_EVENT_OVERHEAD = 64
+# the bytes an event spends around its records and bootstrap servers:
+# {"eventSource":"SelfManagedKafka","bootstrapServers":"","records":{}}
+_EVENT_OVERHEAD = 69
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,22 @@ def from_message(message: Any) -> Record:
         headers=message.headers(),
         timestamp_type=TIMESTAMP_TYPES.get(kind, "CREATE_TIME"),
     )
-    size = len(json.dumps(body, separators=(",", ":"))) + 1
-    return Record(body["topic"], body["partition"], body["offset"], timestamp, body, size)
+    return Record(body["topic"], body["partition"], body["offset"], timestamp, body, encoded_size(body))
+
+
+def encoded_size(body: dict[str, Any]) -> int:
+    """Bytes of the record's compact JSON in the payload, separator included, never fewer, without
+    encoding the values: base64 and numbers are ASCII; only the names go through JSON."""
+    size = 94 + len(json.dumps(body["topic"])) + len(str(body["partition"])) + len(str(body["offset"]))
+    size += len(str(body["timestamp"])) + len(body["timestampType"])
+    if "key" in body:
+        size += 9 + len(body["key"])
+    value = body["value"]
+    size += 4 if value is None else 2 + len(value)
+    for header in body["headers"]:
+        for name, data in header.items():
+            size += 5 + len(json.dumps(name)) + sum(len(str(b)) + 1 for b in data)
+    return size
 
 
 def event(records: Iterable[Record], bootstrap_servers: Sequence[str]) -> dict[str, Any]:
@@ -97,5 +112,6 @@ def event(records: Iterable[Record], bootstrap_servers: Sequence[str]) -> dict[s
 
 def payload_size(records: Sequence[Record], bootstrap_servers: Sequence[str]) -> int:
     partitions = {record.partition_key for record in records}
-    overhead = _EVENT_OVERHEAD + len(",".join(bootstrap_servers)) + sum(len(p) + 6 for p in partitions)
+    overhead = _EVENT_OVERHEAD + len(json.dumps(",".join(bootstrap_servers))) - 2
+    overhead += sum(len(json.dumps(p)) + 4 for p in partitions)  # "<topic>-<n>":[...],
     return overhead + sum(record.size for record in records)

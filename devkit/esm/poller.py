@@ -179,6 +179,7 @@ class LocalEventSourceMapping:
     def _next_batch(self, consumer: Any) -> list[Record]:
         batch: list[Record] = []
         size = payload.payload_size([], self.config.bootstrap_servers)
+        partitions: set[str] = set()
         opened: float | None = None
         window = self.config.window_seconds
         while not self._stop.is_set():
@@ -197,11 +198,13 @@ class LocalEventSourceMapping:
                         return batch  # deliver what came before it first
                     self._pending.popleft()
                     return [record]  # _deliver sends it on alone
-                if size + record.size > payload.MAX_PAYLOAD_BYTES:
+                grows = record.size + (0 if record.partition_key in partitions else len(record.partition_key) + 8)
+                if size + grows > payload.MAX_PAYLOAD_BYTES:
                     return batch
                 self._pending.popleft()
                 batch.append(record)
-                size += record.size + (len(record.partition_key) + 6)
+                partitions.add(record.partition_key)
+                size += grows
                 if opened is None:
                     opened = time.monotonic()
             if len(batch) >= self.config.batch_size:
