@@ -8,7 +8,7 @@ mapping reads exactly as CloudFormation would create it for the parameters.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,9 @@ class MappingConfig:
     maximum_record_age_seconds: int = -1  # -1: no limit
     bisect_on_error: bool = False
     report_item_failures: bool = False
-    on_failure: str | None = None  # a destination ARN, or kafka://<topic>
+    # a destination ARN, kafka://<topic>, file://<folder>, or the template's own resource
+    # ("MappingFailureQueue.Arn"), which exists only in the cloud and is written to a local folder
+    on_failure: str | None = None
     auth_type: str | None = None  # BASIC_AUTH | SASL_SCRAM_256_AUTH | SASL_SCRAM_512_AUTH
     secret_arn: str | None = None
 
@@ -73,12 +75,12 @@ def read_mappings(
     parameters: Mapping[str, str] | None = None, template: Path = TEMPLATE, function: str | None = None
 ) -> list[MappingConfig]:
     """Every Kafka event source mapping of the template (those of `function` only, when given)."""
-    resources, conditions = _resolved_template(dict(parameters or {}), template)
+    resources, conditions, resolve = _resolved_template(dict(parameters or {}), template)
     mappings = []
     for logical_id, resource in resources.items():
         if resource.get("Type") != MAPPING_TYPE:
             continue
-        properties = _evaluate(resource.get("Properties", {}), conditions)
+        properties = _evaluate(resource.get("Properties", {}), conditions, resolve)
         if "SelfManagedEventSource" not in properties and "SelfManagedKafkaEventSourceConfig" not in properties:
             continue  # not a Kafka mapping (SQS, Kinesis, ...)
         config = _mapping(logical_id, properties)
@@ -87,7 +89,9 @@ def read_mappings(
     return mappings
 
 
-def _resolved_template(parameters: dict[str, str], template: Path) -> tuple[dict[str, Any], dict[str, bool]]:
+def _resolved_template(
+    parameters: dict[str, str], template: Path
+) -> tuple[dict[str, Any], dict[str, bool], Callable[[Any], Any]]:
     from samcli.lib.intrinsic_resolver.intrinsic_property_resolver import IntrinsicResolver
     from samcli.lib.intrinsic_resolver.intrinsics_symbol_table import IntrinsicsSymbolTable
     from samcli.lib.providers.sam_base_provider import SamBaseProvider
@@ -108,23 +112,35 @@ def _resolved_template(parameters: dict[str, str], template: Path) -> tuple[dict
         if isinstance(result, bool):
             conditions[name] = result
     resolved = SamBaseProvider.get_template(raw, parameters)
-    return resolved.get("Resources", {}), conditions
+
+    def resolve(value: Any) -> Any:
+        if isinstance(value, dict) and "Fn::GetAtt" in value:  # exists only once deployed: named, not resolved
+            return ".".join(value["Fn::GetAtt"]) if isinstance(value["Fn::GetAtt"], list) else value["Fn::GetAtt"]
+        try:
+            return resolver.intrinsic_property_resolver(value, True)
+        except Exception:  # GetAtt of a resource that exists only once deployed: left as it is
+            return value
+
+    return resolved.get("Resources", {}), conditions, resolve
 
 
-def _evaluate(value: Any, conditions: dict[str, bool]) -> Any:
-    """Fn::If by the evaluated conditions; AWS::NoValue removes the property it stands for."""
+def _evaluate(value: Any, conditions: dict[str, bool], resolve: Callable[[Any], Any]) -> Any:
+    """Fn::If by the evaluated conditions, AWS::NoValue removing the property it stands for;
+    the other intrinsics (Ref, Sub) by the SAM CLI's resolver."""
     if isinstance(value, dict):
         if set(value) == {"Fn::If"}:
             name, when_true, when_false = value["Fn::If"]
             if name not in conditions:
                 raise TemplateError(f"condition {name!r} cannot be evaluated locally")
-            return _evaluate(when_true if conditions[name] else when_false, conditions)
+            return _evaluate(when_true if conditions[name] else when_false, conditions, resolve)
         if value == {"Ref": "AWS::NoValue"}:
             return _NO_VALUE
-        evaluated = {k: _evaluate(v, conditions) for k, v in value.items()}
+        if len(value) == 1 and next(iter(value)).startswith(("Fn::", "Ref")):
+            return resolve(value)
+        evaluated = {k: _evaluate(v, conditions, resolve) for k, v in value.items()}
         return {k: v for k, v in evaluated.items() if v is not _NO_VALUE}
     if isinstance(value, list):
-        return [v for v in (_evaluate(item, conditions) for item in value) if v is not _NO_VALUE]
+        return [v for v in (_evaluate(item, conditions, resolve) for item in value) if v is not _NO_VALUE]
     return value
 
 
