@@ -114,6 +114,22 @@ def test_topic_ttl_applies_to_the_keys_it_writes(target: Any) -> None:
     assert 40 < client.ttl("inventory:store1") <= 60
 
 
+def test_ttl_applies_to_each_write_when_a_run_starts_with_a_tombstone(target: Any) -> None:
+    """The TTL of a partition's run used to come from its first mutation: a leading tombstone dropped it."""
+    g = EventGenerator(seed=14, partitions=1)
+    first, second = g.order(), g.order()
+    event = g.event([RawRecord("orders", first.key, None), second, first])  # one partition, tombstone first
+    outcome = ingestor(target, ORDERS_TTL_SECONDS="300").process(event)
+    assert (outcome.applied, outcome.dead_lettered) == (3, 0)
+    client = target.client()
+    for raw in (first, second):
+        assert 200 < client.ttl(f"orders:{(raw.key or b'').decode()}") <= 300
+    # inventory too: a delta after a remove in the same run gets the topic's TTL
+    stock = g.event([g.inventory("remove", "store9", "0000000001"), g.inventory("shipment", "store9", "0000000002")])
+    ingestor(target, INVENTORY_TTL_SECONDS="60").process(stock)
+    assert 40 < client.ttl("inventory:store9") <= 60
+
+
 def test_offsets_are_a_few_small_hashes_not_one_per_key(target: Any) -> None:
     g = EventGenerator(seed=8, partitions=4)
     ingestor(target).process(g.batch(300, ["orders"]))

@@ -4,15 +4,17 @@
 -- KEYS[1]:  the offsets hash of this scope (see keys.offsets_key): field
 --           "<topic>/<partition>" -> the last offset applied in this scope.
 -- KEYS[2..]: the data keys the mutations write; all keys share one hash slot.
--- ARGV[1]:  JSON [[field, ttl, [mutation, ...], after], ...], each partition's
+-- ARGV[1]:  JSON [[field, [mutation, ...], after], ...], each partition's
 --           mutations in offset order; `after` is the partition's last offset in
 --           the previous call of this batch (-1 for the first), each mutation one of
---             [offset, key, "S", value]   SET key ARGV[value] (EX ttl)
---             [offset, key, "D"]          DEL key
---             [offset, key, "I", member, delta]   ZINCRBY
---             [offset, key, "Z", member, score]   ZADD
---             [offset, key, "R", member]          ZREM
---           where key indexes KEYS and value indexes ARGV.
+--             [offset, key, "S", value, ttl?]          SET key ARGV[value] (EX ttl)
+--             [offset, key, "D"]                       DEL key
+--             [offset, key, "I", member, delta, ttl?]  ZINCRBY (then EXPIRE ttl)
+--             [offset, key, "Z", member, score, ttl?]  ZADD (then EXPIRE ttl)
+--             [offset, key, "R", member]               ZREM
+--           where key indexes KEYS and value indexes ARGV. Each mutation carries
+--           its own TTL (absent: none), so a tombstone's lack of one never
+--           decides the TTL of the writes after it.
 -- ARGV[2..]: the values to SET, as received: they never pass through JSON.
 --
 -- A mutation at or below its partition's recorded offset was applied before
@@ -37,15 +39,15 @@ local position = 0
 local marks = {}
 for i, partition in ipairs(plan) do
   local mark = tonumber(redis.call('HGET', offsets_key, partition[1]) or '-1')
-  if mark < partition[4] then
+  if mark < partition[3] then
     return redis.error_reply('CACHESYNC_GAP ' .. partition[1] .. ' is at offset ' .. string.format('%.0f', mark) ..
-      ', before ' .. string.format('%.0f', partition[4]) .. ': an earlier call of this batch failed; nothing written')
+      ', before ' .. string.format('%.0f', partition[3]) .. ': an earlier call of this batch failed; nothing written')
   end
   marks[i] = mark
 end
 
 for i, partition in ipairs(plan) do
-  local field, ttl, mutations = partition[1], partition[2], partition[3]
+  local field, mutations = partition[1], partition[2]
   local mark = marks[i]
   local last = nil
   for _, m in ipairs(mutations) do
@@ -56,15 +58,19 @@ for i, partition in ipairs(plan) do
     else
       local key, code = KEYS[m[2]], m[3]
       local result
+      local ttl = 0
       if code == 'S' then
+        ttl = m[5] or 0
         if ttl > 0 then
           result = redis.pcall('SET', key, ARGV[m[4]], 'EX', ttl)
         else
           result = redis.pcall('SET', key, ARGV[m[4]])
         end
       elseif code == 'I' then
+        ttl = m[6] or 0
         result = redis.pcall('ZINCRBY', key, m[5], m[4])
       elseif code == 'Z' then
+        ttl = m[6] or 0
         result = redis.pcall('ZADD', key, m[5], m[4])
       elseif code == 'D' then
         result = redis.pcall('DEL', key)
@@ -79,7 +85,7 @@ for i, partition in ipairs(plan) do
         errors[#errors + 1] = result.err
       else
         applied = applied + 1
-        if ttl > 0 and (code == 'I' or code == 'Z') then
+        if ttl > 0 and code ~= 'S' then
           redis.call('EXPIRE', key, ttl)
         end
       end

@@ -82,7 +82,7 @@ class _Call:
         self.previous = {} if previous is None else previous
         self.keys: dict[str, int] = {}  # data key -> its index in KEYS (from 2)
         self.values: list[bytes | str] = []  # ARGV[2..]
-        self.partitions: dict[str, list[Any]] = {}  # field -> [field, ttl, mutations, previous offset]
+        self.partitions: dict[str, list[Any]] = {}  # field -> [field, mutations, previous offset]
         self.positions: list[int] = []  # pending position of each mutation, in the script's order
         self._field: str | None = None
         self._mutations: list[list[Any]] = []
@@ -93,18 +93,24 @@ class _Call:
         if field_ != self._field:  # partitions come in runs: look the group up once a run
             if field_ in self.partitions:
                 return False
-            # a partition is one topic: one TTL
-            self.partitions[field_] = [field_, m.ttl, [], self.previous.get(field_, -1)]
-            self._field, self._mutations = field_, self.partitions[field_][2]
+            self.partitions[field_] = [field_, [], self.previous.get(field_, -1)]
+            self._field, self._mutations = field_, self.partitions[field_][1]
         key = self.keys.get(m.key)
         if key is None:
             key = self.keys[m.key] = len(self.keys) + 2
         code = m.code
+        # the TTL goes with each mutation (not the partition's run), and only when set
         if code == SET:
             self.values.append(m.argument)
-            self._mutations.append([offset, key, code, len(self.values) + 1])
+            if m.ttl:
+                self._mutations.append([offset, key, code, len(self.values) + 1, m.ttl])
+            else:
+                self._mutations.append([offset, key, code, len(self.values) + 1])
         elif code in (INCREMENT, ASSIGN):
-            self._mutations.append([offset, key, code, m.member, m.argument])
+            if m.ttl:
+                self._mutations.append([offset, key, code, m.member, m.argument, m.ttl])
+            else:
+                self._mutations.append([offset, key, code, m.member, m.argument])
         elif code == REMOVE:
             self._mutations.append([offset, key, code, m.member])
         else:
@@ -114,7 +120,7 @@ class _Call:
 
     def done(self) -> None:
         """Record this call's last offset per partition for the calls after it."""
-        for field_, (_, _, mutations, _) in self.partitions.items():
+        for field_, (_, mutations, _) in self.partitions.items():
             self.previous[field_] = mutations[-1][0]
 
     def command(self, sha: str | None = None) -> tuple[Any, ...]:
