@@ -24,7 +24,7 @@ class RecordingWriter:
     def __init__(self) -> None:
         self.pending: list[Pending] = []
 
-    def apply(self, pending: Iterable[Pending]) -> WriteResult:
+    def apply(self, pending: Iterable[Pending], *, partial: bool = False) -> WriteResult:
         batch = list(pending)
         self.pending += batch
         return WriteResult(applied=len(batch))

@@ -108,14 +108,23 @@ class Ingestor:
                     if earliest is not None:
                         oldest[name] = earliest
 
-        written = self._writer.apply(mutations())
+        written = self._writer.apply(mutations(), partial=True)
         outcome.applied, outcome.duplicates = written.applied, written.skipped
         for index, error in written.refused:
             letters.append(_dead_letter(sources[index], f"Redis refused the write: {error}"))
 
-        # Dead letters go last: if sending them fails, the invocation fails and
-        # the retry re-sends them while the writes already made are skipped.
-        self._dead_letters.send(letters)
+        # Dead letters go after the writes, and also when a call failed: a refused
+        # write's offset has moved on, so the retry skips it as applied and would
+        # never report it again. Poison records are found again by the retry.
+        try:
+            self._dead_letters.send(letters)
+        except Exception as error:
+            if written.error is not None:
+                written.error.add_note(f"and {len(letters)} dead letters could not be sent: {error!r}")
+                raise written.error from None
+            raise
+        if written.error is not None:
+            raise written.error
         outcome.dead_lettered = len(letters)
         outcome.reasons = [letter.reason for letter in letters[:5]]
         now_ms = int(self._clock() * 1000)
@@ -157,7 +166,7 @@ def build_ingestor(settings: Settings) -> Ingestor:
         if settings.dlq_queue_url
         else RedisStreamSink(client, settings.dlq_stream_key, settings.dlq_stream_maxlen)
     )
-    writer = BatchWriter(client, settings.script_batch_size)
+    writer = BatchWriter(client, settings.script_batch_size, settings.retries)
     return Ingestor(settings, writer, sink)
 
 

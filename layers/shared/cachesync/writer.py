@@ -22,7 +22,8 @@ next, and the replies are read at the end (one round trip, like a pipeline,
 but overlapped). They use EVAL rather than EVALSHA: the script is 3 KB, the
 server caches it by hash, and there is never a NOSCRIPT to recover from.
 On a cluster, a batch is thousands of small per-slot calls, so they carry the
-script's hash after it is loaded on every primary (see _send_to_primaries).
+script's hash after it is loaded on every primary (see _send_to_primaries);
+calls answered NOSCRIPT or READONLY are sent again (see _resend_recoverable).
 
 Measured with `python -m devkit.bench_ingest` (10,000 mixed records, one
 Valkey, same machine): 286,639 records/s, 2.4x a naive pipeline of one
@@ -31,6 +32,7 @@ command per record, with the offsets checked and advanced for every record.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +53,12 @@ from cachesync.projections import ASSIGN, INCREMENT, REMOVE, SET, Mutation
 
 APPLY_SCRIPT = (Path(__file__).parent / "apply.lua").read_text()
 
+# ElastiCache Serverless refuses a request of more than 3,999 arguments. A call is
+# EVAL, script, numkeys, the offsets key, the plan (5), then per mutation at most
+# its data key and its value: 5 + 2 * 1,997 = 3,999.
+MAX_REQUEST_ARGUMENTS = 3999
+MAX_MUTATIONS_PER_CALL = (MAX_REQUEST_ARGUMENTS - 5) // 2
+
 
 # (mutation, offsets field "<topic>/<partition>", offset): the Kafka coordinates that
 # make a mutation idempotent. A plain tuple, built once per record: a NamedTuple
@@ -65,6 +73,8 @@ class WriteResult:
     # (position in the pending sequence, Redis error) for mutations Redis refused,
     # e.g. WRONGTYPE when a key holds another type than the projection writes.
     refused: list[tuple[int, str]] = field(default_factory=list)
+    # the first call that failed (apply(partial=True) only); the others were still read
+    error: BaseException | None = None
 
 
 class _Call:
@@ -130,21 +140,32 @@ class _Call:
 
 
 class BatchWriter:
-    def __init__(self, client: redis.Redis | RedisCluster, script_batch_size: int):
+    def __init__(self, client: redis.Redis | RedisCluster, script_batch_size: int, retries: int = 3):
         self._client = client
-        self._batch_size = script_batch_size
+        # every mutation adds at most two arguments (its key, its value): bounding the
+        # mutations per call bounds the arguments per request (ElastiCache Serverless: 3,999)
+        self._batch_size = min(script_batch_size, MAX_MUTATIONS_PER_CALL)
+        self._retries = retries
 
-    def apply(self, pending: Iterable[Pending]) -> WriteResult:
-        """Apply the mutations in order; `pending` may be a generator, consumed as calls fill."""
+    def apply(self, pending: Iterable[Pending], *, partial: bool = False) -> WriteResult:
+        """Apply the mutations in order; `pending` may be a generator, consumed as calls fill.
+
+        A call that failed raises its error, after the others were read. With
+        `partial`, the result is returned instead with the error in `error`, so the
+        caller can still report what the calls that ran refused (a retry would skip
+        those mutations as applied and never report them again).
+        """
         if isinstance(self._client, RedisCluster):
             calls = self._slot_calls(list(pending))
             replies = self._send_to_primaries(self._client, calls)
         else:
             calls, replies = self._stream(self._calls(enumerate(pending), keys.offsets_key()))
+        self._resend_recoverable(calls, replies)
         result = WriteResult()
         for call, reply in zip(calls, replies, strict=True):
-            if isinstance(reply, Exception):
-                raise reply
+            if isinstance(reply, BaseException):
+                result.error = result.error or reply
+                continue
             applied, skipped, errors = reply
             result.applied += applied
             result.skipped += skipped
@@ -152,6 +173,8 @@ class BatchWriter:
                 positions = call.positions
                 for position, message in zip(errors[::2], errors[1::2], strict=True):
                     result.refused.append((positions[position - 1], _text(message)))
+        if result.error is not None and not partial:
+            raise result.error
         return result
 
     def _calls(
@@ -176,6 +199,44 @@ class BatchWriter:
             by_slot.setdefault(key_slot(item[0].key.encode()), []).append((position, item))
         return [call for slot, items in by_slot.items() for call in self._calls(items, keys.offsets_key(slot), slot)]
 
+    def _resend_recoverable(self, calls: list[_Call], replies: list[Any]) -> None:
+        """Resend, in order and with EVAL, the calls a server turned away without running them.
+
+        NOSCRIPT (a node that lost its script cache: a failover, a flush, reported
+        on ElastiCache Serverless right after SCRIPT LOAD) and READONLY (a
+        connection still on a primary that became a replica) mean the call wrote
+        nothing; the calls chained behind it in its scope answered CACHESYNC_GAP and
+        wrote nothing either. Resending them all, in their order, converges; a
+        READONLY first drops the connections (standalone) or learns the new map
+        (cluster). Bounded by the client's retries, with a short backoff.
+        """
+        for attempt in range(self._retries + 1):
+            if not any(isinstance(reply, _TURNED_AWAY) for reply in replies):
+                return
+            redo = [i for i, reply in enumerate(replies) if isinstance(reply, _TURNED_AWAY) or _is_gap(reply)]
+            if any(isinstance(replies[i], redis.exceptions.ReadOnlyError) for i in redo):
+                self._reconnect()
+                time.sleep(min(0.5, 0.05 * 2**attempt))
+            try:
+                resent = self._send_again([calls[i] for i in redo])
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as error:
+                resent = [error] * len(redo)
+            for i, reply in zip(redo, resent, strict=True):
+                replies[i] = reply
+
+    def _reconnect(self) -> None:
+        if isinstance(self._client, RedisCluster):
+            self._client.nodes_manager.initialize()
+        else:
+            self._client.connection_pool.disconnect()  # new connections resolve the endpoint again
+
+    def _send_again(self, calls: list[_Call]) -> list[Any]:
+        if isinstance(self._client, RedisCluster):
+            replies: list[Any] = [None] * len(calls)
+            self._node_round_trip(self._client, calls, None, replies)
+            return replies
+        return self._pipeline(calls)
+
     def _send_to_primaries(self, client: RedisCluster, calls: list[_Call]) -> list[Any]:
         """Cluster: each primary gets its calls in one write, replies read after all writes.
 
@@ -183,19 +244,27 @@ class BatchWriter:
         pipeline writes them one socket send each: 25,000 records/s on a local
         3-master cluster, against (see `devkit/bench_ingest.py --cluster`) several
         times that with one write per node. Calls carry the script's hash, not
-        its 3 KB body; the script is loaded on every primary first, so a
-        NOSCRIPT can only come from a failover mid-batch, and then the
-        invocation fails (calls are never re-ordered) and its retry converges.
+        its 3 KB body; the script is loaded on every primary first, and calls a
+        node answers NOSCRIPT are sent again with EVAL (`_resend_recoverable`).
         """
+        replies: list[Any] = [None] * len(calls)
         for attempt in (1, 2):
             try:
                 sha = client.script_load(APPLY_SCRIPT)
-                replies = self._node_round_trip(client, calls, sha)
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+                # only the calls whose replies were not read yet: those read keep the
+                # refusals they reported (a resent call would skip them as applied)
+                todo = [i for i, reply in enumerate(replies) if reply is None]
+                answers: list[Any] = [None] * len(todo)
+                try:
+                    self._node_round_trip(client, [calls[i] for i in todo], sha, answers)
+                finally:
+                    for i, answer in zip(todo, answers, strict=True):
+                        replies[i] = answer
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as error:
                 if attempt == 2:
-                    raise
+                    return [error if reply is None else reply for reply in replies]
                 # a stale connection or a node gone: learn the topology again and
-                # send the whole batch again (safe: each mutation applies once)
+                # send the unanswered calls again (safe: each mutation applies once)
                 client.nodes_manager.initialize()
                 continue
             if any(isinstance(reply, _STALE_MAP_ERRORS) for reply in replies):
@@ -204,12 +273,12 @@ class BatchWriter:
         raise AssertionError("unreachable")
 
     @staticmethod
-    def _node_round_trip(client: RedisCluster, calls: list[_Call], sha: str) -> list[Any]:
+    def _node_round_trip(client: RedisCluster, calls: list[_Call], sha: str | None, replies: list[Any]) -> None:
+        """Fills `replies` (one per call) as they are read, so a failure keeps those already read."""
         by_node: dict[str, tuple[Any, list[int]]] = {}
         for index, call in enumerate(calls):
             node = client.nodes_manager.get_node_from_slot(call.slot or 0)  # set for every cluster call
             by_node.setdefault(node.name, (node, []))[1].append(index)
-        replies: list[Any] = [None] * len(calls)
         in_flight: list[tuple[Any, Any, list[int]]] = []
         try:
             for node, indexes in by_node.values():
@@ -227,7 +296,6 @@ class BatchWriter:
         finally:
             for pool, connection, _ in in_flight:
                 pool.release(connection)
-        return replies
 
     def _stream(self, calls: Iterator[_Call]) -> tuple[list[_Call], list[Any]]:
         """Write each call as soon as it is built; read all replies at the end."""
@@ -235,18 +303,27 @@ class BatchWriter:
         pool = self._client.connection_pool
         connection: Any = pool.get_connection()  # redis-py leaves Connection methods untyped
         sent: list[_Call] = []
+        replies: list[Any] = []
         try:
             for call in calls:
                 sent.append(call)
                 # the first write checks the connection's health (it may have idled while the function was frozen)
                 connection.send_packed_command(_pack(connection, [call.command()]), check_health=len(sent) == 1)
-            replies = [_read(connection) for _ in sent]
+            for _ in sent:
+                replies.append(_read(connection))
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
-            # Start over on a fresh connection with the client's retry and backoff:
-            # sending calls again is safe, each mutation is applied at most once.
+            # Start over on a fresh connection with the client's retry and backoff,
+            # from the first call whose reply was not read: sending calls again is
+            # safe (each mutation is applied at most once), and the replies read
+            # keep the refusals they reported.
             connection.disconnect()
             sent += calls  # what the generator had not yet produced
-            return sent, self._pipeline(sent)
+            rest = sent[len(replies) :]
+            try:
+                replies += self._pipeline(rest)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as error:
+                replies += [error] * len(rest)
+            return sent, replies
         except BaseException:
             connection.disconnect()  # never hand back a connection with replies unread
             raise
@@ -261,6 +338,15 @@ class BatchWriter:
         return list(pipe.execute(raise_on_error=False))
 
 
+# replies that mean the server did not run a call, and a resend (with EVAL, on a
+# fresh connection or map) can: see BatchWriter._resend_recoverable
+_TURNED_AWAY = (redis.exceptions.NoScriptError, redis.exceptions.ReadOnlyError)
+
+
+def _is_gap(reply: Any) -> bool:
+    return isinstance(reply, redis.exceptions.ResponseError) and str(reply).startswith("CACHESYNC_GAP")
+
+
 # replies that mean the client's map of the cluster is out of date: slots moved,
 # or a replica was promoted (its script cache is empty: NOSCRIPT)
 _STALE_MAP_ERRORS = (
@@ -268,6 +354,7 @@ _STALE_MAP_ERRORS = (
     redis.exceptions.TryAgainError,
     redis.exceptions.ClusterDownError,
     redis.exceptions.NoScriptError,
+    redis.exceptions.ReadOnlyError,
 )
 
 

@@ -1,0 +1,185 @@
+"""Calls that fail or are turned away mid-batch, against real servers: refused writes keep
+their dead letters, NOSCRIPT and READONLY are resent, and the state ends exact."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from redis.cluster import RedisCluster
+
+from cachesync.connection import get_client
+from cachesync.deadletter import RedisStreamSink
+from cachesync.ingest import Ingestor, build_ingestor
+from cachesync.writer import BatchWriter, Pending, _Call
+from devkit import servers
+from devkit.generator import EventGenerator
+from devkit.model import model_state, redis_state
+from tests.integration.test_ingest import records_of
+
+
+class FailingLaterCalls(BatchWriter):
+    """Every call that does not write `spared` fails with a script error, once."""
+
+    def __init__(self, spared: str, *args: Any):
+        super().__init__(*args)
+        self.spared = spared
+
+    def _calls(
+        self, items: Iterable[tuple[int, Pending]], offsets_key: str, slot: int | None = None
+    ) -> Iterator[_Call]:
+        for call in super()._calls(items, offsets_key, slot):
+            if self.spared not in call.keys:
+                failing = ("EVAL", "return redis.error_reply('INJECTED failure')", 1, call.offsets_key)
+                call.command = lambda sha=None, failing=failing: failing  # type: ignore[method-assign]
+            yield call
+
+
+def test_a_refused_write_keeps_its_dead_letter_when_a_later_call_fails(target: Any) -> None:
+    settings = target.settings(SCRIPT_BATCH_SIZE="4")
+    client = target.client()
+    client.set("inventory:store1", "not a sorted set")  # every store1 write is refused: WRONGTYPE
+    g = EventGenerator(seed=21, partitions=1, stores=1, skus=3)
+    event = g.event([g.inventory("shipment") for _ in range(3)] + [g.order() for _ in range(20)])
+    sink = RedisStreamSink(client, settings.dlq_stream_key, settings.dlq_stream_maxlen)
+    failing = Ingestor(settings, FailingLaterCalls("inventory:store1", client, 4), sink)
+    with pytest.raises(redis.exceptions.ResponseError, match="INJECTED"):
+        failing.process(event)
+
+    retry = build_ingestor(settings).process(event)  # the event source mapping's retry
+    # the refused writes count as handled (their offsets moved on): the retry cannot report them
+    assert retry.duplicates >= 3 and retry.dead_lettered == 0
+    letters = client.xrange(settings.dlq_stream_key)
+    refused = [fields for _, fields in letters if b"WRONGTYPE" in fields[b"reason"]]
+    assert len(refused) >= 3  # at least once each, never zero times
+    assert client.get("inventory:store1") == b"not a sorted set"
+    assert sum(1 for k in client.scan_iter(match="orders:*")) == 20
+
+
+class FlushingScriptsMidStream(BatchWriter):
+    """SCRIPT FLUSH on the server once it has run half of the batch's calls (standalone)."""
+
+    def __init__(self, url: str, *args: Any):
+        super().__init__(*args)
+        self.url = url
+
+    def _calls(
+        self, items: Iterable[tuple[int, Pending]], offsets_key: str, slot: int | None = None
+    ) -> Iterator[_Call]:
+        calls = list(super()._calls(items, offsets_key, slot))
+        yield from calls[: len(calls) // 2]
+        admin = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while _evals(admin) < len(calls) // 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        admin.script_flush()
+        yield from calls[len(calls) // 2 :]
+
+
+def _evals(client: redis.Redis) -> int:
+    return int(client.info("commandstats").get("cmdstat_eval", {}).get("calls", 0))
+
+
+def test_script_flush_between_calls_on_a_server(valkey: Any) -> None:
+    settings = valkey.settings(SCRIPT_BATCH_SIZE="50")
+    redis.Redis.from_url(valkey.url).config_resetstat()
+    event = EventGenerator(seed=22, partitions=4, stores=2, skus=20).batch(2000)
+    client = get_client(settings)
+    ingest = Ingestor(
+        settings, FlushingScriptsMidStream(valkey.url, client, 50), build_ingestor(settings)._dead_letters
+    )
+    outcome = ingest.process(event)
+    assert (outcome.applied, outcome.duplicates, outcome.dead_lettered) == (2000, 0, 0)
+    assert redis_state(client) == model_state(settings, records_of(event))
+
+
+class FlushingScriptsOnTheCluster(BatchWriter):
+    """SCRIPT FLUSH on every primary after the first half of the calls ran, once: the
+    second half is answered NOSCRIPT, as after a failover or the reported flush on
+    ElastiCache Serverless right after SCRIPT LOAD."""
+
+    flushed = 0
+
+    def _node_round_trip(self, client: RedisCluster, calls: list[_Call], sha: str | None, replies: list[Any]) -> None:
+        if self.flushed or sha is None:
+            return super()._node_round_trip(client, calls, sha, replies)
+        self.flushed += 1
+        half = len(calls) // 2
+        first: list[Any] = [None] * half
+        super()._node_round_trip(client, calls[:half], sha, first)
+        for node in client.get_primaries():
+            client.get_redis_connection(node).script_flush()
+        second: list[Any] = [None] * (len(calls) - half)
+        super()._node_round_trip(client, calls[half:], sha, second)
+        assert any(isinstance(r, redis.exceptions.NoScriptError) for r in second)
+        replies[:] = first + second
+
+
+def test_noscript_on_the_cluster_is_resent_with_eval(valkey_cluster: servers.LocalCluster) -> None:
+    RedisCluster.from_url(valkey_cluster.url).flushall()
+    from tests.conftest import Target
+
+    target = Target("cluster", valkey_cluster.url, cluster=True)
+    settings = target.settings(SCRIPT_BATCH_SIZE="20")
+    client = get_client(settings)
+    writer = FlushingScriptsOnTheCluster(client, 20)
+    event = EventGenerator(seed=23, partitions=4, stores=3, skus=30).batch(1500)
+    outcome = Ingestor(settings, writer, build_ingestor(settings)._dead_letters).process(event)
+    assert writer.flushed == 1
+    assert (outcome.applied, outcome.duplicates, outcome.dead_lettered) == (1500, 0, 0)
+    assert redis_state(client) == model_state(settings, records_of(event))
+
+
+class PromotingOnReconnect(BatchWriter):
+    """The server it writes to is a replica until the writer reconnects: a failover."""
+
+    def __init__(self, replica: servers.ServerProcess, *args: Any):
+        super().__init__(*args)
+        self.replica, self.reconnects = replica, 0
+
+    def _reconnect(self) -> None:
+        self.reconnects += 1
+        redis.Redis.from_url(self.replica.url).replicaof("NO", "ONE")
+        super()._reconnect()
+
+
+def _make_replica(server: servers.ServerProcess) -> None:
+    # of a primary that is not there: read-only at once, and never loading a sync
+    redis.Redis.from_url(server.url).replicaof("127.0.0.1", servers.free_port())
+
+
+def test_readonly_after_a_failover_is_a_reconnect() -> None:
+    replica = servers.start_server()
+    try:
+        _make_replica(replica)
+        from tests.conftest import Target
+
+        settings = Target("replica", replica.url, cluster=False).settings(SCRIPT_BATCH_SIZE="100")
+        client = get_client(settings)
+        writer = PromotingOnReconnect(replica, client, 100, settings.retries)
+        event = EventGenerator(seed=24, partitions=3).batch(500)
+        sink = RedisStreamSink(client, settings.dlq_stream_key, settings.dlq_stream_maxlen)
+        outcome = Ingestor(settings, writer, sink).process(event)
+        assert writer.reconnects == 1
+        assert (outcome.applied, outcome.duplicates) == (500, 0)
+        assert redis_state(client) == model_state(settings, records_of(event))
+    finally:
+        replica.remove()
+
+
+def test_a_replica_that_stays_read_only_fails_within_the_retry_bounds() -> None:
+    replica = servers.start_server()
+    try:
+        _make_replica(replica)
+        from tests.conftest import Target
+
+        settings = Target("replica", replica.url, cluster=False).settings(REDIS_RETRIES="2")
+        started = time.monotonic()
+        with pytest.raises(redis.exceptions.ReadOnlyError):
+            build_ingestor(settings).process(EventGenerator(seed=25).batch(50))
+        assert time.monotonic() - started < 2.0
+    finally:
+        replica.remove()
