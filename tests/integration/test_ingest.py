@@ -174,7 +174,7 @@ def test_poison_records_go_to_a_capped_stream_with_the_raw_record(target: Any) -
     assert target.client().exists("orders:1002") == 1 and target.client().exists("orders:1001") == 0
 
 
-@pytest.mark.parametrize("batch_size", ["1", "1000"])
+@pytest.mark.parametrize("batch_size", ["1", "1000", "1997"])
 def test_many_keys_in_one_slot_group_and_across_calls(target: Any, batch_size: str) -> None:
     g = EventGenerator(seed=6, partitions=5, stores=3, skus=50)
     event = g.batch(1500)

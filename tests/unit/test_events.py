@@ -132,6 +132,7 @@ def test_records_are_applied_in_partition_order_even_when_delivered_out_of_order
         ({"REDIS_CLUSTER": "maybe"}, "REDIS_CLUSTER must be true or false"),
         ({"ORDERS_TTL_SECONDS": "soon"}, "ORDERS_TTL_SECONDS must be a int"),
         ({"SCRIPT_BATCH_SIZE": "0"}, "SCRIPT_BATCH_SIZE must be at least 1"),
+        ({"SCRIPT_BATCH_SIZE": "1998"}, "SCRIPT_BATCH_SIZE must be at most 1997, got 1998: .* 3999 arguments"),
         ({"INVENTORY_KEY_PREFIX": "{inv}"}, "must not contain braces"),
     ],
 )

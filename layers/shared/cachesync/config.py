@@ -23,6 +23,12 @@ PROJECTION_KINDS = ("orders", "inventory", "products")
 
 _DEFAULT_KEY_FIELDS = {"orders": "orderid", "inventory": "store", "products": "sku"}
 
+# ElastiCache Serverless refuses a request of more than 3,999 arguments. A script
+# call is EVAL, the script, numkeys, the offsets key and the plan (5), then per
+# mutation at most its data key and its value: 5 + 2 * 1,997 = 3,999.
+MAX_REQUEST_ARGUMENTS = 3999
+MAX_SCRIPT_BATCH_SIZE = (MAX_REQUEST_ARGUMENTS - 5) // 2
+
 
 @dataclass(frozen=True)
 class TopicConfig:
@@ -114,7 +120,7 @@ class Settings:
             dlq_queue_url=env.get("DLQ_QUEUE_URL") or None,
             dlq_stream_key=env.get("DLQ_STREAM_KEY") or "deadletter:ingest",
             dlq_stream_maxlen=_number(env, "DLQ_STREAM_MAXLEN", 10_000, int),
-            script_batch_size=_number(env, "SCRIPT_BATCH_SIZE", 1000, int, minimum=1),
+            script_batch_size=_script_batch_size(env),
             cors_allowed_origins=tuple(o.strip() for o in env.get("CORS_ALLOWED_ORIGINS", "").split(",") if o.strip()),
             products_max_skus=_number(env, "PRODUCTS_MAX_SKUS", 100, int, minimum=1),
             inventory_default_limit=_number(env, "INVENTORY_DEFAULT_LIMIT", 50, int, minimum=1),
@@ -149,6 +155,16 @@ def _topic_config(env: Mapping[str, str], kind: str) -> TopicConfig:
         key_field=env.get(f"{upper}_KEY_FIELD") or _DEFAULT_KEY_FIELDS[kind],
         ttl_seconds=_number(env, f"{upper}_TTL_SECONDS", 0, int),
     )
+
+
+def _script_batch_size(env: Mapping[str, str]) -> int:
+    size = _number(env, "SCRIPT_BATCH_SIZE", 1000, int, minimum=1)
+    if size > MAX_SCRIPT_BATCH_SIZE:
+        raise ConfigError(
+            f"SCRIPT_BATCH_SIZE must be at most {MAX_SCRIPT_BATCH_SIZE}, got {size}: a call of more mutations "
+            f"could exceed the {MAX_REQUEST_ARGUMENTS} arguments ElastiCache Serverless accepts in one request"
+        )
+    return size
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:

@@ -49,15 +49,10 @@ except ImportError:  # optional: redis-py works without it
     hiredis = None  # type: ignore[assignment]
 
 from cachesync import keys
+from cachesync.config import MAX_SCRIPT_BATCH_SIZE
 from cachesync.projections import ASSIGN, INCREMENT, REMOVE, SET, Mutation
 
 APPLY_SCRIPT = (Path(__file__).parent / "apply.lua").read_text()
-
-# ElastiCache Serverless refuses a request of more than 3,999 arguments. A call is
-# EVAL, script, numkeys, the offsets key, the plan (5), then per mutation at most
-# its data key and its value: 5 + 2 * 1,997 = 3,999.
-MAX_REQUEST_ARGUMENTS = 3999
-MAX_MUTATIONS_PER_CALL = (MAX_REQUEST_ARGUMENTS - 5) // 2
 
 
 # (mutation, offsets field "<topic>/<partition>", offset): the Kafka coordinates that
@@ -144,7 +139,7 @@ class BatchWriter:
         self._client = client
         # every mutation adds at most two arguments (its key, its value): bounding the
         # mutations per call bounds the arguments per request (ElastiCache Serverless: 3,999)
-        self._batch_size = min(script_batch_size, MAX_MUTATIONS_PER_CALL)
+        self._batch_size = min(script_batch_size, MAX_SCRIPT_BATCH_SIZE)
         self._retries = retries
 
     def apply(self, pending: Iterable[Pending], *, partial: bool = False) -> WriteResult:
