@@ -158,7 +158,65 @@ def test_large_dead_letters_are_split_across_sqs_batches(aws: None) -> None:
         )
     assert sorted(r["offset"] for r in received) == [*range(13), 99]
     big = next(r for r in received if r["offset"] == 99)
-    assert big["value"] is None and "omitted" in big["reason"]
+    assert big["value"] is None and "trimmed to fit the dead-letter queue: value (300002 characters)" in big["reason"]
+
+
+def test_a_large_key_headers_and_value_are_trimmed_to_fit_one_message(aws: None) -> None:
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    url = sqs.create_queue(QueueName="cachesync-dlq")["QueueUrl"]
+    from cachesync.deadletter import SQS_MESSAGE_BYTES, DeadLetter
+
+    headers = [{"trace": list(range(200))} for _ in range(200)]  # ~150 KB of headers
+    letters = [
+        DeadLetter("orders", 0, 1, 1, "K" * 250_000, "V" * 200_000, headers, "key, headers and value too big"),
+        DeadLetter("orders", 0, 2, 1, "K" * 300_000, None, [], "key too big"),
+        DeadLetter("orders", 0, 3, 1, "k", "v", [{"h": [1]}], "small: untouched"),
+    ]
+    SqsSink(url, sqs).send(letters)  # moto enforces the 256 KiB message limit like SQS
+    messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    bodies = {b["offset"]: b for b in (json.loads(m["Body"]) for m in messages)}
+    assert all(len(m["Body"]) <= SQS_MESSAGE_BYTES for m in messages)
+    first = bodies[1]
+    assert (first["value"], first["headers"], first["key"]) == (None, None, None)
+    assert "value (200002 characters), headers" in first["reason"] and "key (250002 characters)" in first["reason"]
+    assert bodies[2]["key"] is None and bodies[2]["headers"] == [] and "key (300002 characters)" in bodies[2]["reason"]
+    assert (bodies[3]["key"], bodies[3]["value"], bodies[3]["reason"]) == ("k", "v", "small: untouched")
+
+
+def test_an_unreachable_queue_fails_fast_and_the_letters_go_to_the_redis_stream(
+    valkey: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cachesync.deadletter import DeadLetter, FallbackSink, RedisStreamSink, sqs_client
+
+    for name, value in {
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "x",
+        "AWS_SECRET_ACCESS_KEY": "x",
+    }.items():
+        monkeypatch.setenv(name, value)
+    port = servers.free_port()  # nothing listens there: every attempt is refused
+    url = f"http://127.0.0.1:{port}/123456789012/cachesync-dlq"
+    client = get_client(valkey.settings())
+    sink = FallbackSink(
+        SqsSink(url, sqs_client(endpoint_url=f"http://127.0.0.1:{port}")),
+        RedisStreamSink(client, "deadletter:ingest", 100),
+    )
+    letters = [DeadLetter("orders", 0, n, 1, None, "e30=", [], f"reason {n}") for n in range(3)]
+    started = time.monotonic()
+    sink.send(letters)
+    elapsed = time.monotonic() - started
+    assert elapsed < 10, f"the dead queue took {elapsed:.1f} s to give up"
+    assert sink.fallbacks == 1
+    stream = client.xrange("deadletter:ingest")
+    assert [fields[b"reason"] for _, fields in stream] == [b"reason 0", b"reason 1", b"reason 2"]
+
+
+def test_the_sqs_client_has_short_timeouts_and_standard_retries(aws: None) -> None:
+    from cachesync.deadletter import sqs_client
+
+    config = sqs_client(endpoint_url="http://127.0.0.1:1").meta.config
+    assert (config.connect_timeout, config.read_timeout) == (1.0, 2.0)
+    assert config.retries == {"mode": "standard", "total_max_attempts": 3}
 
 
 def test_acl_credentials_come_from_secrets_manager(aws: None, valkey: Any) -> None:

@@ -81,11 +81,9 @@ def ingest_rule(settings: Settings, cluster: bool | None = None) -> AccessRule:
     """The ingest user: its data keys, the applied-offsets hashes, the dead-letter stream."""
     patterns = [keys.data_key(prefix, "*") for prefix in _prefixes(settings)]
     patterns.append(keys.OFFSETS_PATTERN)
-    if not settings.dlq_queue_url:
-        patterns.append(settings.dlq_stream_key)
-    commands = [*CONNECTION_COMMANDS, *INGEST_SCRIPT_COMMANDS, *apply_lua_commands()]
-    if not settings.dlq_queue_url:
-        commands += DEAD_LETTER_COMMANDS
+    # the stream always: with a queue configured it takes the letters while SQS is down
+    patterns.append(settings.dlq_stream_key)
+    commands = [*CONNECTION_COMMANDS, *INGEST_SCRIPT_COMMANDS, *apply_lua_commands(), *DEAD_LETTER_COMMANDS]
     return AccessRule("ingest", _with_cluster(commands, settings, cluster), tuple(patterns))
 
 

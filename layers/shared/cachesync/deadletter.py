@@ -9,10 +9,13 @@ dead letter again.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Protocol
 
 from cachesync.connection import RedisClient
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,27 +59,45 @@ class RedisStreamSink:
         pipe.execute()
 
 
-# SendMessageBatch takes ten messages and 256 KiB in all; keep a margin for attributes.
+# SendMessageBatch takes ten messages and 256 KiB in all, and so does one message
+# (body and attributes); keep a margin for the attributes.
 SQS_BATCH_ENTRIES = 10
 SQS_BATCH_BYTES = 240_000
+SQS_MESSAGE_BYTES = 240_000
+MAX_REASON_CHARS = 4096
+
+# Short timeouts and the standard retry mode: a stalled or unreachable SQS fails
+# the send within seconds (boto3's defaults wait 60 s per attempt), and the
+# letters then go to the Redis stream instead.
+SQS_CONNECT_TIMEOUT = 1.0
+SQS_READ_TIMEOUT = 2.0
+SQS_MAX_ATTEMPTS = 3
+
+
+def sqs_client(endpoint_url: str | None = None) -> Any:
+    import boto3  # imported only when a queue is configured: it costs cold-start time
+    from botocore.config import Config
+
+    config = Config(
+        connect_timeout=SQS_CONNECT_TIMEOUT,
+        read_timeout=SQS_READ_TIMEOUT,
+        retries={"mode": "standard", "total_max_attempts": SQS_MAX_ATTEMPTS},
+    )
+    return boto3.client("sqs", config=config, endpoint_url=endpoint_url)
 
 
 class SqsSink:
     """Sends dead letters to SQS in as few SendMessageBatch calls as the limits allow."""
 
-    def __init__(self, queue_url: str, sqs_client: Any = None):
-        if sqs_client is None:
-            import boto3  # imported only when a queue is configured: it costs cold-start time
-
-            sqs_client = boto3.client("sqs")
-        self._sqs, self._url = sqs_client, queue_url
+    def __init__(self, queue_url: str, sqs: Any = None):
+        self._sqs, self._url = sqs if sqs is not None else sqs_client(), queue_url
 
     def send(self, letters: list[DeadLetter]) -> None:
         batch: list[dict[str, Any]] = []
         size = 0
         for letter in letters:
             entry = self._entry(len(batch), letter)
-            entry_size = len(entry["MessageBody"]) + len(letter.reason) + 200
+            entry_size = len(entry["MessageBody"]) + len(entry["MessageAttributes"]["reason"]["StringValue"]) + 200
             if batch and (len(batch) == SQS_BATCH_ENTRIES or size + entry_size > SQS_BATCH_BYTES):
                 self._send(batch)
                 batch, size = [], 0
@@ -88,27 +109,68 @@ class SqsSink:
 
     @staticmethod
     def _entry(n: int, letter: DeadLetter) -> dict[str, Any]:
-        body = letter.to_json()
-        if len(body) > SQS_BATCH_BYTES:
-            # Too large for SQS: keep coordinates and reason; the record stays in Kafka.
-            omitted = replace(
-                letter,
-                value=None,
-                reason=f"{letter.reason} (value of {len(letter.value or '')} "
-                "base64 characters omitted: over the SQS message size limit)",
-            )
-            body = omitted.to_json()
+        letter = fit(letter, SQS_MESSAGE_BYTES)
         return {
             "Id": str(n),
-            "MessageBody": body,
+            "MessageBody": letter.to_json(),
             "MessageAttributes": {
                 "reason": {"DataType": "String", "StringValue": letter.reason[:1024]},
-                "topic": {"DataType": "String", "StringValue": letter.topic or "-"},
+                "topic": {"DataType": "String", "StringValue": letter.topic[:256] or "-"},
             },
         }
 
     def _send(self, entries: list[dict[str, Any]]) -> None:
         response = self._sqs.send_message_batch(QueueUrl=self._url, Entries=entries)
         if response.get("Failed"):
-            # fail the invocation: the retry sends them again rather than losing them
+            # fail the send: the fallback (or the retried invocation) takes them
             raise RuntimeError(f"SQS refused {len(response['Failed'])} dead letters: {response['Failed'][:3]}")
+
+
+def fit(letter: DeadLetter, limit: int) -> DeadLetter:
+    """The letter, with value, headers, then key dropped until its JSON fits `limit`
+    characters (ASCII: json.dumps escapes the rest); the reason says what was dropped.
+    Coordinates and reason always stay: the record itself is still in Kafka."""
+    if len(letter.reason) > MAX_REASON_CHARS:
+        letter = replace(letter, reason=letter.reason[:MAX_REASON_CHARS] + "...")
+    body = letter.to_json()
+    if len(body) <= limit:
+        return letter
+    dropped: list[str] = []
+    for name in ("value", "headers", "key"):
+        original = getattr(letter, name)
+        if not original:
+            continue
+        size = len(json.dumps(original, separators=(",", ":"), default=str))
+        dropped.append(f"{name} ({size} characters)")
+        letter = _without(letter, name)
+        if len(letter.to_json()) + 200 <= limit:  # room for the note below
+            break
+    return replace(letter, reason=f"{letter.reason} [trimmed to fit the dead-letter queue: {', '.join(dropped)}]")
+
+
+def _without(letter: DeadLetter, name: str) -> DeadLetter:
+    if name == "value":
+        return replace(letter, value=None)
+    if name == "headers":
+        return replace(letter, headers=None)
+    return replace(letter, key=None)
+
+
+class FallbackSink:
+    """The first sink, and the second for a send the first could not take (SQS down)."""
+
+    def __init__(self, primary: DeadLetterSink, fallback: DeadLetterSink):
+        self._primary, self._fallback = primary, fallback
+        self.fallbacks = 0  # sends that went to the fallback, in this process
+
+    def send(self, letters: list[DeadLetter]) -> None:
+        if not letters:
+            return
+        try:
+            self._primary.send(letters)
+        except Exception as error:  # boto3 raises several unrelated types for a dead endpoint
+            logger.warning(
+                "dead-letter queue unavailable, %d dead letters go to the fallback sink: %r", len(letters), error
+            )
+            self.fallbacks += 1
+            self._fallback.send(letters)  # at least once: some may have reached the queue already

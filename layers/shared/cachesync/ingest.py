@@ -17,7 +17,7 @@ from aws_lambda_powertools.utilities.data_classes.kafka_event import KafkaEvent
 from cachesync import keys
 from cachesync.config import Settings
 from cachesync.connection import get_client
-from cachesync.deadletter import DeadLetter, DeadLetterSink, RedisStreamSink, SqsSink
+from cachesync.deadletter import DeadLetter, DeadLetterSink, FallbackSink, RedisStreamSink, SqsSink
 from cachesync.projections import PoisonRecord, project
 from cachesync.writer import BatchWriter, Pending
 
@@ -161,11 +161,9 @@ class Ingestor:
 def build_ingestor(settings: Settings) -> Ingestor:
     """The ingestor the settings describe: their Redis, and SQS or a Redis stream for dead letters."""
     client = get_client(settings)
-    sink: DeadLetterSink = (
-        SqsSink(settings.dlq_queue_url)
-        if settings.dlq_queue_url
-        else RedisStreamSink(client, settings.dlq_stream_key, settings.dlq_stream_maxlen)
-    )
+    stream = RedisStreamSink(client, settings.dlq_stream_key, settings.dlq_stream_maxlen)
+    # SQS when configured, and the stream when SQS stays down, rather than failing every batch
+    sink: DeadLetterSink = FallbackSink(SqsSink(settings.dlq_queue_url), stream) if settings.dlq_queue_url else stream
     writer = BatchWriter(client, settings.script_batch_size, settings.retries)
     return Ingestor(settings, writer, sink)
 
