@@ -16,7 +16,7 @@ EVENTS = ROOT / "events"
 TIMESTAMP = 1497014222380
 # The order from the original design: `GET orders:18` must return exactly this JSON.
 SEED_ORDER = (
-    b'{"ordertime": 1497014222380, "orderid": 18, "itemid": "Item_184", "orderunits": 2.5, '
+    b'{"ordertime": 1497014222380, "orderid": 18, "itemid": "Item_184", '
     b'"address": {"city": "Mountain View", "state": "CA", "zipcode": 94041}}'
 )
 
@@ -65,7 +65,7 @@ def mixed() -> dict[str, Any]:
         g.order(),
         RawRecord("orders", b"1001", None),  # tombstone: deletes orders:1001 written just before
         RawRecord("orders", b"bad", b"{not json", (("source", "caf\u00e9 \u2615".encode()),)),  # poison: invalid JSON
-        RawRecord("orders", b"1003", b'{"orderid": 1003, "itemid": "Item_1"}'),  # poison: fields missing
+        RawRecord("orders", b"1003", b'{"order": 1003, "itemid": "Item_1"}'),  # poison: no orderid
         g.inventory("shipment", "store1", "0123456789"),
         g.inventory("purchase", "store1", "0123456789"),
         g.product("0123456789"),

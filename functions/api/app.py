@@ -286,23 +286,25 @@ def resolver() -> APIGatewayHttpResolver:
 
     # --- response models (for the OpenAPI document) ------------------------------
     class Address(BaseModel):
-        city: str
-        state: str
-        zipcode: int | str
+        model_config = ConfigDict(extra="allow")
+        city: str | None = None
+        state: str | None = None
+        zipcode: int | str | None = None
 
+    # the cache stores documents as produced: only the key field is sure to be there
     class Order(BaseModel):
         model_config = ConfigDict(extra="allow")
-        ordertime: int = Field(description="epoch milliseconds")
         orderid: int | str
-        itemid: str
-        orderunits: float
-        address: Address
+        ordertime: int | None = Field(default=None, description="epoch milliseconds")
+        itemid: str | None = None
+        orderunits: float | None = None
+        address: Address | None = None
 
     class Product(BaseModel):
         model_config = ConfigDict(extra="allow")
         sku: str
-        name: str
-        price: float
+        name: str | None = None
+        price: float | None = None
         description: str | None = None
 
     class ProductList(BaseModel):

@@ -35,6 +35,12 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     metrics.add_metric("RecordsApplied", MetricUnit.Count, outcome.applied)
     metrics.add_metric("DuplicatesSkipped", MetricUnit.Count, outcome.duplicates)
     metrics.add_metric("RecordsDeadLettered", MetricUnit.Count, outcome.dead_lettered)
+    metrics.add_metric("KeyMismatch", MetricUnit.Count, outcome.key_mismatches)
+    if outcome.key_mismatches:
+        logger.warning(
+            "KeyMismatch: records whose Kafka key breaks the keying rule (their key's order is not guaranteed)",
+            extra={"keyMismatches": outcome.key_mismatches, "examples": outcome.mismatch_examples},
+        )
     for span in outcome.partitions.values():
         if span.max_lag_ms is not None:
             metrics.add_metric("FreshnessLagMs", MetricUnit.Milliseconds, span.max_lag_ms)

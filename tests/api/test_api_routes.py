@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from cachesync import keys
+from devkit import servers
 from devkit.apigw import Route
 from devkit.sam import ROOT
 from tests.api.apikit import ORIGIN, OTHER_ORIGIN, Api, skus, stock, walk
@@ -299,3 +300,21 @@ def test_sample_events_are_what_the_gateway_sends(api: Api, api_routes: list[Rou
     assert rebuilt.get("queryStringParameters") == event.get("queryStringParameters")
     result = api.invoke(event)
     assert result["statusCode"] < 500
+
+
+def test_the_seeds_order_ingested_as_printed_is_served_byte_for_byte(
+    api: Api, store: redis.Redis, api_valkey: servers.ServerProcess
+) -> None:
+    from cachesync.config import Settings
+    from cachesync.ingest import build_ingestor
+    from devkit.generator import EventGenerator, RawRecord
+
+    seed = (
+        b'{"ordertime": 1497014222380, "orderid": 18, "itemid": "Item_184", '
+        b'"address": {"city": "Mountain View", "state": "CA", "zipcode": 94041}}'
+    )
+    event = EventGenerator(seed=3).event([RawRecord("orders", b"18", seed)])
+    outcome = build_ingestor(Settings.from_env({"REDIS_URL": api_valkey.url})).process(event)
+    assert (outcome.applied, outcome.dead_lettered) == (1, 0)
+    reply = api.get("/orders/18")
+    assert reply.status == 200 and reply.body == seed

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import redis
 
-from devkit.generator import EventGenerator
+from devkit.generator import EventGenerator, RawRecord
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED_ORDER = (
-    b'{"ordertime": 1497014222380, "orderid": 18, "itemid": "Item_184", "orderunits": 2.5, '
+    b'{"ordertime": 1497014222380, "orderid": 18, "itemid": "Item_184", '
     b'"address": {"city": "Mountain View", "state": "CA", "zipcode": 94041}}'
 )
 
@@ -47,7 +47,7 @@ def test_make_invoke_writes_the_order_and_prints_the_response(valkey: Any) -> No
     assert redis.Redis.from_url(valkey.url).get("orders:18") == SEED_ORDER
 
 
-def test_handler_logs_offset_ranges_and_emits_the_four_metrics(valkey: Any) -> None:
+def test_handler_logs_offset_ranges_and_emits_the_five_metrics(valkey: Any) -> None:
     event = EventGenerator(seed=9, partitions=2).batch(50, ["orders"])
     result = run(["-m", "devkit.invoke", "IngestFunction", "-"], valkey.url, json.dumps(event))
     assert result.returncode == 0, result.stderr
@@ -60,8 +60,30 @@ def test_handler_logs_offset_ranges_and_emits_the_four_metrics(valkey: Any) -> N
     assert sum(expected.values()) == 50
     emf = next(line for line in lines if "_aws" in line)
     names = {m["Name"] for m in emf["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
-    assert names == {"RecordsApplied", "DuplicatesSkipped", "RecordsDeadLettered", "FreshnessLagMs"}
-    assert emf["RecordsApplied"] == [50.0] and emf["DuplicatesSkipped"] == [0.0]
+    assert names == {"RecordsApplied", "DuplicatesSkipped", "RecordsDeadLettered", "FreshnessLagMs", "KeyMismatch"}
+    assert emf["RecordsApplied"] == [50.0] and emf["DuplicatesSkipped"] == [0.0] and emf["KeyMismatch"] == [0.0]
+    assert not any(line.get("message", "").startswith("KeyMismatch") for line in lines)
+
+
+def test_records_keyed_against_the_rule_are_applied_and_reported_as_key_mismatch(valkey: Any) -> None:
+    g = EventGenerator(seed=10, partitions=2)
+    order, stock = g.order(), g.inventory("shipment", "store1", "0000000001")
+    raws = [
+        RawRecord("orders", b"not-the-orderid", order.value),
+        RawRecord("inventory", b"store1", stock.value),  # the store alone: one SKU's moves may spread out
+        RawRecord("orders", None, g.order().value),
+        g.order(),  # keyed by its orderid, as the rule asks
+    ]
+    result = run(["-m", "devkit.invoke", "IngestFunction", "-"], valkey.url, json.dumps(g.event(raws)))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["applied"] == 4
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    emf = next(line for line in lines if "_aws" in line)
+    assert emf["KeyMismatch"] == [3.0]
+    warning = next(line for line in lines if line.get("message", "").startswith("KeyMismatch"))
+    assert warning["level"] == "WARNING" and warning["keyMismatches"] == 3
+    assert any("record key 'store1', expected 'store1:0000000001'" in e for e in warning["examples"])
+    assert any("record key none" in e for e in warning["examples"])
     assert all(0 <= lag < 60_000 for lag in emf["FreshnessLagMs"])
 
 

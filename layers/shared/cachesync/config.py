@@ -39,6 +39,9 @@ class TopicConfig:
     key_prefix: str  # Redis key prefix, e.g. "orders" gives "orders:<id>"
     key_field: str  # JSON field of the value that names the Redis key
     ttl_seconds: int = 0  # 0 means the key never expires
+    # JSON Schema (canonical JSON text) every value must match, or None: no validation
+    # beyond what the projection needs. Text, not a dict, so the settings stay hashable.
+    schema: str | None = None
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,20 @@ def _topic_config(env: Mapping[str, str], kind: str) -> TopicConfig:
         key_prefix=prefix,
         key_field=env.get(f"{upper}_KEY_FIELD") or _DEFAULT_KEY_FIELDS[kind],
         ttl_seconds=_number(env, f"{upper}_TTL_SECONDS", 0, int),
+        schema=_schema(env, f"{upper}_SCHEMA"),
     )
+
+
+def _schema(env: Mapping[str, str], name: str) -> str | None:
+    setting = env.get(name)
+    if not setting:
+        return None
+    from cachesync import schemas
+
+    try:
+        return schemas.load(setting)
+    except schemas.SchemaError as error:
+        raise ConfigError(f"{name} {error}") from None
 
 
 def _script_batch_size(env: Mapping[str, str]) -> int:

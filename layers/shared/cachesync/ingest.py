@@ -18,7 +18,7 @@ from cachesync import keys
 from cachesync.config import Settings
 from cachesync.connection import get_client
 from cachesync.deadletter import DeadLetter, DeadLetterSink, FallbackSink, RedisStreamSink, SqsSink
-from cachesync.projections import PoisonRecord, project
+from cachesync.projections import PoisonRecord, partition_key, project
 from cachesync.writer import BatchWriter, Pending
 
 # Lambda's self-managed Kafka events say "SelfManagedKafka"; older ones and
@@ -55,6 +55,9 @@ class BatchOutcome:
     dead_lettered: int = 0
     partitions: dict[str, PartitionRange] = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)  # first few dead-letter reasons, for the log
+    # records whose Kafka key is not the one the keying rule asks for (README, data contracts)
+    key_mismatches: int = 0
+    mismatch_examples: list[str] = field(default_factory=list)  # the first few, for the log
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -76,9 +79,12 @@ class Ingestor:
         self._settings, self._writer, self._dead_letters, self._clock = settings, writer, dead_letters, clock
         self._topics = settings.topics_by_name  # looked up once per record: no method call
         self._field: tuple[str, int, str] = ("", -1, "")  # the last partition's offsets field
+        # (topic, partition, offset, record key, expected key) of records that break the keying rule
+        self._mismatches: list[tuple[str, int, int, bytes | None, str]] = []
 
     def process(self, event: dict[str, Any]) -> BatchOutcome:
         outcome = BatchOutcome()
+        self._mismatches = []
         sources: list[Record] = []  # the record behind each mutation, in the order written
         letters: list[DeadLetter] = []
         oldest: dict[str, int] = {}  # partition -> oldest record timestamp, for the freshness lag
@@ -127,6 +133,12 @@ class Ingestor:
             raise written.error
         outcome.dead_lettered = len(letters)
         outcome.reasons = [letter.reason for letter in letters[:5]]
+        outcome.key_mismatches = len(self._mismatches)
+        outcome.mismatch_examples = [
+            f"{topic}/{partition}@{offset}: record key "
+            f"{'none' if key is None else repr(key.decode('utf-8', 'replace')[:64])}, expected {expected!r}"
+            for topic, partition, offset, key, expected in self._mismatches[:5]
+        ]
         now_ms = int(self._clock() * 1000)
         for name, timestamp in oldest.items():
             outcome.partitions[name].max_lag_ms = now_ms - timestamp
@@ -146,16 +158,25 @@ class Ingestor:
         if config is None:
             raise PoisonRecord(f"no projection is configured for topic {topic!r}")
         value = _decode(record.get("value"), "value")
-        if value is None:
-            key = _decode(record.get("key"), "key")  # only tombstones read the record key
-        elif len(value) > self._settings.max_value_bytes:
+        if value is not None and len(value) > self._settings.max_value_bytes:
             raise PoisonRecord(f"value of {len(value)} bytes is over the limit of {self._settings.max_value_bytes}")
-        else:
-            key = None
+        try:
+            key = _decode(record.get("key"), "key")
+        except PoisonRecord:
+            if value is None:
+                raise  # a tombstone's key names what to delete
+            key = None  # a value names its own key; the keying check below reports it
         field = self._field
         if field[0] != topic or field[1] != partition:  # records come partition by partition
             field = self._field = (topic, partition, keys.offsets_field(topic, partition))
-        return (project(config, key, value), field[2], offset)
+        mutation = project(config, key, value)
+        if value is not None:
+            expected = partition_key(config, mutation)
+            if key is None or key != expected.encode():
+                # the producer's partitioner did not see this Redis key's name: its updates may
+                # spread over partitions and lose their order. Reported, never reordered.
+                self._mismatches.append((topic, partition, offset, key, expected))
+        return (mutation, field[2], offset)
 
 
 def build_ingestor(settings: Settings) -> Ingestor:

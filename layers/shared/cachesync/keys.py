@@ -34,7 +34,7 @@ class InvalidIdentifier(ValueError):
 
 
 def check_identifier(value: str, what: str) -> str:
-    if not IDENTIFIER.match(value):
+    if not IDENTIFIER.fullmatch(value):  # fullmatch: `$` alone would let a trailing newline through
         raise InvalidIdentifier(
             f"{what} {value[:64]!r} is not a valid identifier "
             "(1-128 characters: letters, digits, '.', '_', ':', '-'; starting with a letter or digit)"

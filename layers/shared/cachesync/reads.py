@@ -292,7 +292,7 @@ def decode_cursor(cursor: str, sort: Sort, below: int | None) -> tuple[float, st
         or not isinstance(score, int | float)
         or not math.isfinite(score)
         or not isinstance(sku, str)
-        or not keys.IDENTIFIER.match(sku)
+        or not keys.IDENTIFIER.fullmatch(sku)
     ):
         raise invalid
     if cursor_sort != sort or cursor_below != below:
