@@ -188,6 +188,7 @@ def test_poller_mode_settings(scenario: tuple[str, dict[str, str], Resolved]) ->
             for key in (
                 "ProvisionedPollerConfig",
                 "MaximumRetryAttempts",
+                "MaximumRecordAgeInSeconds",
                 "BisectBatchOnFunctionError",
                 "DestinationConfig",
             ):
@@ -198,6 +199,7 @@ def test_poller_mode_settings(scenario: tuple[str, dict[str, str], Resolved]) ->
             "MaximumPollers": given(overrides, "MaximumPollers"),
         }
         assert int(props["MaximumRetryAttempts"]) == int(given(overrides, "KafkaMaximumRetryAttempts"))
+        assert int(props["MaximumRecordAgeInSeconds"]) == int(given(overrides, "KafkaMaximumRecordAgeInSeconds"))
         if given(overrides, "KafkaBisectBatchOnError") == "true":
             assert props["BisectBatchOnFunctionError"] is True
         else:
@@ -205,6 +207,48 @@ def test_poller_mode_settings(scenario: tuple[str, dict[str, str], Resolved]) ->
         assert props["DestinationConfig"] == {"OnFailure": {"Destination": get_att("MappingFailureQueue", "Arn")}}
     assert ("MappingFailureQueue" in stack.resources) == provisioned
     assert ("MappingFailureQueueAlarm" in stack.resources) == provisioned
+
+
+def _samconfig_overrides() -> dict[str, dict[str, str]]:
+    import tomllib
+
+    config = tomllib.loads((ROOT / "samconfig.toml").read_text())
+    overrides = {}
+    for env, sections in config.items():
+        if isinstance(sections, dict) and "deploy" in sections:
+            text = sections["deploy"]["parameters"].get("parameter_overrides", "")
+            overrides[env] = dict(pair.split("=", 1) for pair in text.split())
+    return overrides
+
+
+def test_no_default_or_environment_skips_a_failed_batch() -> None:
+    """A skipped batch leaves the cache diverged for good (the offsets move past it), so
+    every default and every samconfig environment retries until success, with no age limit."""
+    parameters = load()["Parameters"]
+    assert parameters["KafkaMaximumRetryAttempts"]["Default"] == -1
+    assert parameters["KafkaMaximumRecordAgeInSeconds"]["Default"] == -1
+    environments = _samconfig_overrides()
+    assert {"default", "dev", "prod"} <= set(environments)
+    for env, overrides in environments.items():
+        for name in ("KafkaMaximumRetryAttempts", "KafkaMaximumRecordAgeInSeconds"):
+            assert overrides.get(name, "-1") == "-1", f"samconfig {env}: {name}={overrides[name]} skips batches"
+    stack = Resolved({**SCENARIOS["defaults"], "PollerMode": "PROVISIONED"})
+    for name in MAPPINGS.values():
+        props = stack.props(name)
+        assert (int(props["MaximumRetryAttempts"]), int(props["MaximumRecordAgeInSeconds"])) == (-1, -1)
+
+
+def test_mappings_consume_in_partition_order() -> None:
+    """No unordered consumption mode (Kafka share groups) can be chosen: none is exposed."""
+    template = load()
+    assert not [name for name in template["Parameters"] if "consumption" in name.lower()]
+    for name in MAPPINGS.values():
+        assert "ConsumptionMode" not in template["Resources"][name]["Properties"]
+
+
+def test_the_stacks_cache_takes_daily_snapshots() -> None:
+    props = Resolved(SCENARIOS["defaults"]).props("Cache")
+    assert (int(props["SnapshotRetentionLimit"]), props["DailySnapshotTime"]) == (7, "04:00")
 
 
 # ---------------------------------------------------------------------- functions
