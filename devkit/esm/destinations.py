@@ -14,7 +14,7 @@ import base64
 import datetime
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +79,16 @@ def _function_arn(config: MappingConfig) -> str:
 class Destinations:
     """Sends failed records to the mapping's on-failure destination."""
 
-    def __init__(self, config: MappingConfig, kafka_settings: dict[str, Any], fallback_dir: Path):
+    def __init__(
+        self,
+        config: MappingConfig,
+        kafka_settings: dict[str, Any],
+        fallback_dir: Path,
+        subscriber: Callable[[dict[str, Any]], None] | None = None,
+    ):
         self.config = config
+        # what the template subscribes to its destination (MappingFailuresFunction), given each record
+        self._subscriber = subscriber
         self.target = config.on_failure
         self._kafka_settings = kafka_settings
         self._fallback_dir = fallback_dir
@@ -116,6 +124,8 @@ class Destinations:
                     self._to_s3(target.removeprefix("arn:aws:s3:::"), records, document)
                 else:
                     self._to_folder(target, records, document)
+            if self._subscriber is not None:
+                self._subscriber(document)
         self.sent += len(records)
 
     def _reachable(self, target: str) -> bool:

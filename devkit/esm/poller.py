@@ -70,6 +70,9 @@ class LocalEventSourceMapping:
         backoff: tuple[float, float] = (0.1, 5.0),
         poll_interval: float = 0.1,
         clock: Callable[[], float] = time.time,
+        from_earliest: bool = False,
+        on_failure_subscriber: Callable[[dict[str, Any]], None] | None = None,
+        hold: threading.Event | None = None,
     ):
         self.config = config
         self._invoke = invoke
@@ -77,7 +80,9 @@ class LocalEventSourceMapping:
         self._backoff = backoff
         self._poll_interval = poll_interval
         self._clock = clock
-        self.destinations = Destinations(config, kafka_settings, failure_dir)
+        self._from_earliest = from_earliest  # a replay (rebuild): the log's start, whatever the group committed
+        self._hold = hold  # when given, nothing is invoked until it is set (a rebuild clears first)
+        self.destinations = Destinations(config, kafka_settings, failure_dir, on_failure_subscriber)
         self.stats = MappingStats()
         self.error: BaseException | None = None  # why the poller stopped, if it failed
         self._stop = threading.Event()
@@ -129,6 +134,7 @@ class LocalEventSourceMapping:
                 "max.poll.interval.ms": 86_400_000,
                 # static membership: a restarted poller takes its partitions back at once, where a new
                 # member would wait for the dead one to time out (on some brokers, for a whole rebalance)
+                # (a replay takes the same place: a local poller still running is fenced, and stops)
                 "group.instance.id": f"{self.config.consumer_group}-local",
                 "session.timeout.ms": 10_000,
                 "heartbeat.interval.ms": 1_000,
@@ -140,6 +146,11 @@ class LocalEventSourceMapping:
         try:
             while not self._stop.is_set():
                 batch = self._next_batch(consumer)
+                if batch and self._hold is not None:
+                    while not self._hold.wait(0.1):
+                        consumer.poll(0)  # stays in the group, takes nothing: the batch is held
+                        if self._stop.is_set():
+                            return
                 if batch:
                     self._deliver(consumer, batch)
                 refused = self._errors.authentication()
@@ -147,11 +158,21 @@ class LocalEventSourceMapping:
                     raise MappingError(f"Kafka refused the mapping's credentials: {refused.str()}")
         finally:
             with contextlib.suppress(Exception):
+                # a static member leaves the group only this way; close() alone keeps its place for a restart
+                consumer.unsubscribe()
+                consumer.poll(0.1)
                 consumer.close()
 
     # --- assignment ----------------------------------------------------------------
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         self.assignment |= {f"{tp.topic}-{tp.partition}" for tp in partitions}
+        if self._from_earliest:
+            from confluent_kafka import OFFSET_BEGINNING
+
+            for tp in partitions:
+                tp.offset = OFFSET_BEGINNING
+            consumer.assign(partitions)
+            return
         if self.config.starting_position != "AT_TIMESTAMP" or self.config.starting_timestamp is None:
             return
         from confluent_kafka import OFFSET_END, TopicPartition

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ class LocalMappings:
         env: Mapping[str, str] | None = None,
         failure_dir: Path = Path(".local/esm-failures"),
         backoff: tuple[float, float] = (0.1, 5.0),
+        on_failure_subscriber: Callable[[dict[str, Any]], None] | None = None,
     ):
         configs = read_mappings(parameters, template)
         if only:
@@ -69,6 +70,7 @@ class LocalMappings:
                 client_settings(config, credentials(config, env, use_secret), env),
                 failure_dir=failure_dir,
                 backoff=backoff,
+                on_failure_subscriber=on_failure_subscriber,
             )
             for config in configs
         ]

@@ -18,6 +18,7 @@ from cachesync import keys
 from cachesync.config import Settings
 from cachesync.connection import get_client
 from cachesync.deadletter import DeadLetter, DeadLetterSink, FallbackSink, RedisStreamSink, SqsSink
+from cachesync.maintenance import check_source
 from cachesync.projections import PoisonRecord, partition_key, project
 from cachesync.writer import BatchWriter, Pending
 
@@ -75,14 +76,18 @@ class Ingestor:
         writer: BatchWriter,
         dead_letters: DeadLetterSink,
         clock: Callable[[], float] = time.time,
+        check_source: Callable[[str, str], None] | None = None,
     ):
         self._settings, self._writer, self._dead_letters, self._clock = settings, writer, dead_letters, clock
+        self._check_source = check_source
+        self._sources: dict[str, str] = {}  # topic -> the bootstrap servers checked in this process
         self._topics = settings.topics_by_name  # looked up once per record: no method call
         self._field: tuple[str, int, str] = ("", -1, "")  # the last partition's offsets field
         # (topic, partition, offset, record key, expected key) of records that break the keying rule
         self._mismatches: list[tuple[str, int, int, bytes | None, str]] = []
 
     def process(self, event: dict[str, Any]) -> BatchOutcome:
+        self._verify_sources(event)
         outcome = BatchOutcome()
         self._mismatches = []
         sources: list[Record] = []  # the record behind each mutation, in the order written
@@ -144,6 +149,20 @@ class Ingestor:
             outcome.partitions[name].max_lag_ms = now_ms - timestamp
         return outcome
 
+    def _verify_sources(self, event: Any) -> None:
+        """Each topic's batches come from the Kafka cluster it was first applied from (once per process)."""
+        if self._check_source is None or not isinstance(event, dict):
+            return
+        servers, partitions = event.get("bootstrapServers"), event.get("records")
+        if not isinstance(servers, str) or not servers or not isinstance(partitions, dict):
+            return
+        for records in partitions.values():
+            first = records[0] if isinstance(records, list) and records else None
+            topic = first.get("topic") if isinstance(first, dict) else None
+            if isinstance(topic, str) and topic in self._topics and self._sources.get(topic) != servers:
+                self._check_source(topic, servers)
+                self._sources[topic] = servers
+
     def _pending(self, record: Record) -> Pending:
         if type(record) is not dict:
             raise PoisonRecord("record must be a JSON object")
@@ -186,7 +205,7 @@ def build_ingestor(settings: Settings) -> Ingestor:
     # SQS when configured, and the stream when SQS stays down, rather than failing every batch
     sink: DeadLetterSink = FallbackSink(SqsSink(settings.dlq_queue_url), stream) if settings.dlq_queue_url else stream
     writer = BatchWriter(client, settings.script_batch_size, settings.retries)
-    return Ingestor(settings, writer, sink)
+    return Ingestor(settings, writer, sink, check_source=lambda topic, servers: check_source(client, topic, servers))
 
 
 def _partitions(event: Any) -> Iterable[tuple[str, list[Record]]]:

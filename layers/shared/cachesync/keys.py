@@ -27,6 +27,14 @@ IDENTIFIER_PATTERN = IDENTIFIER.pattern
 SKU_MEMBER_PREFIX = "sku:"
 OFFSETS_KEY = "cachesync:offsets"
 OFFSETS_PATTERN = OFFSETS_KEY + "*"  # every scope's offsets hash (for ACL key patterns)
+# Beside the offsets, the database's offsets hash (`cachesync:offsets`, in every topology)
+# holds what an operator needs (cachesync.maintenance): `source:<topic>`, the Kafka bootstrap
+# servers the topic was first applied from, so that a batch from another cluster is refused
+# rather than taken for duplicates; and `diverged:<topic>/<partition>` (or `diverged:<topic>`),
+# why the cache may differ from its log there: a skipped batch, or a rebuild under way.
+# Kafka topic names hold neither ':' nor '/', so these never meet an offsets field.
+SOURCE_PREFIX = "source:"
+DIVERGED_PREFIX = "diverged:"
 
 
 class InvalidIdentifier(ValueError):
@@ -104,3 +112,24 @@ def compute_slot_tags() -> tuple[str, ...]:
 
 def offsets_field(topic: str, partition: int) -> str:
     return f"{topic}/{partition}"
+
+
+def source_field(topic: str) -> str:
+    return SOURCE_PREFIX + topic
+
+
+def diverged_field(topic: str, partition: int | None = None) -> str:
+    return DIVERGED_PREFIX + (topic if partition is None else offsets_field(topic, partition))
+
+
+def topic_of(field: str) -> str:
+    """The topic of `<topic>/<partition>` or `<topic>` (topic names hold no '/')."""
+    return field.split("/", 1)[0]
+
+
+def parse_offsets_field(field: str) -> tuple[str, int] | None:
+    """(topic, partition) of an applied-offset field; None for the other fields of the hash."""
+    topic, _, partition = field.rpartition("/")
+    if not topic or ":" in topic or not partition.isdigit():
+        return None
+    return topic, int(partition)
