@@ -395,9 +395,9 @@ a fresh interpreter against a private Valkey, then a local 3-master Valkey clust
   of `.aws-sam/build`. The rows "layer as built, no bytecode" import the layer's
   packages without compiled bytecode, as `sam build` ships them (pip `--no-compile`)
   and as a Lambda cold start must then compile them (it cannot write to /opt).
-  ApiFunction answers its hot routes (orders, products,
-  inventory pages) on a fast path and builds the Powertools resolver (validation
-  models, OpenAPI) on the first request that needs it: hence the two ApiFunction rows.
+  ApiFunction builds its Powertools resolver (routes, validation) at import; its
+  two rows are a first request to a hot route (an order) and to a cold one (an
+  inventory item).
 """
 
 

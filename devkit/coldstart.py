@@ -7,9 +7,9 @@ sys.path (as Lambda lays them out) and the function's template environment. It
 reports the handler module's import time, its first invocation (connecting to
 Redis included) and the whole process from exec to exit. IngestFunction gets
 events/kafka-orders.json on an emptied server; ApiFunction then gets
-events/api-get-order.json (order 18, a fast-path route), and in other runs
-events/api-get-inventory-item.json (a route the Powertools resolver serves, built
-on that first invocation). Medians of `--runs`.
+events/api-get-order.json (order 18, a route every page load hits), and in other
+runs events/api-get-inventory-item.json (a route used less often). Both go
+through the Powertools resolver, built at import. Medians of `--runs`.
 
 Twice: with the venv's packages, whose bytecode pip compiled at install, and with
 the layer's packages as `sam build` ships them, without bytecode (what a Lambda
@@ -41,8 +41,8 @@ from devkit import servers
 from devkit.sam import ROOT, describe
 
 BUILD = ROOT / ".aws-sam" / "build"
-# (function, first event): the API twice, first on a fast-path route (GET /orders/{id}),
-# then on one the Powertools resolver serves (built on that first use)
+# (function, first event): the API twice, first on a hot route (GET /orders/{id}), then on
+# a cold one: a route's first request can cost more than its import (validation set-up)
 CASES = (
     ("IngestFunction", "kafka-orders.json"),
     ("ApiFunction", "api-get-order.json"),

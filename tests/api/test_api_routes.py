@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,18 @@ def test_missing_order_is_404(api: Api, store: redis.Redis) -> None:
     body = problem(api.get("/orders/404404"), 404)
     assert "404404" in body["message"]
     assert api.get("/orders/404404").headers["cache-control"] == "no-cache"
+
+
+def test_a_request_reads_redis_once_found_or_not(api: Api, store: redis.Redis) -> None:
+    store.set(keys.order_key("18"), ORDER)
+
+    def gets() -> int:
+        return int(store.info("commandstats").get("cmdstat_get", {}).get("calls", 0))
+
+    for target, status in (("/orders/999", 404), ("/orders/18", 200)):
+        before = gets()
+        assert api.get(target).status == status
+        assert gets() - before == 1, target
 
 
 @pytest.mark.parametrize(
@@ -318,3 +331,12 @@ def test_the_seeds_order_ingested_as_printed_is_served_byte_for_byte(
     assert (outcome.applied, outcome.dead_lettered) == (1, 0)
     reply = api.get("/orders/18")
     assert reply.status == 200 and reply.body == seed
+
+
+def test_log_lines_carry_the_request_id_as_correlation_id(api: Api, store: redis.Redis) -> None:
+    event = api.gateway.event("GET", "/orders/18", [("Host", "api.example")])
+    assert event is not None
+    event["requestContext"]["requestId"] = "req-42"
+    assert api.invoke(event)["statusCode"] == 404
+    logger = inspect.unwrap(api.handler).__globals__["logger"]
+    assert logger.get_correlation_id() == "req-42"

@@ -113,8 +113,6 @@ sys.path.remove(site_dir)
 sys.path[:0] = [function_dir, layer_dir]
 app = importlib.import_module("app")
 assert callable(app.lambda_handler)
-if hasattr(app, "resolver"):
-    app.resolver()  # the read API builds its router (and imports pydantic) on first use
 origins = {}
 for name in ("app", "cachesync", "redis", "aws_lambda_powertools"):
     origins[name] = os.path.realpath(sys.modules[name].__file__)

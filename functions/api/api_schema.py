@@ -1,0 +1,113 @@
+"""The read API's parameters (validated by Powertools) and its response models.
+
+The response models feed the OpenAPI document only: the handler sends the cached
+JSON as it is, never parsed or serialised through them.
+"""
+
+# No `from __future__ import annotations`: pydantic reads the annotations at runtime.
+from typing import Annotated, Any, Literal
+
+from aws_lambda_powertools.event_handler import content_types
+from aws_lambda_powertools.event_handler.openapi.params import Path, Query
+from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from cachesync.keys import IDENTIFIER_PATTERN
+
+# --- parameters --------------------------------------------------------------------
+_ID = {"pattern": IDENTIFIER_PATTERN, "min_length": 1, "max_length": 128}
+OrderId = Annotated[str, Path(description="order id, e.g. 18", **_ID)]
+Sku = Annotated[str, Path(description="product SKU", **_ID)]
+StoreId = Annotated[str, Path(description="store id, e.g. store1", **_ID)]
+SortBy = Annotated[Literal["quantity", "sku"], Query(description="quantity: lowest stock first; sku: by SKU")]
+Below = Annotated[
+    int | None, Query(description="only items with fewer units than this (low stock)", ge=-(10**15), le=10**15)
+]
+Cursor = Annotated[
+    str | None, Query(description="the `nextCursor` of the previous page", pattern=r"^[A-Za-z0-9_-]+$", max_length=512)
+]
+
+
+# --- response models ------------------------------------------------------------------
+
+
+class Address(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    city: str | None = None
+    state: str | None = None
+    zipcode: int | str | None = None
+
+
+# the cache stores documents as produced: only the key field is sure to be there
+class Order(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    orderid: int | str
+    ordertime: int | None = Field(default=None, description="epoch milliseconds")
+    itemid: str | None = None
+    orderunits: float | None = None
+    address: Address | None = None
+
+
+class Product(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    sku: str
+    name: str | None = None
+    price: float | None = None
+    description: str | None = None
+
+
+class ProductList(BaseModel):
+    items: list[Product] = Field(description="the products found, in the order asked")
+    missing: list[str] = Field(description="SKUs asked for that are not in the cache")
+
+
+class InventoryItem(BaseModel):
+    sku: str
+    quantity: float = Field(description="units on hand (whole numbers come as integers)")
+
+
+class InventoryPage(BaseModel):
+    store: str
+    sort: Literal["quantity", "sku"]
+    below: int | None
+    items: list[InventoryItem]
+    nextCursor: str | None = Field(description="pass as `cursor` for the next page; null on the last page")
+
+
+class RedisHealth(BaseModel):
+    reachable: bool
+    latencyMs: float | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    redis: RedisHealth
+
+
+class Problem(BaseModel):
+    statusCode: int
+    error: str
+    message: str
+    details: list[dict[str, str]] | None = None
+
+
+def json_response(model: type[BaseModel], description: str = "OK") -> OpenAPIResponse:
+    return {"description": description, "content": {content_types.APPLICATION_JSON: {"model": model}}}
+
+
+RETRY_AFTER: dict[str, Any] = {
+    "Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}
+}
+ERRORS: dict[int, OpenAPIResponse] = {
+    400: json_response(Problem, "Invalid input"),
+    404: json_response(Problem, "Not in the cache"),
+    503: {**json_response(Problem, "Redis is unreachable; retry after Retry-After seconds"), "headers": RETRY_AFTER},
+}
+
+
+def responses(model: type[BaseModel]) -> dict[int, OpenAPIResponse]:
+    """A route's documented answers: `model` when it succeeds, the error answers otherwise."""
+    return {200: json_response(model), **ERRORS}
+
+
+HEALTH_RESPONSES: dict[int, OpenAPIResponse] = {200: json_response(Health), 503: ERRORS[503]}
