@@ -1,9 +1,10 @@
-"""`sam build` on this machine: no Docker, no local python3.13, artifacts for python3.13 / arm64.
+"""`sam build` on this machine: no Docker, artifacts for python3.13 / arm64.
 
 Builds the whole template into a temporary directory, then checks what Lambda
 would load: each function's handler imports under the built layout (function
-code plus the layer's `python/` directory), and every compiled module in the
-layer is an AArch64 ELF built for CPython 3.13.
+code plus the layer's `python/` directory), every compiled module in the
+layer is an AArch64 ELF built for CPython 3.13, and the layer carries CPython
+3.13 bytecode when the build machine has a 3.13 (the build says so when not).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 EM_AARCH64 = 183  # ELF e_machine of 64-bit ARM
+CPYTHON_313_MAGIC = (3571).to_bytes(2, "little") + b"\r\n"  # importlib.util.MAGIC_NUMBER of 3.13
 FUNCTIONS = ("IngestFunction", "ApiFunction")
 
 
@@ -44,6 +46,7 @@ def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "Build Succeeded" in result.stdout + result.stderr
+    (target.parent / "build.log").write_text(result.stdout + result.stderr)
     return target
 
 
@@ -98,6 +101,24 @@ def test_compiled_modules_are_cp313_aarch64(build_dir: Path) -> None:
                 continue
             assert interpreter == "cp313" or abi == "abi3", f"{wheel.parent.name}: {tag}"
             assert platform.endswith("_aarch64") and platform.startswith("manylinux"), f"{wheel.parent.name}: {tag}"
+
+
+def test_layer_bytecode_is_cpython_313_and_never_checked_against_mtimes(build_dir: Path) -> None:
+    log = (build_dir.parent / "build.log").read_text()
+    if "WARNING: no CPython 3.13 found" in log:
+        pytest.skip("no CPython 3.13 on this machine: the build said the layer ships without bytecode")
+    assert "layer bytecode: compiling for CPython 3.13" in log, log[-3000:]
+    python = layer_dir(build_dir)
+    sources = [p for p in python.rglob("*.py") if "__pycache__" not in p.parts]
+    assert len(sources) > 100
+    for source in sources:
+        compiled = source.parent / "__pycache__" / f"{source.stem}.cpython-313.pyc"
+        assert compiled.is_file(), f"no bytecode for {source.relative_to(python)}"
+        header = compiled.read_bytes()[:8]
+        assert header[:4] == CPYTHON_313_MAGIC, compiled
+        # PEP 552 flags: hash-based (bit 0), not checked against the source (bit 1 clear)
+        assert int.from_bytes(header[4:8], "little") == 0b01, compiled
+    assert not [p for p in python.rglob("*.pyc") if ".cpython-313." not in p.name]
 
 
 # Runs in a fresh interpreter: the compiled packages cannot load here (they are for
