@@ -98,8 +98,8 @@ def _live_stream(stack: Any, stop: threading.Event, rate: float) -> None:
 def part_cold(cluster: bool, quick: bool) -> dict[str, Any]:
     from devkit import coldstart
 
-    # the layer without bytecode behaves the same on both topologies: measured once
-    return {"cold": coldstart.measure(3 if quick else 7, cluster, without_bytecode=not cluster)}
+    # the built layer behaves the same on both topologies: measured once
+    return {"cold": coldstart.measure(3 if quick else 7, cluster, built=not cluster)}
 
 
 def part_kafka(cluster: bool, quick: bool) -> dict[str, Any]:
@@ -304,7 +304,7 @@ def rows_for(results: dict[str, dict[str, Any]], sizes: list[dict[str, Any]]) ->
                 [
                     "Cold start",
                     f"{c['function']} first on {c['event']}, "
-                    + ("venv packages with bytecode" if c.get("bytecode", True) else "layer as built, no bytecode")
+                    + f"{c['layout']}, Python {c['python']}"
                     + f": import / first invocation / whole process (median of {c['runs']})",
                     label,
                     f"{c['import_ms']:.0f} ms / {c['first_ms']:.1f} ms / {c['process_ms']:.0f} ms",
@@ -390,12 +390,14 @@ a fresh interpreter against a private Valkey, then a local 3-master Valkey clust
   on the same records and broker. The local mapping builds Lambda's JSON payload
   for every record in the same Python process as the function, which Lambda's
   pollers do elsewhere: on 2 cores that work competes with the function.
-- Cold start: `devkit/coldstart.py`, a new interpreter per run (this machine's
-  Python with its cached bytecode, not Lambda's python3.13/arm64); sizes are those
-  of `.aws-sam/build`. The rows "layer as built, no bytecode" import the layer's
-  packages without compiled bytecode, as `sam build` ships them (pip `--no-compile`)
-  and as a Lambda cold start must then compile them (it cannot write to /opt).
-  ApiFunction builds its Powertools resolver (routes, validation) at import; its
+- Cold start: `devkit/coldstart.py`, a new interpreter per run; sizes are those
+  of `.aws-sam/build`. The "venv packages" rows run this venv's Python with the
+  bytecode pip compiled. The "layer as built" rows run a CPython 3.13, as Lambda does,
+  on the layer built by its own Makefile for this machine's CPU (same lock, same
+  bytecode step): with the bytecode a build with a 3.13 ships, and without it (a
+  build without a 3.13; Lambda cannot write bytecode under /opt, so each cold start
+  then compiles what it imports). The functions' own code has no bytecode in either
+  (`sam build` copies it as source). ApiFunction builds its Powertools resolver (routes, validation) at import; its
   two rows are a first request to a hot route (an order) and to a cold one (an
   inventory item).
 """

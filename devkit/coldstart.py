@@ -11,9 +11,14 @@ events/api-get-order.json (order 18, a route every page load hits), and in other
 runs events/api-get-inventory-item.json (a route used less often). Both go
 through the Powertools resolver, built at import. Medians of `--runs`.
 
-Twice: with the venv's packages, whose bytecode pip compiled at install, and with
-the layer's packages as `sam build` ships them, without bytecode (what a Lambda
-cold start imports: see layer_without_bytecode).
+With this venv's packages and interpreter (bytecode compiled by pip at install), and
+with the layer as `sam build` ships it, run by a CPython 3.13 as on Lambda: the
+layer's own Makefile builds it again for this machine's CPU (the wheels of the
+lock for this platform instead of arm64, bytecode compiled the same way), once as
+it comes out and once with its bytecode removed (what a build without a 3.13 ships;
+Lambda cannot write bytecode under /opt, so every cold start compiles what it
+imports). The built-layer runs need a CPython 3.13 on this machine; the Makefile
+looks for one and says when there is none.
 
 Also the size of each built artifact (`sam build` output in .aws-sam/build):
 files, bytes unpacked, and bytes as the zip that gets uploaded.
@@ -25,6 +30,8 @@ import argparse
 import io
 import json
 import os
+import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -81,9 +88,16 @@ with open(sys.argv[4], "w") as out:
 
 
 def cold_runs(
-    function_name: str, event_name: str, redis_url: str, cluster: bool, runs: int, layer_copy: Path | None = None
+    function_name: str,
+    event_name: str,
+    redis_url: str,
+    cluster: bool,
+    runs: int,
+    layer_copy: Path | None = None,
+    python: str = sys.executable,
+    layout: str = "venv packages with bytecode",
 ) -> dict[str, Any]:
-    """`layer_copy`: run on that copy of the layer (see layer_without_bytecode) instead of the venv's."""
+    """`layer_copy`: run on that layer (see built_layer) with `python` instead of on the venv's."""
     function = describe(function_name, {"RedisUrl": redis_url})
     env = {**os.environ, **function.environment, "REDIS_URL": redis_url, "REDIS_CLUSTER": str(cluster).lower()}
     env.pop("PYTHONPATH", None)
@@ -100,7 +114,7 @@ def cold_runs(
                 _flush(redis_url, cluster)
             started = time.perf_counter()
             subprocess.run(
-                [sys.executable, "-c", _CHILD, layer, str(function.code_dir), str(event), str(report)],
+                [python, "-c", _CHILD, layer, str(function.code_dir), str(event), str(report)],
                 env=env,
                 stdout=subprocess.DEVNULL,
                 check=True,
@@ -112,7 +126,8 @@ def cold_runs(
     return {
         "function": function_name,
         "event": event_name,
-        "bytecode": layer_copy is None,
+        "layout": layout,
+        "python": _python_version(python),
         "runs": runs,
         "import_ms": statistics.median(r["import_ms"] for r in results),
         "import_max_ms": max(r["import_ms"] for r in results),
@@ -129,41 +144,69 @@ def _flush(redis_url: str, cluster: bool) -> None:
         redis.Redis.from_url(redis_url).flushall()
 
 
-def layer_without_bytecode(directory: Path, build: Path = BUILD) -> Path | None:
-    """The layer's packages as `sam build` ships them: no compiled bytecode.
+# pip's platform tags for this machine's CPU: the layer's Makefile builds for arm64 otherwise
+_PLATFORM_TAGS = {
+    "x86_64": "--platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_34_x86_64",
+    "aarch64": "--platform manylinux2014_aarch64 --platform manylinux_2_28_aarch64 --platform manylinux_2_34_aarch64",
+}
+_COMPILED_WITH = re.compile(r"^layer bytecode: compiling for CPython 3\.13 with (\S+) ", re.MULTILINE)
 
-    The layer's Makefile installs with --no-compile and Lambda cannot write to /opt,
-    so each cold start compiles every module it imports. The packages are copied from
-    this venv (the built ones are arm64 wheels), named as in .aws-sam/build/SharedLayer.
+
+def built_layer(directory: Path) -> tuple[Path, str] | None:
+    """The layer as `sam build` makes it, for this machine's CPU, and the CPython 3.13 that compiled it.
+
+    None (with the reason on stderr) when the Makefile finds no CPython 3.13 here: the
+    layer's bytecode is for 3.13, so only a 3.13 can run it as Lambda does.
     """
-    built = build / "SharedLayer" / "python"
-    if not built.is_dir():
+    tags = _PLATFORM_TAGS.get(platform.machine())
+    if tags is None:
+        print(f"no built-layer cold start on {platform.machine()}", file=sys.stderr)
         return None
-    site = Path(redis.__file__).resolve().parent.parent
-    target = directory / "python"
-    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for entry in built.iterdir():
-        if entry.name.endswith(".dist-info") or entry.name == "cachesync":
-            continue
-        source = site / entry.name
-        if source.is_dir():
-            shutil.copytree(source, target / entry.name, ignore=skip)
-        elif source.is_file():
-            target.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / entry.name)
-    shutil.copytree(ROOT / "layers" / "shared" / "cachesync", target / "cachesync", ignore=skip)
-    return target
+    flags = f"{tags} --python-version 3.13 --implementation cp --abi cp313 --only-binary=:all:"
+    variables = [f"ARTIFACTS_DIR={directory}", f"PYTHON={sys.executable}", f"PIP_TARGET_FLAGS={flags}"]
+    result = subprocess.run(
+        ["make", "-C", str(ROOT / "layers" / "shared"), "build-SharedLayer", *variables],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    found = _COMPILED_WITH.search(result.stdout)
+    if found is None:
+        print(result.stdout.strip().splitlines()[-1], file=sys.stderr)  # the Makefile's warning
+        return None
+    return directory / "python", found.group(1)
 
 
-def measure(runs: int = 5, cluster: bool = False, without_bytecode: bool = True) -> list[dict[str, Any]]:
+def _without_bytecode(layer: Path, directory: Path) -> Path:
+    copy = directory / "python"
+    shutil.copytree(layer, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
+def _python_version(python: str) -> str:
+    if python == sys.executable:
+        return platform.python_version()
+    command = [python, "-c", "import platform; print(platform.python_version())"]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def measure(runs: int = 5, cluster: bool = False, built: bool = True) -> list[dict[str, Any]]:
+    """`built`: also the layer as `sam build` ships it, with and without its bytecode, on CPython 3.13."""
     target = servers.start_cluster() if cluster else servers.start_server()
     try:
         results = [cold_runs(name, event, target.url, cluster, runs) for name, event in CASES]
-        if without_bytecode:
+        if built:
             with tempfile.TemporaryDirectory() as directory:
-                copy = layer_without_bytecode(Path(directory))
-                if copy is not None:
-                    results += [cold_runs(name, event, target.url, cluster, runs, copy) for name, event in CASES]
+                found = built_layer(Path(directory) / "built")
+                if found is not None:
+                    layer, python = found
+                    bare = _without_bytecode(layer, Path(directory) / "bare")
+                    for copy, layout in ((layer, "layer as built, bytecode"), (bare, "layer as built, no bytecode")):
+                        results += [
+                            cold_runs(name, event, target.url, cluster, runs, copy, python, layout)
+                            for name, event in CASES
+                        ]
         return results
     finally:
         target.stop() if isinstance(target, servers.LocalCluster) else target.remove()
