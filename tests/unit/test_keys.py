@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import StringConstraints, TypeAdapter, ValidationError
 from redis.crc import key_slot
 
 from cachesync import keys
@@ -19,10 +24,27 @@ def test_offsets_keys_are_recognised(name: str) -> None:
     assert keys.is_offsets_key(name)
 
 
-@pytest.mark.parametrize("value", ["", "-1", "a b", "{x}", "x*", "é", "a" * 129])
+@pytest.mark.parametrize("value", ["", "-1", "a b", "{x}", "x*", "é", "a" * 129, "abc\n", "abc\r\n"])
 def test_identifiers_that_could_name_another_key_are_refused(value: str) -> None:
     with pytest.raises(keys.InvalidIdentifier):
         keys.check_identifier(value, "id")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.sampled_from("aZ09._:-{} *\n\ré"), max_size=6) | st.sampled_from(["abc\n", "a" * 128, "a" * 129]))
+def test_ingest_accepts_exactly_the_identifiers_the_api_accepts(value: str) -> None:
+    api = TypeAdapter(Annotated[str, StringConstraints(pattern=keys.IDENTIFIER_PATTERN, max_length=128)])
+    try:
+        api.validate_python(value)
+        api_accepts = True
+    except ValidationError:
+        api_accepts = False
+    try:
+        keys.check_identifier(value, "id")
+        ingest_accepts = True
+    except keys.InvalidIdentifier:
+        ingest_accepts = False
+    assert ingest_accepts == api_accepts, repr(value)
 
 
 def test_seed_compatible_names() -> None:

@@ -56,6 +56,7 @@ def test_order_tombstone_deletes_the_key_named_by_the_record_key() -> None:
         (_order(orderid=-1), "not a valid identifier"),
         (_order(orderid="a b"), "not a valid identifier"),
         (_order(orderid="{orders:1}"), "not a valid identifier"),
+        (_order(orderid="18\n"), "not a valid identifier"),  # `$` alone would let the newline through
     ],
 )
 def test_orders_need_only_a_json_object_with_a_usable_orderid(value: bytes, reason: str) -> None:
@@ -82,7 +83,12 @@ def test_any_other_field_passes_through_byte_for_byte(value: bytes) -> None:
 
 @pytest.mark.parametrize(
     ("key", "reason"),
-    [(None, "without a record key"), (b"\xff\xfe", "not UTF-8"), (b"x y", "not a valid identifier")],
+    [
+        (None, "without a record key"),
+        (b"\xff\xfe", "not UTF-8"),
+        (b"x y", "not a valid identifier"),
+        (b"18\n", "not a valid identifier"),
+    ],
 )
 def test_tombstones_need_a_usable_record_key(key: bytes | None, reason: str) -> None:
     assert ORDERS is not None
