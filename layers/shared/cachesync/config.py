@@ -68,7 +68,7 @@ class Settings:
     dlq_stream_key: str = "deadletter:ingest"
     dlq_stream_maxlen: int = 10_000
     # Records per server-side script call: large enough to amortise the round
-    # trip, small enough not to block Redis for long (~1 ms per 1,000 records).
+    # trip, small enough not to block Redis for long (a script blocks the server while it runs).
     script_batch_size: int = 1000
     # Read API: browser origins allowed by CORS (empty: no CORS headers at all), and
     # the bounds that keep every read one small round trip.

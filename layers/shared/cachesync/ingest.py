@@ -213,9 +213,8 @@ def _partitions(event: Any) -> Iterable[tuple[str, list[Record]]]:
 
     Powertools' KafkaEvent reads the event; the records are read as plain dicts:
     KafkaEventRecord.decoded_value drops invalid base64 characters silently,
-    where a corrupted record must be dead-lettered, and reading six fields
-    through the wrapper costs 0.95 us a record against 0.39 us from the dict
-    (timeit over a generated 10,000-record batch).
+    where a corrupted record must be dead-lettered, and every field read
+    through the wrapper is a property call, for each record of every batch.
     """
     if not isinstance(event, dict):
         raise InvalidEvent("the event must be a JSON object")

@@ -91,7 +91,8 @@ SLOT_TAGS_FILE = Path(__file__).with_name("slot_tags.txt")
 @lru_cache(maxsize=1)
 def _slot_tags() -> tuple[str, ...]:
     """Each slot's tag, read once per process in cluster mode from the file that
-    `compute_slot_tags` wrote (computing them costs ~40 ms of a cold start; reading, ~1 ms)."""
+    `compute_slot_tags` wrote: computing them (hashing numbers until every slot has one)
+    would add to every cluster cold start."""
     tags = tuple(SLOT_TAGS_FILE.read_text().split())
     assert len(tags) == REDIS_CLUSTER_HASH_SLOTS, f"{SLOT_TAGS_FILE} is incomplete"
     return tags

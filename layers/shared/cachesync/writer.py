@@ -25,9 +25,8 @@ On a cluster, a batch is thousands of small per-slot calls, so they carry the
 script's hash after it is loaded on every primary (see _send_to_primaries);
 calls answered NOSCRIPT or READONLY are sent again (see _resend_recoverable).
 
-Measured with `python -m devkit.bench_ingest` (10,000 mixed records, one
-Valkey, same machine): 286,639 records/s, 2.4x a naive pipeline of one
-command per record, with the offsets checked and advanced for every record.
+Its throughput, next to a naive pipeline of one command per record (no
+offsets), is in docs/performance.md (`make bench`).
 """
 
 from __future__ import annotations
@@ -56,8 +55,8 @@ APPLY_SCRIPT = (Path(__file__).parent / "apply.lua").read_text()
 
 
 # (mutation, offsets field "<topic>/<partition>", offset): the Kafka coordinates that
-# make a mutation idempotent. A plain tuple, built once per record: a NamedTuple
-# costs 0.17 us to build against 0.02 us (timeit), 4% of a 10,000-record batch.
+# make a mutation idempotent. A plain tuple: one is built for every record, and a
+# NamedTuple costs several times as much to build.
 Pending = tuple[Mutation, str, int]
 
 
@@ -236,9 +235,9 @@ class BatchWriter:
         """Cluster: each primary gets its calls in one write, replies read after all writes.
 
         A batch here is thousands of small per-slot calls. redis-py's cluster
-        pipeline writes them one socket send each: 25,000 records/s on a local
-        3-master cluster, against (see `devkit/bench_ingest.py --cluster`) several
-        times that with one write per node. Calls carry the script's hash, not
+        pipeline writes them one socket send each, and those system calls, not
+        Redis, would bound the batch; one write per node does not (compare with
+        `devkit/bench_ingest.py --cluster`). Calls carry the script's hash, not
         its 3 KB body; the script is loaded on every primary first, and calls a
         node answers NOSCRIPT are sent again with EVAL (`_resend_recoverable`).
         """
@@ -354,9 +353,8 @@ _STALE_MAP_ERRORS = (
 
 
 def _pack(connection: Any, commands: list[tuple[Any, ...]]) -> list[bytes]:
-    # hiredis packs our arguments (str, bytes, int) as they are; redis-py's own
-    # packer first re-checks every argument in Python: 2.0 ms of a 10,000-record
-    # batch against 1.2 ms (timeit of both on a generated batch's calls)
+    # hiredis packs our arguments (str, bytes, int) as they are, in C; redis-py's
+    # own packer first re-checks every argument in Python, for every call of a batch
     if hiredis is not None:
         return [hiredis.pack_command(command) for command in commands]
     packed: list[bytes] = connection.pack_commands(commands)
