@@ -15,7 +15,6 @@ from functools import lru_cache
 from http import HTTPStatus
 from typing import Annotated, Any
 
-import api_schema as schema
 import redis
 from aws_lambda_powertools import Logger, single_metric
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, CORSConfig, Response, content_types
@@ -24,6 +23,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from cachesync import api_schema as schema
 from cachesync.config import settings
 from cachesync.connection import get_client
 from cachesync.reads import BadRequest, NotFound, Reader
@@ -66,7 +66,7 @@ app.configure_openapi(
 )
 
 
-# the parameters whose bounds come from the settings (the others are in api_schema)
+# the parameters whose bounds come from the settings (the others are in cachesync.api_schema)
 Skus = Annotated[
     str,
     Query(
