@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import redis
 
-from cachesync import acl, config
+from cachesync import config
 from cachesync.config import Settings
-from devkit import servers
+from devkit import acl, servers
 from tests.security.tlskit import Pki, TlsCluster, TlsServer, make_pki, start_tls_cluster, start_tls_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,7 +74,7 @@ def tls_cluster(redis7_binary: str, pki: Pki) -> Iterator[TlsCluster]:
 
 
 def create_users(admin_url: str, settings: Settings | None = None, cluster: bool = False) -> None:
-    """The two least-privilege users of cachesync.acl, on one server."""
+    """The two least-privilege users of devkit.acl, on one server."""
     settings = settings or Settings.from_env({})
     admin = redis.Redis.from_url(admin_url)
     admin.execute_command(*acl.ingest_rule(settings, cluster).setuser_args(USERS["ingest"], PASSWORDS["ingest"]))

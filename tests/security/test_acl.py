@@ -1,4 +1,4 @@
-"""Least-privilege users (cachesync.acl) on real Redis 7, Valkey 8 and a Valkey cluster:
+"""Least-privilege users (devkit.acl) on real Redis 7, Valkey 8 and a Valkey cluster:
 each path works with its own user and nothing more, and the ACL log shows no denial
 during normal work (nothing the client sends on its own is missing from the rules)."""
 
@@ -14,12 +14,13 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from cachesync import acl, keys
+from cachesync import keys
 from cachesync.config import Settings
 from cachesync.connection import RedisClient, get_client
 from cachesync.ingest import build_ingestor
 from cachesync.reads import Reader
 from cachesync.writer import APPLY_SCRIPT
+from devkit import acl
 from devkit.generator import EventGenerator
 from devkit.model import model_state, redis_state
 from tests.security.conftest import USERS, create_users, userinfo
@@ -230,14 +231,13 @@ def test_the_command_prints_both_access_strings_for_the_environment() -> None:
     import sys
     from pathlib import Path
 
-    from cachesync import acl
     from cachesync.config import Settings
 
     root = Path(__file__).resolve().parents[2]
     # only what the strings depend on: nothing else from this shell's environment
-    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(root / "layers/shared"), "REDIS_CLUSTER": "true"}
+    env = {"PATH": os.environ.get("PATH", ""), "REDIS_CLUSTER": "true"}
     output = subprocess.run(
-        [sys.executable, "-m", "cachesync.acl"], env=env, capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-m", "devkit.acl"], env=env, capture_output=True, text=True, check=True, timeout=60, cwd=root
     ).stdout
     settings = Settings.from_env({"REDIS_CLUSTER": "true"})
     assert output.splitlines() == [

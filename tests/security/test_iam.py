@@ -19,11 +19,11 @@ from botocore.hooks import HierarchicalEmitter
 from botocore.model import ServiceId
 from botocore.signers import RequestSigner
 
-from cachesync import acl
 from cachesync.config import ConfigError, Settings
 from cachesync.connection import client_options, get_client
 from cachesync.iam_auth import ElastiCacheIAMProvider
 from cachesync.ingest import build_ingestor
+from devkit import acl
 from devkit.generator import EventGenerator
 from tests.security.tlskit import Pki, TlsServer
 

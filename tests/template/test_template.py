@@ -687,11 +687,11 @@ def _template_environment(stack: Resolved, function: str) -> dict[str, str]:
     return {**env, "AWS_REGION": "us-east-1"}
 
 
-def test_created_users_access_strings_are_what_cachesync_acl_makes() -> None:
-    """One source of truth: the template's access strings are cachesync.acl's, for the
+def test_created_users_access_strings_are_what_devkit_acl_makes() -> None:
+    """One source of truth: the template's access strings are devkit.acl's, for the
     settings the template gives each function (cluster client, dead letters in SQS)."""
-    from cachesync import acl
     from cachesync.config import Settings
+    from devkit import acl
 
     stack = Resolved(SCENARIOS["iam-new-cache"])
     rules = {"IngestFunction": acl.ingest_rule, "ApiFunction": acl.api_rule}

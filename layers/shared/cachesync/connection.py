@@ -36,7 +36,7 @@ def client_options(settings: Settings) -> dict[str, Any]:
         "health_check_interval": 30,
         "client_name": "cachesync",
         # no CLIENT SETINFO on connect: Redis 7.0 lacks it, the ACL users do not grant it
-        # (cachesync.acl), and it costs two round trips per new connection
+        # (devkit/acl.py), and it costs two round trips per new connection
         "driver_info": None,
     }
     if settings.tls:

@@ -1,11 +1,12 @@
-"""Least-privilege Redis ACL users for the two functions, as data.
+"""Least-privilege Redis ACL users for the two functions, as data (operator tooling, not in the layer).
 
 One user per function, so a compromised or buggy read path cannot write, and
 neither can flush, reconfigure, enumerate (KEYS, SCAN) or touch keys outside
 its projections. The access strings here are what docs/security.md shows, what
 the tests apply to real Redis 7 and Valkey 8 servers, and what an ElastiCache
 RBAC user takes as its `AccessString` (`on`, key patterns, `-@all`, then the
-commands; no password, no `reset`, no Redis 7-only selectors or `%R~`).
+commands; no password, no `reset`, no Redis 7-only selectors or `%R~`). Operators
+print them with `python -m devkit.acl`; the functions never need them at runtime.
 
 Lua scripts run their inner commands under the caller's ACL: the ingest user may
 load and run scripts, but a script can only do what the user could do itself,
@@ -101,7 +102,7 @@ def _with_cluster(commands: Sequence[str], settings: Settings, cluster: bool | N
 def main() -> None:
     """Print both users' access strings for the settings in the environment.
 
-    `REDIS_CLUSTER=true DLQ_QUEUE_URL=... python -m cachesync.acl` gives the strings
+    `REDIS_CLUSTER=true DLQ_QUEUE_URL=... python -m devkit.acl` gives the strings
     for a deployment with those settings (ElastiCache `AccessString`).
     """
     config = Settings.from_env()
