@@ -9,8 +9,6 @@ Redis is unreachable (clients retry, and the next request reconnects by itself).
 
 # No `from __future__ import annotations`: the models and route signatures are read
 # at runtime for validation and the OpenAPI document.
-import json
-import pathlib
 from functools import lru_cache
 from http import HTTPStatus
 from typing import Annotated, Any
@@ -148,12 +146,7 @@ def get_inventory_item(storeId: schema.StoreId, sku: schema.Sku) -> Response[Any
     return ok(reader().inventory_item(storeId, sku).as_dict())
 
 
-@app.get(
-    "/health",
-    cache_control="no-store",
-    responses=schema.HEALTH_RESPONSES,
-    tags=["health"],
-)
+@app.get("/health", cache_control="no-store", responses=schema.HEALTH_RESPONSES, tags=["health"])
 def get_health() -> Response[Any]:
     """Whether Redis answers, and how fast."""
     try:
@@ -177,30 +170,13 @@ def get_swagger() -> Response[Any]:
 
 @lru_cache(maxsize=1)
 def swagger_html() -> str:
-    """Powertools' Swagger UI page over openapi_json().
-
-    Not `app.enable_swagger()`: that imports the OpenAPI document's models when it is
-    called, at init, and they cost about a third of the handler's import. Here they are
-    imported by the first request for the page or the document.
-    """
-    from aws_lambda_powertools.event_handler.openapi import swagger_ui
-
-    assets = pathlib.Path(swagger_ui.__file__).parent
-    js, css = (assets / "swagger-ui-bundle.min.js").read_text(), (assets / "swagger-ui.min.css").read_text()
-    return swagger_ui.generate_swagger_html(openapi_json().replace("</", "<\\/"), js, css, "", None)
+    return schema.swagger_page(openapi_json())
 
 
 @lru_cache(maxsize=1)
 def openapi_json() -> str:
     """The OpenAPI document generated from the routes above (also `make openapi`)."""
-    document = json.loads(app.get_openapi_json_schema())
-    # invalid input is answered with 400 here (invalid_request below), not Powertools' default 422
-    for operations in document["paths"].values():
-        for operation in operations.values():
-            operation.get("responses", {}).pop("422", None)
-    for name in ("HTTPValidationError", "ValidationError"):
-        document.get("components", {}).get("schemas", {}).pop(name, None)
-    return json.dumps(document, separators=(",", ":"))
+    return schema.openapi_document(app.get_openapi_json_schema())
 
 
 # --- errors: JSON everywhere ---------------------------------------------------------
@@ -223,14 +199,9 @@ def invalid_request(error: RequestValidationError) -> Response[Any]:
     return problem(HTTPStatus.BAD_REQUEST, f"invalid request: {summary}", details=details)
 
 
-@app.exception_handler(BadRequest)  # type: ignore[untyped-decorator]
-def bad_request(error: BadRequest) -> Response[Any]:
-    return problem(HTTPStatus.BAD_REQUEST, error.message)
-
-
-@app.exception_handler(NotFound)  # type: ignore[untyped-decorator]
-def not_found(error: NotFound) -> Response[Any]:
-    return problem(HTTPStatus.NOT_FOUND, error.message)
+@app.exception_handler([BadRequest, NotFound])  # type: ignore[untyped-decorator]
+def read_refused(error: BadRequest | NotFound) -> Response[Any]:
+    return problem(HTTPStatus.NOT_FOUND if isinstance(error, NotFound) else HTTPStatus.BAD_REQUEST, error.message)
 
 
 @app.not_found  # type: ignore[untyped-decorator]

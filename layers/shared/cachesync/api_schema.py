@@ -1,10 +1,12 @@
-"""The read API's parameters (validated by Powertools) and its response models.
+"""The read API's parameters (validated by Powertools), its response models and its documentation pages.
 
 The response models feed the OpenAPI document only: the handler sends the cached
 JSON as it is, never parsed or serialised through them.
 """
 
 # No `from __future__ import annotations`: pydantic reads the annotations at runtime.
+import json
+from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools.event_handler import content_types
@@ -111,3 +113,28 @@ def responses(model: type[BaseModel]) -> dict[int, OpenAPIResponse]:
 
 
 HEALTH_RESPONSES: dict[int, OpenAPIResponse] = {200: json_response(Health), 503: ERRORS[503]}
+
+
+def openapi_document(generated: str) -> str:
+    """Powertools' OpenAPI document (JSON) without its 422 answers: invalid input gets a 400 Problem here."""
+    document = json.loads(generated)
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            operation.get("responses", {}).pop("422", None)
+    for name in ("HTTPValidationError", "ValidationError"):
+        document.get("components", {}).get("schemas", {}).pop(name, None)
+    return json.dumps(document, separators=(",", ":"))
+
+
+def swagger_page(document: str) -> str:
+    """Powertools' Swagger UI page over `document`, its script and styles inline.
+
+    Not `enable_swagger()` on the resolver: that imports the OpenAPI document's own
+    models when it registers the page, so every cold start would pay for what only
+    the page and the document use. Imported here, they load on the first request for either.
+    """
+    from aws_lambda_powertools.event_handler.openapi import swagger_ui
+
+    assets = FilePath(swagger_ui.__file__).parent
+    js, css = (assets / "swagger-ui-bundle.min.js").read_text(), (assets / "swagger-ui.min.css").read_text()
+    return str(swagger_ui.generate_swagger_html(document.replace("</", "<\\/"), js, css, "", None))
