@@ -41,11 +41,13 @@ from devkit.sam import ROOT
 
 TARGETS = {
     "ingest": 250_000,  # records/s on a 10,000-record batch
-    "order_p50_ratio": 2.0,  # handler p50 / bare GET p50
+    # handler p50 / bare GET p50: one Powertools path (routing, validation, log context) on top of a
+    # local GET; behind API Gateway and a VPC Lambda the floor is milliseconds
+    "order_p50_ratio": 3.0,
     "order_p99_us": 1000.0,
     "freshness_p99_ms": 10.0,
     "kafka_freshness_p99_ms": 25.0,  # produce to readable, batching window 0
-    "cold_import_ms": 300.0,
+    "cold_import_ms": 150.0,  # the layer as built, with its bytecode
 }
 HTTP_CONNECTIONS = 8
 
