@@ -387,10 +387,7 @@ spec = importlib.util.spec_from_file_location("api_app_routes", sys.argv[3])
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
 from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
-# the resolver is built on first use: ask for it, else look for one at module level
-resolvers = [module.resolver()] if hasattr(module, "resolver") else [
-    v for v in vars(module).values() if isinstance(v, ApiGatewayResolver)
-]
+resolvers = [v for v in vars(module).values() if isinstance(v, ApiGatewayResolver)]
 assert len(resolvers) == 1 and isinstance(resolvers[0], ApiGatewayResolver), resolvers
 routes = resolvers[0]._static_routes + resolvers[0]._dynamic_routes
 print(json.dumps(sorted({(r.method, r.openapi_path) for r in routes})))
