@@ -31,6 +31,7 @@ mypy: dev
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy functions/ingest/app.py
 	@if [ -f functions/api/app.py ]; then $(VENV)/bin/mypy functions/api/app.py; fi
+	$(VENV)/bin/mypy functions/maintenance/app.py
 
 # docker-free `sam local invoke`: make invoke FUNCTION=IngestFunction EVENT=events/kafka-orders.json
 invoke: dev

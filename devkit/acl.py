@@ -36,6 +36,12 @@ CLUSTER_COMMANDS = ("cluster|slots", "cluster|shards", "command")
 # so the two cannot drift apart), and XADD to the dead-letter stream.
 INGEST_SCRIPT_COMMANDS = ("eval", "evalsha", "script|load")
 DEAD_LETTER_COMMANDS = ("xadd",)
+# Maintenance (cachesync.maintenance: MaintenanceFunction, MappingFailuresFunction): status
+# reads the offsets hashes and the stream's length; a rebuild scans for a topic's keys,
+# deletes them and its offsets; markers are offsets-hash fields. No script, no data writes
+# but DEL. SCAN lists every key name (ACL key patterns do not filter it): hence a user of
+# its own rather than more rights for the ingest user.
+MAINTENANCE_COMMANDS = ("scan", "del", "hget", "hset", "hdel", "hkeys", "hgetall", "xlen")
 
 # The read API: GET/MGET documents, ZSCORE/ZRANGE inventory, EXISTS, and the paging
 # script (EVALSHA, EVAL on NOSCRIPT) whose inner commands are EXISTS and ZRANGE.
@@ -88,6 +94,14 @@ def ingest_rule(settings: Settings, cluster: bool | None = None) -> AccessRule:
     return AccessRule("ingest", _with_cluster(commands, settings, cluster), tuple(patterns))
 
 
+def maintenance_rule(settings: Settings, cluster: bool | None = None) -> AccessRule:
+    """The maintenance user: the ingest user's keys, to read, clear and mark; nothing else."""
+    patterns = [keys.data_key(prefix, "*") for prefix in _prefixes(settings)]
+    patterns += [keys.OFFSETS_PATTERN, settings.dlq_stream_key]
+    commands = [*CONNECTION_COMMANDS, *MAINTENANCE_COMMANDS]
+    return AccessRule("maintenance", _with_cluster(commands, settings, cluster), tuple(patterns))
+
+
 def api_rule(settings: Settings, cluster: bool | None = None) -> AccessRule:
     """The read API user: read-only commands on the data keys (not the offsets, not dead letters)."""
     patterns = tuple(keys.data_key(prefix, "*") for prefix in _prefixes(settings))
@@ -100,13 +114,13 @@ def _with_cluster(commands: Sequence[str], settings: Settings, cluster: bool | N
 
 
 def main() -> None:
-    """Print both users' access strings for the settings in the environment.
+    """Print the users' access strings for the settings in the environment.
 
     `REDIS_CLUSTER=true DLQ_QUEUE_URL=... python -m devkit.acl` gives the strings
     for a deployment with those settings (ElastiCache `AccessString`).
     """
     config = Settings.from_env()
-    for rule in (ingest_rule(config), api_rule(config)):
+    for rule in (ingest_rule(config), api_rule(config), maintenance_rule(config)):
         print(f"{rule.role}: {rule.access_string()}")
 
 

@@ -23,8 +23,13 @@ from devkit import localredis
 from devkit.sam import LocalContext, apply_environment, describe, load_handler
 
 
-def invoke(logical_id: str, event: dict[str, Any], overrides: dict[str, str]) -> Any:
-    function = describe(logical_id, {"RedisUrl": overrides["REDIS_URL"]} if "REDIS_URL" in overrides else None)
+def invoke(
+    logical_id: str, event: dict[str, Any], overrides: dict[str, str], parameters: dict[str, str] | None = None
+) -> Any:
+    template_parameters = dict(parameters or {})
+    if "REDIS_URL" in overrides:
+        template_parameters["RedisUrl"] = overrides["REDIS_URL"]
+    function = describe(logical_id, template_parameters)
     apply_environment(function, overrides)
     # handler logs (Powertools writes to stdout) go to stderr, so stdout holds only the response
     with contextlib.redirect_stdout(sys.stderr):
@@ -37,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("function", help="logical id, e.g. IngestFunction or ApiFunction")
     parser.add_argument("event", help="event JSON file, e.g. events/kafka-orders.json ('-' for stdin)")
     parser.add_argument("--env-vars", help="JSON file of environment overrides, as for `sam local invoke --env-vars`")
+    parser.add_argument(
+        "--parameter-overrides", nargs="*", default=[], metavar="KEY=VALUE", help="template parameters, as for sam"
+    )
     args = parser.parse_args(argv)
+    parameters = dict(item.split("=", 1) for item in args.parameter_overrides if "=" in item)
 
     text = sys.stdin.read() if args.event == "-" else Path(args.event).read_text()
     try:
@@ -49,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     # the local Redis decides the client, not the template's cloud cache
     overrides.setdefault("REDIS_CLUSTER", os.environ.get("REDIS_CLUSTER", "false"))
     print(f"invoking {args.function} with {args.event} against {overrides['REDIS_URL']}", file=sys.stderr)
-    response = invoke(args.function, event, overrides)
+    response = invoke(args.function, event, overrides, parameters)
     print(json.dumps(response, indent=2, default=str))
     return 0
 

@@ -197,7 +197,8 @@ def test_the_ingest_user_cannot_step_outside_its_keys_even_from_a_script(target:
 
 def test_access_strings_are_in_elasticache_rbac_form() -> None:
     settings = Settings.from_env({})
-    for rule in (acl.ingest_rule(settings), acl.api_rule(settings), acl.api_rule(settings, cluster=True)):
+    rules = (acl.ingest_rule(settings), acl.api_rule(settings), acl.api_rule(settings, cluster=True))
+    for rule in (*rules, acl.maintenance_rule(settings)):
         text = rule.access_string()
         tokens = text.split()
         assert tokens[0] == "on"
@@ -220,7 +221,7 @@ def test_docs_show_the_access_strings_in_force() -> None:
     """docs/security.md is what an operator copies into ElastiCache: it must match the code."""
     text = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
     settings = Settings.from_env({})
-    for rule in (acl.ingest_rule(settings), acl.api_rule(settings)):
+    for rule in (acl.ingest_rule(settings), acl.api_rule(settings), acl.maintenance_rule(settings)):
         assert rule.access_string() in text, f"docs/security.md is out of date for the {rule.role} user"
     assert " ".join(f"+{c}" for c in acl.CLUSTER_COMMANDS) in text
 
@@ -243,4 +244,5 @@ def test_the_command_prints_both_access_strings_for_the_environment() -> None:
     assert output.splitlines() == [
         f"ingest: {acl.ingest_rule(settings).access_string()}",
         f"api: {acl.api_rule(settings).access_string()}",
+        f"maintenance: {acl.maintenance_rule(settings).access_string()}",
     ]

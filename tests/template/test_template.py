@@ -152,7 +152,9 @@ def test_cfn_lint_is_clean() -> None:
 # ---------------------------------------------------------------------- Kafka
 def test_one_mapping_per_topic(scenario: tuple[str, dict[str, str], Resolved]) -> None:
     _, overrides, stack = scenario
-    mappings = stack.of_type("AWS::Lambda::EventSourceMapping")
+    mappings = {
+        n: m for n, m in stack.of_type("AWS::Lambda::EventSourceMapping").items() if "Topics" in m["Properties"]
+    }
     assert sorted(mappings) == sorted(MAPPINGS.values())
 
     servers = given(overrides, "KafkaBootstrapServers").split(",")
@@ -584,7 +586,11 @@ def test_iam_auth_connects_each_function_as_its_own_user_only(
         assert statement["Effect"] == "Allow" and _as_list(statement["Action"]) == ["elasticache:Connect"]
         assert "Condition" not in statement
         resources = _as_list(statement["Resource"])
-        assert resources == _connect_resources(overrides, function), role
+        expected = _connect_resources(overrides, function)
+        if function == "IngestFunction" and not given(overrides, "RedisUrl"):
+            # the role the maintenance functions share, as their own user on a stack-created cache
+            expected.append({"Fn::Sub": "arn:aws:elasticache:us-east-1:123456789012:user:${MaintenanceCacheUser}"})
+        assert resources == expected, role
         assert not any("*" in json.dumps(r) for r in resources), f"{role}: a wildcard in {resources}"
         # the other function's user is not among them
         other = next(f for f in roles if f != function)
@@ -648,14 +654,14 @@ def test_cache_users_and_group_only_for_iam_on_the_stacks_cache(
                 assert attached is None
         return
 
-    assert set(users) == {"IngestCacheUser", "ApiCacheUser", "DefaultCacheUser"}
+    assert set(users) == {"IngestCacheUser", "ApiCacheUser", "MaintenanceCacheUser", "DefaultCacheUser"}
     assert set(groups) == {"CacheUserGroup"}
     assert stack.props("Cache")["UserGroupId"] == ref("CacheUserGroup")
     group = stack.props("CacheUserGroup")
     assert sorted(map(json.dumps, group["UserIds"])) == sorted(json.dumps(ref(name)) for name in users)
     assert {u["Properties"]["Engine"] for u in users.values()} == {group["Engine"]}
     ids = [json.dumps(u["Properties"]["UserId"]) for u in users.values()]
-    assert len(set(ids)) == 3, "user ids are unique per account and region"
+    assert len(set(ids)) == len(users), "user ids are unique per account and region"
     assert all("${Suffix}" in i for i in ids), "ids carry the stack's suffix"
 
     for name in ("IngestCacheUser", "ApiCacheUser"):
@@ -696,6 +702,12 @@ def test_created_users_access_strings_are_what_devkit_acl_makes() -> None:
         settings = Settings.from_env(_template_environment(stack, function))
         assert settings.iam_auth and settings.cluster and settings.tls
         assert stack.props(user)["AccessString"] == rules[function](settings).access_string(), user
+    maintenance = stack.props("MaintenanceCacheUser")["AccessString"]
+    settings = Settings.from_env(_template_environment(stack, "IngestFunction"))
+    assert maintenance == acl.maintenance_rule(settings).access_string()
+    assert stack.props("MaintenanceFunction")["Environment"]["Variables"]["REDIS_USERNAME"] == ref(
+        "MaintenanceCacheUser"
+    )
     # the API user reads; only the ingest user writes or touches the offsets
     api = stack.props("ApiCacheUser")["AccessString"].split()
     assert not {"+set", "+del", "+hset", "+zadd", "+zincrby", "+xadd", "+script|load"} & set(api)
@@ -771,7 +783,21 @@ def test_queues_are_encrypted_and_tls_only(scenario: tuple[str, dict[str, str], 
 def test_alarms(scenario: tuple[str, dict[str, str], Resolved]) -> None:
     _, overrides, stack = scenario
     alarms = stack.of_type("AWS::CloudWatch::Alarm")
-    metrics = {(a["Properties"]["Namespace"], a["Properties"]["MetricName"]) for a in alarms.values()}
+    metrics = {
+        (a["Properties"]["Namespace"], a["Properties"]["MetricName"])
+        for a in alarms.values()
+        if "Namespace" in a["Properties"]
+    }
+    # records arriving and all of them skipped: applied == 0 while duplicates > 0, 5-minute sums
+    everything_skipped = stack.props("AllSkippedAlarm")
+    queries = {m["Id"]: m for m in everything_skipped["Metrics"]}
+    assert queries["allskipped"]["Expression"] == "IF(skipped > 0 AND applied == 0, 1, 0)"
+    assert queries["applied"]["MetricStat"]["Metric"]["MetricName"] == "RecordsApplied"
+    assert queries["skipped"]["MetricStat"]["Metric"]["MetricName"] == "DuplicatesSkipped"
+    if overrides.get("PollerMode") == "PROVISIONED":  # skipped batches: sent to the queue, taken by a function
+        assert ("AWS/SQS", "NumberOfMessagesSent") in metrics
+        failures = stack.resources["MappingFailuresFunctionSkippedBatches"]["Properties"]
+        assert failures["EventSourceArn"] == {"Fn::GetAtt": ["MappingFailureQueue", "Arn"]}
     assert {
         ("AWS/Lambda", "Errors"),
         ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
