@@ -89,6 +89,40 @@ def read_mappings(
     return mappings
 
 
+def read_queue_subscriptions(parameters: Mapping[str, str] | None = None, template: Path = TEMPLATE) -> dict[str, str]:
+    """The template's SQS event sources, by queue: `{"<Queue>.Arn": "<function logical id>"}`.
+
+    An on-failure destination that is one of these queues reaches its function locally as it
+    would in the cloud (MappingFailureQueue -> MappingFailuresFunction)."""
+    _, conditions, resolve = _resolved_template(dict(parameters or {}), template)
+    # the template as written: SAM's resolver would turn `!GetAtt Queue.Arn` into a function ARN
+    resources = _raw_resources(template)
+    subscriptions = {}
+    for logical_id, resource in resources.items():
+        if not conditions.get(resource.get("Condition", ""), True):
+            continue
+        properties = _evaluate(resource.get("Properties", {}), conditions, resolve)
+        if resource.get("Type") == MAPPING_TYPE:  # a plain mapping
+            sources = [(properties.get("EventSourceArn"), properties.get("FunctionName"))]
+        elif resource.get("Type") == "AWS::Serverless::Function":  # a SAM function's SQS events
+            events = (properties.get("Events") or {}).values()
+            sources = [((e.get("Properties") or {}).get("Queue"), logical_id) for e in events if e.get("Type") == "SQS"]
+        else:
+            continue
+        for source, function in sources:
+            if isinstance(source, str) and source.endswith(".Arn") and isinstance(function, str):
+                subscriptions[source] = function
+    return subscriptions
+
+
+def _raw_resources(template: Path) -> dict[str, Any]:
+    from samcli.lib.providers.sam_stack_provider import SamLocalStackProvider
+
+    stacks, _ = SamLocalStackProvider.get_stacks(str(template))
+    resources: dict[str, Any] = stacks[0].template_dict.get("Resources", {})
+    return resources
+
+
 def _resolved_template(
     parameters: dict[str, str], template: Path
 ) -> tuple[dict[str, Any], dict[str, bool], Callable[[Any], Any]]:

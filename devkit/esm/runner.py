@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import logging
+import queue
 import threading
+import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from devkit.esm.kafka import MappingError, client_settings, credentials
-from devkit.esm.mapping import read_mappings
+from devkit.esm.mapping import read_mappings, read_queue_subscriptions
 from devkit.esm.poller import LocalEventSourceMapping
 from devkit.sam import TEMPLATE, Handler, LocalContext, LocalFunction, describe, load_handler
+
+log = logging.getLogger("cachesync.esm")
 
 
 class InProcessFunction:
@@ -63,6 +71,14 @@ class LocalMappings:
             if config.function not in functions:
                 functions[config.function] = InProcessFunction(describe(config.function, parameters, template))
         self.functions = functions
+        subscriptions = read_queue_subscriptions(parameters, template)
+        subscribers = {}
+        for config in configs:
+            subscriber = subscriptions.get(config.on_failure or "")
+            if subscriber is not None and on_failure_subscriber is None:
+                if subscriber not in functions:
+                    functions[subscriber] = InProcessFunction(describe(subscriber, parameters, template))
+                subscribers[config.logical_id] = _sqs_delivery(functions[subscriber])
         self.pollers = [
             LocalEventSourceMapping(
                 config,
@@ -70,7 +86,7 @@ class LocalMappings:
                 client_settings(config, credentials(config, env, use_secret), env),
                 failure_dir=failure_dir,
                 backoff=backoff,
-                on_failure_subscriber=on_failure_subscriber,
+                on_failure_subscriber=on_failure_subscriber or subscribers.get(config.logical_id),
             )
             for config in configs
         ]
@@ -100,3 +116,44 @@ class LocalMappings:
                 + (f", retries {c.retry_limit}, on failure {p.destinations.describe()}" if c.provisioned else "")
             )
         return "\n".join(lines)
+
+
+def _sqs_delivery(function: InProcessFunction) -> Callable[[dict[str, Any]], None]:
+    """What the template's SQS event source hands the queue's function, one message each; like SQS,
+    a message the function fails on is delivered again (every second) until it succeeds."""
+    waiting: queue.Queue[dict[str, Any]] = queue.Queue()
+
+    def deliver_forever() -> None:
+        while True:
+            message = waiting.get()
+            while True:
+                try:
+                    function({"Records": [message]})
+                    break
+                except Exception as error:
+                    log.warning(
+                        "%s failed on an SQS message; it is delivered again: %r", function.function.logical_id, error
+                    )
+                    time.sleep(1.0)
+                    attributes = message["attributes"]
+                    attributes["ApproximateReceiveCount"] = str(int(attributes["ApproximateReceiveCount"]) + 1)
+
+    threading.Thread(target=deliver_forever, name="sqs-" + function.function.logical_id, daemon=True).start()
+
+    def send(document: dict[str, Any]) -> None:
+        body = json.dumps(document)
+        waiting.put(
+            {
+                "messageId": str(uuid.uuid4()),
+                "receiptHandle": "local",
+                "body": body,
+                "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": str(int(time.time() * 1000))},
+                "messageAttributes": {},
+                "md5OfBody": hashlib.md5(body.encode()).hexdigest(),
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:local",
+                "awsRegion": "us-east-1",
+            }
+        )
+
+    return send

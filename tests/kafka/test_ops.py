@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from cachesync import config, maintenance
+from cachesync import config
 from cachesync.config import Settings
 from cachesync.connection import get_client
 from devkit import ops, servers
@@ -40,15 +40,21 @@ def test_a_skipped_batch_shows_in_status_and_a_rebuild_restores_the_model(
     direct = redis.Redis(port=server.port)
     saved = dict(os.environ)
     try:
-        # provisioned mode, as an operator might set it: no retry, batches given up on go to a destination
+        # provisioned mode with no retry, as an operator might set it: a failed batch goes to the
+        # template's on-failure queue (a local folder here) and, as deployed, to MappingFailuresFunction
+        provisioned = {
+            "PollerMode": "PROVISIONED",
+            "KafkaMaximumRetryAttempts": "0",
+            "KafkaBisectBatchOnError": "false",
+        }
         mappings = LocalMappings(
             bootstrap=kafka.bootstrap,
-            parameters={**parameters(names), "RedisUrl": proxy.url},
-            overrides={"provisioned": True, "maximum_retry_attempts": 0, "on_failure": f"file://{tmp_path}"},
+            parameters={**parameters(names), **provisioned, "RedisUrl": proxy.url},
+            failure_dir=tmp_path,
             backoff=(0.01, 0.05),
-            on_failure_subscriber=lambda document: maintenance.record_skips(direct, document),
         )
-        [ingest] = mappings.functions.values()
+        assert set(mappings.functions) == {"IngestFunction", "MappingFailuresFunction"}
+        ingest = mappings.functions["IngestFunction"]
         env = {"REDIS_SOCKET_TIMEOUT": "0.3", "REDIS_CONNECT_TIMEOUT": "0.3", "REDIS_RETRIES": "0"}
         os.environ.update({**ingest.function.environment, **env, "POWERTOOLS_METRICS_DISABLED": "true"})
         os.environ["POWERTOOLS_LOG_LEVEL"] = "CRITICAL"
@@ -64,6 +70,14 @@ def test_a_skipped_batch_shows_in_status_and_a_rebuild_restores_the_model(
         wait_until(lambda: caught_up(mappings, third), what="the records after the outage")
         mappings.stop()
         skipped = sum(p.stats.dead_lettered for p in mappings.pollers)
+        wait_until(
+            lambda: (
+                direct.hkeys("cachesync:offsets")
+                and any(f.startswith(b"diverged:") for f in direct.hkeys("cachesync:offsets"))
+            ),
+            what="MappingFailuresFunction to mark the divergence",
+        )
+        assert list(tmp_path.iterdir()), "the queue's stand-in holds the invocation records"
 
         settings = Settings.from_env({**{f"TOPIC_{k.upper()}": v for k, v in names.items()}, "REDIS_URL": server.url})
         client = get_client(settings)
