@@ -230,7 +230,8 @@ def _apache_command(
     classpath = f"{KAFKA_LIB}/*"
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     formatted = subprocess.run(
-        [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
+        # `=`: a base64 id may start with "-", which would read as an option
+        [java, "-cp", classpath, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(config)],
         capture_output=True,
         text=True,
         check=False,
