@@ -6,7 +6,7 @@ PORT ?= 3000
 FUNCTION ?= IngestFunction
 EVENT ?= events/kafka-orders.json
 
-.PHONY: dev test lint format mypy invoke run openapi bench stop cli events clean esm kafka datagen
+.PHONY: dev test lint format mypy invoke run openapi bench stop cli events clean esm kafka datagen status rebuild
 
 dev: $(VENV)/.installed
 
@@ -62,6 +62,14 @@ kafka: dev
 # Datagen-like orders (and inventory, products) into KAFKA_BOOTSTRAP's topics until Ctrl-C
 datagen: dev
 	$(PY) -m devkit.datagen --topics orders,inventory,products --create-topics
+
+# the cache against its Kafka log (REDIS_URL, KAFKA_BOOTSTRAP), and a topic rebuilt from Kafka:
+# make rebuild TOPIC=inventory (or every topic without TOPIC); stop make esm first
+status: dev
+	$(PY) -m devkit.ops status
+
+rebuild: dev
+	$(PY) -m devkit.ops rebuild $(if $(TOPIC),--topic $(TOPIC),--all)
 
 # write the read API's OpenAPI document to docs/openapi.json
 openapi: dev

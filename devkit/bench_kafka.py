@@ -7,6 +7,8 @@
   into Kafka one at a time; each probe's freshness is the arrival of its first
   200 from `GET /orders/{id}` minus the record's produce timestamp. Measured
   with the mappings' batching window at each `--window`.
+- Rebuild (`--rebuild N`): the time `make rebuild` takes for all three topics
+  holding N generated records, after the mappings applied them once.
 - Throughput: `--records` generated records produced as fast as the producer
   goes into a broker whose mappings (IngestFunction) are already consuming:
   records/s from the first send to the last commit. The baseline, in the same
@@ -95,6 +97,52 @@ def throughput(records: int) -> dict[str, Any]:
     finally:
         broker.remove()
         valkey.remove()
+
+
+def rebuild(records: int) -> dict[str, Any]:
+    """Seconds `make rebuild` takes for every topic of `records` generated records, after the
+    mappings applied them once (the same broker, the same Redis)."""
+    from cachesync import config
+    from cachesync.config import Settings
+    from cachesync.connection import get_client
+    from devkit import ops
+    from devkit.esm.runner import LocalMappings
+
+    broker = start_broker("embedded")
+    valkey = servers.start_server()
+    try:
+        names = _topics(broker.bootstrap)
+        parameters = {"OrdersTopic": names["orders"], "InventoryTopic": names["inventory"]}
+        parameters |= {"ProductsTopic": names["products"], "KafkaConsumerGroupId": f"rebuild-{names['orders']}"}
+        mappings = LocalMappings(bootstrap=broker.bootstrap, parameters={**parameters, "RedisUrl": valkey.url})
+        [ingest] = mappings.functions.values()
+        os.environ.update({**ingest.function.environment, "REDIS_URL": valkey.url})
+        os.environ |= {"POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": "ERROR"}
+        config.settings.cache_clear()
+        feed = KafkaFeed({"bootstrap.servers": broker.bootstrap}, names)
+        feed.produce(EventGenerator(seed=11, partitions=6).records(records))
+        feed.flush(120)
+        mappings.start()
+        wanted = {f"{t}-{p}": o + 1 for (t, p), o in feed.last_offsets.items()}
+        while not all(
+            next((p.stats.committed.get(k, 0) for p in mappings.pollers if k in p.stats.committed), 0) >= v
+            for k, v in wanted.items()
+        ):
+            time.sleep(0.05)
+        mappings.stop()
+        settings = Settings.from_env()
+        client = get_client(settings)
+        started = time.perf_counter()
+        for poller in mappings.pollers:
+            ops.rebuild(client, settings, poller.config, {"bootstrap.servers": broker.bootstrap}, ingest, say=_quiet)
+        return {"records": records, "seconds": time.perf_counter() - started}
+    finally:
+        broker.remove()
+        valkey.remove()
+
+
+def _quiet(_: str) -> None:
+    pass
 
 
 def _topics(bootstrap: str) -> dict[str, str]:
@@ -205,11 +253,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=50_000)
     parser.add_argument("--probes", type=int, default=100)
     parser.add_argument("--window", type=float, action="append", help="batching windows to measure (0 and 0.5)")
+    parser.add_argument("--rebuild", type=int, default=0, help="also time a rebuild of this many records")
     args = parser.parse_args(argv)
-    result = {
+    result: dict[str, Any] = {
         "freshness": [freshness(w, args.probes) for w in (args.window or [0.0, 0.5])],
         "throughput": throughput(args.records),
     }
+    if args.rebuild:
+        result["rebuild"] = rebuild(args.rebuild)
     print(json.dumps(result, indent=2))
     return 0
 
