@@ -18,6 +18,7 @@ from redis.cluster import RedisCluster
 from cachesync.config import Settings
 from cachesync.connection import RedisClient, get_client
 from devkit import servers
+from devkit.proxy import StallingProxy
 
 REQUIRE_ALL = os.environ.get("CACHESYNC_REQUIRE_ALL_SERVERS") == "1"
 
@@ -88,3 +89,13 @@ def valkey(valkey_server: servers.ServerProcess) -> Target:
     chosen = Target("valkey", valkey_server.url, cluster=False)
     chosen.flush()
     return chosen
+
+
+@pytest.fixture
+def valkey_proxy() -> Iterator[tuple[servers.ServerProcess, StallingProxy]]:
+    """A private Valkey behind a proxy that can stall, as a network that stops answering."""
+    server = servers.start_server()
+    proxy = StallingProxy(server.port)
+    yield server, proxy
+    proxy.close()
+    server.remove()

@@ -121,15 +121,6 @@ def test_restarts_during_a_live_stream_lose_nothing_and_apply_nothing_twice(
     print(f"\nrestarts: {restarts}, records: {len(log)}, failed invocations retried: {len(failures)}")
 
 
-@pytest.fixture
-def valkey_proxy() -> Iterator[tuple[servers.ServerProcess, StallingProxy]]:
-    server = servers.start_server()
-    proxy = StallingProxy(server.port)
-    yield server, proxy
-    proxy.close()
-    server.remove()
-
-
 @pytest.mark.parametrize(
     "stall",
     [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -16,10 +16,11 @@ from cachesync.config import Settings
 from cachesync.connection import get_client
 from cachesync.deadletter import SqsSink
 from cachesync.ingest import Ingestor, build_ingestor
-from cachesync.writer import BatchWriter, Pending, _Call
+from cachesync.writer import BatchWriter
 from devkit import servers
 from devkit.generator import EventGenerator
 from devkit.model import model_state, poison_coordinates, redis_state
+from tests.integration.midbatch import MidBatchWriter
 from tests.integration.test_ingest import records_of, sample
 
 
@@ -32,28 +33,13 @@ def durable_server() -> Iterator[servers.ServerProcess]:
     server.remove()
 
 
-class CrashingWriter(BatchWriter):
-    """Kills the real server (SIGKILL) once it has run half of the batch's script calls."""
-
-    def __init__(self, server: servers.ServerProcess, *args: Any):
-        super().__init__(*args)
-        self.server = server
-
-    def _calls(self, items: Iterable[tuple[int, Pending]], offsets_key: str) -> Iterator[_Call]:
-        calls = list(super()._calls(items, offsets_key))
-        yield from calls[: len(calls) // 2]
-        watcher = redis.Redis.from_url(self.server.url)
-        deadline = time.monotonic() + 10
-        while _evals(watcher) < len(calls) // 2 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        self.server.process.kill()
-        self.server.process.wait()
-        yield from calls[len(calls) // 2 :]
+def _kill(server: servers.ServerProcess) -> None:
+    server.process.kill()
+    server.process.wait()
 
 
-def _evals(client: redis.Redis) -> int:
-    stats = client.info("commandstats").get("cmdstat_eval", {})
-    return int(stats.get("calls", 0))
+def _drop_clients(url: str) -> None:
+    redis.Redis.from_url(url).client_kill_filter(_type="normal", skipme=True)
 
 
 def test_redis_dying_mid_batch_fails_the_invocation_and_the_retry_converges(
@@ -71,7 +57,8 @@ def test_redis_dying_mid_batch_fails_the_invocation_and_the_retry_converges(
     healthy = build_ingestor(settings)
     crashing = Ingestor(
         settings,
-        CrashingWriter(durable_server, get_client(settings), 50),
+        # SIGKILL: the server dies half-way through the batch's script calls
+        MidBatchWriter(durable_server.url, lambda: _kill(durable_server), get_client(settings), 50),
         healthy._dead_letters,
     )
     with pytest.raises(redis.exceptions.ConnectionError):
@@ -234,32 +221,14 @@ def test_acl_credentials_come_from_secrets_manager(aws: None, valkey: Any) -> No
     assert client.acl_whoami() in ("ingest", b"ingest")
 
 
-class DisconnectingWriter(BatchWriter):
-    """Has Redis drop every client connection once it has run half of the batch's script calls."""
-
-    def __init__(self, url: str, *args: Any):
-        super().__init__(*args)
-        self.url = url
-
-    def _calls(
-        self, items: Iterable[tuple[int, Pending]], offsets_key: str, slot: int | None = None
-    ) -> Iterator[_Call]:
-        calls = list(super()._calls(items, offsets_key, slot))
-        yield from calls[: len(calls) // 2]
-        admin = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        while _evals(admin) < len(calls) // 2 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        admin.client_kill_filter(_type="normal", skipme=True)
-        yield from calls[len(calls) // 2 :]
-
-
 def test_a_connection_dropped_mid_batch_is_replaced_and_the_batch_completes(valkey: Any) -> None:
     settings = valkey.settings(SCRIPT_BATCH_SIZE="50")
     event = EventGenerator(seed=13, partitions=4, stores=2, skus=20).batch(2000)
     redis.Redis.from_url(valkey.url).config_resetstat()
     ingest = Ingestor(
-        settings, DisconnectingWriter(valkey.url, get_client(settings), 50), build_ingestor(settings)._dead_letters
+        settings,
+        MidBatchWriter(valkey.url, lambda: _drop_clients(valkey.url), get_client(settings), 50),
+        build_ingestor(settings)._dead_letters,
     )
     outcome = ingest.process(event)
     # the first half was applied before the drop; sending the whole batch again skipped it

@@ -18,6 +18,7 @@ from cachesync.writer import BatchWriter, Pending, _Call
 from devkit import servers
 from devkit.generator import EventGenerator
 from devkit.model import model_state, redis_state
+from tests.integration.midbatch import MidBatchWriter
 from tests.integration.test_ingest import records_of
 
 
@@ -59,37 +60,15 @@ def test_a_refused_write_keeps_its_dead_letter_when_a_later_call_fails(target: A
     assert sum(1 for k in client.scan_iter(match="orders:*")) == 20
 
 
-class FlushingScriptsMidStream(BatchWriter):
-    """SCRIPT FLUSH on the server once it has run half of the batch's calls (standalone)."""
-
-    def __init__(self, url: str, *args: Any):
-        super().__init__(*args)
-        self.url = url
-
-    def _calls(
-        self, items: Iterable[tuple[int, Pending]], offsets_key: str, slot: int | None = None
-    ) -> Iterator[_Call]:
-        calls = list(super()._calls(items, offsets_key, slot))
-        yield from calls[: len(calls) // 2]
-        admin = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        while _evals(admin) < len(calls) // 2 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        admin.script_flush()
-        yield from calls[len(calls) // 2 :]
-
-
-def _evals(client: redis.Redis) -> int:
-    return int(client.info("commandstats").get("cmdstat_eval", {}).get("calls", 0))
-
-
 def test_script_flush_between_calls_on_a_server(valkey: Any) -> None:
     settings = valkey.settings(SCRIPT_BATCH_SIZE="50")
     redis.Redis.from_url(valkey.url).config_resetstat()
     event = EventGenerator(seed=22, partitions=4, stores=2, skus=20).batch(2000)
     client = get_client(settings)
     ingest = Ingestor(
-        settings, FlushingScriptsMidStream(valkey.url, client, 50), build_ingestor(settings)._dead_letters
+        settings,
+        MidBatchWriter(valkey.url, lambda: redis.Redis.from_url(valkey.url).script_flush(), client, 50),
+        build_ingestor(settings)._dead_letters,
     )
     outcome = ingest.process(event)
     assert (outcome.applied, outcome.duplicates, outcome.dead_lettered) == (2000, 0, 0)

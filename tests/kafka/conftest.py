@@ -10,7 +10,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,9 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from cachesync import config
 from devkit import brokers
+from devkit.esm.runner import LocalMappings
 
 REQUIRE_ALL = os.environ.get("CACHESYNC_REQUIRE_ALL_SERVERS") == "1"
 SASL_USERS = {"storefront": "s3cret-Pa55word"}  # Apache Kafka's SASL_PLAINTEXT listener takes these
@@ -169,3 +171,27 @@ class Recorder:
 
     def coordinates(self) -> list[tuple[int, int]]:
         return [(r["partition"], r["offset"]) for r in self.records()]
+
+
+@pytest.fixture
+def local_mappings() -> Iterator[Callable[..., LocalMappings]]:
+    """Builds the template's mappings (LocalMappings' options) with their functions' environment
+    in this process, plus `env`; stops them and restores the environment afterwards."""
+    saved = dict(os.environ)
+    built: list[LocalMappings] = []
+
+    def build(env: Mapping[str, str] | None = None, **options: Any) -> LocalMappings:
+        mappings = LocalMappings(**options)
+        for function in mappings.functions.values():
+            os.environ.update(function.function.environment)
+        os.environ.update({"POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": "CRITICAL", **(env or {})})
+        config.settings.cache_clear()  # settings are read once per process
+        built.append(mappings)
+        return mappings
+
+    yield build
+    for mappings in built:
+        mappings.stop()
+    os.environ.clear()
+    os.environ.update(saved)
+    config.settings.cache_clear()

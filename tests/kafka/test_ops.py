@@ -3,15 +3,13 @@ Kafka brings the cache back to the reference model."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import redis
 
-from cachesync import config
 from cachesync.config import Settings
 from cachesync.connection import get_client
 from devkit import ops, servers
@@ -23,92 +21,67 @@ from tests.kafka.conftest import Kafka, wait_until
 from tests.kafka.test_pipeline import caught_up, log_of, model_settings, parameters, produce, topics
 
 
-@pytest.fixture
-def valkey_proxy() -> Iterator[tuple[servers.ServerProcess, StallingProxy]]:
-    server = servers.start_server()
-    proxy = StallingProxy(server.port)
-    yield server, proxy
-    proxy.close()
-    server.remove()
-
-
 def test_a_skipped_batch_shows_in_status_and_a_rebuild_restores_the_model(
-    kafka: Kafka, valkey_proxy: tuple[servers.ServerProcess, StallingProxy], tmp_path: Path
+    kafka: Kafka,
+    valkey_proxy: tuple[servers.ServerProcess, StallingProxy],
+    local_mappings: Callable[..., LocalMappings],
+    tmp_path: Path,
 ) -> None:
     server, proxy = valkey_proxy
     names = topics(kafka)
     direct = redis.Redis(port=server.port)
-    saved = dict(os.environ)
-    try:
-        # provisioned mode with no retry, as an operator might set it: a failed batch goes to the
-        # template's on-failure queue (a local folder here) and, as deployed, to MappingFailuresFunction
-        provisioned = {
-            "PollerMode": "PROVISIONED",
-            "KafkaMaximumRetryAttempts": "0",
-            "KafkaBisectBatchOnError": "false",
-        }
-        mappings = LocalMappings(
-            bootstrap=kafka.bootstrap,
-            parameters={**parameters(names), **provisioned, "RedisUrl": proxy.url},
-            failure_dir=tmp_path,
-            backoff=(0.01, 0.05),
-        )
-        assert set(mappings.functions) == {"IngestFunction", "MappingFailuresFunction"}
-        ingest = mappings.functions["IngestFunction"]
-        env = {"REDIS_SOCKET_TIMEOUT": "0.3", "REDIS_CONNECT_TIMEOUT": "0.3", "REDIS_RETRIES": "0"}
-        os.environ.update({**ingest.function.environment, **env, "POWERTOOLS_METRICS_DISABLED": "true"})
-        os.environ["POWERTOOLS_LOG_LEVEL"] = "CRITICAL"
-        config.settings.cache_clear()
-        first = produce(kafka, names, 600, seed=31)
-        mappings.start()
-        wait_until(lambda: caught_up(mappings, first), what="the first records")
-        proxy.stall()
-        second = produce(kafka, names, 300, seed=32)
-        wait_until(lambda: caught_up(mappings, second), what="the skipped batches to be committed past")
-        proxy.resume()
-        third = produce(kafka, names, 300, seed=33)
-        wait_until(lambda: caught_up(mappings, third), what="the records after the outage")
-        mappings.stop()
-        skipped = sum(p.stats.dead_lettered for p in mappings.pollers)
-        wait_until(
-            lambda: (
-                direct.hkeys("cachesync:offsets")
-                and any(f.startswith(b"diverged:") for f in direct.hkeys("cachesync:offsets"))
-            ),
-            what="MappingFailuresFunction to mark the divergence",
-        )
-        assert list(tmp_path.iterdir()), "the queue's stand-in holds the invocation records"
+    # provisioned mode with no retry, as an operator might set it: a failed batch goes to the
+    # template's on-failure queue (a local folder here) and, as deployed, to MappingFailuresFunction
+    provisioned = {"PollerMode": "PROVISIONED", "KafkaMaximumRetryAttempts": "0", "KafkaBisectBatchOnError": "false"}
+    mappings = local_mappings(
+        env={"REDIS_SOCKET_TIMEOUT": "0.3", "REDIS_CONNECT_TIMEOUT": "0.3", "REDIS_RETRIES": "0"},
+        bootstrap=kafka.bootstrap,
+        parameters={**parameters(names), **provisioned, "RedisUrl": proxy.url},
+        failure_dir=tmp_path,
+        backoff=(0.01, 0.05),
+    )
+    assert set(mappings.functions) == {"IngestFunction", "MappingFailuresFunction"}
+    ingest = mappings.functions["IngestFunction"]
+    first = produce(kafka, names, 600, seed=31)
+    mappings.start()
+    wait_until(lambda: caught_up(mappings, first), what="the first records")
+    proxy.stall()
+    second = produce(kafka, names, 300, seed=32)
+    wait_until(lambda: caught_up(mappings, second), what="the skipped batches to be committed past")
+    proxy.resume()
+    third = produce(kafka, names, 300, seed=33)
+    wait_until(lambda: caught_up(mappings, third), what="the records after the outage")
+    mappings.stop()
+    skipped = sum(p.stats.dead_lettered for p in mappings.pollers)
+    wait_until(
+        lambda: any(f.startswith(b"diverged:") for f in direct.hkeys("cachesync:offsets")),
+        what="MappingFailuresFunction to mark the divergence",
+    )
+    assert list(tmp_path.iterdir()), "the queue's stand-in holds the invocation records"
 
-        settings = Settings.from_env({**{f"TOPIC_{k.upper()}": v for k, v in names.items()}, "REDIS_URL": server.url})
-        client = get_client(settings)
-        kafka_settings = {"bootstrap.servers": kafka.bootstrap}
-        configs = [replace(p.config, window_seconds=0.0) for p in mappings.pollers]
-        report = ops.status(client, settings, configs, kafka_settings)
-        assert skipped > 0
-        assert set(report["diverged"]) and all(m["state"] == "skipped" for m in report["diverged"].values())
-        assert redis_state(direct) != model_state(model_settings(names), log_of(kafka, names))
+    settings = Settings.from_env({**{f"TOPIC_{k.upper()}": v for k, v in names.items()}, "REDIS_URL": server.url})
+    client = get_client(settings)
+    kafka_settings = {"bootstrap.servers": kafka.bootstrap}
+    configs = [replace(p.config, window_seconds=0.0) for p in mappings.pollers]
+    report = ops.status(client, settings, configs, kafka_settings)
+    assert skipped > 0
+    assert set(report["diverged"]) and all(m["state"] == "skipped" for m in report["diverged"].values())
+    assert redis_state(direct) != model_state(model_settings(names), log_of(kafka, names))
 
-        for mapping in configs:
-            ops.rebuild(client, settings, mapping, kafka_settings, ingest, say=lambda _: None)
-        after = ops.status(client, settings, configs, kafka_settings)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        config.settings.cache_clear()
+    for mapping in configs:
+        ops.rebuild(client, settings, mapping, kafka_settings, ingest, say=lambda _: None)
+    after = ops.status(client, settings, configs, kafka_settings)
     assert after["diverged"] == {}
     assert all(p["lag"] == 0 for t in after["topics"].values() for p in t["partitions"].values())
     assert redis_state(direct) == model_state(model_settings(names), log_of(kafka, names))
 
 
-def test_rebuild_refuses_while_the_mapping_runs(kafka: Kafka) -> None:
+def test_rebuild_refuses_while_the_mapping_runs(kafka: Kafka, local_mappings: Callable[..., LocalMappings]) -> None:
     server = servers.start_server()
     names = topics(kafka)
-    saved = dict(os.environ)
     try:
-        mappings = LocalMappings(bootstrap=kafka.bootstrap, parameters={**parameters(names), "RedisUrl": server.url})
+        mappings = local_mappings(bootstrap=kafka.bootstrap, parameters={**parameters(names), "RedisUrl": server.url})
         [ingest] = mappings.functions.values()
-        os.environ.update({**ingest.function.environment, "POWERTOOLS_METRICS_DISABLED": "true"})
-        config.settings.cache_clear()
         feed = produce(kafka, names, 50, seed=5)
         mappings.start()
         wait_until(lambda: caught_up(mappings, feed), what="the records")
@@ -118,9 +91,5 @@ def test_rebuild_refuses_while_the_mapping_runs(kafka: Kafka) -> None:
         with pytest.raises(MappingError, match="active consumers"):
             ops.rebuild(get_client(settings), settings, poller.config, {"bootstrap.servers": kafka.bootstrap}, ingest)
         assert redis_state(redis.Redis(port=server.port)) == before  # nothing was cleared
-        mappings.stop()
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        config.settings.cache_clear()
         server.remove()
