@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import base64
+import contextlib
 import os
 import shutil
 import signal
@@ -76,17 +77,18 @@ class Broker:
         return self
 
     def stop(self) -> None:
-        """A clean shutdown (SIGTERM), then SIGKILL if it takes too long."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        """A clean shutdown (SIGTERM to its process group), then SIGKILL if it takes too long."""
+        if self.process is None:
+            return
+        _signal_group(self.process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=20)
+        self.kill()
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
+        """SIGKILL to the whole process group: a wrapper's children go too."""
+        if self.process is not None:
+            _signal_group(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
     def restart(self) -> None:
@@ -123,6 +125,11 @@ class Broker:
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"{self.kind} Kafka broker on {self.bootstrap} was not ready within {timeout:.0f}s")
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signum)  # started with start_new_session: its group id is its pid
 
 
 def available(kind: str) -> str | None:
@@ -164,7 +171,13 @@ def start_broker(kind: str = "embedded", timeout: float = 60.0, sasl_users: dict
 
 
 def _embedded_command(port: int, directory: Path) -> list[str]:
-    binary = shutil.which("noida-db", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    try:  # the binary itself, not the console script that would run it as its child
+        import noida_db
+
+        bundled = Path(noida_db.__file__).with_name("noida-db")
+        binary: str | None = str(bundled) if bundled.is_file() else None
+    except ImportError:
+        binary = shutil.which("noida-db", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
     if binary is None:
         raise BrokerUnavailable("noida-db is not installed (make dev installs it)")
     data = directory / "data"

@@ -95,13 +95,18 @@ def seed_records(generator: EventGenerator, orders: int, movements: int) -> tupl
     """The local run's starting data: every product, a stock take of every SKU in every store,
     orders, stock movements, and a dozen SKUs left below 10 units in store1 (returned)."""
     g = generator
+
+    def counted(store: str, sku: str, units: int) -> RawRecord:
+        g.stock[(store, sku)] = units  # the generator's running count: later purchases take no more
+        return stock_take(store, sku, units)
+
     records: list[RawRecord] = [g.product(sku) for sku in g.skus]
-    records += [stock_take(store, sku, g.random.randint(20, 500)) for store in g.stores for sku in g.skus]
+    records += [counted(store, sku, g.random.randint(20, 500)) for store in g.stores for sku in g.skus]
     records += [g.order() for _ in range(orders)]
     records += [g.inventory() for _ in range(movements)]
     # last, so the movements above cannot lift it back up
     low_stock = g.random.sample(g.skus, LOW_STOCK_SKUS)
-    records += [stock_take("store1", sku, g.random.randint(0, 9)) for sku in low_stock]
+    records += [counted("store1", sku, g.random.randint(0, 9)) for sku in low_stock]
     return records, low_stock
 
 

@@ -37,3 +37,25 @@ def test_records_land_where_the_java_partitioner_puts_their_keys_and_keys_follow
             expected["inventory"] = f"{value.get('store')}:{value.get('sku')}"
             assert message.key().decode() == expected[kind]
     assert seen == 300
+
+
+def test_the_seed_and_the_stream_never_sell_stock_a_store_does_not_have() -> None:
+    from devkit.datagen import seed_records
+
+    generator = EventGenerator(seed=7, partitions=6)
+    records, low = seed_records(generator, orders=100, movements=2000)
+    records += generator.records(3000, ["inventory"])
+    on_hand: dict[tuple[str, str], int] = {}
+    for raw in records:
+        if raw.topic != "inventory" or raw.value is None:
+            continue
+        event = json.loads(raw.value)
+        where = (event["store"], event["sku"])
+        if event["type"] in ("count", "remove"):
+            on_hand[where] = event.get("units", 0)
+        else:
+            on_hand[where] = on_hand.get(where, 0) + (
+                event["units"] if event["type"] == "shipment" else -event["units"]
+            )
+        assert on_hand[where] >= 0, (where, event)
+    assert len(low) == 12
