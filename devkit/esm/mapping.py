@@ -78,8 +78,8 @@ def read_mappings(
     resources, conditions, resolve = _resolved_template(dict(parameters or {}), template)
     mappings = []
     for logical_id, resource in resources.items():
-        if resource.get("Type") != MAPPING_TYPE:
-            continue
+        if resource.get("Type") != MAPPING_TYPE or not conditions.get(resource.get("Condition", ""), True):
+            continue  # not a mapping, or one the parameters leave out
         properties = _evaluate(resource.get("Properties", {}), conditions, resolve)
         if "SelfManagedEventSource" not in properties and "SelfManagedKafkaEventSourceConfig" not in properties:
             continue  # not a Kafka mapping (SQS, Kinesis, ...)

@@ -7,13 +7,13 @@ Thin by design: the work lives in `cachesync.maintenance`.
   mapping disabled first), `{"action": "finish", "topic": "inventory"}`; see
   docs/deploy.md, "Rebuild".
 - `failures_handler` (MappingFailuresFunction) reads the mappings' on-failure
-  queue: each invocation record marks the partitions whose batch was skipped,
-  so `status` shows where the cache has diverged from its log.
+  queue, or the skipped records' topic (SkippedBatchesTopic): each invocation
+  record marks the partitions whose records were skipped, so `status` shows
+  where the cache has diverged from its log.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from functools import lru_cache
 from typing import Any
@@ -57,12 +57,11 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
 @metrics.log_metrics
 @logger.inject_lambda_context
 def failures_handler(event: dict[str, Any], context: LambdaContext) -> None:
-    for message in event.get("Records", []):
-        try:
-            document = json.loads(message["body"])
-        except (KeyError, TypeError, ValueError):
-            logger.error("not an invocation record; left out", extra={"messageId": message.get("messageId")})
+    """Invocation records from the on-failure queue (SQS) or the skipped records' topic (Kafka)."""
+    for document in maintenance.invocation_records(event):
+        if document is None:
+            logger.error("not an invocation record; left out")
             continue
         marked = maintenance.record_skips(client(), document)
         metrics.add_metric("BatchesSkipped", MetricUnit.Count, 1)
-        logger.error("a mapping skipped a batch: the cache has diverged", extra={"partitions": marked, **document})
+        logger.error("a mapping skipped records: the cache has diverged", extra={"partitions": marked, **document})

@@ -3,6 +3,7 @@ Kafka brings the cache back to the reference model."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -21,18 +22,23 @@ from tests.kafka.conftest import Kafka, wait_until
 from tests.kafka.test_pipeline import caught_up, log_of, model_settings, parameters, produce, topics
 
 
+@pytest.mark.parametrize("destination", ["queue", "topic"])
 def test_a_skipped_batch_shows_in_status_and_a_rebuild_restores_the_model(
     kafka: Kafka,
     valkey_proxy: tuple[servers.ServerProcess, StallingProxy],
     local_mappings: Callable[..., LocalMappings],
     tmp_path: Path,
+    destination: str,
 ) -> None:
     server, proxy = valkey_proxy
     names = topics(kafka)
     direct = redis.Redis(port=server.port)
     # provisioned mode with no retry, as an operator might set it: a failed batch goes to the
-    # template's on-failure queue (a local folder here) and, as deployed, to MappingFailuresFunction
+    # template's on-failure queue (a local folder here) or to a topic of skipped records, and
+    # from either, as deployed, to MappingFailuresFunction
     provisioned = {"PollerMode": "PROVISIONED", "KafkaMaximumRetryAttempts": "0", "KafkaBisectBatchOnError": "false"}
+    skipped_topic = kafka.topic(1) if destination == "topic" else ""
+    provisioned["SkippedBatchesTopic"] = skipped_topic
     mappings = local_mappings(
         env={"REDIS_SOCKET_TIMEOUT": "0.3", "REDIS_CONNECT_TIMEOUT": "0.3", "REDIS_RETRIES": "0"},
         bootstrap=kafka.bootstrap,
@@ -57,12 +63,16 @@ def test_a_skipped_batch_shows_in_status_and_a_rebuild_restores_the_model(
         lambda: any(f.startswith(b"diverged:") for f in direct.hkeys("cachesync:offsets")),
         what="MappingFailuresFunction to mark the divergence",
     )
-    assert list(tmp_path.iterdir()), "the queue's stand-in holds the invocation records"
+    if destination == "queue":
+        assert list(tmp_path.iterdir()), "the queue's stand-in holds the invocation records"
+    else:  # the topic keeps the skipped records themselves, each in its invocation record
+        kept = [json.loads(m.value()) for m in kafka.read_all(skipped_topic, skipped)]
+        assert len(kept) == skipped and all(d["payload"]["records"] for d in kept)
 
     settings = Settings.from_env({**{f"TOPIC_{k.upper()}": v for k, v in names.items()}, "REDIS_URL": server.url})
     client = get_client(settings)
     kafka_settings = {"bootstrap.servers": kafka.bootstrap}
-    configs = [replace(p.config, window_seconds=0.0) for p in mappings.pollers]
+    configs = [replace(p.config, window_seconds=0.0) for p in mappings.pollers if p.config.function == "IngestFunction"]
     report = ops.status(client, settings, configs, kafka_settings)
     assert skipped > 0
     assert set(report["diverged"]) and all(m["state"] == "skipped" for m in report["diverged"].values())

@@ -1078,3 +1078,18 @@ def test_sam_kafka_event_cannot_take_the_auth_type_from_a_parameter() -> None:
     loader.load.return_value = {}
     with pytest.raises(InvalidDocumentException, match="SourceAccessConfigurations Type"):
         sam_transform(template, {"Auth": "BASIC_AUTH"}, loader)
+
+
+def test_skipped_records_can_be_kept_in_a_topic_that_marks_the_divergence() -> None:
+    """Provisioned mode with SkippedBatchesTopic: Lambda's Kafka on-failure destination keeps the
+    records, and a mapping of that topic hands them to MappingFailuresFunction."""
+    stack = Resolved({**REQUIRED, "PollerMode": "PROVISIONED", "SkippedBatchesTopic": "cachesync-skipped"})
+    for name in MAPPINGS.values():
+        assert stack.props(name)["DestinationConfig"] == {"OnFailure": {"Destination": "kafka://cachesync-skipped"}}
+    skipped = stack.props("SkippedBatchesMapping")
+    assert skipped["FunctionName"] == ref("MappingFailuresFunction") and skipped["Topics"] == ["cachesync-skipped"]
+    assert skipped["StartingPosition"] == "TRIM_HORIZON"
+    # without the topic (or on demand) there is no such mapping, and the queue takes the coordinates
+    assert "SkippedBatchesMapping" not in Resolved({**REQUIRED, "PollerMode": "PROVISIONED"}).resources
+    queue = Resolved({**REQUIRED, "PollerMode": "PROVISIONED"}).props("OrdersMapping")["DestinationConfig"]
+    assert queue == {"OnFailure": {"Destination": {"Fn::GetAtt": ["MappingFailureQueue", "Arn"]}}}

@@ -14,6 +14,7 @@ Markers and sources are fields of the database's offsets hash (see `keys`).
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Iterator
@@ -86,6 +87,25 @@ def record_skips(client: RedisClient, document: dict[str, Any]) -> list[str]:
         topic, _, partition = name.rpartition("-")
         record_skip(client, topic, int(partition), first, last, condition)
     return sorted(spans)
+
+
+def invocation_records(event: dict[str, Any]) -> Iterator[dict[str, Any] | None]:
+    """The on-failure invocation records an event carries: an SQS message body each, or a Kafka
+    record's value each (a Kafka destination's); None for one that is not JSON."""
+    if event.get("eventSource") in ("SelfManagedKafka", "aws:SelfManagedKafka", "aws:kafka"):
+        texts = [
+            base64.b64decode(r["value"]) if isinstance(r, dict) and r.get("value") else None
+            for records in (event.get("records") or {}).values()
+            for r in records
+        ]
+    else:
+        texts = [m.get("body") if isinstance(m, dict) else None for m in event.get("Records") or []]
+    for text in texts:
+        try:
+            document = json.loads(text) if text is not None else None
+        except ValueError:
+            document = None
+        yield document if isinstance(document, dict) else None
 
 
 @dataclass
