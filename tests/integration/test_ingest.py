@@ -228,3 +228,17 @@ def test_idle_connections_dropped_between_batches_are_replaced(target: Any) -> N
     outcome = ingest.process(second)
     assert outcome.applied == 200
     assert redis_state(target.client()) == model_state(target.settings(), records_of(first) + records_of(second))
+
+
+def test_a_batch_from_another_kafka_cluster_is_refused_not_skipped(target: Any) -> None:
+    from cachesync.maintenance import SourceChanged
+
+    g = EventGenerator(seed=12, partitions=2)
+    event = g.batch(20, ["orders"])
+    assert ingestor(target).process(event).applied == 20
+    elsewhere = {**g.batch(20, ["orders"]), "bootstrapServers": "pkc-other.eu-west-1.aws.confluent.cloud:9092"}
+    with pytest.raises(SourceChanged, match=r"was applied from Kafka at .*; this batch comes from pkc-other"):
+        ingestor(target).process(elsewhere)
+    # the same cluster named in another order is the same source
+    servers = ",".join(reversed(event["bootstrapServers"].split(","))) + ","
+    assert ingestor(target).process({**g.batch(5, ["orders"]), "bootstrapServers": servers}).applied == 5

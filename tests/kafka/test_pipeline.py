@@ -166,3 +166,39 @@ def _committed_all(kafka: Kafka, names: dict[str, str], feed: KafkaFeed) -> bool
             if t == topic and committed.get(p, -1) <= offset:
                 return False
     return True
+
+
+def test_make_run_on_an_existing_broker_serves_its_records_and_produces_nothing(kafka: Kafka) -> None:
+    """KAFKA_BOOTSTRAP=host:port make run: the topics of a broker it did not start, through the API."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from devkit.localrun import LocalRun
+
+    for name in TOPICS:
+        if name not in kafka.created:
+            kafka.topic(6, name)
+    seed_order = (
+        b'{"ordertime": 1497014222380, "orderid": 18, "itemid": "Item_184", '
+        b'"address": {"city": "Mountain View", "state": "CA", "zipcode": 94041}}'
+    )
+    kafka.produce("orders", [(b"18", seed_order)])
+    before = {name: sum(kafka.end_offsets(name, 6).values()) for name in TOPICS}
+    run = LocalRun(port=0, rate=50, kafka_bootstrap=kafka.bootstrap).start()
+    try:
+        assert run.broker is None and run.feed is None  # nothing started, nothing produced
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{run.url}/orders/18", timeout=5) as answer:
+                    body = answer.read()
+                break
+            except urllib.error.HTTPError:
+                assert time.monotonic() < deadline, "order 18 never reached the API"
+                time.sleep(0.1)
+        assert body == seed_order  # as produced, byte for byte
+        assert json.loads(body)["address"]["city"] == "Mountain View"
+    finally:
+        run.stop()
+    assert {name: sum(kafka.end_offsets(name, 6).values()) for name in TOPICS} == before
