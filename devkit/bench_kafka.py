@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import sys
 import time
 import uuid
@@ -102,34 +101,23 @@ def throughput(records: int) -> dict[str, Any]:
 def rebuild(records: int) -> dict[str, Any]:
     """Seconds `make rebuild` takes for every topic of `records` generated records, after the
     mappings applied them once (the same broker, the same Redis)."""
-    from cachesync import config
     from cachesync.config import Settings
     from cachesync.connection import get_client
     from devkit import ops
-    from devkit.esm.runner import LocalMappings
 
     broker = start_broker("embedded")
     valkey = servers.start_server()
     try:
         names = _topics(broker.bootstrap)
-        parameters = {"OrdersTopic": names["orders"], "InventoryTopic": names["inventory"]}
-        parameters |= {"ProductsTopic": names["products"], "KafkaConsumerGroupId": f"rebuild-{names['orders']}"}
-        mappings = LocalMappings(bootstrap=broker.bootstrap, parameters={**parameters, "RedisUrl": valkey.url})
-        [ingest] = mappings.functions.values()
-        os.environ.update({**ingest.function.environment, "REDIS_URL": valkey.url})
-        os.environ |= {"POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": "ERROR"}
-        config.settings.cache_clear()
+        mappings = _mappings(broker.bootstrap, valkey, names, "rebuild")
         feed = KafkaFeed({"bootstrap.servers": broker.bootstrap}, names)
         feed.produce(EventGenerator(seed=11, partitions=6).records(records))
         feed.flush(120)
         mappings.start()
-        wanted = {f"{t}-{p}": o + 1 for (t, p), o in feed.last_offsets.items()}
-        while not all(
-            next((p.stats.committed.get(k, 0) for p in mappings.pollers if k in p.stats.committed), 0) >= v
-            for k, v in wanted.items()
-        ):
+        while not mappings.caught_up(feed.last_offsets):
             time.sleep(0.05)
         mappings.stop()
+        ingest = mappings.functions["IngestFunction"]
         settings = Settings.from_env()
         client = get_client(settings)
         started = time.perf_counter()
@@ -152,20 +140,22 @@ def _topics(bootstrap: str) -> dict[str, str]:
     return names
 
 
-def _through_mappings(bootstrap: str, valkey: servers.ServerProcess, records: int) -> float:
-    from cachesync import config
+def _mappings(bootstrap: str, valkey: servers.ServerProcess, names: dict[str, str], group: str) -> Any:
+    """The template's mappings of these topics, into IngestFunction on `valkey`, environment applied."""
     from devkit.esm.runner import LocalMappings
 
-    valkey_client = redis.Redis(port=valkey.port)
-    valkey_client.flushall()
-    names = _topics(bootstrap)
     parameters = {"OrdersTopic": names["orders"], "InventoryTopic": names["inventory"]}
-    parameters |= {"ProductsTopic": names["products"], "KafkaConsumerGroupId": f"bench-{names['orders']}"}
+    parameters |= {"ProductsTopic": names["products"], "KafkaConsumerGroupId": f"{group}-{names['orders']}"}
     mappings = LocalMappings(bootstrap=bootstrap, parameters={**parameters, "RedisUrl": valkey.url})
-    [ingest] = mappings.functions.values()
-    os.environ.update({**ingest.function.environment, "REDIS_URL": valkey.url})
-    os.environ |= {"POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": "ERROR"}
-    config.settings.cache_clear()
+    quiet = {"POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": "ERROR"}
+    mappings.apply_environment({"REDIS_URL": valkey.url, **quiet})
+    return mappings
+
+
+def _through_mappings(bootstrap: str, valkey: servers.ServerProcess, records: int) -> float:
+    redis.Redis(port=valkey.port).flushall()
+    names = _topics(bootstrap)
+    mappings = _mappings(bootstrap, valkey, names, "bench")
     mappings.start()
     try:
         time.sleep(2)  # the groups have joined: time the records, not the join
@@ -174,12 +164,8 @@ def _through_mappings(bootstrap: str, valkey: servers.ServerProcess, records: in
         started = time.perf_counter()
         feed.produce(generated)
         feed.flush(120)
-        wanted = {f"{t}-{p}": o + 1 for (t, p), o in feed.last_offsets.items()}
         while True:
-            committed: dict[str, int] = {}
-            for poller in mappings.pollers:
-                committed |= poller.stats.committed
-            if all(committed.get(k, 0) >= v for k, v in wanted.items()):
+            if mappings.caught_up(feed.last_offsets):
                 return records / (time.perf_counter() - started)
             if time.perf_counter() - started > 600:
                 raise RuntimeError("the mappings did not catch up within 600 s")

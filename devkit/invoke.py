@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from devkit import localredis
-from devkit.sam import LocalContext, apply_environment, describe, load_handler
+from devkit.sam import LocalContext, apply_environment, describe, load_handler, parameter_overrides
 
 
 def invoke(
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         "--parameter-overrides", nargs="*", default=[], metavar="KEY=VALUE", help="template parameters, as for sam"
     )
     args = parser.parse_args(argv)
-    parameters = dict(item.split("=", 1) for item in args.parameter_overrides if "=" in item)
+    parameters = parameter_overrides(args.parameter_overrides)
 
     text = sys.stdin.read() if args.event == "-" else Path(args.event).read_text()
     try:

@@ -201,13 +201,9 @@ class LocalRun:
     def wait_applied(self, timeout: float) -> None:
         """Until every mapping has committed past what the feed has produced so far."""
         assert self.feed is not None and self.mappings is not None
-        wanted = {f"{t}-{p}": offset + 1 for (t, p), offset in self.feed.last_offsets.items()}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            committed: dict[str, int] = {}
-            for poller in self.mappings.pollers:
-                committed |= poller.stats.committed
-            if all(committed.get(name, 0) >= offset for name, offset in wanted.items()):
+            if self.mappings.caught_up(self.feed.last_offsets):
                 return
             failed = self.mappings.failed()
             if failed:

@@ -37,7 +37,7 @@ from devkit.esm.kafka import MappingError, check_topics, client_settings, creden
 from devkit.esm.mapping import MappingConfig, read_mappings
 from devkit.esm.poller import LocalEventSourceMapping
 from devkit.esm.runner import InProcessFunction
-from devkit.sam import describe
+from devkit.sam import describe, parameter_overrides
 
 LEDGER_KINDS = ("inventory",)  # deltas: a replay from a truncated log cannot be exact
 
@@ -132,8 +132,8 @@ def rebuild(
         cleared = maintenance.clear_topic(client, settings, topic)
         say(f"{topic}: cleared {cleared.keys} keys and {cleared.offsets} applied offsets; replaying from the start")
         cleared_first.set()
+        starts = {f"{topic}-{p}": o["start"] for p, o in view.items()}
         while True:
-            starts = {f"{topic}-{p}": o["start"] for p, o in view.items()}
             done = sum(min(poller.stats.committed.get(k, starts[k]), end) - starts[k] for k, end in target.items())
             say(f"\r{topic}: {done:,}/{total:,} records replayed")
             if all(poller.stats.committed.get(k, 0) >= end for k, end in target.items()):
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partial-history", action="store_true", help="rebuild a ledger from a truncated log")
     parser.add_argument("--parameter-overrides", nargs="*", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    parameters = dict(item.split("=", 1) for item in args.parameter_overrides if "=" in item)
+    parameters = parameter_overrides(args.parameter_overrides)
     redis_url = os.environ.get("REDIS_URL") or localredis.ensure()
     if args.bootstrap:
         parameters["KafkaBootstrapServers"] = args.bootstrap

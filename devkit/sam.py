@@ -86,6 +86,11 @@ def load_handler(function: LocalFunction) -> Handler:
     return handler
 
 
+def parameter_overrides(items: list[str]) -> dict[str, str]:
+    """`KEY=VALUE` arguments (sam's --parameter-overrides) as a dict."""
+    return dict(item.split("=", 1) for item in items if "=" in item)
+
+
 def apply_environment(function: LocalFunction, overrides: Mapping[str, str]) -> None:
     """The function's template environment, then the overrides (like `sam local invoke --env-vars`)."""
     os.environ.update(function.environment)

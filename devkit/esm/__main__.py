@@ -25,7 +25,7 @@ from devkit import localredis
 from devkit.esm.kafka import MappingError
 from devkit.esm.mapping import STARTING_POSITIONS, TemplateError
 from devkit.esm.runner import LocalMappings
-from devkit.sam import TEMPLATE
+from devkit.sam import TEMPLATE, parameter_overrides
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         "--parameter-overrides", nargs="*", default=[], metavar="KEY=VALUE", help="template parameters, as for sam"
     )
     args = parser.parse_args(argv)
-    parameters = dict(item.split("=", 1) for item in args.parameter_overrides if "=" in item)
+    parameters = parameter_overrides(args.parameter_overrides)
     if not args.bootstrap:
         parser.error("give --bootstrap host:port or set KAFKA_BOOTSTRAP")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -70,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             use_secret=args.use_secret,
             overrides=overrides,
         )
-        for function in mappings.functions.values():
-            os.environ.update({**function.function.environment, "REDIS_URL": redis_url})
+        mappings.apply_environment({"REDIS_URL": redis_url})
         mappings.start()
     except (MappingError, TemplateError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -94,9 +94,7 @@ def read_queue_subscriptions(parameters: Mapping[str, str] | None = None, templa
 
     An on-failure destination that is one of these queues reaches its function locally as it
     would in the cloud (MappingFailureQueue -> MappingFailuresFunction)."""
-    _, conditions, resolve = _resolved_template(dict(parameters or {}), template)
-    # the template as written: SAM's resolver would turn `!GetAtt Queue.Arn` into a function ARN
-    resources = _raw_resources(template)
+    resources, conditions, resolve = _resolved_template(dict(parameters or {}), template)
     subscriptions = {}
     for logical_id, resource in resources.items():
         if not conditions.get(resource.get("Condition", ""), True):
@@ -113,14 +111,6 @@ def read_queue_subscriptions(parameters: Mapping[str, str] | None = None, templa
             if isinstance(source, str) and source.endswith(".Arn") and isinstance(function, str):
                 subscriptions[source] = function
     return subscriptions
-
-
-def _raw_resources(template: Path) -> dict[str, Any]:
-    from samcli.lib.providers.sam_stack_provider import SamLocalStackProvider
-
-    stacks, _ = SamLocalStackProvider.get_stacks(str(template))
-    resources: dict[str, Any] = stacks[0].template_dict.get("Resources", {})
-    return resources
 
 
 def _resolved_template(
@@ -145,7 +135,6 @@ def _resolved_template(
             result = None
         if isinstance(result, bool):
             conditions[name] = result
-    resolved = SamBaseProvider.get_template(raw, parameters)
 
     def resolve(value: Any) -> Any:
         if isinstance(value, dict) and "Fn::GetAtt" in value:  # exists only once deployed: named, not resolved
@@ -155,7 +144,10 @@ def _resolved_template(
         except Exception:  # GetAtt of a resource that exists only once deployed: left as it is
             return value
 
-    return resolved.get("Resources", {}), conditions, resolve
+    # the resources as written, each value resolved by `_evaluate` (SAM's own pass would turn
+    # `!GetAtt Queue.Arn` into a function ARN and give up on Fn::If with AWS::NoValue)
+    resources: dict[str, Any] = raw.get("Resources", {})
+    return resources, conditions, resolve
 
 
 def _evaluate(value: Any, conditions: dict[str, bool], resolve: Callable[[Any], Any]) -> Any:

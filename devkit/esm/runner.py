@@ -6,7 +6,9 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -102,6 +104,28 @@ class LocalMappings:
         for poller in self.pollers:
             with contextlib.suppress(Exception):
                 poller.stop()
+
+    def apply_environment(self, overrides: Mapping[str, str] | None = None) -> None:
+        """Every function's template environment, then `overrides`, in this process; settings the
+        layer read once are read again."""
+        for function in self.functions.values():
+            os.environ.update(function.function.environment)
+        os.environ.update(overrides or {})
+        config = sys.modules.get("cachesync.config")
+        if config is not None:
+            config.settings.cache_clear()  # type: ignore[attr-defined]
+
+    def committed(self) -> dict[str, int]:
+        """topic-partition -> the next offset each poller has committed."""
+        merged: dict[str, int] = {}
+        for poller in self.pollers:
+            merged |= poller.stats.committed
+        return merged
+
+    def caught_up(self, last_offsets: Mapping[tuple[str, int], int]) -> bool:
+        """Committed past each (topic, partition)'s `last_offsets` (a producer's last written offsets)."""
+        committed = self.committed()
+        return all(committed.get(f"{t}-{p}", 0) > offset for (t, p), offset in last_offsets.items())
 
     def failed(self) -> list[tuple[str, BaseException]]:
         return [(p.config.logical_id, p.error) for p in self.pollers if p.error is not None]

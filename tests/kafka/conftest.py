@@ -182,10 +182,9 @@ def local_mappings() -> Iterator[Callable[..., LocalMappings]]:
 
     def build(env: Mapping[str, str] | None = None, **options: Any) -> LocalMappings:
         mappings = LocalMappings(**options)
-        for function in mappings.functions.values():
-            os.environ.update(function.function.environment)
-        os.environ.update({"POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": "CRITICAL", **(env or {})})
-        config.settings.cache_clear()  # settings are read once per process
+        mappings.apply_environment(
+            {"POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": "CRITICAL", **(env or {})}
+        )
         built.append(mappings)
         return mappings
 

@@ -69,10 +69,7 @@ def model_settings(names: dict[str, str]) -> Settings:
 
 
 def caught_up(mappings: LocalMappings, feed: KafkaFeed) -> bool:
-    committed: dict[str, int] = {}
-    for poller in mappings.pollers:
-        committed |= poller.stats.committed
-    return all(committed.get(f"{t}-{p}", 0) > offset for (t, p), offset in feed.last_offsets.items())
+    return mappings.caught_up(feed.last_offsets)
 
 
 def test_a_redis_outage_mid_stream_is_retried_and_the_cache_is_exact(
