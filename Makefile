@@ -82,7 +82,7 @@ bench: dev
 	@command -v wrk >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then apt-get install -y -q wrk; \
 		else sudo -n apt-get install -y -q wrk; fi; } >/dev/null 2>&1 || \
 		echo "wrk is not installable here: the HTTP load comes from a Python client"
-	$(PY) -m devkit.bench --output docs/performance.md
+	$(PY) -m harness.bench --output docs/performance.md
 
 # regenerate the sample Kafka events in events/
 events: dev
@@ -128,7 +128,7 @@ AUDIT_VENV ?= $(VENV)/audit
 # a million generated records through IngestFunction (replays and overlaps included), an exact
 # comparison with the reference model, then the read API under concurrent load for 60 s
 soak: dev
-	$(PY) -m devkit.soak --records 1000000 --api-seconds 60
+	$(PY) -m harness.soak --records 1000000 --api-seconds 60
 
 # known vulnerabilities in the layer's pinned, hashed dependencies (layers/shared/requirements.lock).
 # Needs the PyPI vulnerability API; --strict fails when a package could not be checked.

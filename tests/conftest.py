@@ -18,7 +18,7 @@ from redis.cluster import RedisCluster
 from cachesync.config import Settings
 from cachesync.connection import RedisClient, get_client
 from devkit import servers
-from devkit.proxy import StallingProxy
+from harness.proxy import StallingProxy
 
 REQUIRE_ALL = os.environ.get("CACHESYNC_REQUIRE_ALL_SERVERS") == "1"
 

@@ -17,8 +17,8 @@ from cachesync.config import Settings
 from cachesync.ingest import build_ingestor
 from devkit import servers
 from devkit.generator import EventGenerator
-from devkit.model import model_state, redis_state
-from devkit.proxy import StallingProxy
+from harness.model import model_state, redis_state
+from harness.proxy import StallingProxy
 
 INGEST_LAMBDA_TIMEOUT_S = 60  # IngestFunction's Timeout in template.yaml
 BACKOFF_CAP_S = 0.5  # connection.py: ExponentialBackoff(cap=0.5)

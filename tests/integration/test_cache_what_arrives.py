@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from cachesync.ingest import build_ingestor
 from devkit.generator import EventGenerator, RawRecord
-from devkit.model import model_of, redis_expiring, redis_state
+from harness.model import model_of, redis_expiring, redis_state
 from tests.integration.test_ingest import records_of
 
 IDENTIFIERS = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z") | st.integers(min_value=0)

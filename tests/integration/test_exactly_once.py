@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from cachesync.ingest import build_ingestor
 from devkit.generator import EventGenerator, RawRecord, kafka_record, partition_for
-from devkit.model import model_state, redis_state
+from harness.model import model_state, redis_state
 
 PARTITIONS = 3
 

@@ -19,7 +19,7 @@ from cachesync.ingest import Ingestor, build_ingestor
 from cachesync.writer import BatchWriter
 from devkit import servers
 from devkit.generator import EventGenerator
-from devkit.model import model_state, poison_coordinates, redis_state
+from harness.model import model_state, poison_coordinates, redis_state
 from tests.integration.midbatch import MidBatchWriter
 from tests.integration.test_ingest import records_of, sample
 

@@ -10,7 +10,7 @@ import pytest
 
 from cachesync.ingest import Ingestor, build_ingestor
 from devkit.generator import EventGenerator, RawRecord, decode_record
-from devkit.model import model_state, redis_state
+from harness.model import model_state, redis_state
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED_ORDER = (

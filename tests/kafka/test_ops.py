@@ -16,8 +16,8 @@ from cachesync.connection import get_client
 from devkit import ops, servers
 from devkit.esm.kafka import MappingError
 from devkit.esm.runner import LocalMappings
-from devkit.model import model_state, redis_state
-from devkit.proxy import StallingProxy
+from harness.model import model_state, redis_state
+from harness.proxy import StallingProxy
 from tests.kafka.conftest import Kafka, wait_until
 from tests.kafka.test_pipeline import caught_up, log_of, model_settings, parameters, produce, topics
 

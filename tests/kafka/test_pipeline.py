@@ -21,9 +21,9 @@ from devkit.datagen import KafkaFeed
 from devkit.esm import payload
 from devkit.esm.runner import LocalMappings
 from devkit.generator import TOPICS, EventGenerator
-from devkit.model import model_state, redis_state
-from devkit.proxy import StallingProxy
 from devkit.sam import ROOT
+from harness.model import model_state, redis_state
+from harness.proxy import StallingProxy
 from tests.kafka.conftest import Kafka, wait_until
 
 PARTITIONS = 3

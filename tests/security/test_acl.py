@@ -22,7 +22,7 @@ from cachesync.reads import Reader
 from cachesync.writer import APPLY_SCRIPT
 from devkit import acl
 from devkit.generator import EventGenerator
-from devkit.model import model_state, redis_state
+from harness.model import model_state, redis_state
 from tests.security.conftest import USERS, create_users, userinfo
 
 NOPERM = (redis.exceptions.NoPermissionError, redis.exceptions.ResponseError)

@@ -17,7 +17,7 @@ from cachesync.connection import client_options, get_client
 from cachesync.ingest import build_ingestor
 from cachesync.reads import Reader
 from devkit.generator import EventGenerator
-from devkit.model import model_state, redis_state
+from harness.model import model_state, redis_state
 from tests.security.conftest import ROOT, USERS, Handler, create_users, lambda_context, userinfo
 from tests.security.tlskit import Pki, TlsCluster, TlsServer
 

@@ -237,7 +237,7 @@ class BatchWriter:
         A batch here is thousands of small per-slot calls. redis-py's cluster
         pipeline writes them one socket send each, and those system calls, not
         Redis, would bound the batch; one write per node does not (compare with
-        `devkit/bench_ingest.py --cluster`). Calls carry the script's hash, not
+        `harness/bench_ingest.py --cluster`). Calls carry the script's hash, not
         its 3 KB body; the script is loaded on every primary first, and calls a
         node answers NOSCRIPT are sent again with EVAL (`_resend_recoverable`).
         """

@@ -1,6 +1,6 @@
 """Cold start: a fresh interpreter importing each handler and serving its first invocation.
 
-    python -m devkit.coldstart [--runs 5] [--cluster]
+    python -m harness.coldstart [--runs 5] [--cluster]
 
 Each run is a new `python` process with the function's code and the layer on
 sys.path (as Lambda lays them out) and the function's template environment. It

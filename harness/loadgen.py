@@ -1,6 +1,6 @@
 """HTTP load against the local server: `wrk` when installed, else a thread-pool client.
 
-    python -m devkit.loadgen http://127.0.0.1:3000/orders/18 --connections 16 --seconds 5
+    python -m harness.loadgen http://127.0.0.1:3000/orders/18 --connections 16 --seconds 5
 
 Both keep connections alive and report requests/s, latency p50/p99 and errors
 (connection or socket errors, and every answer that is not 2xx or 3xx).

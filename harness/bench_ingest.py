@@ -1,6 +1,6 @@
 """Ingest throughput, measured side by side in one run (a benchmark, not a test).
 
-    python -m devkit.bench_ingest [--records 10000] [--rounds 5] [--cluster]
+    python -m harness.bench_ingest [--records 10000] [--rounds 5] [--cluster]
 
 Rows:
 - IngestFunction handler, in-process, exactly-once machinery on (new records each round);

@@ -1,6 +1,6 @@
 """Latency of the ApiFunction handler in-process, next to the bare redis-py command for the same data.
 
-    python -m devkit.bench_api [--requests 20000] [--cluster]
+    python -m harness.bench_api [--requests 20000] [--cluster]
 
 Routes: GET /orders/{id} (bare GET of the key), GET /products?skus= with 20
 SKUs (bare MGET; per-slot MGETs on a cluster, as the read path sends them) and

@@ -1,6 +1,6 @@
 """Through Kafka: freshness and sustained throughput of the deployed path, run locally.
 
-    python -m devkit.bench_kafka [--records 50000] [--probes 100] [--window 0 --window 0.5]
+    python -m harness.bench_kafka [--records 50000] [--probes 100] [--window 0 --window 0.5]
 
 - Freshness: while `make run`'s stack streams (embedded broker, the template's
   mappings into IngestFunction, the API server), probe orders are produced

@@ -11,7 +11,7 @@
    requests for `--api-seconds`; any answer other than 200, or a failed
    request, is an error.
 
-    python -m devkit.soak --records 1000000 --api-seconds 60
+    python -m harness.soak --records 1000000 --api-seconds 60
 
 Exits non-zero when anything was lost, applied twice, or answered with an error.
 """
@@ -35,8 +35,8 @@ from urllib.parse import urlsplit
 import redis
 
 from devkit.generator import EventGenerator, RawRecord
-from devkit.model import ReferenceModel, redis_state
 from devkit.servers import free_port, start_server
+from harness.model import ReferenceModel, redis_state
 
 
 @dataclass

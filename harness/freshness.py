@@ -1,6 +1,6 @@
 """Freshness: time from a record's Kafka timestamp to its being visible through the read API.
 
-    python -m devkit.freshness [--seconds 5] [--probes 100] [--rate 100] [--cluster]
+    python -m harness.freshness [--seconds 5] [--probes 100] [--rate 100] [--cluster]
 
 A live stream of generated events (orders, stock movements, product updates,
 `--rate` a second) flows through the real IngestFunction handler in batches,
@@ -28,7 +28,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from devkit.bench_api import ReadStack
+from harness.bench_api import ReadStack
 
 
 def measure(

@@ -1,6 +1,6 @@
 """`make bench`: ingest, reads, freshness and cold start, measured side by side in one run.
 
-    python -m devkit.bench [--output docs/performance.md] [--quick] [--no-cluster]
+    python -m harness.bench [--output docs/performance.md] [--quick] [--no-cluster]
 
 A benchmark, not a test: nothing here asserts a time. Every figure comes with
 a baseline measured in the same run on the same machine (the naive consumer and
@@ -10,13 +10,13 @@ shared machines are noisy and only ratios travel.
 Each part runs in a fresh interpreter (`--part`), so settings, clients and
 module state never leak from one server setup into the next:
 
-- ingest: devkit.bench_ingest (IngestFunction handler on 10,000-record
+- ingest: harness.bench_ingest (IngestFunction handler on 10,000-record
   batches, replayed batch, naive pipeline, redis-benchmark -P 100 SET, 100-record batch);
-- reads: devkit.bench_api in-process (handler vs bare redis-py for three routes),
+- reads: harness.bench_api in-process (handler vs bare redis-py for three routes),
   then over HTTP through the local API server (devkit.apigw) with wrk (or a
   Python client when wrk is not installed) while a live stream runs, then
-  freshness (devkit.freshness);
-- cold: devkit.coldstart, and the sizes of the `sam build` artifacts.
+  freshness (harness.freshness);
+- cold: harness.coldstart, and the sizes of the `sam build` artifacts.
 
 All against a private Valkey and a local 3-master Valkey cluster.
 """
@@ -54,14 +54,14 @@ HTTP_CONNECTIONS = 8
 
 # --- the parts, each in its own interpreter -------------------------------------------
 def part_ingest(cluster: bool, quick: bool) -> dict[str, Any]:
-    from devkit import bench_ingest
+    from harness import bench_ingest
 
     rows = bench_ingest.run(10_000, 2 if quick else 5, cluster)
     return {"rows": [{"name": r.name, "records": r.records, "seconds": r.seconds} for r in rows]}
 
 
 def part_reads(cluster: bool, quick: bool) -> dict[str, Any]:
-    from devkit import bench_api, freshness, loadgen
+    from harness import bench_api, freshness, loadgen
 
     stack = bench_api.ReadStack(cluster)
     try:
@@ -98,14 +98,14 @@ def _live_stream(stack: Any, stop: threading.Event, rate: float) -> None:
 
 
 def part_cold(cluster: bool, quick: bool) -> dict[str, Any]:
-    from devkit import coldstart
+    from harness import coldstart
 
     # the built layer behaves the same on both topologies: measured once
     return {"cold": coldstart.measure(3 if quick else 7, cluster, built=not cluster)}
 
 
 def part_kafka(cluster: bool, quick: bool) -> dict[str, Any]:
-    from devkit import bench_kafka
+    from harness import bench_kafka
 
     return {
         "freshness": [bench_kafka.freshness(window, 50 if quick else 200) for window in (0.0, 0.5)],
@@ -120,7 +120,7 @@ PARTS = {"ingest": part_ingest, "reads": part_reads, "cold": part_cold, "kafka":
 def run_part(name: str, cluster: bool, quick: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as directory:
         out = Path(directory) / "part.json"
-        command = [sys.executable, "-m", "devkit.bench", "--part", name, "--part-output", str(out)]
+        command = [sys.executable, "-m", "harness.bench", "--part", name, "--part-output", str(out)]
         command += ["--cluster"] if cluster else []
         command += ["--quick"] if quick else []
         started = time.perf_counter()
@@ -161,7 +161,8 @@ def _version(command: list[str]) -> str:
 
 
 def machine() -> dict[str, str]:
-    from devkit import loadgen, servers
+    from devkit import servers
+    from harness import loadgen
 
     model = "unknown"
     with open("/proc/cpuinfo") if os.path.exists("/proc/cpuinfo") else open(os.devnull) as cpuinfo:
@@ -368,7 +369,7 @@ The latest `make bench` run: {info["date"]}.
 {command}
 ```
 
-(`.venv/bin/python -m devkit.bench --quick` is a shorter run; `--no-cluster` skips the cluster.)
+(`.venv/bin/python -m harness.bench --quick` is a shorter run; `--no-cluster` skips the cluster.)
 
 `make bench` installs `wrk` with apt-get when it is missing and can be installed
 (otherwise a Python thread-pool client generates the HTTP load), builds the SAM
@@ -384,19 +385,19 @@ a fresh interpreter against a private Valkey, then a local 3-master Valkey clust
 - Machines are shared and noisy: compare a figure with its same-run baseline,
   not with another run. Ratios are result over baseline (for ingest, higher is
   better; for reads, the handler's cost relative to the bare command).
-- Ingest: `devkit/bench_ingest.py`. The handler runs in-process with the
+- Ingest: `harness/bench_ingest.py`. The handler runs in-process with the
   exactly-once machinery on; the naive pipeline sends one command per record
   without idempotence; `redis-benchmark -P 100` SET is the server's own ceiling.
-- Reads in-process: `devkit/bench_api.py`. The handler gets the API Gateway
+- Reads in-process: `harness/bench_api.py`. The handler gets the API Gateway
   payload v2 event; the bare command is the redis-py call for the same data,
   interleaved one for one with the handler.
-- Reads over HTTP: `devkit/loadgen.py` against the local API server
+- Reads over HTTP: `harness/loadgen.py` against the local API server
   (`devkit/apigw.py`, as in `make run`) while a live stream of 20 events/s runs.
   The server handles one request at a time, like one Lambda instance, so under
   {HTTP_CONNECTIONS} connections the latency is mostly queueing; wrk is closed-loop.
-- Freshness: `devkit/freshness.py`. It includes the IngestFunction invocation and one
+- Freshness: `harness/freshness.py`. It includes the IngestFunction invocation and one
   HTTP read, not the event source mapping.
-- Through Kafka: `devkit/bench_kafka.py`, `make run`'s stack (the embedded broker,
+- Through Kafka: `harness/bench_kafka.py`, `make run`'s stack (the embedded broker,
   the template's mappings run locally by `devkit.esm`, IngestFunction, the API
   server) in one process. Freshness runs from a probe order's produce timestamp
   to its first 200 through the API, after one warm-up request per status; the
@@ -406,7 +407,7 @@ a fresh interpreter against a private Valkey, then a local 3-master Valkey clust
   on the same records and broker. The local mapping builds Lambda's JSON payload
   for every record in the same Python process as the function, which Lambda's
   pollers do elsewhere: on 2 cores that work competes with the function.
-- Cold start: `devkit/coldstart.py`, a new interpreter per run; sizes are those
+- Cold start: `harness/coldstart.py`, a new interpreter per run; sizes are those
   of `.aws-sam/build`. The "venv packages" rows run this venv's Python with the
   bytecode pip compiled. The "layer as built" rows run a CPython 3.13, as Lambda does,
   on the layer built by its own Makefile for this machine's CPU (same lock, same
@@ -444,12 +445,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("ingest", "reads", "cold"):
             results[f"{name}/{label}"] = run_part(name, cluster, args.quick)
     results["kafka/standalone"] = run_part("kafka", False, args.quick)
-    from devkit.coldstart import artifact_sizes
+    from harness.coldstart import artifact_sizes
 
     text = table(rows_for(results, artifact_sizes()))
     print(text)
     if args.output:
-        command = "make bench" if not (args.quick or args.no_cluster) else " ".join(["python -m devkit.bench", *argv_])
+        command = "make bench" if not (args.quick or args.no_cluster) else " ".join(["python -m harness.bench", *argv_])
         Path(args.output).write_text(document(text, machine(), build, command))
         print(f"\nwrote {args.output} ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     return 0

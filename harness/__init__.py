@@ -1,0 +1,4 @@
+"""Benchmarks, soak, load generator, fault proxy and the reference model.
+
+What measures cachesync or checks it, kept apart from the commands a user runs (devkit).
+"""
