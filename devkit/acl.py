@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cachesync import keys
-from cachesync.config import PROJECTION_KINDS, Settings
+from cachesync.config import Settings
 
 # What every connection of the shared factory sends: PING (health checks) and
 # CLIENT SETNAME (client_name "cachesync"); the factory turns redis-py's CLIENT
@@ -81,7 +81,7 @@ def apply_lua_commands() -> tuple[str, ...]:
 
 
 def _prefixes(settings: Settings) -> list[str]:
-    return [settings.key_prefix(kind) for kind in PROJECTION_KINDS]
+    return [topic.key_prefix for topic in settings.topics]
 
 
 def ingest_rule(settings: Settings, cluster: bool | None = None) -> AccessRule:

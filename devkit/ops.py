@@ -30,7 +30,7 @@ from dataclasses import replace
 from typing import Any
 
 from cachesync import maintenance
-from cachesync.config import Settings
+from cachesync.config import STOCK_LEDGER, Settings
 from cachesync.connection import RedisClient, get_client
 from devkit import localredis
 from devkit.esm.kafka import MappingError, check_topics, client_settings, credentials
@@ -38,8 +38,6 @@ from devkit.esm.mapping import MappingConfig, read_mappings
 from devkit.esm.poller import LocalEventSourceMapping
 from devkit.esm.runner import InProcessFunction
 from devkit.sam import describe, parameter_overrides
-
-LEDGER_KINDS = ("inventory",)  # deltas: a replay from a truncated log cannot be exact
 
 
 def kafka_view(config: MappingConfig, settings: dict[str, Any]) -> dict[int, dict[str, int]]:
@@ -103,10 +101,10 @@ def rebuild(
     """Clears the topic and replays it from the earliest offset; returns the records replayed."""
     topic = config.topics[0]
     view = kafka_view(config, kafka)
-    kind = settings.topic(topic)
-    if kind is None:
+    projection = settings.topic(topic)
+    if projection is None:
         raise MappingError(f"no projection is configured for topic {topic!r}")
-    if kind.kind in LEDGER_KINDS and any(o["start"] > 0 for o in view.values()) and not partial_history:
+    if projection.kind == STOCK_LEDGER and any(o["start"] > 0 for o in view.values()) and not partial_history:
         raise MappingError(
             f"{topic}: the log no longer starts at offset 0, so its stock deltas cannot be replayed exactly; "
             "pass --partial-history to rebuild from what remains (then take a stock count)"

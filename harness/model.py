@@ -51,7 +51,7 @@ class ReferenceModel:
         try:
             if value is not None and len(value) > self.settings.max_value_bytes:
                 raise Poison("too large")
-            if config.kind == "inventory":
+            if config.kind == "stock_ledger":
                 self._inventory(config, value)
             else:
                 self._document(config, key, value)

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 from unittest.mock import MagicMock
@@ -293,8 +294,9 @@ def _code_environment_names() -> set[str]:
     config = (ROOT / "layers/shared/cachesync/config.py").read_text()
     names = set(re.findall(r'env\.get\("([A-Z_]+)"', config))
     names |= set(re.findall(r'_(?:number|bool)\(env, "([A-Z_]+)"', config))
-    for kind in re.search(r"PROJECTION_KINDS = \(([^)]*)\)", config).group(1).replace('"', "").split(","):  # type: ignore[union-attr]
-        upper = kind.strip().upper()
+    table = tomllib.loads((ROOT / "layers/shared/cachesync/topics.toml").read_text())
+    for entry in table["topic"]:
+        upper = entry["name"].upper()
         names |= {f"TOPIC_{upper}", f"{upper}_KEY_PREFIX", f"{upper}_KEY_FIELD", f"{upper}_TTL_SECONDS"}
     return names | {"CORS_ALLOWED_ORIGINS"}
 

@@ -7,10 +7,13 @@ configuration surface in one place and tests can build a `Settings` directly.
 from __future__ import annotations
 
 import os
+import re
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 
@@ -18,10 +21,12 @@ class ConfigError(ValueError):
     """The environment describes a configuration that cannot work."""
 
 
-# The three projections the product ships with; `TOPIC_<KIND>` renames the topic.
-PROJECTION_KINDS = ("orders", "inventory", "products")
+# How a topic's records become Redis writes (cachesync.projections): one document per key,
+# or stock events on a sorted set per store.
+DOCUMENT, STOCK_LEDGER = "document", "stock_ledger"
+KINDS = (DOCUMENT, STOCK_LEDGER)
 
-_DEFAULT_KEY_FIELDS = {"orders": "orderid", "inventory": "store", "products": "sku"}
+TOPICS_FILE = Path(__file__).with_name("topics.toml")
 
 # ElastiCache Serverless refuses a request of more than 3,999 arguments. A script
 # call is EVAL, the script, numkeys, the offsets key and the plan (5), then per
@@ -32,9 +37,11 @@ MAX_SCRIPT_BATCH_SIZE = (MAX_REQUEST_ARGUMENTS - 5) // 2
 
 @dataclass(frozen=True)
 class TopicConfig:
-    """How one Kafka topic is projected into Redis."""
+    """How one Kafka topic is projected into Redis: an entry of topics.toml, with the
+    environment's overrides applied."""
 
-    kind: str  # which projection: orders | inventory | products
+    name: str  # the entry's name in topics.toml: orders, inventory, products, ...
+    kind: str  # DOCUMENT or STOCK_LEDGER
     topic: str  # the Kafka topic name
     key_prefix: str  # Redis key prefix, e.g. "orders" gives "orders:<id>"
     key_field: str  # JSON field of the value that names the Redis key
@@ -82,9 +89,9 @@ class Settings:
     def topic(self, name: str) -> TopicConfig | None:
         return self.topics_by_name.get(name)
 
-    def key_prefix(self, kind: str) -> str:
-        """The Redis key prefix of a projection kind (orders | inventory | products)."""
-        return next((t.key_prefix for t in self.topics if t.kind == kind), kind)
+    def key_prefix(self, name: str) -> str:
+        """The Redis key prefix of the topics.toml entry `name` (orders, inventory, products, ...)."""
+        return next((t.key_prefix for t in self.topics if t.name == name), name)
 
     @cached_property
     def topics_by_name(self) -> dict[str, TopicConfig]:
@@ -118,7 +125,7 @@ class Settings:
             socket_timeout=_number(env, "REDIS_SOCKET_TIMEOUT", 1.0, float),
             connect_timeout=_number(env, "REDIS_CONNECT_TIMEOUT", 1.0, float),
             retries=_number(env, "REDIS_RETRIES", 3, int),
-            topics=tuple(_topic_config(env, kind) for kind in PROJECTION_KINDS),
+            topics=tuple(_topic_config(env, entry) for entry in topic_entries()),
             max_value_bytes=_number(env, "MAX_VALUE_BYTES", 1_048_576, int),
             dlq_queue_url=env.get("DLQ_QUEUE_URL") or None,
             dlq_stream_key=env.get("DLQ_STREAM_KEY") or "deadletter:ingest",
@@ -146,23 +153,46 @@ def _check_iam(env: Mapping[str, str], scheme: str) -> None:
         raise ConfigError("REDIS_IAM_AUTH and REDIS_SECRET_ARN exclude each other: choose IAM or a password")
 
 
-def _topic_config(env: Mapping[str, str], kind: str) -> TopicConfig:
-    upper = kind.upper()
-    prefix = env.get(f"{upper}_KEY_PREFIX") or kind
+@lru_cache(maxsize=1)
+def topic_entries() -> tuple[dict[str, Any], ...]:
+    """The entries of topics.toml, checked: the table every per-topic setting starts from."""
+    with TOPICS_FILE.open("rb") as table:
+        entries = tuple(tomllib.load(table).get("topic", ()))
+    names: set[str] = set()
+    for number, entry in enumerate(entries, 1):
+        where = f"{TOPICS_FILE.name} entry {number}"
+        for required in ("name", "kind", "topic", "key_prefix", "key_field"):
+            if not isinstance(entry.get(required), str) or not entry[required]:
+                raise ConfigError(f"{where} needs `{required}`")
+        if not _ENTRY_NAME.fullmatch(entry["name"]) or entry["name"] in names:
+            raise ConfigError(f"{where}: name {entry['name']!r} must be unique, lower case letters and digits")
+        if entry["kind"] not in KINDS:
+            raise ConfigError(f"{where}: kind must be one of {', '.join(KINDS)}, got {entry['kind']!r}")
+        names.add(entry["name"])
+    return entries
+
+
+_ENTRY_NAME = re.compile(r"[a-z][a-z0-9]{0,30}")
+
+
+def _topic_config(env: Mapping[str, str], entry: Mapping[str, Any]) -> TopicConfig:
+    upper = entry["name"].upper()
+    prefix = env.get(f"{upper}_KEY_PREFIX") or entry["key_prefix"]
     if "{" in prefix or "}" in prefix:
         raise ConfigError(f"{upper}_KEY_PREFIX must not contain braces (they pick the cluster hash slot)")
     return TopicConfig(
-        kind=kind,
-        topic=env.get(f"TOPIC_{upper}") or kind,
+        name=entry["name"],
+        kind=entry["kind"],
+        topic=env.get(f"TOPIC_{upper}") or entry["topic"],
         key_prefix=prefix,
-        key_field=env.get(f"{upper}_KEY_FIELD") or _DEFAULT_KEY_FIELDS[kind],
-        ttl_seconds=_number(env, f"{upper}_TTL_SECONDS", 0, int),
-        schema=_schema(env, f"{upper}_SCHEMA"),
+        key_field=env.get(f"{upper}_KEY_FIELD") or entry["key_field"],
+        ttl_seconds=_number(env, f"{upper}_TTL_SECONDS", int(entry.get("ttl_seconds", 0)), int),
+        schema=_schema(env, f"{upper}_SCHEMA", entry.get("schema")),
     )
 
 
-def _schema(env: Mapping[str, str], name: str) -> str | None:
-    setting = env.get(name)
+def _schema(env: Mapping[str, str], name: str, default: str | None = None) -> str | None:
+    setting = env.get(name) or default
     if not setting:
         return None
     from cachesync import schemas

@@ -5,32 +5,27 @@ Each projection checks only what it needs to apply the record and returns a
 other field passes through: documents are stored byte for byte as produced.
 Nothing here talks to Redis.
 
-Event contracts (values are UTF-8 JSON; a null value is a tombstone):
+The kinds (each topic's kind is its entry in topics.toml; values are UTF-8 JSON, and a
+null value is a tombstone):
 
-orders     a JSON object with "orderid" (Confluent Datagen ORDERS, e.g.
-           {"ordertime": 1497014222380, "orderid": 18, "itemid": "Item_184",
-            "address": {"city": "Mountain View", "state": "CA", "zipcode": 94041}})
-           -> SET orders:<orderid> <value bytes as received>
-           tombstone (record key = orderid) -> DEL orders:<orderid>
+document      a JSON object whose key field (orders: "orderid", products: "sku") names the key
+              -> SET <prefix>:<id> <value bytes as received>
+              tombstone (record key = the id) -> DEL <prefix>:<id>
 
-products   a JSON object with "sku" ({"sku": "0123456789", "name": ..., "price": ..., ...})
-           -> SET products:<sku> <value bytes as received>
-           tombstone (record key = sku) -> DEL products:<sku>
-
-inventory  {"type": "shipment" | "purchase" | "count" | "remove",
-            "store": "store1", "sku": "0123456789", "units": 6, ...}
-           units: a whole, non-negative number (6 or 6.0; 6.5 is refused)
-           shipment -> ZINCRBY inventory:<store> +units sku:<sku>
-           purchase -> ZINCRBY inventory:<store> -units sku:<sku>
-           count    -> ZADD    inventory:<store> units sku:<sku>   (a stock take)
-           remove   -> ZREM    inventory:<store> sku:<sku>         (units not needed)
-           tombstones have no meaning here and are dead-lettered.
+stock_ledger  {"type": "shipment" | "purchase" | "count" | "remove",
+               "store": "store1", "sku": "0123456789", "units": 6, ...}
+              units: a whole, non-negative number (6 or 6.0; 6.5 is refused)
+              shipment -> ZINCRBY <prefix>:<store> +units sku:<sku>
+              purchase -> ZINCRBY <prefix>:<store> -units sku:<sku>
+              count    -> ZADD    <prefix>:<store> units sku:<sku>   (a stock take)
+              remove   -> ZREM    <prefix>:<store> sku:<sku>         (units not needed)
+              tombstones have no meaning here and are dead-lettered.
 
 Keying rule (what keeps one Redis key's updates in one partition, so in order):
-the Kafka record key is the orderid (orders), the sku (products), and
-"<store>:<sku>" (inventory). `partition_key` gives it for a mutation.
+the Kafka record key is the document's id, and "<store>:<sku>" for a stock
+ledger. `partition_key` gives it for a mutation.
 
-A topic may also have a JSON Schema (`<KIND>_SCHEMA`, see cachesync.schemas).
+A topic may also have a JSON Schema (`<NAME>_SCHEMA`, see cachesync.schemas).
 """
 
 from __future__ import annotations
@@ -42,7 +37,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from cachesync import keys, schemas
-from cachesync.config import TopicConfig
+from cachesync.config import DOCUMENT, STOCK_LEDGER, TopicConfig
 
 # Mutation codes understood by the apply script (see writer.py).
 SET, DELETE, INCREMENT, ASSIGN, REMOVE = "S", "D", "I", "Z", "R"
@@ -86,9 +81,9 @@ def _document(config: TopicConfig, record_key: bytes | None, value: bytes | None
 INVENTORY_TYPES = ("shipment", "purchase", "count", "remove")
 
 
-def _inventory(config: TopicConfig, record_key: bytes | None, value: bytes | None) -> Mutation:
+def _stock_ledger(config: TopicConfig, record_key: bytes | None, value: bytes | None) -> Mutation:
     if value is None:
-        raise PoisonRecord("inventory events cannot be tombstones; send a 'remove' or a 'count' event")
+        raise PoisonRecord(f"{config.name} events cannot be tombstones; send a 'remove' or a 'count' event")
     event = _json_object(value, config)
     kind = event.get("type")
     if kind not in INVENTORY_TYPES:
@@ -121,15 +116,14 @@ def _units(units: Any) -> str:
 def partition_key(config: TopicConfig, mutation: Mutation) -> str:
     """The Kafka record key the keying rule asks producers to use for this mutation's record."""
     identifier = mutation.key[len(config.key_prefix) + 1 :]
-    if config.kind == "inventory":
+    if config.kind == STOCK_LEDGER:
         return f"{identifier}:{keys.sku_from_member(mutation.member)}"
     return identifier
 
 
 _PROJECTIONS: dict[str, Callable[[TopicConfig, bytes | None, bytes | None], Mutation]] = {
-    "orders": _document,
-    "products": _document,
-    "inventory": _inventory,
+    DOCUMENT: _document,
+    STOCK_LEDGER: _stock_ledger,
 }
 
 
@@ -144,7 +138,7 @@ def _json_object(value: bytes, config: TopicConfig) -> dict[str, Any]:
         try:
             schemas.validate(config.schema, document)
         except schemas.SchemaMismatch as mismatch:
-            raise PoisonRecord(f"value does not match the {config.kind} schema: {mismatch}") from None
+            raise PoisonRecord(f"value does not match the {config.name} schema: {mismatch}") from None
     return document
 
 
