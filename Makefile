@@ -144,3 +144,11 @@ $(AUDIT_VENV)/.installed: tests/security/requirements-audit.txt
 	$(AUDIT_VENV)/bin/pip install --quiet --upgrade pip
 	$(AUDIT_VENV)/bin/pip install --quiet -r tests/security/requirements-audit.txt
 	touch $@
+
+# --- topics.toml into the template and the README ---------------------------------
+.PHONY: topics
+
+# layers/shared/cachesync/topics.toml is the one table of topics; CloudFormation cannot read it,
+# so the template's per-topic lines (and the README's contract table) are written from it
+topics: dev
+	$(PY) -m devkit.topics

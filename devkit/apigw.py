@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from devkit.sam import TEMPLATE, Handler
+from devkit.sam import TEMPLATE, Handler, local_stacks
 
 ACCOUNT_ID = "123456789012"
 API_ID = "local"
@@ -76,9 +76,8 @@ class Route:
 def http_routes(logical_id: str, template: Path = TEMPLATE) -> list[Route]:
     """The function's HttpApi routes, read with the SAM CLI's own template provider."""
     from samcli.lib.providers.sam_function_provider import SamFunctionProvider
-    from samcli.lib.providers.sam_stack_provider import SamLocalStackProvider
 
-    stacks, _ = SamLocalStackProvider.get_stacks(str(template))
+    stacks = local_stacks(template)
     function = SamFunctionProvider(stacks).get(logical_id)
     events: Mapping[str, Any] = (function.events if function else None) or {}
     routes = [

@@ -16,13 +16,16 @@ import random
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from cachesync.config import DOCUMENT, topic_entries
 from devkit.esm.payload import lambda_record
 
 BOOTSTRAP_SERVERS = "pkc-abc12.us-east-1.aws.confluent.cloud:9092"
-TOPICS = ("orders", "inventory", "products")
+# the entries of topics.toml: records are generated per entry, named by it
+ENTRIES = {entry["name"]: entry for entry in topic_entries()}
+TOPICS = tuple(ENTRIES)
 INVENTORY_WEIGHTS = {"shipment": 2, "purchase": 6, "count": 1}
 
 
@@ -164,9 +167,28 @@ class EventGenerator:
         }
         return RawRecord("products", sku.encode(), _json(value))
 
+    def document(self, name: str) -> RawRecord:
+        """A document of a topics.toml entry that has no maker of its own: the entry's example,
+        keyed by one of the generator's SKUs (key field `sku`) or a fresh id."""
+        entry = ENTRIES[name]
+        value = json.loads(entry["example"])
+        field = entry["key_field"]
+        identifier = self.random.choice(self.skus) if field == "sku" else f"{name}-{self.random.randint(1, 10**9)}"
+        value[field] = identifier
+        return RawRecord(name, identifier.encode(), _json(value))
+
+    def record(self, name: str) -> RawRecord:
+        """A record of the topics.toml entry `name`: orders and products in the seed's shapes,
+        stock events for a ledger, the entry's example for any other document."""
+        seed_makers = {"orders": self.order, "inventory": self.inventory, "products": self.product}
+        if name in seed_makers:
+            return seed_makers[name]()
+        if ENTRIES[name]["kind"] == DOCUMENT:
+            return self.document(name)
+        return replace(self.inventory(), topic=name)
+
     def records(self, count: int, topics: Sequence[str] = TOPICS) -> list[RawRecord]:
-        makers = {"orders": self.order, "inventory": self.inventory, "products": self.product}
-        return [makers[self.random.choice(list(topics))]() for _ in range(count)]
+        return [self.record(self.random.choice(list(topics))) for _ in range(count)]
 
     # --- events -------------------------------------------------------------
     def event(self, raws: Sequence[RawRecord], now_ms: int | None = None) -> dict[str, Any]:

@@ -35,9 +35,8 @@ class LocalFunction:
 
 def describe(logical_id: str, parameters: Mapping[str, str] | None = None, template: Path = TEMPLATE) -> LocalFunction:
     from samcli.lib.providers.sam_function_provider import SamFunctionProvider
-    from samcli.lib.providers.sam_stack_provider import SamLocalStackProvider
 
-    stacks, _ = SamLocalStackProvider.get_stacks(str(template), parameter_overrides=dict(parameters or {}))
+    stacks = local_stacks(template, parameters)
     function = SamFunctionProvider(stacks).get(logical_id)
     if function is None or not function.handler or not function.codeuri:
         names = [f.function_id for f in SamFunctionProvider(stacks).get_all()]
@@ -54,6 +53,17 @@ def describe(logical_id: str, parameters: Mapping[str, str] | None = None, templ
         memory_mb=int(function.memory or 128),
         timeout_s=int(function.timeout or 3),
     )
+
+
+def local_stacks(template: Path = TEMPLATE, parameters: Mapping[str, str] | None = None) -> list[Any]:
+    """The template's stack as `sam local invoke --language-extensions` reads it: Fn::ForEach
+    expanded (the per-topic mappings, the cache users), parameters resolved."""
+    from samcli.lib.providers.sam_stack_provider import SamLocalStackProvider
+
+    stacks, _ = SamLocalStackProvider.get_stacks(
+        str(template), parameter_overrides=dict(parameters or {}), language_extensions_enabled=True
+    )
+    return list(stacks)
 
 
 def _resolved_locally(value: Any, resources: set[str]) -> bool:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from devkit.sam import TEMPLATE
+from devkit.sam import TEMPLATE, local_stacks
 
 MAPPING_TYPE = "AWS::Lambda::EventSourceMapping"
 STARTING_POSITIONS = ("TRIM_HORIZON", "LATEST", "AT_TIMESTAMP")
@@ -119,9 +119,8 @@ def _resolved_template(
     from samcli.lib.intrinsic_resolver.intrinsic_property_resolver import IntrinsicResolver
     from samcli.lib.intrinsic_resolver.intrinsics_symbol_table import IntrinsicsSymbolTable
     from samcli.lib.providers.sam_base_provider import SamBaseProvider
-    from samcli.lib.providers.sam_stack_provider import SamLocalStackProvider
 
-    stacks, _ = SamLocalStackProvider.get_stacks(str(template), parameter_overrides=parameters)
+    stacks = local_stacks(template, parameters)
     raw = stacks[0].template_dict
     values = SamBaseProvider._get_parameter_values(raw, parameters)
     resolver = IntrinsicResolver(

@@ -37,15 +37,43 @@ def source_text() -> str:
 
 
 @cache
-def _parsed_cached() -> dict[str, Any]:
+def _written_cached() -> dict[str, Any]:
     from samtranslator.yaml_helper import yaml_parse
 
     result: dict[str, Any] = yaml_parse(source_text())
     return result
 
 
+@cache
+def _parsed_cached() -> dict[str, Any]:
+    """The template after AWS::LanguageExtensions, as CloudFormation runs it before SAM's
+    transform: each Fn::ForEach expanded into its resources, every other intrinsic kept.
+
+    cfn-lint's expansion (the one it lints) keeps the intrinsics for `Resolved` to evaluate
+    per scenario; the SAM CLI's own (for local runs) resolves parameters and conditions
+    with one set of values while it expands."""
+    return expand(copy.deepcopy(_written_cached()))
+
+
+def expand(template: dict[str, Any]) -> dict[str, Any]:
+    """A parsed template with its Fn::ForEach loops expanded (see `load`)."""
+    from cfnlint.template import Template
+    from cfnlint.template.transforms._language_extensions import language_extension
+
+    _, expanded = language_extension(Template(str(TEMPLATE), template))
+    expanded["Transform"] = [t for t in expanded["Transform"] if t != "AWS::LanguageExtensions"]
+    result: dict[str, Any] = expanded
+    return result
+
+
+def written() -> dict[str, Any]:
+    """template.yaml as written, Fn::ForEach and all (a fresh copy)."""
+    return copy.deepcopy(_written_cached())
+
+
 def load() -> dict[str, Any]:
-    """template.yaml parsed with the CloudFormation short-form tags (a fresh copy)."""
+    """template.yaml parsed with the CloudFormation short-form tags, language extensions
+    expanded (a fresh copy)."""
     return copy.deepcopy(_parsed_cached())
 
 

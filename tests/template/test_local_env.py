@@ -17,7 +17,7 @@ import pytest
 
 from cachesync import config
 from devkit import servers
-from devkit.sam import LocalContext, describe, load_handler
+from devkit.sam import LocalContext, describe, load_handler, local_stacks
 from tests.template.cfn import ROOT, TEMPLATE
 
 ENV_FILE = ROOT / "events" / "sam-local-env.json"
@@ -32,9 +32,8 @@ def env_file() -> dict[str, dict[str, str]]:
 def template_variables(logical_id: str) -> set[str]:
     """The variable names the template gives the function (its own and the Globals'), as SAM reads them."""
     from samcli.lib.providers.sam_function_provider import SamFunctionProvider
-    from samcli.lib.providers.sam_stack_provider import SamLocalStackProvider
 
-    stacks, _ = SamLocalStackProvider.get_stacks(str(TEMPLATE))
+    stacks = local_stacks(TEMPLATE)
     function = SamFunctionProvider(stacks).get(logical_id)
     assert function is not None, logical_id
     return set((function.environment or {}).get("Variables", {}))
