@@ -449,3 +449,16 @@ def test_alarms_on_our_metrics_read_what_the_functions_emit(
                 continue
             dimensions = tuple(sorted((d["Name"], d["Value"]) for d in metric["Dimensions"]))
             assert (metric["Namespace"], metric["MetricName"], dimensions) in emitted, name
+
+
+# ---------------------------------------------------------------------- docs
+def test_the_operations_page_explains_every_alarm_and_links_the_runbook() -> None:
+    page = (ROOT / "docs/operations.md").read_text()
+    everything = Resolved({**REQUIRED, "PollerMode": "PROVISIONED", "AlarmEmail": "a@example.com"})
+    for name in everything.of_type("AWS::CloudWatch::Alarm"):
+        assert re.search(rf"^#+ .*`{name}`", page, re.MULTILINE), f"docs/operations.md has no section on {name}"
+    assert "deploy.md#status-and-rebuild" in page
+    for widget in dashboard(everything)["widgets"]:
+        if "title" in widget["properties"]:
+            assert widget["properties"]["title"] in page, widget["properties"]["title"]
+    assert "docs/operations.md" in (ROOT / "README.md").read_text()
