@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from devkit.generator import TOPICS, EventGenerator, RawRecord
+from devkit.registry import VALUE_FORMATS
 
 LOW_STOCK_SKUS = 12  # store1 SKUs seeded below 10 units, so ?below=10 has something to show
 SEED_PARTITIONS = 6  # as the seed's `orders` topic
@@ -98,7 +99,7 @@ def seed_records(generator: EventGenerator, orders: int, movements: int) -> tupl
 
     def counted(store: str, sku: str, units: int) -> RawRecord:
         g.stock[(store, sku)] = units  # the generator's running count: later purchases take no more
-        return stock_take(store, sku, units)
+        return stock_take(store, sku, units, g)
 
     records: list[RawRecord] = [g.product(sku) for sku in g.skus]
     records += [counted(store, sku, g.random.randint(20, 500)) for store in g.stores for sku in g.skus]
@@ -110,9 +111,13 @@ def seed_records(generator: EventGenerator, orders: int, movements: int) -> tupl
     return records, low_stock
 
 
-def stock_take(store: str, sku: str, units: int) -> RawRecord:
+def stock_take(store: str, sku: str, units: int, generator: EventGenerator | None = None) -> RawRecord:
+    """A stock take, encoded as the generator's values are (JSON without one)."""
     value = {"type": "count", "store": store, "sku": sku, "units": units, "eventtime": int(time.time() * 1000)}
-    return RawRecord("inventory", f"{store}:{sku}".encode(), json.dumps(value, separators=(",", ":")).encode())
+    if generator is not None:
+        return RawRecord("inventory", f"{store}:{sku}".encode(), generator.encode("inventory", value))
+    encoded = json.dumps(value, separators=(",", ":")).encode()
+    return RawRecord("inventory", f"{store}:{sku}".encode(), encoded)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -123,6 +128,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=0, help="records to produce (0: until Ctrl-C)")
     parser.add_argument("--seed-data", action="store_true", help="produce make run's starting data and stop")
     parser.add_argument("--seed", type=int, default=7, help="random seed")
+    parser.add_argument(
+        "--value-format",
+        choices=VALUE_FORMATS,
+        default="json",
+        help="JSON, or Avro / Protobuf in Confluent's wire format (the local registry's schema ids)",
+    )
     parser.add_argument(
         "--create-topics", action="store_true", help=f"create missing topics ({SEED_PARTITIONS} partitions)"
     )
@@ -135,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = {"bootstrap.servers": args.bootstrap}
     if args.create_topics or args.seed_data:
         ensure_topics(settings, TOPICS if args.seed_data else topics)
-    generator = EventGenerator(seed=args.seed, partitions=SEED_PARTITIONS)
+    generator = EventGenerator(seed=args.seed, partitions=SEED_PARTITIONS, value_format=args.value_format)
     feed = KafkaFeed(settings)
     if args.seed_data:
         records, _ = seed_records(generator, orders=2000, movements=2000)

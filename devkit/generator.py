@@ -21,6 +21,7 @@ from typing import Any
 
 from cachesync.config import DOCUMENT, topic_entries
 from devkit.esm.payload import lambda_record
+from devkit.registry import VALUE_FORMATS, ValueEncoder
 
 BOOTSTRAP_SERVERS = "pkc-abc12.us-east-1.aws.confluent.cloud:9092"
 # the entries of topics.toml: records are generated per entry, named by it
@@ -92,6 +93,8 @@ class EventGenerator:
         first_order_id: int = 1,
         topic_names: dict[str, str] | None = None,
         first_offset: int = 0,
+        value_format: str = "json",
+        confluent: bool = True,
     ):
         self.random = random.Random(seed)
         self.partitions = partitions
@@ -103,6 +106,13 @@ class EventGenerator:
         self.stock: dict[tuple[str, str], int] = {}  # units on hand after the events generated so far
         self.next_offset: dict[tuple[str, int], int] = {}
         self._round_robin = 0
+        # JSON text, or Avro / Protobuf written with the local registry's schemas (devkit.registry)
+        self.value_format = value_format
+        self._encoder = None if value_format == "json" else ValueEncoder(value_format, confluent)
+
+    def encode(self, kind: str, value: dict[str, Any]) -> bytes:
+        """A generated document as this generator's producers write it."""
+        return _json(value) if self._encoder is None else self._encoder.encode(kind, value)
 
     # --- record values -----------------------------------------------------
     def order(self) -> RawRecord:
@@ -120,7 +130,7 @@ class EventGenerator:
                 "zipcode": r.randint(10000, 99999),
             },
         }
-        return RawRecord("orders", str(order_id).encode(), _json(value))
+        return RawRecord("orders", str(order_id).encode(), self.encode("orders", value))
 
     def inventory(self, kind: str | None = None, store: str | None = None, sku: str | None = None) -> RawRecord:
         """A stock event. Chosen at random, a purchase never takes more than the
@@ -152,7 +162,7 @@ class EventGenerator:
         }
         if kind != "remove":
             value["units"] = units
-        return RawRecord("inventory", f"{store}:{sku}".encode(), _json(value))
+        return RawRecord("inventory", f"{store}:{sku}".encode(), self.encode("inventory", value))
 
     def product(self, sku: str | None = None) -> RawRecord:
         r = self.random
@@ -165,7 +175,7 @@ class EventGenerator:
             "currency": "USD",
             "category": r.choice(["kitchen", "garden", "toys", "books"]),
         }
-        return RawRecord("products", sku.encode(), _json(value))
+        return RawRecord("products", sku.encode(), self.encode("products", value))
 
     def document(self, name: str) -> RawRecord:
         """A document of a topics.toml entry that has no maker of its own: the entry's example,
@@ -220,12 +230,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--first-order-id", type=int, default=1)
     parser.add_argument("--out", help="file to write (default: standard output)")
+    parser.add_argument(
+        "--value-format",
+        choices=VALUE_FORMATS,
+        default="json",
+        help="record values: JSON, or Avro / Protobuf in Confluent's wire format with the local registry's ids",
+    )
+    parser.add_argument("--plain", action="store_true", help="Avro / Protobuf without Confluent's 5-byte header")
     args = parser.parse_args(argv)
     topics = [t.strip() for t in args.topics.split(",") if t.strip()]
     unknown = sorted(set(topics) - set(TOPICS))
     if unknown or args.records < 0 or args.partitions < 1:
         parser.error(f"unknown topics {unknown}" if unknown else "--records must be >= 0 and --partitions >= 1")
-    generator = EventGenerator(seed=args.seed, partitions=args.partitions, first_order_id=args.first_order_id)
+    generator = EventGenerator(
+        seed=args.seed,
+        partitions=args.partitions,
+        first_order_id=args.first_order_id,
+        value_format=args.value_format,
+        confluent=not args.plain,
+    )
     text = json.dumps(generator.batch(args.records, topics), indent=2)
     if args.out:
         with open(args.out, "w") as out:

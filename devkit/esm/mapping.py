@@ -34,6 +34,16 @@ class TemplateError(ValueError):
 
 
 @dataclass(frozen=True)
+class SchemaRegistry:
+    """A mapping's SchemaRegistryConfig: which attributes Lambda validates against the
+    registry, and whether it hands the function JSON or the source bytes."""
+
+    uri: str
+    event_record_format: str = "JSON"  # JSON | SOURCE
+    attributes: tuple[str, ...] = ("VALUE",)  # KEY and/or VALUE
+
+
+@dataclass(frozen=True)
 class MappingConfig:
     logical_id: str
     function: str  # the logical id of the function it invokes
@@ -55,6 +65,7 @@ class MappingConfig:
     on_failure: str | None = None
     auth_type: str | None = None  # BASIC_AUTH | SASL_SCRAM_256_AUTH | SASL_SCRAM_512_AUTH
     secret_arn: str | None = None
+    schema_registry: SchemaRegistry | None = None
 
     @property
     def retry_limit(self) -> int:
@@ -201,6 +212,10 @@ def _mapping(logical_id: str, p: dict[str, Any]) -> MappingConfig:
     auth = next((c for c in p.get("SourceAccessConfigurations") or [] if c.get("Type") in SASL_MECHANISMS), None)
     window = p.get("MaximumBatchingWindowInSeconds")
     destination = ((p.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
+    provisioned = "ProvisionedPollerConfig" in p
+    registry = kafka.get("SchemaRegistryConfig")
+    if registry and not provisioned:
+        raise TemplateError(f"{logical_id}: Lambda takes a SchemaRegistryConfig in provisioned mode only")
     return MappingConfig(
         logical_id=logical_id,
         function=function,
@@ -213,7 +228,7 @@ def _mapping(logical_id: str, p: dict[str, Any]) -> MappingConfig:
         batch_size=whole("BatchSize", DEFAULT_BATCH_SIZE, 1, 10_000),
         window_seconds=DEFAULT_WINDOW_SECONDS if window is None else whole("MaximumBatchingWindowInSeconds", 0, 0, 300),
         enabled=str(p.get("Enabled", True)).lower() != "false",
-        provisioned="ProvisionedPollerConfig" in p,
+        provisioned=provisioned,
         maximum_retry_attempts=whole("MaximumRetryAttempts", -1, 0, 10_000, also=(-1,)),
         maximum_record_age_seconds=whole("MaximumRecordAgeInSeconds", -1, 60, 604_800, also=(-1,)),
         bisect_on_error=str(p.get("BisectBatchOnFunctionError", False)).lower() == "true",
@@ -221,4 +236,15 @@ def _mapping(logical_id: str, p: dict[str, Any]) -> MappingConfig:
         on_failure=destination if isinstance(destination, str) else None,
         auth_type=auth.get("Type") if auth else None,
         secret_arn=auth.get("URI") if auth and isinstance(auth.get("URI"), str) else None,
+        schema_registry=_schema_registry(logical_id, registry) if registry else None,
     )
+
+
+def _schema_registry(logical_id: str, registry: dict[str, Any]) -> SchemaRegistry:
+    record_format = registry.get("EventRecordFormat", "JSON")
+    if record_format not in ("JSON", "SOURCE"):
+        raise TemplateError(f"{logical_id}: EventRecordFormat must be JSON or SOURCE, got {record_format!r}")
+    attributes = tuple(str(c.get("Attribute")) for c in registry.get("SchemaValidationConfigs") or [])
+    if not attributes or set(attributes) - {"KEY", "VALUE"}:
+        raise TemplateError(f"{logical_id}: SchemaValidationConfigs must name KEY and/or VALUE, got {attributes!r}")
+    return SchemaRegistry(str(registry.get("SchemaRegistryURI", "")), record_format, attributes)

@@ -8,7 +8,10 @@
   and a tombstone's `value` is null;
 - `headers` is a list of one-entry objects, name to the value's bytes as
   signed ints (Java bytes, -128..127): "ë" is [-61, -85];
-- `timestampType` is CREATE_TIME or LOG_APPEND_TIME.
+- `timestampType` is CREATE_TIME or LOG_APPEND_TIME;
+- with a schema registry, `keySchemaMetadata` and `valueSchemaMetadata`
+  (`{"dataFormat": "AVRO", "schemaId": "1"}`) name what the key and value were
+  written with (devkit.esm.registry).
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ import base64
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from devkit.esm.mapping import SchemaRegistry
 
 EVENT_SOURCE = "SelfManagedKafka"
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # Lambda's synchronous invocation payload limit
@@ -37,6 +43,9 @@ class Record:
     timestamp: int  # epoch ms
     body: dict[str, Any]  # the record's JSON object in the payload
     size: int  # bytes of that object in the payload, separator included
+    # why Lambda keeps it from the function (a schema registry's DESERIALIZATION_ERROR or
+    # SCHEMA_NOT_FOUND): it goes to the on-failure destination instead
+    rejected: str | None = None
 
     @property
     def partition_key(self) -> str:
@@ -71,8 +80,8 @@ def signed_bytes(data: bytes) -> list[int]:
     return [b - 256 if b > 127 else b for b in data]
 
 
-def from_message(message: Any) -> Record:
-    """A confluent_kafka.Message as Lambda's payload carries it."""
+def from_message(message: Any, registry: SchemaRegistry | None = None) -> Record:
+    """A confluent_kafka.Message as Lambda's payload carries it (through the mapping's schema registry)."""
     kind, timestamp = message.timestamp()
     body = lambda_record(
         topic=message.topic(),
@@ -84,7 +93,12 @@ def from_message(message: Any) -> Record:
         headers=message.headers(),
         timestamp_type=TIMESTAMP_TYPES.get(kind, "CREATE_TIME"),
     )
-    return Record(body["topic"], body["partition"], body["offset"], timestamp, body, encoded_size(body))
+    rejected = None
+    if registry is not None:
+        from devkit.esm import registry as schema_registry
+
+        rejected = schema_registry.apply(registry, body)
+    return Record(body["topic"], body["partition"], body["offset"], timestamp, body, encoded_size(body), rejected)
 
 
 def encoded_size(body: dict[str, Any]) -> int:
@@ -99,6 +113,9 @@ def encoded_size(body: dict[str, Any]) -> int:
     for header in body["headers"]:
         for name, data in header.items():
             size += 5 + len(json.dumps(name)) + sum(len(str(b)) + 1 for b in data)
+    for name in ("keySchemaMetadata", "valueSchemaMetadata"):
+        if name in body:
+            size += len(json.dumps({name: body[name]}, separators=(",", ":")))
     return size
 
 

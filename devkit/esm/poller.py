@@ -246,11 +246,15 @@ class LocalEventSourceMapping:
                     raise MappingError(f"Kafka consumer failed: {error.str()}")
                 log.warning("%s: %s", self.config.logical_id, error.str())
                 continue
-            self._pending.append(payload.from_message(message))
+            self._pending.append(payload.from_message(message, self.config.schema_registry))
 
     # --- delivery ------------------------------------------------------------------
     def _deliver(self, consumer: Any, batch: list[Record]) -> None:
-        parts = deque([_Part(batch)])
+        rejected = [r for r in batch if r.rejected is not None]
+        if rejected:  # the schema registry kept them from the function: to the destination, never invoked
+            batch = [r for r in batch if r.rejected is None]
+            self._reject(rejected)
+        parts = deque([_Part(batch)] if batch else [])
         while parts and not self._stop.is_set():
             part = parts[0]
             part.records = self._drop_expired(consumer, part.records)
@@ -289,6 +293,19 @@ class LocalEventSourceMapping:
                 parts.popleft()
                 continue
             self._stop.wait(min(self._backoff[0] * 2 ** (part.retries - 1), self._backoff[1]))
+        if rejected and not parts:  # the rest of the batch is done: the rejected offsets are too
+            self._commit(consumer, [r for r in rejected if r.offset >= self.stats.committed.get(r.partition_key, 0)])
+
+    def _reject(self, records: list[Record]) -> None:
+        """Records the schema registry refused, sent on as Lambda does: to the on-failure
+        destination with the reason as the condition, or discarded without one."""
+        for reason in sorted({r.rejected for r in records if r.rejected is not None}):
+            group = [r for r in records if r.rejected == reason]
+            if self.destinations.configured:
+                self.destinations.send(group, reason, 0, None, self._clock() * 1000)
+            else:
+                log.warning("%s: %d records discarded (%s)", self.config.logical_id, len(group), reason)
+            self.stats.dead_lettered += len(group)
 
     def _invoke_part(self, part: _Part) -> list[Record] | None:
         """None when every record succeeded, else the records to retry: `part.records` itself on a

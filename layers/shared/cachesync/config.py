@@ -13,8 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
+
+if TYPE_CHECKING:
+    from cachesync.values import ValueFormat
 
 
 class ConfigError(ValueError):
@@ -49,6 +52,8 @@ class TopicConfig:
     # JSON Schema (canonical JSON text) every value must match, or None: no validation
     # beyond what the projection needs. Text, not a dict, so the settings stay hashable.
     schema: str | None = None
+    # Avro or Protobuf values and their schema (cachesync.values); None: JSON values
+    value_format: ValueFormat | None = None
 
 
 @dataclass(frozen=True)
@@ -188,7 +193,24 @@ def _topic_config(env: Mapping[str, str], entry: Mapping[str, Any]) -> TopicConf
         key_field=env.get(f"{upper}_KEY_FIELD") or entry["key_field"],
         ttl_seconds=_number(env, f"{upper}_TTL_SECONDS", int(entry.get("ttl_seconds", 0)), int),
         schema=_schema(env, f"{upper}_SCHEMA", entry.get("schema")),
+        value_format=_value_format(env, upper, entry),
     )
+
+
+def _value_format(env: Mapping[str, str], upper: str, entry: Mapping[str, Any]) -> ValueFormat | None:
+    """`<NAME>_VALUE_FORMAT`, `_VALUE_SCHEMA` and `_VALUE_WIRE_FORMAT`, else the entry's
+    `value_format`, `value_schema` and `value_wire_format` (cachesync.values)."""
+    kind = env.get(f"{upper}_VALUE_FORMAT") or entry.get("value_format") or "json"
+    if kind.strip().lower() == "json":
+        return None  # the values module (and Powertools' Kafka utility) is imported only when needed
+    from cachesync import values
+
+    schema = env.get(f"{upper}_VALUE_SCHEMA") or entry.get("value_schema") or ""
+    wire = env.get(f"{upper}_VALUE_WIRE_FORMAT") or entry.get("value_wire_format") or ""
+    try:
+        return values.load(kind, schema, wire)
+    except values.ValueFormatError as error:
+        raise ConfigError(f"{upper}_VALUE_FORMAT {kind}: {error}") from None
 
 
 def _schema(env: Mapping[str, str], name: str, default: str | None = None) -> str | None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.data_classes.kafka_event import KafkaEvent
 
-from cachesync import keys
+from cachesync import keys, values
 from cachesync.config import Settings
 from cachesync.connection import get_client
 from cachesync.deadletter import DeadLetter, DeadLetterSink, FallbackSink, RedisStreamSink, SqsSink
@@ -179,12 +179,16 @@ class Ingestor:
         value = _decode(record.get("value"), "value")
         if value is not None and len(value) > self._settings.max_value_bytes:
             raise PoisonRecord(f"value of {len(value)} bytes is over the limit of {self._settings.max_value_bytes}")
+        if value is not None and config.value_format is not None:  # Avro or Protobuf: decoded to JSON
+            value = values.to_json(config.value_format, record["value"], value, record.get("valueSchemaMetadata"))
         try:
             key = _decode(record.get("key"), "key")
         except PoisonRecord:
             if value is None:
                 raise  # a tombstone's key names what to delete
             key = None  # a value names its own key; the keying check below reports it
+        if key is not None and record.get("keySchemaMetadata") is not None:
+            key = values.registry_key(key)
         field = self._field
         if field[0] != topic or field[1] != partition:  # records come partition by partition
             field = self._field = (topic, partition, keys.offsets_field(topic, partition))
