@@ -6,7 +6,7 @@ PORT ?= 3000
 FUNCTION ?= IngestFunction
 EVENT ?= events/kafka-orders.json
 
-.PHONY: dev test lint format mypy invoke run openapi bench stop cli events clean esm kafka datagen status rebuild
+.PHONY: dev test lint format mypy invoke run openapi bench stop cli events clean esm kafka datagen status rebuild value-schemas
 
 dev: $(VENV)/.installed
 
@@ -70,6 +70,10 @@ status: dev
 
 rebuild: dev
 	$(PY) -m devkit.ops rebuild $(if $(TOPIC),--topic $(TOPIC),--all)
+
+# compile the bundled .proto value schemas into the descriptor sets the layer reads
+value-schemas: dev
+	$(PY) -m devkit.value_schemas
 
 # write the read API's OpenAPI document to docs/openapi.json
 openapi: dev

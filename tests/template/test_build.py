@@ -71,6 +71,11 @@ def test_layer_has_the_package_its_data_files_and_pinned_dependencies(build_dir:
     for data_file in ("apply.lua", "slot_tags.txt"):  # read at runtime
         assert (python / "cachesync" / data_file).read_text() == (source / data_file).read_text()
     assert {p.name for p in (python / "cachesync").glob("*.py")} == {p.name for p in source.glob("*.py")}
+    # the bundled value schemas: Avro's JSON and Protobuf's descriptor sets (not the .proto sources)
+    schemas = [p for p in (source / "value_schemas").iterdir() if p.suffix in (".avsc", ".binpb")]
+    assert len(schemas) == 6
+    for schema in schemas:
+        assert (python / "cachesync/value_schemas" / schema.name).read_bytes() == schema.read_bytes()
     installed = {p.name.split("-")[0].lower().replace("_", "-"): p.name for p in python.glob("*.dist-info")}
     for line in (ROOT / "layers/shared/requirements.txt").read_text().splitlines():
         line = line.split("#")[0].strip()
