@@ -197,3 +197,18 @@ def test_an_invalid_avro_schema_stops_the_configuration(tmp_path: Any) -> None:
     schema.write_text('{"type": "record", "name": "x", "fields": [{"name": "a", "type": "nope"}]}')
     with pytest.raises(ConfigError, match="not a valid Avro schema"):
         Settings.from_env({"ORDERS_VALUE_FORMAT": "avro", "ORDERS_VALUE_SCHEMA": str(schema)})
+
+
+def test_a_topic_entry_names_its_value_format_and_the_environment_overrides_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cachesync import config
+
+    entries = [dict(entry) for entry in config.topic_entries()]
+    orders = next(entry for entry in entries if entry["name"] == "orders")
+    orders |= {"value_format": "protobuf", "value_schema": "4=orders.binpb", "value_wire_format": "plain"}
+    monkeypatch.setattr(config, "topic_entries", lambda: tuple(entries))
+    value_format = Settings.from_env({}).topic("orders").value_format  # type: ignore[union-attr]
+    assert value_format is not None and (value_format.kind, value_format.confluent) == ("protobuf", False)
+    assert value_format.schemas[0].schema_id == "4" and value_format.schemas[0].message == "cachesync.Order"
+    assert Settings.from_env({"ORDERS_VALUE_FORMAT": "json"}).topic("orders").value_format is None  # type: ignore[union-attr]
