@@ -110,3 +110,26 @@ def test_the_generator_writes_events_of_n_records(tmp_path: Path, topics: str) -
     run([*args[:-1], str(again), "--seed", "5"], "redis://unused")
     strip = lambda e: [(r["key"], r["value"]) for c in e["records"].values() for r in c]  # noqa: E731
     assert strip(json.loads(again.read_text())) == strip(event)  # same seed, same records
+
+
+def test_avro_values_through_the_handler_with_the_dead_letter_reasons_in_the_log(valkey: Any, tmp_path: Path) -> None:
+    from devkit.registry import function_environment
+
+    generator = EventGenerator(seed=4, partitions=2, value_format="avro")
+    orders = [generator.order() for _ in range(4)]
+    assert orders[0].value is not None
+    truncated = RawRecord("orders", b"99", orders[0].value[:9])
+    event = generator.event([*orders, truncated])
+    env_vars = tmp_path / "env.json"
+    env_vars.write_text(json.dumps({"IngestFunction": function_environment("avro")}))
+    result = run(
+        ["-m", "devkit.invoke", "IngestFunction", "-", "--env-vars", str(env_vars)], valkey.url, json.dumps(event)
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"records": 5, "applied": 4, "duplicates": 0, "deadLettered": 1}
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    log = next(line for line in lines if line.get("message") == "batch applied")
+    [reason] = log["deadLetterReasons"]
+    assert reason.startswith("DESERIALIZATION_ERROR: avro value does not decode with orders.avsc")
+    stored = json.loads(redis.Redis.from_url(valkey.url).get("orders:1") or b"null")
+    assert stored["orderid"] == 1 and set(stored) == {"ordertime", "orderid", "itemid", "orderunits", "address"}
