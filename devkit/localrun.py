@@ -262,7 +262,8 @@ class LocalRun:
         lines = [
             f"cachesync read API on {base}  (Redis {self.redis_url}, {streaming})",
             f"Kafka at {self.kafka_bootstrap}: topics orders, inventory, products -> IngestFunction"
-            + ("" if self.value_format == "json" else f" ({self.value_format} values, Confluent's wire format)"),
+            + ("" if self.value_format == "json" else f" ({self.value_format} values, Confluent's wire format)")
+            + ("" if self.schema_registry is None else f" through the local schema registry ({self.schema_registry})"),
             "",
             "try:",
             f"  curl {base}/orders/{order_id}",
