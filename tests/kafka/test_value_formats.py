@@ -16,6 +16,7 @@ from devkit.datagen import KafkaFeed
 from devkit.esm.mapping import SchemaRegistry
 from devkit.esm.runner import LocalMappings
 from devkit.generator import EventGenerator
+from devkit.localrun import registry_parameters
 from devkit.registry import SCHEMA_IDS, function_environment
 from harness.model import model_state, redis_state
 from tests.kafka.conftest import Kafka, Recorder, wait_until
@@ -60,17 +61,24 @@ def test_a_registry_mapping_delivers_metadata_and_sends_what_it_cannot_read_to_t
     assert conditions == ["DESERIALIZATION_ERROR", "SCHEMA_NOT_FOUND"]
 
 
-@pytest.mark.parametrize("value_format", ["avro", "protobuf"])
+@pytest.mark.parametrize(
+    ("value_format", "registry"),
+    [("avro", None), ("protobuf", None), ("avro", "JSON"), ("protobuf", "SOURCE")],
+    ids=["avro", "protobuf", "avro-registry-json", "protobuf-registry-source"],
+)
 def test_the_whole_path_with_values_in_confluents_wire_format(
-    kafka: Kafka, valkey: Any, local_mappings: Callable[..., LocalMappings], value_format: str
+    kafka: Kafka, valkey: Any, local_mappings: Callable[..., LocalMappings], value_format: str, registry: str | None
 ) -> None:
+    """Producer, the template's mappings (with the template's schema registry options, or
+    none) and IngestFunction (decoding itself unless the mapping hands it JSON)."""
     names = topics(kafka)
     mappings = local_mappings(
-        env=function_environment(value_format),
+        env={} if registry == "JSON" else function_environment(value_format),
         bootstrap=kafka.bootstrap,
-        parameters={**parameters(names), "RedisUrl": valkey.url},
+        parameters={**parameters(names), "RedisUrl": valkey.url, **registry_parameters(registry)},
         overrides={"batch_size": 200},
     )
+    assert all((c.schema_registry is not None) == (registry is not None) for c in mappings.configs)
     feed = KafkaFeed({"bootstrap.servers": kafka.bootstrap}, names)
     encoded = EventGenerator(seed=21, partitions=PARTITIONS, stores=3, skus=30, value_format=value_format)
     feed.produce(encoded.records(600))

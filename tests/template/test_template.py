@@ -212,6 +212,84 @@ def test_poller_mode_settings(scenario: tuple[str, dict[str, str], Resolved]) ->
     assert ("MappingFailureQueueAlarm" in stack.resources) == provisioned
 
 
+SCHEMA_REGISTRY = {
+    "PollerMode": "PROVISIONED",
+    "SchemaRegistryUri": "https://psrc-abc12.us-east-2.aws.confluent.cloud",
+    "SchemaRegistrySecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:cachesync/registry-AbCdEf",
+}
+
+
+def _ingest_statements(stack: Resolved) -> dict[str, dict[str, Any]]:
+    return {s["Sid"]: s for s in _statements(stack)["IngestFunctionRole"] if "Sid" in s}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            SCHEMA_REGISTRY,
+            {
+                "SchemaRegistryURI": SCHEMA_REGISTRY["SchemaRegistryUri"],
+                "EventRecordFormat": "JSON",
+                "AccessConfigs": [{"Type": "BASIC_AUTH", "URI": SCHEMA_REGISTRY["SchemaRegistrySecretArn"]}],
+                "SchemaValidationConfigs": [{"Attribute": "VALUE"}],
+            },
+        ),
+        (
+            {
+                **SCHEMA_REGISTRY,
+                "SchemaRegistrySecretArn": "",
+                "SchemaRegistryEventRecordFormat": "SOURCE",
+                "SchemaRegistryValidatedAttributes": "KEY_AND_VALUE",
+            },
+            {
+                "SchemaRegistryURI": SCHEMA_REGISTRY["SchemaRegistryUri"],
+                "EventRecordFormat": "SOURCE",
+                "SchemaValidationConfigs": [{"Attribute": "KEY"}, {"Attribute": "VALUE"}],
+            },
+        ),
+    ],
+    ids=["json-basic-auth", "source-keys-no-auth"],
+)
+def test_a_schema_registry_on_every_topic_mapping(overrides: dict[str, str], expected: dict[str, Any]) -> None:
+    stack = Resolved({**REQUIRED, **overrides, "SkippedBatchesTopic": "cachesync-skipped"})
+    for name in MAPPINGS.values():
+        assert stack.props(name)["SelfManagedKafkaEventSourceConfig"]["SchemaRegistryConfig"] == expected, name
+    # the skipped records' mapping reads Lambda's JSON invocation records, never through the registry
+    assert "SchemaRegistryConfig" not in stack.props("SkippedBatchesMapping")["SelfManagedKafkaEventSourceConfig"]
+    # the pollers read the registry's secret with the function's role, and only that secret
+    statements = _ingest_statements(stack)
+    if "AccessConfigs" in expected:
+        registry_secret = statements["MappingsReadSchemaRegistrySecret"]
+        assert registry_secret["Action"] == "secretsmanager:GetSecretValue"
+        assert registry_secret["Resource"] == SCHEMA_REGISTRY["SchemaRegistrySecretArn"]
+    else:
+        assert "MappingsReadSchemaRegistrySecret" not in statements
+    assert broken_rules({**REQUIRED, **overrides}) == []
+
+
+def test_no_schema_registry_by_default(scenario: tuple[str, dict[str, str], Resolved]) -> None:
+    _, _, stack = scenario
+    for name in MAPPINGS.values():
+        assert "SchemaRegistryConfig" not in stack.props(name)["SelfManagedKafkaEventSourceConfig"]
+    assert "MappingsReadSchemaRegistrySecret" not in _ingest_statements(stack)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "complaint"),
+    [
+        ({**SCHEMA_REGISTRY, "PollerMode": "ON_DEMAND"}, "SchemaRegistryUri needs PollerMode=PROVISIONED"),
+        ({"SchemaRegistryUri": SCHEMA_REGISTRY["SchemaRegistryUri"]}, "SchemaRegistryUri needs PollerMode"),
+        ({"SchemaRegistrySecretArn": SCHEMA_REGISTRY["SchemaRegistrySecretArn"]}, "are for a schema registry"),
+        ({"PollerMode": "PROVISIONED", "SchemaRegistryEventRecordFormat": "SOURCE"}, "are for a schema registry"),
+        ({"SchemaRegistryValidatedAttributes": "KEY_AND_VALUE"}, "are for a schema registry"),
+    ],
+)
+def test_rules_keep_the_schema_registry_to_provisioned_mode(overrides: dict[str, str], complaint: str) -> None:
+    failures = broken_rules({**REQUIRED, **overrides})
+    assert any(complaint in failure for failure in failures), failures
+
+
 def _samconfig_overrides() -> dict[str, dict[str, str]]:
     import tomllib
 

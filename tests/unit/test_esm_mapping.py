@@ -86,3 +86,23 @@ def _env() -> dict[str, str]:
 
     # a Redis URL that is never used: the broker check comes first
     return {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{servers.free_port()}/0"}
+
+
+def test_the_templates_schema_registry_options_reach_the_local_mappings() -> None:
+    from devkit.esm.mapping import SchemaRegistry
+
+    parameters = {
+        "KafkaBootstrapServers": "a:9092",
+        "PollerMode": "PROVISIONED",
+        "SchemaRegistryUri": "https://psrc-abc12.us-east-2.aws.confluent.cloud",
+        "SchemaRegistryEventRecordFormat": "SOURCE",
+        "SchemaRegistryValidatedAttributes": "KEY_AND_VALUE",
+    }
+    mappings = read_mappings(parameters)
+    assert {m.logical_id for m in mappings} == {"OrdersMapping", "InventoryMapping", "ProductsMapping"}
+    for mapping in mappings:
+        assert mapping.schema_registry == SchemaRegistry(parameters["SchemaRegistryUri"], "SOURCE", ("KEY", "VALUE"))
+    assert all(m.schema_registry is None for m in read_mappings({**parameters, "SchemaRegistryUri": ""}))
+    # on demand, Lambda refuses a registry (the template's Rule says so before it gets that far)
+    with pytest.raises(TemplateError, match="SchemaRegistryConfig in provisioned mode only"):
+        read_mappings({**parameters, "PollerMode": "ON_DEMAND"})
