@@ -159,3 +159,37 @@ def test_make_run_command_starts_serves_and_stops_cleanly() -> None:
         redis.Redis.from_url(redis_url.group(1), socket_timeout=1).ping()
     with pytest.raises(urllib.error.URLError):  # and so is the server
         urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+@pytest.mark.parametrize("registry", [None, "JSON"])
+def test_make_run_with_avro_values_serves_the_decoded_documents(registry: str | None) -> None:
+    """`make run VALUES=avro` (and `REGISTRY=JSON`): the seed and the stream in Avro, Confluent's
+    wire format, through the mappings and IngestFunction to the API as JSON."""
+    port = free_port()
+    command = ["make", "-s", "run", f"PORT={port}", "VALUES=avro", *([f"REGISTRY={registry}"] if registry else [])]
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "KAFKA_BOOTSTRAP")}
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        assert process.stdout is not None
+        banner = ""
+        for line in process.stdout:
+            banner += line
+            if "Ctrl-C" in line:
+                break
+        assert "(avro values, Confluent's wire format)" in banner, banner
+        assert (f"through the local schema registry ({registry})" in banner) == (registry is not None)
+        status, _, body = fetch(f"http://127.0.0.1:{port}/orders/18")
+        order = json.loads(body)
+        assert status == 200 and order["orderid"] == 18
+        assert set(order) == {"ordertime", "orderid", "itemid", "orderunits", "address"}
+        status, _, body = fetch(f"http://127.0.0.1:{port}/stores/store1/inventory?below=10")
+        assert status == 200 and json.loads(body)["items"]
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

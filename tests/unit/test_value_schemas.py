@@ -48,3 +48,18 @@ def test_every_generated_document_round_trips_through_the_bundled_schemas(value_
 
 def _int64_as_text(document: dict[str, object]) -> dict[str, object]:
     return {k: str(v) if k in ("ordertime", "zipcode", "eventtime") else v for k, v in document.items()}
+
+
+def test_the_generator_writes_confluents_wire_format_or_plain_bytes(tmp_path: Path) -> None:
+    from devkit import generator
+
+    for flags, header in (([], b"\x00\x00\x00\x00\x01"), (["--plain"], None)):
+        out = tmp_path / "event.json"
+        generator.main(["--records", "5", "--topics", "orders", "--value-format", "avro", *flags, "--out", str(out)])
+        records = [r for rs in json.loads(out.read_text())["records"].values() for r in rs]
+        values = [base64.b64decode(r["value"]) for r in records]
+        assert len(values) == 5
+        if header is not None:
+            assert all(v.startswith(header) for v in values)  # magic byte 0, orders' local schema id 1
+        else:
+            assert not any(v.startswith(b"\x00\x00\x00\x00") for v in values) and not values[0].startswith(b"{")
