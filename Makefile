@@ -6,7 +6,7 @@ PORT ?= 3000
 FUNCTION ?= IngestFunction
 EVENT ?= events/kafka-orders.json
 
-.PHONY: dev test lint format mypy invoke run openapi bench stop cli events clean esm kafka datagen status rebuild value-schemas
+.PHONY: dev test lint format mypy invoke run openapi bench bench-connect stop cli events clean esm kafka datagen status rebuild value-schemas
 
 dev: $(VENV)/.installed
 
@@ -89,6 +89,12 @@ bench: dev
 		else sudo -n apt-get install -y -q wrk; fi; } >/dev/null 2>&1 || \
 		echo "wrk is not installable here: the HTTP load comes from a Python client"
 	$(PY) -m harness.bench --output docs/performance.md
+
+# our path beside a plain at-least-once Redis sink (no Redis sink connector for Kafka Connect is on
+# Maven Central): throughput, freshness and SIGKILLs mid-stream against the reference model, on Apache
+# Kafka 4.4 when Java and Maven are here; writes its own section of docs/performance.md (about 10 minutes)
+bench-connect: dev
+	$(PY) -m harness.bench_connect --output docs/performance.md --command "make bench-connect"
 
 # regenerate the sample Kafka events in events/
 events: dev
