@@ -5,7 +5,10 @@
 
 What a Kafka Connect Redis sink task does, without Connect: consume a batch,
 write it to Redis in one pipeline, then commit the batch's offsets (after the
-write, synchronously: the most a sink can do for at-least-once). Documents
+write, synchronously: the most a sink can do for at-least-once). With
+`--commit-interval N` it commits at most every N seconds instead, as Connect
+commits a sink's offsets every `offset.flush.interval.ms` (60 s by default),
+and once more when stopped. Documents
 are `SET <prefix>:<id> <value>` (a tombstone `DEL`), which a replay rewrites
 to the same value. Stock events are the Datagen inventory contract's deltas
 (`ZINCRBY`, `ZADD` for a stock take, `ZREM`), which no Redis sink connector
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 from typing import Any
 
 import redis
@@ -27,7 +31,7 @@ from harness.bench_kafka import _naive_command
 BATCH = 500  # records per consume, as the local mappings' default batch size
 
 
-def run(bootstrap: str, redis_url: str, group: str, topics: dict[str, str]) -> int:
+def run(bootstrap: str, redis_url: str, group: str, topics: dict[str, str], commit_interval: float = 0.0) -> int:
     """`topics`: topic name -> its kind (orders, inventory, products)."""
     from confluent_kafka import Consumer
 
@@ -53,29 +57,41 @@ def run(bootstrap: str, redis_url: str, group: str, topics: dict[str, str]) -> i
         }
     )
     consumer.subscribe(list(topics))
+    committed_at, uncommitted = time.monotonic(), False
     try:
         while not stopping:
-            # what has arrived, up to a batch, as soon as anything has (as a sink task's poll returns)
-            first = consumer.poll(0.1)
-            if first is None:
-                continue
-            messages = [m for m in [first, *consumer.consume(BATCH - 1, 0)] if m.error() is None]
-            if not messages:
-                continue
-            pipe = client.pipeline(transaction=False)
-            for message in messages:
-                topic, key, value = message.topic(), message.key(), message.value()
-                kind = topics[str(topic)]
-                if value is None:
-                    if kind != "inventory" and key is not None:
-                        pipe.delete(f"{kind}:{key.decode()}")
-                else:
-                    _naive_command(pipe, kind, value)
-            pipe.execute()
+            written = _write_batch(consumer, client, topics)
+            uncommitted = uncommitted or written
+            if uncommitted and time.monotonic() - committed_at >= commit_interval:
+                consumer.commit(asynchronous=False)
+                committed_at, uncommitted = time.monotonic(), False
+        if uncommitted:  # a clean stop commits what was written, as Connect does
             consumer.commit(asynchronous=False)
     finally:
         consumer.close()
     return 0
+
+
+def _write_batch(consumer: Any, client: redis.Redis, topics: dict[str, str]) -> bool:
+    """What has arrived, up to a batch, as soon as anything has (as a sink task's poll returns),
+    written in one pipeline; False when nothing came."""
+    first = consumer.poll(0.1)
+    if first is None:
+        return False
+    messages = [m for m in [first, *consumer.consume(BATCH - 1, 0)] if m.error() is None]
+    if not messages:
+        return False
+    pipe = client.pipeline(transaction=False)
+    for message in messages:
+        topic, key, value = message.topic(), message.key(), message.value()
+        kind = topics[str(topic)]
+        if value is None:
+            if kind != "inventory" and key is not None:
+                pipe.delete(f"{kind}:{key.decode()}")
+        else:
+            _naive_command(pipe, kind, value)
+    pipe.execute()
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis", required=True, help="redis://host:port/0")
     parser.add_argument("--group", required=True)
     parser.add_argument("--topic", action="append", required=True, metavar="KIND=NAME", help="e.g. orders=orders")
+    parser.add_argument("--commit-interval", type=float, default=0.0, help="seconds between commits (0: each batch)")
     args = parser.parse_args(argv)
     topics: dict[str, str] = {}
     for pair in args.topic:
@@ -91,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         if kind not in ("orders", "inventory", "products") or not name:
             parser.error(f"--topic {pair!r}: want orders=NAME, inventory=NAME or products=NAME")
         topics[name] = kind
-    return run(args.bootstrap, args.redis, args.group, topics)
+    return run(args.bootstrap, args.redis, args.group, topics, args.commit_interval)
 
 
 if __name__ == "__main__":
