@@ -67,6 +67,7 @@ CONNECTORS = (
 )
 SECTION_START = "<!-- bench-connect:start -->"
 SECTION_END = "<!-- bench-connect:end -->"
+SEED_TOPICS = ("orders", "inventory", "products")  # the Datagen-shaped streams both sinks take
 WARM_UP = 60  # records applied before a measurement: the worker has joined its groups
 
 
@@ -148,8 +149,8 @@ def worker(path: str, stack: Stack, names: dict[str, str], logs: Path) -> Worker
         command = [sys.executable, "-m", "harness.sink_peer", "--bootstrap", stack.bootstrap]
         command += ["--redis", stack.redis_url, "--group", group]
         command += ["--commit-interval", str(PERIODIC if path == "peer-periodic" else 0)]
-        command += [f"--topic={kind}={name}" for kind, name in names.items()]
-        env, groups = {}, dict.fromkeys(names.values(), group)
+        command += [f"--topic={kind}={names[kind]}" for kind in SEED_TOPICS]
+        env, groups = {}, {names[kind]: group for kind in SEED_TOPICS}
     return Worker(path, command, env, groups, logs / f"{path}-{tag}.log")
 
 
@@ -171,7 +172,7 @@ class Progress:
 
         found: dict[tuple[str, int], int] = {}
         for group, consumer in self.consumers.items():
-            mine = [TopicPartition(t, p) for t, p in partitions if self.groups[t] == group]
+            mine = [TopicPartition(t, p) for t, p in partitions if self.groups.get(t) == group]
             if mine:
                 for tp in self._committed(consumer, mine):
                     found[(tp.topic, tp.partition)] = max(tp.offset, 0)  # negative: nothing committed yet
@@ -224,7 +225,7 @@ def started_worker(path: str, stack: Stack, names: dict[str, str], logs: Path) -
     progress = Progress(stack.bootstrap, running.groups)
     try:
         feed = KafkaFeed({"bootstrap.servers": stack.bootstrap}, names)
-        feed.produce(EventGenerator(seed=3, partitions=6, first_order_id=900_000_000).records(WARM_UP))
+        feed.produce(EventGenerator(seed=3, partitions=6, first_order_id=900_000_000).records(WARM_UP, SEED_TOPICS))
         feed.flush(60)
         wait_until(lambda: progress.caught_up(feed.last_offsets), running, progress, 120, "warm-up records committed")
         yield running, progress
@@ -242,7 +243,7 @@ def throughput(path: str, stack: Stack, records: int, logs: Path) -> dict[str, A
     names = fresh_topics(stack.bootstrap)
     with started_worker(path, stack, names, logs) as (running, progress):
         feed = feed_of(stack, names)
-        generated = EventGenerator(seed=9, partitions=6).records(records)
+        generated = EventGenerator(seed=9, partitions=6).records(records, SEED_TOPICS)
         started = time.perf_counter()
         feed.produce(generated)
         feed.flush(120)
@@ -260,7 +261,7 @@ def freshness(path: str, stack: Stack, probes: int, logs: Path, rate: float = 50
         feed = feed_of(stack, names)
         generator = EventGenerator(seed=5, partitions=6, first_order_id=1)
         while not stop.wait(1 / rate):
-            feed.produce(generator.records(1))
+            feed.produce(generator.records(1, SEED_TOPICS))
         feed.flush(30)
 
     samples: list[float] = []
@@ -313,7 +314,7 @@ def kill_test(path: str, stack: Stack, records: int, kills: int, logs: Path, rat
     from harness.model import model_state, redis_state
 
     names = fresh_topics(stack.bootstrap)
-    generated = EventGenerator(seed=13, partitions=6).records(records)
+    generated = EventGenerator(seed=13, partitions=6).records(records, SEED_TOPICS)
     jitter = random.Random(13)
     killed_at: list[int] = []
     client = redis.Redis.from_url(stack.redis_url)
