@@ -1,7 +1,7 @@
 """Our path beside a peer sink, on the same broker, the same Valkey and the same records.
 
-    python -m harness.bench_connect [--records 50000] [--kill-records 20000] [--kills 3] \\
-        [--probes 200] [--broker apache|embedded] [--output docs/performance.md]
+    python -m harness.bench_connect [--records 50000] [--kill-records 30000] [--kill-rate 1000] \\
+        [--kills 10] [--probes 200] [--broker apache|embedded] [--no-maven] [--output docs/performance.md]
 
 The peer would be Kafka Connect with a Redis sink connector. Maven Central serves
 `org.apache.kafka:connect-runtime` but no Redis sink connector (each run asks
@@ -20,7 +20,8 @@ template's mappings into IngestFunction, batching window 0), the peer
 - a kill test: records produced at a steady rate while the worker is SIGKILLed
   `--kills` times mid-stream and restarted; once it has caught up, what Redis
   holds is compared with the reference model (`harness.model`: each record
-  applied once, in partition order).
+  applied once, in partition order). The peer runs it twice: committing after
+  each batch, and every few seconds as Connect commits a sink's offsets.
 """
 
 from __future__ import annotations
@@ -509,7 +510,8 @@ def section(result: dict[str, Any], command: str) -> str:
         "  (exactly once), so a replay after a kill skips what was applied.",
         "- The peer does less per record (no offset check, no dead-lettering, no key-rule metric,",
         "  no Lambda payload), which its throughput shows. The local mapping also builds Lambda's",
-        "  JSON payload in the same Python process, work Lambda's pollers do elsewhere.",
+        "  JSON payload in the same Python process, work Lambda's pollers do elsewhere, and the",
+        "  function writes its EMF metrics for each invocation to the worker's log, as in Lambda.",
         "- Freshness polls `GET orders:<id>` on Redis itself (not the API), the same way for both.",
         "- A kill lands at a random moment (up to 0.2 s after Redis holds evenly spaced fractions",
         "  of the stream's new orders). The peer committing after each batch double-counts only what a kill",
@@ -527,6 +529,14 @@ def with_section(document: str, text: str) -> str:
     if start != -1 and end > start:
         return document[:start] + text + document[end + len(SECTION_END) :].lstrip("\n")
     return document.rstrip("\n") + "\n\n" + text
+
+
+def carried_over(previous: str, document: str) -> str:
+    """`document` (e.g. make bench's new docs/performance.md) with `previous`'s bench-connect section kept."""
+    start, end = previous.find(SECTION_START), previous.find(SECTION_END)
+    if start == -1 or end < start:
+        return document
+    return with_section(document, previous[start : end + len(SECTION_END)] + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

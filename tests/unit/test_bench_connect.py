@@ -12,7 +12,7 @@ from typing import Any
 
 from cachesync.config import Settings
 from devkit.generator import EventGenerator
-from harness.bench_connect import SECTION_END, SECTION_START, compare, with_section
+from harness.bench_connect import SECTION_END, SECTION_START, carried_over, compare, with_section
 from harness.model import ReferenceModel, model_state
 
 
@@ -71,3 +71,11 @@ def test_the_section_is_appended_once_then_replaced_and_the_rest_kept() -> None:
     second = with_section(first, f"{SECTION_START}\nrun 2\n{SECTION_END}\n")
     assert "run 1" not in second and "run 2" in second
     assert second.replace("run 2", "run 1") == first
+
+
+def test_a_rewritten_document_keeps_the_section() -> None:
+    section = f"{SECTION_START}\nside by side\n{SECTION_END}\n"
+    previous = with_section("# Performance\n\nold table\n", section)
+    rewritten = carried_over(previous, "# Performance\n\nnew table\n")
+    assert "new table" in rewritten and "old table" not in rewritten and rewritten.endswith(section)
+    assert carried_over("# Performance\n", "# new\n") == "# new\n"
