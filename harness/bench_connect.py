@@ -422,14 +422,23 @@ def probe_connectors(repository: Path = ROOT / ".local" / "connect" / "m2") -> l
         if mvn is None:
             found.append({"artifact": artifact, "served": "unknown", "why": "mvn is not on PATH"})
             continue
-        command = [mvn, "-B", "dependency:get", f"-Dartifact={artifact}", "-Dtransitive=false"]
+        command = [
+            mvn,
+            "-B",
+            "-U",
+            "-Dstyle.color=never",
+            "dependency:get",
+            f"-Dartifact={artifact}",
+            "-Dtransitive=false",
+        ]
         result = subprocess.run(
             [*command, f"-Dmaven.repo.local={repository}"], capture_output=True, text=True, timeout=300, check=False
         )
-        errors = [line for line in result.stdout.splitlines() if "Could not find artifact" in line]
+        text = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)
+        errors = [line for line in text.splitlines() if "Could not find artifact" in line]
         why = re.sub(r".*?(Could not find artifact \S+ in \S+).*", r"\1", errors[0]) if errors else ""
         if result.returncode != 0 and not why:
-            why = (result.stdout.strip().splitlines() or ["Maven failed"])[-1]
+            why = (text.strip().splitlines() or ["Maven failed"])[-1]
         found.append({"artifact": artifact, "served": "yes" if result.returncode == 0 else "no", "why": why})
     return found
 
@@ -441,7 +450,7 @@ def section(result: dict[str, Any], command: str) -> str:
 
     def kill_row(k: dict[str, Any]) -> str:
         return (
-            f"{k['documents_wrong']} of {k['documents']:,} documents wrong; "
+            f"{k['kills']} kills: {k['documents_wrong']} of {k['documents']:,} documents wrong; "
             f"{k['stock_entries_wrong']} of {k['stock_entries']:,} stock entries wrong "
             f"({k['stock_units_off']:,.0f} units off, net {k['stock_units_net']:+,.0f})"
         )
@@ -460,7 +469,7 @@ def section(result: dict[str, Any], command: str) -> str:
         f"| {t['per_second'] / pt['per_second']:.2f}x |",
         f"| freshness, produce timestamp to readable in Redis: p50 / p99 (max), {f['probes']} probe orders "
         f"with {f['rate']:.0f} live events/s | {fresh(f)} | {fresh(pf)} | p99 {f['p99_ms'] / pf['p99_ms']:.2f}x |",
-        f"| after {k['kills']} SIGKILLs mid-stream and restarts ({k['records']:,} records at {k['rate']:,.0f}/s), "
+        f"| after SIGKILLs mid-stream and restarts ({k['records']:,} records at {k['rate']:,.0f}/s), "
         f"Redis against the reference model | {kill_row(k)} | {kill_row(pk)} | |",
         f"| the same, the peer committing every {PERIODIC:g} s as Connect does (default 60 s) "
         f"| | {kill_row(periodic)} | |",
