@@ -36,6 +36,12 @@ CLUSTER_COMMANDS = ("cluster|slots", "cluster|shards", "command")
 # so the two cannot drift apart), and XADD to the dead-letter stream.
 INGEST_SCRIPT_COMMANDS = ("eval", "evalsha", "script|load")
 DEAD_LETTER_COMMANDS = ("xadd",)
+# The operator's figures (cachesync.opstats): IngestFunction adds a batch's entry to a stream
+# and its partitions' offsets to a hash; the read API's admin route reads both, and the newest
+# dead letters of the stream. One key each, so no SCAN.
+OPSTATS_KEYS = (keys.BATCH_STATS_KEY, keys.PROCESSED_KEY)
+OPSTATS_WRITE_COMMANDS = ("xadd", "hset")
+OPSTATS_READ_COMMANDS = ("xrevrange", "hgetall")
 # Maintenance (cachesync.maintenance: MaintenanceFunction, MappingFailuresFunction): status
 # reads the offsets hashes and the stream's length; a rebuild scans for a topic's keys,
 # deletes them and its offsets; markers are offsets-hash fields. No script, no data writes
@@ -90,7 +96,9 @@ def ingest_rule(settings: Settings, cluster: bool | None = None) -> AccessRule:
     patterns.append(keys.OFFSETS_PATTERN)
     # the stream always: with a queue configured it takes the letters while SQS is down
     patterns.append(settings.dlq_stream_key)
+    patterns += OPSTATS_KEYS
     commands = [*CONNECTION_COMMANDS, *INGEST_SCRIPT_COMMANDS, *apply_lua_commands(), *DEAD_LETTER_COMMANDS]
+    commands += [c for c in OPSTATS_WRITE_COMMANDS if c not in commands]
     return AccessRule("ingest", _with_cluster(commands, settings, cluster), tuple(patterns))
 
 
@@ -103,9 +111,11 @@ def maintenance_rule(settings: Settings, cluster: bool | None = None) -> AccessR
 
 
 def api_rule(settings: Settings, cluster: bool | None = None) -> AccessRule:
-    """The read API user: read-only commands on the data keys (not the offsets, not dead letters)."""
-    patterns = tuple(keys.data_key(prefix, "*") for prefix in _prefixes(settings))
-    return AccessRule("api", _with_cluster([*CONNECTION_COMMANDS, *API_COMMANDS], settings, cluster), patterns)
+    """The read API user: read-only commands on the data keys, and the operator's figures with the
+    dead-letter stream for the admin route (never the offsets hashes)."""
+    patterns = (*(keys.data_key(prefix, "*") for prefix in _prefixes(settings)), *OPSTATS_KEYS, settings.dlq_stream_key)
+    commands = [*CONNECTION_COMMANDS, *API_COMMANDS, *OPSTATS_READ_COMMANDS]
+    return AccessRule("api", _with_cluster(commands, settings, cluster), patterns)
 
 
 def _with_cluster(commands: Sequence[str], settings: Settings, cluster: bool | None) -> tuple[str, ...]:

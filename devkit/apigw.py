@@ -7,10 +7,16 @@ joined by commas, `cookies`, decoded `queryStringParameters` and
 `pathParameters`, `requestContext.http`, base64 bodies for binary content).
 The handler's response dict is turned back into HTTP the way API Gateway does.
 
-Differences from API Gateway, on purpose: paths listed in `local_routes`
-(Swagger UI) and CORS preflights (`OPTIONS`, which the deployed API answers
-from its CorsConfiguration) are passed to the handler with the `$default`
-route key instead of being refused.
+The HTTP API's own settings apply as deployed (`HttpApiSettings`, read from
+the template's HttpApi): its CorsConfiguration (preflights answered by the
+gateway, the CORS headers set on every answer and any the function sends
+dropped) and its JWT authorizer on the routes that name it (devkit.localjwt;
+401 or 403 before the function runs). Without settings, neither applies.
+
+Local additions, on purpose: paths listed in `local_routes` (Swagger UI) go to
+the handler with the `$default` route key; a GET no route takes is served from
+`static_dir` (the pages in web/, which S3 and CloudFront serve when deployed);
+`extras` are JSON answers of the local stack itself (Kafka's end offsets).
 
 Invocations run one at a time, as on one Lambda instance: the handler's
 module-level state (the resolver's current event) is not shared between
@@ -22,20 +28,22 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import mimetypes
 import re
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from devkit.sam import TEMPLATE, Handler, local_stacks
+from devkit.localjwt import JwtAuthorizer, Verdict
+from devkit.sam import TEMPLATE, Handler
 
 ACCOUNT_ID = "123456789012"
 API_ID = "local"
@@ -48,13 +56,15 @@ class Route:
     path: str  # as in the template: /orders/{orderId}, /files/{proxy+}
     pattern: re.Pattern[str]
     static: int  # literal characters: more specific routes win, as in API Gateway
+    authorizer: str | None = None  # the HttpApi authorizer the route names, if any
+    scopes: tuple[str, ...] = ()  # its AuthorizationScopes: the token needs one of them
 
     @property
     def key(self) -> str:
         return f"{self.method} {self.path}"
 
     @classmethod
-    def parse(cls, method: str, path: str) -> Route:
+    def parse(cls, method: str, path: str, authorizer: str | None = None, scopes: tuple[str, ...] = ()) -> Route:
         regex, static = "", 0
         for part in re.split(r"(\{[^}]+\})", path):
             if part.startswith("{") and part.endswith("+}"):
@@ -64,7 +74,7 @@ class Route:
             else:
                 regex += re.escape(part)
                 static += len(part)
-        return cls(method.upper(), path, re.compile(f"^{regex}$"), static)
+        return cls(method.upper(), path, re.compile(f"^{regex}$"), static, authorizer, scopes)
 
     def match(self, method: str, path: str) -> dict[str, str] | None:
         if self.method not in (method, "ANY"):
@@ -73,19 +83,115 @@ class Route:
         return None if found is None else {k: unquote(v) for k, v in found.groupdict().items()}
 
 
-def http_routes(logical_id: str, template: Path = TEMPLATE) -> list[Route]:
-    """The function's HttpApi routes, read with the SAM CLI's own template provider."""
-    from samcli.lib.providers.sam_function_provider import SamFunctionProvider
+def http_routes(logical_id: str, parameters: Mapping[str, str] | None = None, template: Path = TEMPLATE) -> list[Route]:
+    """The function's HttpApi routes, with the authorizer and scopes each names."""
+    from devkit.esm.mapping import read_resource
 
-    stacks = local_stacks(template)
-    function = SamFunctionProvider(stacks).get(logical_id)
-    events: Mapping[str, Any] = (function.events if function else None) or {}
-    routes = [
-        Route.parse(str(e["Properties"].get("Method", "ANY")), str(e["Properties"]["Path"]))
-        for e in events.values()
-        if e.get("Type") == "HttpApi" and "Path" in e.get("Properties", {})
-    ]
+    events: Mapping[str, Any] = (read_resource(logical_id, parameters, template) or {}).get("Events") or {}
+    routes = []
+    for event in events.values():
+        properties = event.get("Properties") or {}
+        if event.get("Type") != "HttpApi" or "Path" not in properties:
+            continue
+        auth = properties.get("Auth") or {}
+        authorizer = auth.get("Authorizer")
+        routes.append(
+            Route.parse(
+                str(properties.get("Method", "ANY")),
+                str(properties["Path"]),
+                None if authorizer in (None, "NONE") else str(authorizer),
+                tuple(str(s) for s in auth.get("AuthorizationScopes") or ()),
+            )
+        )
     return sorted(routes, key=lambda r: (-r.static, r.method == "ANY"))
+
+
+@dataclass(frozen=True)
+class CorsRules:
+    """An HTTP API's CorsConfiguration."""
+
+    allow_origins: tuple[str, ...]
+    allow_methods: tuple[str, ...] = ()
+    allow_headers: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
+    max_age: int | None = None
+    allow_credentials: bool = False
+
+    def allows(self, origin: str) -> bool:
+        return "*" in self.allow_origins or origin.lower() in (o.lower() for o in self.allow_origins)
+
+    def preflight(self, origin: str, headers: Mapping[str, str]) -> HttpReply:
+        """API Gateway's own answer to a preflight, whatever the routes."""
+        answer: list[tuple[str, str]] = []
+        method = headers.get("access-control-request-method", "").upper()
+        if self.allows(origin) and (method in self.allow_methods or "*" in self.allow_methods):
+            answer = [("access-control-allow-origin", origin)]
+            answer.append(("access-control-allow-methods", ",".join(self.allow_methods)))
+            if self.allow_headers:
+                answer.append(("access-control-allow-headers", ",".join(h.lower() for h in self.allow_headers)))
+            if self.max_age is not None:
+                answer.append(("access-control-max-age", str(self.max_age)))
+            if self.allow_credentials:
+                answer.append(("access-control-allow-credentials", "true"))
+        return HttpReply(204, answer, b"")
+
+    def apply(self, origin: str | None, reply: HttpReply) -> HttpReply:
+        """The configured CORS headers in place of any the function sent."""
+        headers = [(k, v) for k, v in reply.headers if not k.lower().startswith("access-control-")]
+        if origin and self.allows(origin):
+            headers.append(("access-control-allow-origin", origin))
+            if self.expose_headers:
+                headers.append(("access-control-expose-headers", ",".join(h.lower() for h in self.expose_headers)))
+            if self.allow_credentials:
+                headers.append(("access-control-allow-credentials", "true"))
+        return HttpReply(reply.status, headers, reply.body)
+
+
+@dataclass(frozen=True)
+class HttpApiSettings:
+    """What the HTTP API itself does before and after the function: CORS and authorizers."""
+
+    cors: CorsRules | None = None
+    authorizers: Mapping[str, JwtAuthorizer] = field(default_factory=dict)
+
+    @classmethod
+    def from_template(
+        cls,
+        key_set: Mapping[str, Any],
+        parameters: Mapping[str, str] | None = None,
+        logical_id: str = "HttpApi",
+        template: Path = TEMPLATE,
+    ) -> HttpApiSettings:
+        """The HttpApi's CorsConfiguration and JWT authorizers, parameters and conditions resolved;
+        the authorizers trust `key_set` (a JWKS), where API Gateway fetches the issuer's."""
+        from devkit.esm.mapping import read_resource
+
+        properties = read_resource(logical_id, parameters, template) or {}
+        cors = properties.get("CorsConfiguration")
+        rules = None
+        if isinstance(cors, dict):
+            rules = CorsRules(
+                allow_origins=tuple(cors.get("AllowOrigins") or ()),
+                allow_methods=tuple(m.upper() for m in cors.get("AllowMethods") or ()),
+                allow_headers=tuple(cors.get("AllowHeaders") or ()),
+                expose_headers=tuple(cors.get("ExposeHeaders") or ()),
+                max_age=int(cors["MaxAge"]) if cors.get("MaxAge") is not None else None,
+                allow_credentials=str(cors.get("AllowCredentials", "false")).lower() == "true",
+            )
+        authorizers = {}
+        for name, spec in ((properties.get("Auth") or {}).get("Authorizers") or {}).items():
+            jwt_config = spec.get("JwtConfiguration")
+            if not jwt_config:
+                continue  # a Lambda or IAM authorizer: not run locally
+            source = str(spec.get("IdentitySource", "$request.header.Authorization"))
+            audience = jwt_config.get("audience") or []
+            authorizers[name] = JwtAuthorizer.from_jwks(
+                str(jwt_config["issuer"]),
+                [audience] if isinstance(audience, str) else [str(a) for a in audience],
+                key_set,
+                source.removeprefix("$request.header."),
+            )
+        return cls(rules, authorizers)
 
 
 def build_event(
@@ -97,6 +203,7 @@ def build_event(
     path_parameters: Mapping[str, str] | None = None,
     source_ip: str = "127.0.0.1",
     protocol: str = "HTTP/1.1",
+    authorizer: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The payload format 2.0 event API Gateway sends for this request."""
     url = urlsplit(target)
@@ -145,6 +252,8 @@ def build_event(
         },
         "isBase64Encoded": False,
     }
+    if authorizer is not None:
+        event["requestContext"]["authorizer"] = dict(authorizer)
     if cookies:
         event["cookies"] = cookies
     if query:
@@ -182,9 +291,20 @@ def reply_from(result: Any) -> HttpReply:
     return HttpReply(int(result["statusCode"]), headers, raw)
 
 
-def _message(status: HTTPStatus) -> HttpReply:
+def _message(status: HTTPStatus, www_authenticate: str | None = None) -> HttpReply:
     body = json.dumps({"message": status.phrase}).encode()  # API Gateway's own error shape
-    return HttpReply(status.value, [("content-type", "application/json")], body)
+    headers = [("content-type", "application/json")]
+    if www_authenticate:
+        headers.append(("www-authenticate", www_authenticate))
+    return HttpReply(status.value, headers, body)
+
+
+def _lowered(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    joined: dict[str, str] = {}
+    for name, value in headers:
+        name = name.lower()
+        joined[name] = f"{joined[name]},{value}" if name in joined else value
+    return joined
 
 
 class LocalGateway:
@@ -196,9 +316,15 @@ class LocalGateway:
         routes: list[Route],
         context_factory: Callable[[], Any],
         local_routes: Iterable[str] = ("GET /swagger",),
+        api: HttpApiSettings | None = None,
+        static_dir: Path | None = None,
+        extras: Mapping[str, Callable[[], Any]] | None = None,
     ):
         self.handler, self.routes, self.context_factory = handler, routes, context_factory
-        self.local_routes = [Route.parse(*r.split(" ", 1)) for r in local_routes]
+        self.local_routes = [Route.parse(m, p) for m, p in (r.split(" ", 1) for r in local_routes)]
+        self.api = api or HttpApiSettings()
+        self.static_dir = static_dir.resolve() if static_dir is not None else None
+        self.extras = dict(extras or {})
         self._invoke_lock = threading.Lock()
         self.last_event: dict[str, Any] | None = None
 
@@ -210,14 +336,21 @@ class LocalGateway:
         body: bytes = b"",
         ip: str = "127.0.0.1",
     ) -> dict[str, Any] | None:
-        """The event for this request, or None when API Gateway would answer 404 itself."""
-        path = urlsplit(target).path
+        """The event for this request, or None when API Gateway would answer 404 itself
+        (authorizers aside: `request` runs them)."""
+        found = self._route(method, urlsplit(target).path)
+        if found is None:
+            return None
+        route_key, parameters, _ = found
+        return build_event(method, target, headers, body, route_key, parameters, ip)
+
+    def _route(self, method: str, path: str) -> tuple[str, dict[str, str] | None, Route | None] | None:
         for route in self.routes:
             parameters = route.match(method, path)
             if parameters is not None:
-                return build_event(method, target, headers, body, route.key, parameters, ip)
-        if method == "OPTIONS" or any(r.match(method, path) is not None for r in self.local_routes):
-            return build_event(method, target, headers, body, "$default", None, ip)
+                return route.key, parameters, route
+        if any(r.match(method, path) is not None for r in self.local_routes):
+            return "$default", None, None
         return None
 
     def request(
@@ -228,9 +361,37 @@ class LocalGateway:
         body: bytes = b"",
         ip: str = "127.0.0.1",
     ) -> HttpReply:
-        event = self.event(method, target, headers, body, ip)
-        if event is None:
-            return _message(HTTPStatus.NOT_FOUND)
+        headers = list(headers)
+        lowered = _lowered(headers)
+        origin = lowered.get("origin")
+        cors = self.api.cors
+        if cors is not None and method == "OPTIONS" and origin and "access-control-request-method" in lowered:
+            return cors.preflight(origin, lowered)  # answered by API Gateway, whatever the routes
+        reply = self._answer(method, target, headers, lowered, body, ip)
+        return cors.apply(origin, reply) if cors is not None else reply
+
+    def _answer(
+        self,
+        method: str,
+        target: str,
+        headers: list[tuple[str, str]],
+        lowered: Mapping[str, str],
+        body: bytes,
+        ip: str,
+    ) -> HttpReply:
+        path = urlsplit(target).path
+        found = self._route(method, path)
+        if found is None:
+            return self._local(method, path) or _message(HTTPStatus.NOT_FOUND)
+        route_key, parameters, route = found
+        context = None
+        if route is not None and route.authorizer is not None:
+            verdict = self._authorize(route, lowered)
+            if verdict.status != 200:
+                status = HTTPStatus.FORBIDDEN if verdict.status == 403 else HTTPStatus.UNAUTHORIZED
+                return _message(status, verdict.www_authenticate)
+            context = verdict.context()
+        event = build_event(method, target, headers, body, route_key, parameters, ip, authorizer=context)
         try:
             with self._invoke_lock:
                 self.last_event = event
@@ -239,6 +400,30 @@ class LocalGateway:
         except Exception as error:  # what API Gateway answers when the function fails
             print(f"handler failed: {error!r}", file=sys.stderr)
             return _message(HTTPStatus.INTERNAL_SERVER_ERROR)
+
+    def _authorize(self, route: Route, headers: Mapping[str, str]) -> Verdict:
+        authorizer = self.api.authorizers.get(route.authorizer or "")
+        if authorizer is None:  # a route naming an authorizer this gateway was not given: closed
+            return Verdict(401, www_authenticate="Bearer")
+        return authorizer.authorize(headers, route.scopes)
+
+    def _local(self, method: str, path: str) -> HttpReply | None:
+        """The local stack's own answers: `extras`, then the static pages."""
+        if method not in ("GET", "HEAD"):
+            return None
+        if path in self.extras:
+            body = json.dumps(self.extras[path]()).encode()
+            return HttpReply(200, [("content-type", "application/json"), ("cache-control", "no-store")], body)
+        if self.static_dir is None:
+            return None
+        relative = unquote(path).lstrip("/") or "index.html"
+        file = (self.static_dir / relative).resolve()
+        if not file.is_relative_to(self.static_dir) or not file.is_file():
+            return None
+        content_type = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+        if content_type.startswith("text/") or content_type.endswith("javascript"):
+            content_type += "; charset=utf-8"
+        return HttpReply(200, [("content-type", content_type), ("cache-control", "no-cache")], file.read_bytes())
 
 
 class HttpApiServer:

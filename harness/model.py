@@ -188,8 +188,9 @@ def redis_expiring(client: RedisClient, exclude: Iterable[str] = ("deadletter:in
 
 
 def redis_state(client: RedisClient, exclude: Iterable[str] = ("deadletter:ingest",)) -> State:
-    """Every data key and its value, read in pipelined chunks; no offsets hashes."""
-    skip = set(exclude)
+    """Every data key and its value, read in pipelined chunks; no offsets hashes, and not the
+    operator's figures (cachesync.opstats), which no model predicts."""
+    skip = {*exclude, keys.BATCH_STATS_KEY, keys.PROCESSED_KEY}
     names = [k.decode() for k in client.scan_iter(count=5000)]
     names = [k for k in names if k not in skip and not keys.is_offsets_key(k)]
     state: State = {}

@@ -124,6 +124,19 @@ def read_queue_subscriptions(parameters: Mapping[str, str] | None = None, templa
     return subscriptions
 
 
+def read_resource(
+    logical_id: str, parameters: Mapping[str, str] | None = None, template: Path = TEMPLATE
+) -> dict[str, Any] | None:
+    """One resource's properties as written, its parameters and conditions resolved; None when the
+    template has no such resource or its condition leaves it out (the local gateway's HttpApi)."""
+    resources, conditions, resolve = _resolved_template(dict(parameters or {}), template)
+    resource = resources.get(logical_id)
+    if resource is None or not conditions.get(resource.get("Condition", ""), True):
+        return None
+    properties: dict[str, Any] = _evaluate(resource.get("Properties", {}), conditions, resolve)
+    return properties
+
+
 def _resolved_template(
     parameters: dict[str, str], template: Path
 ) -> tuple[dict[str, Any], dict[str, bool], Callable[[Any], Any]]:

@@ -5,17 +5,22 @@ routes for Powertools' resolver (which validates the input and generates the
 OpenAPI document) and maps failures to status codes. Every answer is JSON,
 errors too: 400 for bad input, 404 for absent data, 503 with Retry-After while
 Redis is unreachable (clients retry, and the next request reconnects by itself).
+
+Authentication and CORS are the HTTP API's (template.yaml): its JWT authorizer
+admits a request to an order or to /admin/stats before this function runs, and
+API Gateway answers preflights and sets the CORS headers on every answer.
 """
 
 # No `from __future__ import annotations`: the models and route signatures are read
 # at runtime for validation and the OpenAPI document.
+import time
 from functools import lru_cache
 from http import HTTPStatus
 from typing import Annotated, Any
 
 import redis
 from aws_lambda_powertools import Logger, single_metric
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, CORSConfig, Response, content_types
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.metrics import MetricUnit
@@ -24,6 +29,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from cachesync import api_schema as schema
 from cachesync.config import settings
 from cachesync.connection import get_client
+from cachesync.opstats import operator_view
 from cachesync.reads import BadRequest, NotFound, Reader
 
 logger = Logger(service="cachesync-api")
@@ -37,6 +43,10 @@ PRODUCT_CACHE = "public, max-age=60, stale-while-revalidate=300"  # descriptions
 INVENTORY_CACHE = "public, max-age=5"  # stock moves all the time
 
 # Redis is unreachable or not serving yet: worth retrying, so 503 rather than 500.
+# The routes the template's JWT authorizer guards, with the scopes it asks for (AdminScope's
+# default), for the OpenAPI document: the gateway enforces them, not this function.
+PRIVATE_ROUTES = {"/orders/{orderId}": [], "/admin/stats": ["cachesync/admin"]}
+
 UNAVAILABLE = (
     redis.exceptions.ConnectionError,  # includes BusyLoadingError and AuthenticationError
     redis.exceptions.TimeoutError,
@@ -46,17 +56,7 @@ UNAVAILABLE = (
     redis.exceptions.RedisClusterException,
 )
 
-cors = (
-    CORSConfig(
-        allow_origin=config.cors_allowed_origins[0],
-        extra_origins=list(config.cors_allowed_origins[1:]),
-        expose_headers=["Retry-After"],
-        max_age=600,
-    )
-    if config.cors_allowed_origins
-    else None  # no allow-list, no CORS headers (never a wildcard by default)
-)
-app = APIGatewayHttpResolver(cors=cors, enable_validation=True)
+app = APIGatewayHttpResolver(enable_validation=True)
 app.configure_openapi(
     title="cachesync read API",
     version="1.0.0",
@@ -100,7 +100,12 @@ def cached(value: bytes) -> Response[Any]:
 
 
 # --- routes --------------------------------------------------------------------------
-@app.get("/orders/<orderId>", cache_control=ORDER_CACHE, responses=schema.responses(schema.Order), tags=["orders"])
+@app.get(
+    "/orders/<orderId>",
+    cache_control=ORDER_CACHE,
+    responses=schema.responses(schema.Order, private=True),
+    tags=["orders"],
+)
 def get_order(orderId: schema.OrderId) -> Response[Any]:
     """The order JSON exactly as the orders topic delivered it."""
     return cached(reader().order(orderId))
@@ -158,6 +163,18 @@ def get_health() -> Response[Any]:
     return ok({"status": "ok", "redis": {"reachable": True, "latencyMs": latency}})
 
 
+@app.get(
+    "/admin/stats",
+    cache_control="no-store",
+    responses=schema.responses(schema.OperatorStats, private=True),
+    tags=["operations"],
+)
+def get_admin_stats() -> Response[Any]:
+    """What the operator's page shows: records applied per second, duplicates skipped, dead letters
+    and their reasons, the freshness lag over the last minutes, and each partition's processed offset."""
+    return ok(operator_view(get_client(config), config, int(time.time() * 1000)))
+
+
 @app.get("/openapi.json", cache_control="public, max-age=300", include_in_schema=False)
 def get_openapi() -> Response[Any]:
     return ok(openapi_json())
@@ -176,7 +193,7 @@ def swagger_html() -> str:
 @lru_cache(maxsize=1)
 def openapi_json() -> str:
     """The OpenAPI document generated from the routes above (also `make openapi`)."""
-    return schema.openapi_document(app.get_openapi_json_schema())
+    return schema.openapi_document(app.get_openapi_json_schema(), PRIVATE_ROUTES)
 
 
 # --- errors: JSON everywhere ---------------------------------------------------------
@@ -234,8 +251,4 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     # the request id API Gateway assigned, as correlation_paths.API_GATEWAY_HTTP names it, read
     # directly: the decorator's correlation_id_path runs a JMESPath search on every request
     logger.set_correlation_id((event.get("requestContext") or {}).get("requestId"))
-    response = app.resolve(event, context)
-    if cors is not None:
-        # the CORS headers depend on the request's Origin: shared caches must key on it
-        response.setdefault("headers", {})["Vary"] = "Origin"
-    return response
+    return app.resolve(event, context)

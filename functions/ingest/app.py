@@ -15,7 +15,9 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cachesync.config import settings
+from cachesync.connection import get_client
 from cachesync.ingest import Ingestor, build_ingestor
+from cachesync.opstats import record_batch
 
 logger = Logger(service="cachesync-ingest")
 metrics = Metrics(namespace="CacheSync", service="cachesync-ingest")
@@ -31,6 +33,7 @@ def ingestor() -> Ingestor:
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     outcome = ingestor().process(event)
+    record_batch(get_client(settings()), outcome)  # the operator's page's figures; never fails the batch
 
     metrics.add_metric("RecordsApplied", MetricUnit.Count, outcome.applied)
     metrics.add_metric("DuplicatesSkipped", MetricUnit.Count, outcome.duplicates)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from cachesync import keys
 from cachesync.config import Settings
 from cachesync.connection import RedisClient, get_client
 from cachesync.ingest import build_ingestor
+from cachesync.opstats import operator_view, record_batch
 from cachesync.reads import Reader
 from cachesync.writer import APPLY_SCRIPT
 from devkit import acl
@@ -86,6 +88,8 @@ def test_each_path_works_with_its_own_user_and_nothing_is_denied(target: Any, us
     records = [r for rs in batch["records"].values() for r in rs]
     assert redis_state(admin) == model_state(target.settings(), records)
     assert admin.xlen("deadletter:ingest") >= 1  # XADD under the ingest user
+    record_batch(get_client(users("ingest")), first)  # the operator's figures, under the ingest user
+    assert admin.xlen(keys.BATCH_STATS_KEY) == 1 and admin.hlen(keys.PROCESSED_KEY) == len(first.partitions)
 
     api_settings = users("api")
     reader = Reader(get_client(api_settings), api_settings)
@@ -98,6 +102,8 @@ def test_each_path_works_with_its_own_user_and_nothing_is_denied(target: Any, us
     assert reader.inventory(store, sort="sku", limit=3).items
     item = by_quantity.items[0]
     assert reader.inventory_item(store, item.sku).quantity == item.quantity
+    view = operator_view(get_client(api_settings), api_settings, int(time.time() * 1000))  # the admin route
+    assert view["totals"]["applied"] == 400 and view["deadLetters"]["recent"][0]["offset"] == 10**6
     assert reader.products(",".join(generator.skus[:5])).documents
     assert reader.ping_ms() >= 0
 
@@ -206,7 +212,7 @@ def test_access_strings_are_in_elasticache_rbac_form() -> None:
         assert tokens.index("-@all") < min(i for i, t in enumerate(tokens) if t.startswith("+"))
         assert not any(t in ("+@all", "allkeys", "~*", "allcommands", "+@dangerous") for t in tokens)
     api = acl.api_rule(settings).access_string()
-    assert "~cachesync:offsets" not in api and "~deadletter" not in api
+    assert "~cachesync:offsets" not in api and "+xadd" not in api and "+xrange " not in api
     ingest = acl.ingest_rule(settings)
     assert set(acl.script_commands(APPLY_SCRIPT)) <= set(ingest.commands)
     # the stream takes the dead letters while SQS is down, so the rule does not depend on the queue

@@ -86,6 +86,48 @@ class Health(BaseModel):
     redis: RedisHealth
 
 
+class StatsBucket(BaseModel):
+    at: int = Field(description="start of the bucket, epoch milliseconds")
+    applied: int
+    duplicates: int
+    deadLettered: int
+    maxLagMs: int | None = Field(description="worst freshness lag of the bucket's batches")
+
+
+class DeadLetterReason(BaseModel):
+    reason: str
+    count: int = Field(description="batches of the window that dead-lettered a record for it (first five a batch)")
+
+
+class RecentDeadLetter(BaseModel):
+    at: int
+    topic: str | None
+    partition: int | None
+    offset: int | None
+    reason: str
+
+
+class DeadLetters(BaseModel):
+    sink: Literal["sqs", "stream"] = Field(description="where dead letters go: the SQS queue, or the Redis stream")
+    reasons: list[DeadLetterReason]
+    recent: list[RecentDeadLetter] = Field(description="the newest letters in the Redis stream")
+
+
+class OperatorStats(BaseModel):
+    now: int
+    windowSeconds: int
+    bucketSeconds: int
+    lastBatchAt: int | None = Field(description="when the newest batch of the window was recorded")
+    appliedPerSecond: float = Field(description="records applied per second over the last minute")
+    totals: dict[str, int] = Field(description="batches, applied, duplicates, deadLettered over the window")
+    freshnessLagMs: int | None = Field(description="the newest batch's worst apply time minus record timestamp")
+    series: list[StatsBucket]
+    deadLetters: DeadLetters
+    partitions: dict[str, dict[str, int]] = Field(
+        description="topic -> partition -> the last offset a batch processed (Kafka's end offsets are not in the cache)"
+    )
+
+
 class Problem(BaseModel):
     statusCode: int
     error: str
@@ -107,17 +149,35 @@ ERRORS: dict[int, OpenAPIResponse] = {
 }
 
 
-def responses(model: type[BaseModel]) -> dict[int, OpenAPIResponse]:
+class GatewayMessage(BaseModel):
+    message: str
+
+
+# answered by API Gateway's JWT authorizer before the function runs
+AUTH_ERRORS: dict[int, OpenAPIResponse] = {
+    401: json_response(GatewayMessage, "No token, or an expired, badly signed or foreign one (issuer, audience)"),
+    403: json_response(GatewayMessage, "A valid token without the route's scope"),
+}
+
+
+def responses(model: type[BaseModel], private: bool = False) -> dict[int, OpenAPIResponse]:
     """A route's documented answers: `model` when it succeeds, the error answers otherwise."""
-    return {200: json_response(model), **ERRORS}
+    return {200: json_response(model), **ERRORS, **(AUTH_ERRORS if private else {})}
 
 
 HEALTH_RESPONSES: dict[int, OpenAPIResponse] = {200: json_response(Health), 503: ERRORS[503]}
 
 
-def openapi_document(generated: str) -> str:
-    """Powertools' OpenAPI document (JSON) without its 422 answers: invalid input gets a 400 Problem here."""
+def openapi_document(generated: str, private: dict[str, list[str]] | None = None) -> str:
+    """Powertools' OpenAPI document (JSON) without its 422 answers (invalid input gets a 400 Problem
+    here), and with the bearer token that `private` paths need (path -> scopes)."""
     document = json.loads(generated)
+    if private:
+        schemes = document.setdefault("components", {}).setdefault("securitySchemes", {})
+        schemes["jwt"] = {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+        for path, scopes in private.items():
+            for operation in document["paths"].get(path, {}).values():
+                operation["security"] = [{"jwt": scopes}]
     for operations in document["paths"].values():
         for operation in operations.values():
             operation.get("responses", {}).pop("422", None)

@@ -82,9 +82,8 @@ class Settings:
     # Records per server-side script call: large enough to amortise the round
     # trip, small enough not to block Redis for long (a script blocks the server while it runs).
     script_batch_size: int = 1000
-    # Read API: browser origins allowed by CORS (empty: no CORS headers at all), and
-    # the bounds that keep every read one small round trip.
-    cors_allowed_origins: tuple[str, ...] = ()
+    # Read API: the bounds that keep every read one small round trip (CORS is the HTTP API's,
+    # in template.yaml, not the function's).
     products_max_skus: int = 100  # SKUs per GET /products?skus=...
     inventory_default_limit: int = 50
     inventory_max_limit: int = 500
@@ -136,7 +135,6 @@ class Settings:
             dlq_stream_key=env.get("DLQ_STREAM_KEY") or "deadletter:ingest",
             dlq_stream_maxlen=_number(env, "DLQ_STREAM_MAXLEN", 10_000, int),
             script_batch_size=_script_batch_size(env),
-            cors_allowed_origins=tuple(o.strip() for o in env.get("CORS_ALLOWED_ORIGINS", "").split(",") if o.strip()),
             products_max_skus=_number(env, "PRODUCTS_MAX_SKUS", 100, int, minimum=1),
             inventory_default_limit=_number(env, "INVENTORY_DEFAULT_LIMIT", 50, int, minimum=1),
             inventory_max_limit=_number(env, "INVENTORY_MAX_LIMIT", 500, int, minimum=1),

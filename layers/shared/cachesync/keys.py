@@ -35,6 +35,13 @@ OFFSETS_PATTERN = OFFSETS_KEY + "*"  # every scope's offsets hash (for ACL key p
 # Kafka topic names hold neither ':' nor '/', so these never meet an offsets field.
 SOURCE_PREFIX = "source:"
 DIVERGED_PREFIX = "diverged:"
+# What the operator's page shows (cachesync.opstats), written by IngestFunction after each
+# batch: a capped stream of per-batch figures, and a hash `<topic>/<partition>` -> the last
+# offset a batch processed (applied, skipped as a duplicate or dead-lettered). One key each,
+# in every topology, so the read API reads them without a SCAN. Never the exactly-once
+# authority: that stays the offsets hashes above.
+BATCH_STATS_KEY = "cachesync:batches"
+PROCESSED_KEY = "cachesync:processed"
 
 
 class InvalidIdentifier(ValueError):
