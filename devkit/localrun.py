@@ -9,7 +9,10 @@
 4. the template's event source mappings (devkit.esm) consuming the topics
    into the real IngestFunction handler;
 5. the real ApiFunction handler behind http://127.0.0.1:PORT, each request
-   turned into the API Gateway HTTP API (payload v2) event Lambda would get.
+   turned into the API Gateway HTTP API (payload v2) event Lambda would get,
+   after the template's CORS and JWT authorizer (devkit.apigw, devkit.localjwt);
+   the pages in web/ at / and /admin.html, and a shopper's and an operator's
+   token signed by the local issuer.
 
 With KAFKA_BOOTSTRAP, or with REDIS_URL, nothing is produced unless
 `--produce` asks: it consumes what the topics hold. Ctrl-C (or SIGTERM) stops
@@ -31,22 +34,25 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from devkit.apigw import HttpApiServer, LocalGateway, http_routes
+from devkit import localjwt
+from devkit.apigw import HttpApiServer, HttpApiSettings, LocalGateway, http_routes
 from devkit.brokers import Broker, start_broker
 from devkit.datagen import SEED_PARTITIONS, KafkaFeed, ensure_topics, seed_records
-from devkit.esm.kafka import MappingError
+from devkit.esm.kafka import MappingError, client_settings, credentials
 from devkit.esm.mapping import TemplateError
 from devkit.esm.runner import InProcessFunction, LocalMappings
 from devkit.generator import TOPICS, EventGenerator
 from devkit.registry import VALUE_FORMATS, function_environment
-from devkit.sam import Handler, LocalContext, LocalFunction, describe, load_handler
+from devkit.sam import ROOT, Handler, LocalContext, LocalFunction, describe, load_handler
 from devkit.servers import ServerProcess, start_server
 
 # what the local mappings' SchemaRegistryURI says: no registry runs, devkit.registry stands in for one
 LOCAL_REGISTRY_URI = "http://127.0.0.1/local-schema-registry"
 
 # Left as the user sets them; everything else comes from template.yaml.
-USER_SETTINGS = ("CORS_ALLOWED_ORIGINS", "POWERTOOLS_LOG_LEVEL", "POWERTOOLS_METRICS_DISABLED")
+USER_SETTINGS = ("POWERTOOLS_LOG_LEVEL", "POWERTOOLS_METRICS_DISABLED")
+WEB_DIR = ROOT / "web"  # the storefront and the operator's page
+KAFKA_OFFSETS_PATH = "/_local/kafka-offsets"  # Kafka's end offsets, for the operator's page
 
 
 def _noop(_: str) -> None:
@@ -105,6 +111,10 @@ class LocalRun:
         self._saved_env: dict[str, str] | None = None
         self.ingest_function: LocalFunction | None = None
         self.low_stock: list[str] = []
+        self.shopper_token = ""
+        self.admin_token = ""
+        self._kafka_lock = threading.Lock()
+        self._watermarks: Any = None  # a consumer that only reads end offsets
 
     @property
     def url(self) -> str:
@@ -144,8 +154,7 @@ class LocalRun:
                 self._stream.start()
             log = self.say if self.access_log else None
             assert self.api is not None
-            gateway = LocalGateway(self.api, http_routes("ApiFunction"), lambda: LocalContext(api_fn))
-            self.server = HttpApiServer(gateway, self.host, self.port, log=log).start()
+            self.server = HttpApiServer(self._gateway(api_fn), self.host, self.port, log=log).start()
         except BaseException:
             self.stop()
             raise
@@ -162,6 +171,9 @@ class LocalRun:
         if self.mappings is not None:
             self.mappings.stop()
             self.mappings = None
+        if self._watermarks is not None:
+            self._watermarks.close()
+            self._watermarks = None
         if self.broker is not None:
             self.broker.remove()
             self.broker = None
@@ -173,8 +185,54 @@ class LocalRun:
             os.environ.update(self._saved_env)
             self._saved_env = None
 
+    def api_parameters(self) -> dict[str, str]:
+        """The template parameters of the local API: the local issuer, the origins asked for."""
+        parameters = {"JwtIssuer": localjwt.LOCAL_ISSUER, "JwtAudience": localjwt.LOCAL_AUDIENCE}
+        if os.environ.get("CORS_ALLOWED_ORIGINS") is not None:  # e.g. a frontend's dev server
+            parameters["CorsAllowedOrigins"] = os.environ["CORS_ALLOWED_ORIGINS"]
+        return parameters
+
+    def _gateway(self, api_fn: LocalFunction) -> LocalGateway:
+        """The HTTP API as the template configures it, its authorizer trusting the local issuer."""
+        assert self.api is not None
+        key = localjwt.signing_key()
+        parameters = self.api_parameters()
+        routes = http_routes("ApiFunction", parameters)
+        admin_scopes = next((r.scopes for r in routes if r.scopes), ())
+        self.shopper_token = localjwt.mint(key, "shopper-1", email="shopper@example.com")
+        self.admin_token = localjwt.mint(key, "operator-1", scopes=admin_scopes)
+        return LocalGateway(
+            self.api,
+            routes,
+            lambda: LocalContext(api_fn),
+            api=HttpApiSettings.from_template(localjwt.jwks(key), parameters),
+            static_dir=WEB_DIR,
+            extras={KAFKA_OFFSETS_PATH: self.kafka_end_offsets},
+        )
+
+    def kafka_end_offsets(self) -> dict[str, Any]:
+        """Each mapped topic's partitions and their end offsets (the next offset to be written)."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        if self.mappings is None:
+            return {"topics": {}}
+        with self._kafka_lock:
+            if self._watermarks is None:
+                config = self.mappings.configs[0]
+                settings = client_settings(config, credentials(config))
+                self._watermarks = Consumer({**settings, "group.id": "cachesync-local-watermarks"})
+            topics: dict[str, dict[str, int]] = {}
+            for config in self.mappings.configs:
+                topic = config.topics[0]
+                metadata = self._watermarks.list_topics(topic, timeout=5).topics[topic]
+                topics[topic] = {
+                    str(p): self._watermarks.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1]
+                    for p in sorted(metadata.partitions)
+                }
+            return {"topics": topics}
+
     def _load_functions(self, redis_url: str) -> LocalFunction:
-        parameters = {"RedisUrl": redis_url}
+        parameters = {"RedisUrl": redis_url, **self.api_parameters()}
         ingest_fn = describe("IngestFunction", parameters)
         api_fn = describe("ApiFunction", parameters)
         env = {**ingest_fn.environment, **api_fn.environment}
@@ -265,8 +323,20 @@ class LocalRun:
             + ("" if self.value_format == "json" else f" ({self.value_format} values, Confluent's wire format)")
             + ("" if self.schema_registry is None else f" through the local schema registry ({self.schema_registry})"),
             "",
+            f"open {base}/   (the storefront)",
+            f"     {base}/#access_token={self.shopper_token}",
+            "       (the storefront, signed in as a shopper: order lookup)",
+            f"     {base}/admin.html#access_token={self.admin_token}",
+            "       (the operator's page, with the admin scope)",
+            "",
+            "tokens of the local issuer (the deployed API takes your OIDC provider's):",
+            f"  SHOPPER_TOKEN={self.shopper_token}",
+            f"  ADMIN_TOKEN={self.admin_token}",
+            "",
             "try:",
-            f"  curl {base}/orders/{order_id}",
+            f'  curl -H "Authorization: Bearer $SHOPPER_TOKEN" {base}/orders/{order_id}',
+            f"  curl -i {base}/orders/{order_id}      (401: orders need a token)",
+            f'  curl -H "Authorization: Bearer $ADMIN_TOKEN" {base}/admin/stats',
             f"  curl {base}/products/{g.skus[0]}",
             f"  curl '{base}/products?skus={skus}'",
             f"  curl '{base}/stores/store1/inventory?below=10'",
