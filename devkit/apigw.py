@@ -322,7 +322,7 @@ class LocalGateway:
     ):
         self.handler, self.routes, self.context_factory = handler, routes, context_factory
         self.local_routes = [Route.parse(m, p) for m, p in (r.split(" ", 1) for r in local_routes)]
-        self.api = api or HttpApiSettings()
+        self.api = api  # None: plain routing, no CORS and no authorizer (the function alone, in tests)
         self.static_dir = static_dir.resolve() if static_dir is not None else None
         self.extras = dict(extras or {})
         self._invoke_lock = threading.Lock()
@@ -364,7 +364,7 @@ class LocalGateway:
         headers = list(headers)
         lowered = _lowered(headers)
         origin = lowered.get("origin")
-        cors = self.api.cors
+        cors = self.api.cors if self.api is not None else None
         if cors is not None and method == "OPTIONS" and origin and "access-control-request-method" in lowered:
             return cors.preflight(origin, lowered)  # answered by API Gateway, whatever the routes
         reply = self._answer(method, target, headers, lowered, body, ip)
@@ -385,7 +385,7 @@ class LocalGateway:
             return self._local(method, path) or _message(HTTPStatus.NOT_FOUND)
         route_key, parameters, route = found
         context = None
-        if route is not None and route.authorizer is not None:
+        if self.api is not None and route is not None and route.authorizer is not None:
             verdict = self._authorize(route, lowered)
             if verdict.status != 200:
                 status = HTTPStatus.FORBIDDEN if verdict.status == 403 else HTTPStatus.UNAUTHORIZED
@@ -402,7 +402,7 @@ class LocalGateway:
             return _message(HTTPStatus.INTERNAL_SERVER_ERROR)
 
     def _authorize(self, route: Route, headers: Mapping[str, str]) -> Verdict:
-        authorizer = self.api.authorizers.get(route.authorizer or "")
+        authorizer = self.api.authorizers.get(route.authorizer or "") if self.api is not None else None
         if authorizer is None:  # a route naming an authorizer this gateway was not given: closed
             return Verdict(401, www_authenticate="Bearer")
         return authorizer.authorize(headers, route.scopes)

@@ -146,6 +146,10 @@ def _resolved_template(
 
     stacks = local_stacks(template, parameters)
     raw = stacks[0].template_dict
+    for name, value in parameters.items():
+        # the resolver falls back to a parameter's default when the value given is empty ("")
+        if isinstance(raw.get("Parameters", {}).get(name), dict):
+            raw["Parameters"][name] = {**raw["Parameters"][name], "Default": value}
     values = SamBaseProvider._get_parameter_values(raw, parameters)
     resolver = IntrinsicResolver(
         template=raw, symbol_resolver=IntrinsicsSymbolTable(logical_id_translator=values, template=raw)

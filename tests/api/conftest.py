@@ -15,7 +15,7 @@ from cachesync import config
 from devkit import servers
 from devkit.apigw import LocalGateway, Route, http_routes
 from devkit.sam import LocalContext, describe, load_handler
-from tests.api.apikit import ORIGIN, OTHER_ORIGIN, Api
+from tests.api.apikit import Api
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +57,7 @@ def load_api(api_routes: list[Route]) -> Callable[..., Api]:
 
 @pytest.fixture(scope="session")
 def api(api_valkey: servers.ServerProcess, load_api: Callable[..., Api]) -> Api:
-    return load_api(api_valkey.url, CORS_ALLOWED_ORIGINS=f"{ORIGIN}, {OTHER_ORIGIN}")
+    return load_api(api_valkey.url)
 
 
 @pytest.fixture

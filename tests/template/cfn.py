@@ -26,6 +26,8 @@ TEMPLATE = ROOT / "template.yaml"
 REQUIRED = {
     "KafkaBootstrapServers": "pkc-abc12.us-east-1.aws.confluent.cloud:9092,pkc-x.us-east-1.aws.confluent.cloud:9093",
     "KafkaSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:cachesync/kafka-AbCdEf",
+    "JwtIssuer": "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_AbCdEfGhI",
+    "JwtAudience": "3n4b5urk1ft4fl3mg5e62d9ado",
 }
 
 _NO_VALUE = object()

@@ -368,7 +368,7 @@ def test_stack_created_subnets_span_two_zones() -> None:
 
 
 def _code_environment_names() -> set[str]:
-    """Environment variable names the code reads (config.py, plus the API's CORS list)."""
+    """Environment variable names the code reads (config.py)."""
     config = (ROOT / "layers/shared/cachesync/config.py").read_text()
     names = set(re.findall(r'env\.get\("([A-Z_]+)"', config))
     names |= set(re.findall(r'_(?:number|bool)\(env, "([A-Z_]+)"', config))
@@ -376,7 +376,7 @@ def _code_environment_names() -> set[str]:
     for entry in table["topic"]:
         upper = entry["name"].upper()
         names |= {f"TOPIC_{upper}", f"{upper}_KEY_PREFIX", f"{upper}_KEY_FIELD", f"{upper}_TTL_SECONDS"}
-    return names | {"CORS_ALLOWED_ORIGINS"}
+    return names
 
 
 # each function's cache user in the stack-created IAM mode, and the other's
@@ -436,7 +436,7 @@ def test_function_environment(scenario: tuple[str, dict[str, str], Resolved]) ->
             assert variables["REDIS_CLUSTER"] == "true"
     assert env["IngestFunction"]["DLQ_QUEUE_URL"] == ref("DeadLetterQueue")
     assert "DLQ_QUEUE_URL" not in env["ApiFunction"]
-    assert env["ApiFunction"]["CORS_ALLOWED_ORIGINS"] == given(overrides, "CorsAllowedOrigins")
+    assert not any(name.startswith("CORS") for name in env["ApiFunction"])  # CORS is the HTTP API's alone
     assert env["IngestFunction"]["POWERTOOLS_SERVICE_NAME"] == "cachesync-ingest"
     assert env["ApiFunction"]["POWERTOOLS_SERVICE_NAME"] == "cachesync-api"
 
@@ -526,19 +526,52 @@ def test_http_api_cors_throttling_and_access_logs() -> None:
     cors = stack.props("HttpApi")["Body"]["x-amazon-apigateway-cors"]
     assert cors["allowOrigins"] == ["https://shop.example.com", "https://admin.example.com"]
     assert set(cors["allowMethods"]) == {"GET", "OPTIONS"}
+    assert cors["exposeHeaders"] == ["Retry-After"]  # a page can read a 503's Retry-After
+    assert {h.lower() for h in cors["allowHeaders"]} >= {"authorization"}
     stage = stack.props("HttpApiApiGatewayDefaultStage")
     throttling = {k: int(v) for k, v in stage["DefaultRouteSettings"].items()}
     assert throttling == {"ThrottlingRateLimit": 200, "ThrottlingBurstLimit": 400}
+    routes = {key: {k: int(v) for k, v in value.items()} for key, value in stage["RouteSettings"].items()}
+    assert routes == {
+        "GET /orders/{orderId}": {"ThrottlingRateLimit": 20, "ThrottlingBurstLimit": 40},
+        "GET /admin/stats": {"ThrottlingRateLimit": 5, "ThrottlingBurstLimit": 10},
+    }
+    paths = stack.props("HttpApi")["Body"]["paths"]
+    assert {f"GET {path}" for path in paths} >= set(routes)  # each throttled route exists
     assert stage["AccessLogSettings"]["DestinationArn"] == get_att("ApiAccessLogGroup", "Arn")
     fields = json.loads(stage["AccessLogSettings"]["Format"])
     assert {"requestId", "status", "routeKey", "integrationError"} <= set(fields)
-    assert stack.props("ApiFunction")["Environment"]["Variables"]["CORS_ALLOWED_ORIGINS"] == (
-        "https://shop.example.com,https://admin.example.com"
-    )
-    # no origins: API Gateway answers no preflight and the function sends no CORS headers
+    assert not any(name.startswith("CORS") for name in stack.props("ApiFunction")["Environment"]["Variables"])
+    # no origins: API Gateway answers no preflight and sets no CORS header
     closed = Resolved({**REQUIRED, "CorsAllowedOrigins": ""})
     assert "x-amazon-apigateway-cors" not in closed.props("HttpApi")["Body"]
-    assert closed.props("ApiFunction")["Environment"]["Variables"]["CORS_ALLOWED_ORIGINS"] == ""
+
+
+def test_orders_and_the_operator_route_need_a_token_and_the_rest_is_public() -> None:
+    stack = Resolved({**REQUIRED, "AdminScope": "shop-api/ops"})
+    body = stack.props("HttpApi")["Body"]
+    scheme = body["components"]["securitySchemes"]["OidcAuthorizer"]["x-amazon-apigateway-authorizer"]
+    assert scheme["type"] == "jwt"
+    assert scheme["identitySource"] == "$request.header.Authorization"
+    assert scheme["jwtConfiguration"] == {"issuer": REQUIRED["JwtIssuer"], "audience": [REQUIRED["JwtAudience"]]}
+    security = {
+        f"{method.upper()} {path}": operation.get("security")
+        for path, methods in body["paths"].items()
+        for method, operation in methods.items()
+    }
+    assert security.pop("GET /orders/{orderId}") == [{"OidcAuthorizer": []}]
+    assert security.pop("GET /admin/stats") == [{"OidcAuthorizer": ["shop-api/ops"]}]
+    assert security and all(value is None for value in security.values()), security  # products, inventory...
+
+
+def test_the_authorizer_parameters_refuse_what_api_gateway_would() -> None:
+    parameters = load()["Parameters"]
+    issuer, audience = parameters["JwtIssuer"]["AllowedPattern"], parameters["JwtAudience"]["AllowedPattern"]
+    assert re.fullmatch(issuer, REQUIRED["JwtIssuer"]) and re.fullmatch(issuer, "https://login.example.com/")
+    for bad in ("", "http://idp.example.com", "https://idp.example.com /x"):
+        assert not re.fullmatch(issuer, bad), bad
+    assert re.fullmatch(audience, REQUIRED["JwtAudience"])
+    assert not re.fullmatch(audience, "") and not re.fullmatch(audience, "a,b")
 
 
 # ---------------------------------------------------------------------- IAM
