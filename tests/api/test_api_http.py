@@ -39,11 +39,15 @@ def run() -> Iterator[LocalRun]:
     local.stop()
 
 
+def shopper(run: LocalRun) -> dict[str, str]:
+    return {"Authorization": f"Bearer {run.shopper_token}"}
+
+
 def test_seeded_order_over_http_is_the_cached_bytes(run: LocalRun) -> None:
     assert run.redis_url and run.valkey is not None  # its own private Valkey
     cached = redis.Redis.from_url(run.redis_url).get(keys.order_key("18"))
     assert cached is not None
-    status, headers, body = fetch(f"{run.url}/orders/18")
+    status, headers, body = fetch(f"{run.url}/orders/18", headers=shopper(run))
     assert status == 200 and body == cached
     assert headers["content-type"] == "application/json"
     assert headers["content-length"] == str(len(cached))
@@ -71,9 +75,9 @@ def test_every_route_over_http(run: LocalRun) -> None:
     ):
         status, _, body = fetch(run.url + path)
         assert status == 200, (path, body[:200])
-    status, _, body = fetch(f"{run.url}/orders/999999")
+    status, _, body = fetch(f"{run.url}/orders/999999", headers=shopper(run))
     assert status == 404 and json.loads(body)["statusCode"] == 404
-    status, _, body = fetch(f"{run.url}/orders/a%7Bb")
+    status, _, body = fetch(f"{run.url}/orders/a%7Bb", headers=shopper(run))
     assert status == 400 and "orderId" in json.loads(body)["message"]
 
 
@@ -84,11 +88,16 @@ def test_gateway_behaviour_over_http(run: LocalRun) -> None:
     assert status == 404  # no POST route, as in the template
     origin = "http://localhost:5173"  # the template's default allow-list
     status, headers, _ = fetch(f"{run.url}/orders/18", headers={"Origin": origin})
-    assert headers["access-control-allow-origin"] == origin
+    assert status == 401 and headers["access-control-allow-origin"] == origin  # the template's authorizer
+    status, headers, _ = fetch(f"{run.url}/orders/18", headers={"Origin": origin, **shopper(run)})
+    assert status == 200 and headers["access-control-expose-headers"] == "retry-after"
     status, headers, _ = fetch(
         f"{run.url}/orders/18", method="OPTIONS", headers={"Origin": origin, "Access-Control-Request-Method": "GET"}
     )
     assert status == 204 and headers["access-control-allow-origin"] == origin
+    status, headers, body = fetch(f"{run.url}/admin/stats", headers={"Authorization": f"Bearer {run.admin_token}"})
+    assert status == 200 and json.loads(body)["partitions"], body[:200]
+    assert fetch(f"{run.url}/admin/stats", headers=shopper(run))[0] == 403
 
 
 def test_event_is_what_api_gateway_sends(run: LocalRun) -> None:
@@ -116,7 +125,7 @@ def test_live_stream_reaches_the_api() -> None:
             if client.exists(keys.order_key(str(next_order))):
                 break
             local._stop.wait(0.05)
-        status, _, body = fetch(f"{local.url}/orders/{next_order}")
+        status, _, body = fetch(f"{local.url}/orders/{next_order}", headers=shopper(local))
         assert status == 200 and json.loads(body)["orderid"] == next_order
         assert local.streamed > 0 and local.stream_errors == 0
     finally:
@@ -139,12 +148,16 @@ def test_make_run_command_starts_serves_and_stops_cleanly() -> None:
                 break
         text = "".join(banner)
         assert f"http://127.0.0.1:{port}" in text, text
-        order_url = re.search(r"curl (http://\S+/orders/\d+)", text)
-        assert order_url, text
+        order_url = re.search(r"curl -H \"Authorization: Bearer \$SHOPPER_TOKEN\" (http://\S+/orders/\d+)", text)
+        token = re.search(r"SHOPPER_TOKEN=(\S+)", text)
+        assert order_url and token, text
         redis_url = re.search(r"\(Redis (redis://\S+),", text)
         assert redis_url, text
-        status, _, body = fetch(order_url.group(1))
+        status, _, body = fetch(order_url.group(1), headers={"Authorization": f"Bearer {token.group(1)}"})
         assert status == 200 and "orderid" in json.loads(body)
+        assert fetch(order_url.group(1))[0] == 401  # the template's authorizer, as deployed
+        status, _, body = fetch(f"http://127.0.0.1:{port}/")
+        assert status == 200 and b"cachesync shop" in body  # the storefront
         status, _, body = fetch(f"http://127.0.0.1:{port}/stores/store1/inventory?below=10")
         assert status == 200 and json.loads(body)["items"]
         process.send_signal(signal.SIGINT)

@@ -188,7 +188,9 @@ def test_make_run_on_an_existing_broker_serves_its_records_and_produces_nothing(
         deadline = time.monotonic() + 30
         while True:
             try:
-                with urllib.request.urlopen(f"{run.url}/orders/18", timeout=5) as answer:
+                signed_in = {"Authorization": f"Bearer {run.shopper_token}"}
+                order = urllib.request.Request(f"{run.url}/orders/18", headers=signed_in)
+                with urllib.request.urlopen(order, timeout=5) as answer:
                     body = answer.read()
                 break
             except urllib.error.HTTPError:
