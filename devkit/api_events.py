@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from devkit.apigw import LocalGateway, http_routes
 from devkit.sam import ROOT
@@ -28,7 +29,17 @@ SAMPLES = {
     "api-get-health": ("GET", "/health"),
     "api-get-openapi": ("GET", "/openapi.json"),
     "api-get-order-invalid": ("GET", "/orders/%7Bx%7D"),
-    "api-preflight": ("OPTIONS", "/orders/18"),
+    "api-get-admin-stats": ("GET", "/admin/stats"),
+}
+# what the JWT authorizer hands the function on the routes it guards (a Cognito access token)
+ISSUER = "https://cognito-idp.us-east-1.amazonaws.com/us-east-1_AbCdEfGhI"
+CLAIMS = {
+    "sub": "6418b458-d091-705e-122e-04bf2945fcdf",
+    "iss": ISSUER,
+    "client_id": "3n4b5urk1ft4fl3mg5e62d9ado",
+    "token_use": "access",
+    "iat": "1710268438",
+    "exp": "1710272038",
 }
 
 
@@ -39,11 +50,17 @@ def sample(method: str, target: str) -> dict[str, object]:
         ("Accept", "application/json"),
         ("Origin", ORIGIN),
     ]
-    if method == "OPTIONS":
-        headers += [("Access-Control-Request-Method", "GET")]
-    gateway = LocalGateway(_unused, http_routes("ApiFunction"), dict)
+    routes = http_routes("ApiFunction")
+    route = next(r for r in routes if r.match(method, urlsplit(target).path) is not None)
+    if route.authorizer:
+        headers.append(("Authorization", "Bearer eyJraWQiOi...signed-by-the-issuer"))
+    gateway = LocalGateway(_unused, routes, dict)
     event = gateway.event(method, target, headers, ip="203.0.113.7")
     assert event is not None, f"no ApiFunction route for {method} {target}"
+    if route.authorizer:
+        scope = " ".join(route.scopes) if route.scopes else "openid"
+        claims = {**CLAIMS, "scope": scope}
+        event["requestContext"]["authorizer"] = {"jwt": {"claims": claims, "scopes": list(route.scopes) or None}}
     # fixed ids and times keep the files stable when they are written again
     event["headers"]["x-amzn-trace-id"] = "Root=1-65f0c2a0-0123456789abcdef01234567"
     context = event["requestContext"]

@@ -46,6 +46,9 @@ SCENARIOS: dict[str, dict[str, str]] = {
     # an existing network and cache, provisioned pollers, SCRAM, ACL secret, alarms by mail
     "existing-everything": {
         "KafkaBootstrapServers": "broker-1.internal:9096",
+        "JwtIssuer": "https://login.example.com/oauth2/default",
+        "JwtAudience": "api://shop",
+        "AdminScope": "shop.ops",
         "KafkaSecretArn": SCRAM_SECRET,
         "KafkaAuthMechanism": "SASL_SCRAM_512_AUTH",
         "KafkaSecretKmsKeyArn": KMS_KEY,
