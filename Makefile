@@ -6,7 +6,7 @@ PORT ?= 3000
 FUNCTION ?= IngestFunction
 EVENT ?= events/kafka-orders.json
 
-.PHONY: dev test lint format mypy invoke run openapi bench bench-connect stop cli events clean esm kafka datagen status rebuild value-schemas
+.PHONY: dev test lint format mypy invoke run openapi bench bench-connect stop cli events clean esm kafka datagen status rebuild value-schemas screenshots
 
 dev: $(VENV)/.installed
 
@@ -76,6 +76,11 @@ rebuild: dev
 # compile the bundled .proto value schemas into the descriptor sets the layer reads
 value-schemas: dev
 	$(PY) -m devkit.value_schemas
+
+# the storefront and the operator's page in Chromium against make run's stack, into docs/*.png,
+# with the storefront's first contentful paint (needs Debian's chromium: apt-get install chromium)
+screenshots: dev
+	$(PY) -m harness.screenshots --out docs
 
 # write the read API's OpenAPI document to docs/openapi.json
 openapi: dev
