@@ -1213,3 +1213,27 @@ def test_skipped_records_can_be_kept_in_a_topic_that_marks_the_divergence() -> N
     assert "SkippedBatchesMapping" not in Resolved({**REQUIRED, "PollerMode": "PROVISIONED"}).resources
     queue = Resolved({**REQUIRED, "PollerMode": "PROVISIONED"}).props("OrdersMapping")["DestinationConfig"]
     assert queue == {"OnFailure": {"Destination": {"Fn::GetAtt": ["MappingFailureQueue", "Arn"]}}}
+
+
+def test_optional_pages_hosting_is_a_private_bucket_behind_cloudfront() -> None:
+    pages = ("PagesBucket", "PagesBucketPolicy", "PagesOriginAccessControl", "PagesDistribution")
+    off = Resolved(REQUIRED)
+    assert not set(pages) & set(off.resources) and "PagesUrl" not in off.outputs
+    stack = Resolved({**REQUIRED, "CreatePagesHosting": "true"})
+    assert set(pages) <= set(stack.resources) and {"PagesUrl", "PagesBucketName"} <= set(stack.outputs)
+    bucket = stack.props("PagesBucket")
+    assert all(bucket["PublicAccessBlockConfiguration"].values())  # never public itself
+    assert bucket["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+    statements = stack.props("PagesBucketPolicy")["PolicyDocument"]["Statement"]
+    (read,) = [s for s in statements if s["Effect"] == "Allow"]
+    assert read["Principal"] == {"Service": "cloudfront.amazonaws.com"} and read["Action"] == "s3:GetObject"
+    assert "PagesDistribution" in json.dumps(read["Condition"]["StringEquals"]["AWS:SourceArn"])  # this one only
+    assert any(s["Effect"] == "Deny" and s["Condition"]["Bool"]["aws:SecureTransport"] == "false" for s in statements)
+    access = stack.props("PagesOriginAccessControl")["OriginAccessControlConfig"]
+    assert (access["OriginAccessControlOriginType"], access["SigningBehavior"]) == ("s3", "always")
+    config = stack.props("PagesDistribution")["DistributionConfig"]
+    (origin,) = config["Origins"]
+    assert origin["OriginAccessControlId"] == get_att("PagesOriginAccessControl", "Id")
+    assert config["DefaultCacheBehavior"]["ViewerProtocolPolicy"] == "redirect-to-https"
+    assert config["DefaultRootObject"] == "index.html"
+    assert (ROOT / "web" / "index.html").is_file() and (ROOT / "web" / "admin.html").is_file()
