@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 CHECKOV = ROOT / ".venv/checkov/bin/checkov"
 
 
-@pytest.fixture(scope="module", params=["template", "transformed"])
+@pytest.fixture(scope="module", params=["template", "transformed", "with-pages"])
 def report(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     if not CHECKOV.exists():
         made = subprocess.run(
@@ -32,10 +32,13 @@ def report(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         )
         assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
     target = TEMPLATE
-    if request.param == "transformed":
+    if request.param in ("transformed", "with-pages"):
         os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-        target = tmp_path_factory.mktemp("checkov") / "transformed.json"
-        target.write_text(json.dumps(transform(REQUIRED), indent=1))
+        target = tmp_path_factory.mktemp("checkov") / f"{request.param}.json"
+        document = transform(REQUIRED)
+        if request.param == "with-pages":  # checkov takes conditions from the parameters' defaults
+            document["Parameters"]["CreatePagesHosting"]["Default"] = "true"
+        target.write_text(json.dumps(document, indent=1))
     result = subprocess.run(
         [str(CHECKOV), "--skip-download", "--framework", "cloudformation", "-f", str(target), "-o", "json"],
         cwd=ROOT,
@@ -56,6 +59,9 @@ def test_no_failed_checks(report: dict[str, Any]) -> None:
     failed = [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]]
     assert failed == []
     assert report["summary"]["passed"] >= 30  # the scan really looked at the resources
+    if report["scanned"] == "with-pages.json":  # and at the optional pages hosting
+        looked_at = {c["resource"] for c in report["results"]["passed_checks"] + report["results"]["skipped_checks"]}
+        assert {"AWS::S3::Bucket.PagesBucket", "AWS::CloudFront::Distribution.PagesDistribution"} <= looked_at
 
 
 def test_every_skip_is_justified(report: dict[str, Any]) -> None:
