@@ -193,7 +193,9 @@ def test_make_run_with_avro_values_serves_the_decoded_documents(registry: str | 
                 break
         assert "(avro values, Confluent's wire format)" in banner, banner
         assert (f"through the local schema registry ({registry})" in banner) == (registry is not None)
-        status, _, body = fetch(f"http://127.0.0.1:{port}/orders/18")
+        token = re.search(r"SHOPPER_TOKEN=(\S+)", banner)
+        assert token, banner
+        status, _, body = fetch(f"http://127.0.0.1:{port}/orders/18", headers={"Authorization": f"Bearer {token[1]}"})
         order = json.loads(body)
         assert status == 200 and order["orderid"] == 18
         assert set(order) == {"ordertime", "orderid", "itemid", "orderunits", "address"}
