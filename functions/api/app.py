@@ -42,11 +42,11 @@ ORDER_CACHE = "private, max-age=5"  # an order belongs to one shopper
 PRODUCT_CACHE = "public, max-age=60, stale-while-revalidate=300"  # descriptions change rarely
 INVENTORY_CACHE = "public, max-age=5"  # stock moves all the time
 
-# Redis is unreachable or not serving yet: worth retrying, so 503 rather than 500.
 # The routes the template's JWT authorizer guards, with the scopes it asks for (AdminScope's
 # default), for the OpenAPI document: the gateway enforces them, not this function.
 PRIVATE_ROUTES = {"/orders/{orderId}": [], "/admin/stats": ["cachesync/admin"]}
 
+# Redis is unreachable or not serving yet: worth retrying, so 503 rather than 500.
 UNAVAILABLE = (
     redis.exceptions.ConnectionError,  # includes BusyLoadingError and AuthenticationError
     redis.exceptions.TimeoutError,
