@@ -42,6 +42,10 @@ DIVERGED_PREFIX = "diverged:"
 # authority: that stays the offsets hashes above.
 BATCH_STATS_KEY = "cachesync:batches"
 PROCESSED_KEY = "cachesync:processed"
+# On a cluster, the document topics (a SET or DEL per record) keep their applied offsets in the
+# database's offsets hash too, with `intent:<topic>/<partition>`: the keys a batch under way may
+# have written, each with the offset of its value, until the batch is confirmed (cachesync.writer).
+INTENT_PREFIX = "intent:"
 
 
 class InvalidIdentifier(ValueError):
@@ -124,6 +128,10 @@ def offsets_field(topic: str, partition: int) -> str:
 
 def source_field(topic: str) -> str:
     return SOURCE_PREFIX + topic
+
+
+def intent_field(offsets_field_: str) -> str:
+    return INTENT_PREFIX + offsets_field_
 
 
 def diverged_field(topic: str, partition: int | None = None) -> str:

@@ -10,6 +10,14 @@ calls can mix any keys. Under Redis Cluster the batch is split by hash slot
 first and each slot keeps its own offsets hash, so every call touches the keys
 of one slot only.
 
+On a cluster, the partitions whose records are all document writes (a SET or a
+DEL: overwrites) take another guard, since their keys spread over thousands of
+slots and a script call per slot would bound the batch. An overwrite applied
+again in partition order changes nothing; what must never happen is an older
+value after a newer one. So the guard is per partition, in the database's
+offsets hash: the applied offset, and while a batch is under way its intent,
+the keys it may have written with the offset of each value (see _overwrite).
+
 The calls of one scope are chained: each carries, per partition, the last
 offset of the call before it, and the script writes nothing unless the
 partition has reached it. Pipelined calls run independently, so without this
@@ -49,10 +57,39 @@ except ImportError:  # optional: redis-py works without it
 
 from cachesync import keys
 from cachesync.config import MAX_SCRIPT_BATCH_SIZE
-from cachesync.projections import ASSIGN, INCREMENT, REMOVE, SET, Mutation
+from cachesync.projections import ASSIGN, DELETE, INCREMENT, REMOVE, SET, Mutation
 
 APPLY_SCRIPT = (Path(__file__).parent / "apply.lua").read_text()
 
+
+# Checks that each partition's applied offset and intent are what this batch read, then sets
+# them, in one step: ARGV holds six per partition (offsets field, intent field, the offset
+# and intent read, the new offset or '' to keep it, the new intent or '' to remove it).
+# A mismatch means another invocation is applying the same partition: nothing is set.
+GUARD_SCRIPT = """#!lua
+for i = 1, #ARGV, 6 do
+  local mark = redis.call('HGET', KEYS[1], ARGV[i]) or ''
+  local intent = redis.call('HGET', KEYS[1], ARGV[i + 1]) or ''
+  if mark ~= ARGV[i + 2] or intent ~= ARGV[i + 3] then
+    return redis.error_reply('CACHESYNC_CONCURRENT ' .. ARGV[i] .. ' changed while this batch applied it')
+  end
+end
+for i = 1, #ARGV, 6 do
+  if ARGV[i + 4] ~= '' then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 4])
+  end
+  if ARGV[i + 5] == '' then
+    redis.call('HDEL', KEYS[1], ARGV[i + 1])
+  else
+    redis.call('HSET', KEYS[1], ARGV[i + 1], ARGV[i + 5])
+  end
+end
+return 1
+"""
+# partitions per guard call: six arguments each, within the 3,999 of a request
+GUARD_PARTITIONS = 600
+
+OVERWRITES = (SET, DELETE)
 
 # (mutation, offsets field "<topic>/<partition>", offset): the Kafka coordinates that
 # make a mutation idempotent. A plain tuple: one is built for every record, and a
@@ -149,13 +186,22 @@ class BatchWriter:
         caller can still report what the calls that ran refused (a retry would skip
         those mutations as applied and never report them again).
         """
-        if isinstance(self._client, RedisCluster):
-            calls = self._slot_calls(list(pending))
-            replies = self._send_to_primaries(self._client, calls)
-        else:
-            calls, replies = self._stream(self._calls(enumerate(pending), keys.offsets_key()))
-        self._resend_recoverable(calls, replies)
         result = WriteResult()
+        overwrites, scripted = _split_overwrites(list(pending))
+        if isinstance(self._client, RedisCluster):
+            calls = self._slot_calls(scripted)
+            replies = self._send_to_primaries(self._client, calls) if calls else []
+        else:
+            calls, replies = self._stream(self._calls(scripted, keys.offsets_key())) if scripted else ([], [])
+        self._resend_recoverable(calls, replies)
+        lost = next((reply for reply in replies if isinstance(reply, _LOST)), None)
+        if lost is not None:
+            result.error = lost  # the server is out of reach: the retried invocation writes the rest
+        elif overwrites:
+            try:
+                result.applied, result.skipped = self._overwrite_with_retries(overwrites)
+            except (redis.exceptions.RedisError, OSError) as error:
+                result.error = error
         for call, reply in zip(calls, replies, strict=True):
             if isinstance(reply, BaseException):
                 result.error = result.error or reply
@@ -187,9 +233,9 @@ class BatchWriter:
             call.done()
             yield call
 
-    def _slot_calls(self, pending: list[Pending]) -> list[_Call]:
+    def _slot_calls(self, pending: list[tuple[int, Pending]]) -> list[_Call]:
         by_slot: dict[int, list[tuple[int, Pending]]] = {}
-        for position, item in enumerate(pending):
+        for position, item in pending:
             by_slot.setdefault(key_slot(item[0].key.encode()), []).append((position, item))
         return [call for slot, items in by_slot.items() for call in self._calls(items, keys.offsets_key(slot), slot)]
 
@@ -266,30 +312,137 @@ class BatchWriter:
             return replies
         raise AssertionError("unreachable")
 
+    def _overwrite_with_retries(self, documents: list[Pending]) -> tuple[int, int]:
+        """A primary turned replica (READONLY) mid-way: start again on a fresh connection
+        or map, within the client's retries (the intent makes it safe). Lost connections
+        are retried where they happen, by the client (see _write_once)."""
+        for attempt in range(self._retries + 1):
+            try:
+                return self._overwrite(self._client, documents)
+            except redis.exceptions.ReadOnlyError:
+                if attempt == self._retries:
+                    raise
+                self._reconnect()
+                time.sleep(min(0.5, 0.05 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    def _overwrite(self, client: redis.Redis | RedisCluster, documents: list[Pending]) -> tuple[int, int]:
+        """Document partitions: (applied, skipped). One plain SET or DEL per key.
+
+        - Records at or below their partition's applied offset are skipped (duplicates).
+        - Of the others, each key gets one write: its last value in the batch.
+        - Before any write, the batch records its intent beside the offset: each key
+          it writes, with the offset of the value. A retry after a failure mid-way
+          (which may be shorter than the attempt, or longer) writes no key older than
+          the intent says it may hold already, so a reader never sees a value older
+          than one it saw; the intent of both attempts is kept until confirmed.
+        - Once every write is acknowledged, the offset moves to the batch's last and
+          the intent goes (entries beyond the batch's last stay, for the next batch).
+        Every write overwrites one key, once: a write that failed is sent again alone.
+        """
+        last: dict[str, int] = {}
+        for _, field_, offset in documents:
+            last[field_] = offset
+        guard = keys.offsets_key()
+        names = [name for field_ in last for name in (field_, keys.intent_field(field_))]
+        stored = iter(client.hmget(guard, names))
+        read = {field_: (_text(next(stored) or b""), _text(next(stored) or b"")) for field_ in last}
+        floors = {field_: int(mark) if mark else -1 for field_, (mark, _) in read.items()}
+        held: dict[str, dict[str, int]] = {f: orjson.loads(intent) for f, (_, intent) in read.items() if intent}
+        latest: dict[str, Pending] = {}
+        skipped = 0
+        for item in documents:
+            if item[2] <= floors[item[1]]:
+                skipped += 1
+            else:
+                latest[item[0].key] = item
+        moving = [field_ for field_ in last if last[field_] > floors[field_]]
+        intents: dict[str, dict[str, int]] = {field_: dict(held.get(field_, {})) for field_ in moving}
+        writes: list[tuple[Any, ...]] = []
+        for key, (mutation, field_, offset) in latest.items():
+            if held and held.get(field_, {}).get(key, -1) > offset:
+                continue  # the failed attempt may have written a newer value: the batch that has it writes it
+            intents[field_][key] = offset
+            if mutation.code == SET:
+                value = mutation.argument
+                writes.append(("SET", key, value, "EX", mutation.ttl) if mutation.ttl else ("SET", key, value))
+            else:
+                writes.append(("DEL", key))
+        planned = {field_: orjson.dumps(intent).decode() if intent else "" for field_, intent in intents.items()}
+        self._guard(client, [(f, *read[f], "", planned[f]) for f in moving])
+        self._write_once(client, writes)
+        remaining = {f: {key: offset for key, offset in intents[f].items() if offset > last[f]} for f in moving}
+        confirmed = [
+            (f, read[f][0], planned[f], str(last[f]), orjson.dumps(remaining[f]).decode() if remaining[f] else "")
+            for f in moving
+        ]
+        self._guard(client, confirmed)
+        return len(documents) - skipped, skipped
+
+    @staticmethod
+    def _guard(client: redis.Redis | RedisCluster, partitions: list[tuple[str, str, str, str, str]]) -> None:
+        guard = keys.offsets_key()
+        for start in range(0, len(partitions), GUARD_PARTITIONS):
+            arguments = [
+                value
+                for field_, mark, intent, new_mark, new_intent in partitions[start : start + GUARD_PARTITIONS]
+                for value in (field_, keys.intent_field(field_), mark, intent, new_mark, new_intent)
+            ]
+            client.eval(GUARD_SCRIPT, 1, guard, *arguments)  # type: ignore[no-untyped-call]
+
+    def _write_once(self, client: redis.Redis | RedisCluster, commands: list[tuple[Any, ...]]) -> None:
+        """Each command overwrites its own key once: any order is right, and sending one again is too.
+
+        One write per node on a pooled connection; when that connection fails, the
+        unanswered commands go again in a redis-py pipeline, with the client's retries
+        and backoff. A command answered with an error (MOVED, ASK, READONLY, OOM) is
+        sent again alone, on the topology learnt again; an error then fails the batch.
+        """
+        if not commands:
+            return
+        replies: list[Any] = [None] * len(commands)
+        try:
+            if isinstance(client, RedisCluster):
+                self._per_node(client, [key_slot(_bytes(command[1])) for command in commands], commands, replies)
+            else:
+                _round_trip(client.connection_pool, commands, replies)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+            rest = [i for i, reply in enumerate(replies) if reply is None]
+            pipe: Any = (
+                client.pipeline(transaction=False) if isinstance(client, redis.Redis) else client.pipeline()  # type: ignore[no-untyped-call]
+            )
+            for i in rest:
+                pipe.execute_command(*commands[i])
+            for i, reply in zip(rest, pipe.execute(raise_on_error=False), strict=True):
+                replies[i] = reply
+        refused = [i for i, reply in enumerate(replies) if isinstance(reply, BaseException)]
+        if refused:
+            self._reconnect()
+            for i in refused:
+                client.execute_command(*commands[i])  # type: ignore[no-untyped-call]
+
     @staticmethod
     def _node_round_trip(client: RedisCluster, calls: list[_Call], sha: str | None, replies: list[Any]) -> None:
         """Fills `replies` (one per call) as they are read, so a failure keeps those already read."""
+        BatchWriter._per_node(
+            client, [call.slot or 0 for call in calls], [call.command(sha) for call in calls], replies
+        )  # the slot is set for every cluster call
+
+    @staticmethod
+    def _per_node(client: RedisCluster, slots: list[int], commands: list[tuple[Any, ...]], replies: list[Any]) -> None:
+        """Each primary gets its commands in one write, replies read after all writes."""
         by_node: dict[str, tuple[Any, list[int]]] = {}
-        for index, call in enumerate(calls):
-            node = client.nodes_manager.get_node_from_slot(call.slot or 0)  # set for every cluster call
+        nodes: dict[int, Any] = {}
+        for index, slot in enumerate(slots):
+            node = nodes.get(slot)
+            if node is None:
+                node = nodes[slot] = client.nodes_manager.get_node_from_slot(slot)
             by_node.setdefault(node.name, (node, []))[1].append(index)
-        in_flight: list[tuple[Any, Any, list[int]]] = []
-        try:
-            for node, indexes in by_node.values():
-                pool = client.get_redis_connection(node).connection_pool
-                connection: Any = pool.get_connection()  # redis-py leaves Connection methods untyped
-                in_flight.append((pool, connection, indexes))
-                connection.send_packed_command(_pack(connection, [calls[i].command(sha) for i in indexes]))
-            for _, connection, indexes in in_flight:
-                for index in indexes:
-                    replies[index] = _read(connection)
-        except BaseException:
-            for _, connection, _ in in_flight:
-                connection.disconnect()  # never hand back a connection with replies unread
-            raise
-        finally:
-            for pool, connection, _ in in_flight:
-                pool.release(connection)
+        _round_trips(
+            [(client.get_redis_connection(node).connection_pool, indexes) for node, indexes in by_node.values()],
+            commands,
+            replies,
+        )
 
     def _stream(self, calls: Iterator[_Call]) -> tuple[list[_Call], list[Any]]:
         """Write each call as soon as it is built; read all replies at the end."""
@@ -332,6 +485,8 @@ class BatchWriter:
         return list(pipe.execute(raise_on_error=False))
 
 
+_LOST = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
 # replies that mean the server did not run a call, and a resend (with EVAL, on a
 # fresh connection or map) can: see BatchWriter._resend_recoverable
 _TURNED_AWAY = (redis.exceptions.NoScriptError, redis.exceptions.ReadOnlyError)
@@ -355,8 +510,9 @@ _STALE_MAP_ERRORS = (
 def _pack(connection: Any, commands: list[tuple[Any, ...]]) -> list[bytes]:
     # hiredis packs our arguments (str, bytes, int) as they are, in C; redis-py's
     # own packer first re-checks every argument in Python, for every call of a batch
+    # (joined: a list would be one socket send per command)
     if hiredis is not None:
-        return [hiredis.pack_command(command) for command in commands]
+        return [b"".join([hiredis.pack_command(command) for command in commands])]
     packed: list[bytes] = connection.pack_commands(commands)
     return packed
 
@@ -366,6 +522,42 @@ def _read(connection: Any) -> Any:
         return connection.read_response()
     except redis.exceptions.ResponseError as error:
         return error  # an error reply for one call; the others still have to be read
+
+
+def _round_trip(pool: Any, commands: list[tuple[Any, ...]], replies: list[Any]) -> None:
+    _round_trips([(pool, list(range(len(commands))))], commands, replies)
+
+
+def _round_trips(pools: list[tuple[Any, list[int]]], commands: list[tuple[Any, ...]], replies: list[Any]) -> None:
+    """Each pool's commands in one write, replies read after all writes; `replies` filled as read,
+    so a failure keeps those already read."""
+    in_flight: list[tuple[Any, Any, list[int]]] = []
+    try:
+        for pool, indexes in pools:
+            connection: Any = pool.get_connection()  # redis-py leaves Connection methods untyped
+            in_flight.append((pool, connection, indexes))
+            connection.send_packed_command(_pack(connection, [commands[i] for i in indexes]))
+        for _, connection, indexes in in_flight:
+            for index in indexes:
+                replies[index] = _read(connection)
+    except BaseException:
+        for _, connection, _ in in_flight:
+            connection.disconnect()  # never hand back a connection with replies unread
+        raise
+    finally:
+        for pool, connection, _ in in_flight:
+            pool.release(connection)
+
+
+def _split_overwrites(pending: list[Pending]) -> tuple[list[Pending], list[tuple[int, Pending]]]:
+    """The partitions whose mutations are all overwrites (SET, DEL), and the others with their positions."""
+    scripted = {field_ for mutation, field_, _ in pending if mutation.code not in OVERWRITES}
+    overwrites = [item for item in pending if item[1] not in scripted]
+    return overwrites, [(position, item) for position, item in enumerate(pending) if item[1] in scripted]
+
+
+def _bytes(key: Any) -> bytes:
+    return key.encode() if isinstance(key, str) else bytes(key)
 
 
 def _text(message: bytes | str) -> str:
