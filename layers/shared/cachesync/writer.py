@@ -403,7 +403,8 @@ class BatchWriter:
         replies: list[Any] = [None] * len(commands)
         try:
             if isinstance(client, RedisCluster):
-                self._per_node(client, [key_slot(_bytes(command[1])) for command in commands], commands, replies)
+                slots = [key_slot(_bytes(command[1])) for command in commands]
+                self._per_node(client, slots, commands, replies, raw=True)
             else:
                 _round_trip(client.connection_pool, commands, replies)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
@@ -429,7 +430,9 @@ class BatchWriter:
         )  # the slot is set for every cluster call
 
     @staticmethod
-    def _per_node(client: RedisCluster, slots: list[int], commands: list[tuple[Any, ...]], replies: list[Any]) -> None:
+    def _per_node(
+        client: RedisCluster, slots: list[int], commands: list[tuple[Any, ...]], replies: list[Any], raw: bool = False
+    ) -> None:
         """Each primary gets its commands in one write, replies read after all writes."""
         by_node: dict[str, tuple[Any, list[int]]] = {}
         nodes: dict[int, Any] = {}
@@ -442,6 +445,7 @@ class BatchWriter:
             [(client.get_redis_connection(node).connection_pool, indexes) for node, indexes in by_node.values()],
             commands,
             replies,
+            raw,
         )
 
     def _stream(self, calls: Iterator[_Call]) -> tuple[list[_Call], list[Any]]:
@@ -517,6 +521,25 @@ def _pack(connection: Any, commands: list[tuple[Any, ...]]) -> list[bytes]:
     return packed
 
 
+def _read_raw(sock: Any, indexes: list[int], replies: list[Any]) -> None:
+    """Replies straight from the socket into a hiredis reader, many per receive: redis-py's
+    read_response costs more per reply than the write it acknowledges. The connection is
+    left as redis-py expects it: every reply read, nothing buffered."""
+    reader = hiredis.Reader()
+    pending = iter(indexes)
+    index = next(pending, None)
+    while index is not None:
+        reply = reader.gets()
+        if reply is False:
+            data = sock.recv(65536)
+            if not data:
+                raise redis.exceptions.ConnectionError("connection closed by the server")
+            reader.feed(data)
+            continue
+        replies[index] = reply
+        index = next(pending, None)
+
+
 def _read(connection: Any) -> Any:
     try:
         return connection.read_response()
@@ -525,12 +548,15 @@ def _read(connection: Any) -> Any:
 
 
 def _round_trip(pool: Any, commands: list[tuple[Any, ...]], replies: list[Any]) -> None:
-    _round_trips([(pool, list(range(len(commands))))], commands, replies)
+    _round_trips([(pool, list(range(len(commands))))], commands, replies, raw=True)
 
 
-def _round_trips(pools: list[tuple[Any, list[int]]], commands: list[tuple[Any, ...]], replies: list[Any]) -> None:
+def _round_trips(
+    pools: list[tuple[Any, list[int]]], commands: list[tuple[Any, ...]], replies: list[Any], raw: bool = False
+) -> None:
     """Each pool's commands in one write, replies read after all writes; `replies` filled as read,
-    so a failure keeps those already read."""
+    so a failure keeps those already read. `raw`: replies as hiredis gives them (errors as
+    hiredis.ReplyError values), read in bulk."""
     in_flight: list[tuple[Any, Any, list[int]]] = []
     try:
         for pool, indexes in pools:
@@ -538,6 +564,9 @@ def _round_trips(pools: list[tuple[Any, list[int]]], commands: list[tuple[Any, .
             in_flight.append((pool, connection, indexes))
             connection.send_packed_command(_pack(connection, [commands[i] for i in indexes]))
         for _, connection, indexes in in_flight:
+            if raw and hiredis is not None and getattr(connection, "_sock", None) is not None:
+                _read_raw(connection._sock, indexes, replies)
+                continue
             for index in indexes:
                 replies[index] = _read(connection)
     except BaseException:
