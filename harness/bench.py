@@ -453,8 +453,22 @@ a fresh interpreter against a private Valkey, then a local 3-master Valkey clust
   not with another run. Ratios are result over baseline (for ingest, higher is
   better; for reads, the handler's cost relative to the bare command).
 - Ingest: `harness/bench_ingest.py`. The handler runs in-process with the
-  exactly-once machinery on; the naive pipeline sends one command per record
-  without idempotence; `redis-benchmark -P 100` SET is the server's own ceiling.
+  exactly-once machinery on, on 10,000-record batches of orders, products and
+  stock movements. Its same-run baselines: the naive pipeline (decode, parse, one
+  command per record in a redis-py pipeline; a `ClusterPipeline` on the cluster;
+  no idempotence); the pure-write pipeline (the same records' commands prepared
+  in advance, so only redis-py's packing, sending and reading is timed); and
+  `redis-benchmark -P 100` SET (`--cluster` on the cluster), the server's own
+  ceiling, which the "of the ceiling" column divides by. On the cluster, the
+  handler is also compared with the standalone handler of the same run.
+- Server CPU: `used_cpu_user + used_cpu_sys` from `INFO cpu` before and after each
+  round, summed over the primaries, divided by the records: what ElastiCache
+  Serverless bills (ECPUs). The naive rows send the same commands without
+  exactly-once; the naive SET and ZINCRBY rows show each command's own cost
+  (ZINCRBY on 20 sorted sets of 2,000 members costs more than a SET). The
+  handler's document writes (orders, products) are plain SETs and DELs guarded
+  per partition, its stock deltas script calls chained per partition
+  (`cachesync/writer.py`).
 - Reads in-process: `harness/bench_api.py`. The handler gets the API Gateway
   payload v2 event; the bare command is the redis-py call for the same data,
   interleaved one for one with the handler.
