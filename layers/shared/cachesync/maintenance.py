@@ -136,7 +136,9 @@ def clear_topic(client: RedisClient, settings: Settings, topic: str) -> Cleared:
             deleted += _delete(client, batch)
             batch = []
     deleted += _delete(client, batch)
-    client.hdel(keys.OFFSETS_KEY, keys.source_field(topic))
+    intents = [f for f in _fields(client, keys.OFFSETS_KEY) if f.startswith(keys.INTENT_PREFIX)]
+    mine = [f for f in intents if keys.topic_of(f.removeprefix(keys.INTENT_PREFIX)) == topic]
+    client.hdel(keys.OFFSETS_KEY, keys.source_field(topic), *mine)
     client.hset(keys.OFFSETS_KEY, marker, json.dumps({"state": "rebuilding", "at": int(time.time() * 1000)}))
     return Cleared(topic, deleted, offsets)
 

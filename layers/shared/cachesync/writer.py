@@ -64,7 +64,8 @@ APPLY_SCRIPT = (Path(__file__).parent / "apply.lua").read_text()
 
 # Checks that each partition's applied offset and intent are what this batch read, then sets
 # them, in one step: ARGV holds six per partition (offsets field, intent field, the offset
-# and intent read, the new offset or '' to keep it, the new intent or '' to remove it).
+# and intent read, the new offset or '' to keep it, the new intent, '' for none). The same
+# commands as apply.lua, so the ingest user's access string stays as it is.
 # A mismatch means another invocation is applying the same partition: nothing is set.
 GUARD_SCRIPT = """#!lua
 for i = 1, #ARGV, 6 do
@@ -78,13 +79,17 @@ for i = 1, #ARGV, 6 do
   if ARGV[i + 4] ~= '' then
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 4])
   end
-  if ARGV[i + 5] == '' then
-    redis.call('HDEL', KEYS[1], ARGV[i + 1])
-  else
-    redis.call('HSET', KEYS[1], ARGV[i + 1], ARGV[i + 5])
-  end
+  redis.call('HSET', KEYS[1], ARGV[i + 1], ARGV[i + 5])
 end
 return 1
+"""
+# The offsets and intents of the partitions named in ARGV, '' where none.
+READ_GUARD_SCRIPT = """#!lua flags=no-writes
+local found = {}
+for i, name in ipairs(ARGV) do
+  found[i] = redis.call('HGET', KEYS[1], name) or ''
+end
+return found
 """
 # partitions per guard call: six arguments each, within the 3,999 of a request
 GUARD_PARTITIONS = 600
@@ -345,7 +350,14 @@ class BatchWriter:
             last[field_] = offset
         guard = keys.offsets_key()
         names = [name for field_ in last for name in (field_, keys.intent_field(field_))]
-        stored = iter(client.hmget(guard, names))
+        chunk = 2 * GUARD_PARTITIONS
+        stored = iter(
+            [
+                value
+                for start in range(0, len(names), chunk)
+                for value in client.eval(READ_GUARD_SCRIPT, 1, guard, *names[start : start + chunk])  # type: ignore[no-untyped-call]
+            ]
+        )
         read = {field_: (_text(next(stored) or b""), _text(next(stored) or b"")) for field_ in last}
         floors = {field_: int(mark) if mark else -1 for field_, (mark, _) in read.items()}
         held: dict[str, dict[str, int]] = {f: orjson.loads(intent) for f, (_, intent) in read.items() if intent}
