@@ -7,7 +7,7 @@ import redis
 from cachesync import keys
 from cachesync.config import MAX_REQUEST_ARGUMENTS, MAX_SCRIPT_BATCH_SIZE, Settings
 from cachesync.projections import INCREMENT, SET, Mutation
-from cachesync.writer import BatchWriter
+from cachesync.writer import BatchWriter, guard_commands
 
 
 def _widest(n: int) -> list[tuple[Mutation, str, int]]:
@@ -30,3 +30,10 @@ def test_a_writer_built_with_a_larger_size_clamps_it() -> None:
     # deltas on one key add no arguments, but the count of mutations is bounded all the same
     deltas = [(Mutation("inventory:s", INCREMENT, "sku:1", "1"), "inventory/0", i) for i in range(5000)]
     assert max(len(c.positions) for c in writer._calls(enumerate(deltas), keys.offsets_key())) == 1997
+
+
+def test_the_guard_of_many_partitions_stays_within_the_argument_limit() -> None:
+    partitions = [(f"orders/{p}", "41", "", "", '{"orders:1":42}') for p in range(5000)]
+    commands = guard_commands(partitions)
+    assert max(len(command) for command in commands) <= MAX_REQUEST_ARGUMENTS
+    assert sum((len(command) - 4) // 6 for command in commands) == 5000  # every partition, once

@@ -393,14 +393,8 @@ class BatchWriter:
 
     @staticmethod
     def _guard(client: redis.Redis | RedisCluster, partitions: list[tuple[str, str, str, str, str]]) -> None:
-        guard = keys.offsets_key()
-        for start in range(0, len(partitions), GUARD_PARTITIONS):
-            arguments = [
-                value
-                for field_, mark, intent, new_mark, new_intent in partitions[start : start + GUARD_PARTITIONS]
-                for value in (field_, keys.intent_field(field_), mark, intent, new_mark, new_intent)
-            ]
-            client.eval(GUARD_SCRIPT, 1, guard, *arguments)  # type: ignore[no-untyped-call]
+        for command in guard_commands(partitions):
+            client.execute_command(*command)  # type: ignore[no-untyped-call]
 
     def _write_once(self, client: redis.Redis | RedisCluster, commands: list[tuple[Any, ...]]) -> None:
         """Each command overwrites its own key once: any order is right, and sending one again is too.
@@ -557,6 +551,20 @@ def _read(connection: Any) -> Any:
         return connection.read_response()
     except redis.exceptions.ResponseError as error:
         return error  # an error reply for one call; the others still have to be read
+
+
+def guard_commands(partitions: list[tuple[str, str, str, str, str]]) -> list[tuple[Any, ...]]:
+    """The EVAL commands that check and set these partitions' offsets and intents, each
+    within the arguments a request may carry: (field, offset read, intent read, new offset, new intent)."""
+    commands: list[tuple[Any, ...]] = []
+    for start in range(0, len(partitions), GUARD_PARTITIONS):
+        arguments = [
+            value
+            for field_, mark, intent, new_mark, new_intent in partitions[start : start + GUARD_PARTITIONS]
+            for value in (field_, keys.intent_field(field_), mark, intent, new_mark, new_intent)
+        ]
+        commands.append(("EVAL", GUARD_SCRIPT, 1, keys.offsets_key(), *arguments))
+    return commands
 
 
 def _round_trip(pool: Any, commands: list[tuple[Any, ...]], replies: list[Any]) -> None:
