@@ -532,7 +532,12 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.output:
         command = "make bench" if not (args.quick or args.no_cluster) else " ".join(["python -m harness.bench", *argv_])
-        Path(args.output).write_text(document(text, machine(), build, command))
+        from harness.bench_connect import carried_over
+
+        output = Path(args.output)
+        previous = output.read_text() if output.is_file() else ""
+        # the section `make bench-connect` writes stays as its last run left it
+        output.write_text(carried_over(previous, document(text, machine(), build, command)))
         print(f"\nwrote {args.output} ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     return 0
 
