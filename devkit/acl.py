@@ -10,7 +10,7 @@ print them with `python -m devkit.acl`; the functions never need them at runtime
 
 Lua scripts run their inner commands under the caller's ACL: the ingest user may
 load and run scripts, but a script can only do what the user could do itself,
-so the inner commands of `apply.lua` are listed here too.
+so the inner commands of `apply.lua` and of the overwrite guard's scripts are listed here too.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ CLUSTER_COMMANDS = ("cluster|slots", "cluster|shards", "command")
 
 # The ingest path: the writer's script (EVAL, or EVALSHA with SCRIPT LOAD after
 # NOSCRIPT: any of them lets a user run a script of its own, so allowing all three
-# grants nothing more), the commands apply.lua calls (read from the script itself,
+# grants nothing more), the commands its scripts call (read from the scripts themselves,
 # so the two cannot drift apart), and XADD to the dead-letter stream.
 INGEST_SCRIPT_COMMANDS = ("eval", "evalsha", "script|load")
 DEAD_LETTER_COMMANDS = ("xadd",)
@@ -81,9 +81,12 @@ def script_commands(script: str) -> tuple[str, ...]:
 
 
 def apply_lua_commands() -> tuple[str, ...]:
-    from cachesync.writer import APPLY_SCRIPT
+    """The commands of every script the writer runs: apply.lua, and the overwrite guard's
+    (which reads the server's TIME for its leases)."""
+    from cachesync.writer import APPLY_SCRIPT, GUARD_SCRIPT, READ_GUARD_SCRIPT, RELEASE_SCRIPT
 
-    return script_commands(APPLY_SCRIPT)
+    scripts = (APPLY_SCRIPT, GUARD_SCRIPT, READ_GUARD_SCRIPT, RELEASE_SCRIPT)
+    return tuple(sorted({command for script in scripts for command in script_commands(script)}))
 
 
 def _prefixes(settings: Settings) -> list[str]:

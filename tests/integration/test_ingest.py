@@ -139,8 +139,9 @@ def test_offsets_are_a_few_small_hashes_not_one_per_key(target: Any) -> None:
     # (stock ledgers keep one hash per slot written on a cluster: test_stock_offsets_...)
     assert offsets == [b"cachesync:offsets"]
     fields = {f for k in offsets for f in client.hkeys(k)}
-    # besides the offsets, the topic's source (cachesync.maintenance) and the confirmed, empty, intents
-    intents = {f"intent:orders/{p}".encode() for p in range(4)}
+    # besides the offsets, the topic's source (cachesync.maintenance) and the confirmed, empty,
+    # intents and leases
+    intents = {f"{kind}:orders/{p}".encode() for p in range(4) for kind in ("intent", "lease")}
     assert fields == {f"orders/{p}".encode() for p in range(4)} | intents | {b"source:orders"}
     assert all(client.hget("cachesync:offsets", f) == b"" for f in intents)
 

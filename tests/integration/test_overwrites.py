@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import random
+import time
 from typing import Any
 
 import orjson
@@ -15,10 +16,11 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cachesync import writer as writer_module
 from cachesync.connection import RedisClient
 from cachesync.deadletter import RedisStreamSink
 from cachesync.ingest import Ingestor
-from cachesync.writer import BatchWriter
+from cachesync.writer import BatchWriter, PartitionBusy
 from devkit.generator import RawRecord, kafka_record, partition_for
 from harness.model import model_state, redis_state
 
@@ -166,3 +168,115 @@ def test_a_shorter_retry_leaves_a_newer_value_alone(valkey: Any) -> None:
     final = _ingestor(valkey, client, WatchedWriter(reader, random.Random(0), None, client, 1000))
     final.process({"eventSource": "SelfManagedKafka", "records": {"orders-0": records}})
     assert client.get("orders:7") == values[3]
+
+
+def _one_partition(values: list[tuple[int, int | None]]) -> list[dict[str, Any]]:
+    """Records of orders partition 0, each (order id, n) a unique value, or (order id, None) a tombstone."""
+    return [
+        kafka_record(
+            "orders",
+            0,
+            offset,
+            RawRecord("orders", str(order).encode(), None if n is None else orjson.dumps({"orderid": order, "n": n})),
+            1_700_000_000_000 + offset,
+        )
+        for offset, (order, n) in enumerate(values)
+    ]
+
+
+def _event(records: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"eventSource": "SelfManagedKafka", "records": {"orders-0": records}}
+
+
+class PausedWriter(WatchedWriter):
+    """Runs `meanwhile` once its intent and lease are registered, before its first write lands."""
+
+    def __init__(self, meanwhile: Any, *args: Any):
+        super().__init__(*args)
+        self.meanwhile = meanwhile
+
+    def _write_once(self, client: Any, commands: list[tuple[Any, ...]]) -> None:
+        self.meanwhile()
+        super()._write_once(client, commands)
+
+
+def test_an_overlapping_invocation_waits_for_the_lease_and_never_leaves_an_older_value(target: Any) -> None:
+    """A rebalance: invocation A applies offsets 0-2 (order 1 at 1) while B, the new owner,
+    starts at the last commit with 0-4 (order 1 at 3). B finds A's lease live: it writes
+    nothing and fails, to be retried; A completes; B's retry leaves order 1 at offset 3."""
+    target.flush()
+    client = target.client()
+    records = _one_partition([(2, 0), (1, 1), (2, 2), (1, 3), (2, None)])
+    reader = Reader({("orders", 0): records})
+    rng = random.Random(0)
+    refusals: list[str] = []
+
+    def b_runs_while_a_holds_the_lease() -> None:
+        before = redis_state(client)
+        b = _ingestor(target, client, WatchedWriter(reader, rng, None, client, 1000))
+        with pytest.raises(PartitionBusy) as busy:
+            b.process(_event(records))
+        refusals.append(str(busy.value))
+        assert redis_state(client) == before  # B wrote nothing
+
+    a = _ingestor(target, client, PausedWriter(b_runs_while_a_holds_the_lease, reader, rng, None, client, 1000))
+    assert a.process(_event(records[:3])).applied == 3
+    assert refusals and refusals[0].startswith("PartitionBusy: orders/0 is being applied by another invocation until")
+    assert client.get("orders:1") == orjson.dumps({"orderid": 1, "n": 1})
+    retried = _ingestor(target, client, WatchedWriter(reader, rng, None, client, 1000)).process(_event(records))
+    assert (retried.applied, retried.duplicates) == (2, 3)
+    assert client.get("orders:1") == orjson.dumps({"orderid": 1, "n": 3})
+    assert redis_state(client) == model_state(target.settings(), records)
+    assert client.xlen(target.settings().dlq_stream_key) == 0  # retried, never dead-lettered
+    for key in ("orders:1", "orders:2"):
+        reader.observe(key, client.get(key))
+
+
+def test_a_failed_attempt_ends_its_lease_so_the_retry_proceeds_at_once(target: Any) -> None:
+    target.flush()
+    client = target.client()
+    records = _one_partition([(1, 0), (2, 1), (1, 2), (3, 3)])
+    reader = Reader({("orders", 0): records})
+    failing = _ingestor(target, client, WatchedWriter(reader, random.Random(1), 1, client, 1000))
+    with pytest.raises(redis.exceptions.ConnectionError):
+        failing.process(_event(records))
+    lease = client.hget("cachesync:offsets", "lease:orders/0")
+    assert lease is not None and lease.endswith(b" 0")  # ended, its intent kept
+    assert client.hget("cachesync:offsets", "intent:orders/0")
+    retry = _ingestor(target, client, WatchedWriter(reader, random.Random(2), None, client, 1000))
+    assert retry.process(_event(records)).applied == 4  # the default lease, yet no wait
+    assert redis_state(client) == model_state(target.settings(), records)
+
+
+def test_a_crashed_attempts_lease_runs_out_and_its_intent_is_honoured(
+    target: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attempt wrote order 1's value of offset 3 and died without ending its lease:
+    a retry is refused until the deadline, then a shorter one leaves that value alone."""
+    target.flush()
+    client = target.client()
+    records = _one_partition([(1, 0), (1, 1), (1, 2), (1, 3)])
+    reader = Reader({("orders", 0): records})
+    lease = 2.0
+    with monkeypatch.context() as crash:
+        crash.setattr(writer_module, "_release", lambda *_: None)  # the process is gone
+        crashed = _ingestor(target, client, WatchedWriter(reader, random.Random(0), 1, client, 1000, 3, lease))
+        with pytest.raises(redis.exceptions.ConnectionError):
+            crashed.process(_event(records))
+    assert client.get("orders:1") == orjson.dumps({"orderid": 1, "n": 3})
+    shorter = _ingestor(target, client, WatchedWriter(reader, random.Random(0), None, client, 1000, 3, lease))
+    with pytest.raises(PartitionBusy):
+        shorter.process(_event(records[:2]))
+    deadline = int(client.hget("cachesync:offsets", "lease:orders/0").split()[1])
+    while _server_ms(client) <= deadline:
+        time.sleep(0.05)
+    assert shorter.process(_event(records[:2])).applied == 2
+    assert client.get("orders:1") == orjson.dumps({"orderid": 1, "n": 3})  # not offset 1's value
+    shorter.process(_event(records))
+    assert redis_state(client) == model_state(target.settings(), records)
+    reader.observe("orders:1", client.get("orders:1"))
+
+
+def _server_ms(client: Any) -> int:
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000

@@ -19,6 +19,7 @@ from unittest.mock import MagicMock
 
 import pytest
 
+from cachesync.config import Settings
 from tests.template.cfn import (
     REQUIRED,
     ROOT,
@@ -356,6 +357,16 @@ def test_functions_run_python313_arm64_in_the_vpc(scenario: tuple[str, dict[str,
         "IngestFunction": get_att("IngestFunctionRole", "Arn"),
         "ApiFunction": get_att("ApiFunctionRole", "Arn"),
     }
+
+
+def test_the_overwrite_lease_outlasts_the_ingest_function(scenario: tuple[str, dict[str, str], Resolved]) -> None:
+    """An invocation that took a document partition's lease and never ended it writes nothing
+    after Lambda stops it at its Timeout: the lease must not expire before (cachesync.writer)."""
+    _, _, stack = scenario
+    props = stack.props("IngestFunction")
+    configured = props["Environment"]["Variables"].get("OVERWRITE_LEASE_SECONDS", "")
+    lease = Settings.from_env({"OVERWRITE_LEASE_SECONDS": str(configured)}).overwrite_lease_seconds
+    assert int(props["Timeout"]) < lease
 
 
 def test_stack_created_subnets_span_two_zones() -> None:

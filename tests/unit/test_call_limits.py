@@ -34,6 +34,6 @@ def test_a_writer_built_with_a_larger_size_clamps_it() -> None:
 
 def test_the_guard_of_many_partitions_stays_within_the_argument_limit() -> None:
     partitions = [(f"orders/{p}", "41", "", "", '{"orders:1":42}') for p in range(5000)]
-    commands = guard_commands(partitions)
+    commands = guard_commands(partitions, "f" * 32, 120_000)
     assert max(len(command) for command in commands) <= MAX_REQUEST_ARGUMENTS
-    assert sum((len(command) - 4) // 6 for command in commands) == 5000  # every partition, once
+    assert sum((len(command) - 6) // 7 for command in commands) == 5000  # every partition, once

@@ -134,6 +134,7 @@ def test_records_are_applied_in_partition_order_even_when_delivered_out_of_order
         ({"SCRIPT_BATCH_SIZE": "0"}, "SCRIPT_BATCH_SIZE must be at least 1"),
         ({"SCRIPT_BATCH_SIZE": "1998"}, "SCRIPT_BATCH_SIZE must be at most 1997, got 1998: .* 3999 arguments"),
         ({"INVENTORY_KEY_PREFIX": "{inv}"}, "must not contain braces"),
+        ({"OVERWRITE_LEASE_SECONDS": "0.5"}, "OVERWRITE_LEASE_SECONDS must be at least 1"),
     ],
 )
 def test_bad_configuration_is_refused_with_a_clear_message(env: dict[str, str], message: str) -> None:

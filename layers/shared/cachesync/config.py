@@ -37,6 +37,12 @@ TOPICS_FILE = Path(__file__).with_name("topics.toml")
 MAX_REQUEST_ARGUMENTS = 3999
 MAX_SCRIPT_BATCH_SIZE = (MAX_REQUEST_ARGUMENTS - 5) // 2
 
+# How long an attempt at a document partition holds it (cachesync.writer): at least the
+# IngestFunction's Timeout in template.yaml (60 s), since only Lambda ending an invocation at
+# its timeout guarantees an owner that never released its lease writes nothing after it.
+# Longer only delays the retry after a crash or a lost connection.
+OVERWRITE_LEASE_SECONDS = 120.0
+
 
 @dataclass(frozen=True)
 class TopicConfig:
@@ -82,6 +88,7 @@ class Settings:
     # Records per server-side script call: large enough to amortise the round
     # trip, small enough not to block Redis for long (a script blocks the server while it runs).
     script_batch_size: int = 1000
+    overwrite_lease_seconds: float = OVERWRITE_LEASE_SECONDS
     # Read API: the bounds that keep every read one small round trip (CORS is the HTTP API's,
     # in template.yaml, not the function's).
     products_max_skus: int = 100  # SKUs per GET /products?skus=...
@@ -135,6 +142,7 @@ class Settings:
             dlq_stream_key=env.get("DLQ_STREAM_KEY") or "deadletter:ingest",
             dlq_stream_maxlen=_number(env, "DLQ_STREAM_MAXLEN", 10_000, int),
             script_batch_size=_script_batch_size(env),
+            overwrite_lease_seconds=_number(env, "OVERWRITE_LEASE_SECONDS", OVERWRITE_LEASE_SECONDS, float, minimum=1),
             products_max_skus=_number(env, "PRODUCTS_MAX_SKUS", 100, int, minimum=1),
             inventory_default_limit=_number(env, "INVENTORY_DEFAULT_LIMIT", 50, int, minimum=1),
             inventory_max_limit=_number(env, "INVENTORY_MAX_LIMIT", 500, int, minimum=1),

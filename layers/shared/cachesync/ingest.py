@@ -208,7 +208,7 @@ def build_ingestor(settings: Settings) -> Ingestor:
     stream = RedisStreamSink(client, settings.dlq_stream_key, settings.dlq_stream_maxlen)
     # SQS when configured, and the stream when SQS stays down, rather than failing every batch
     sink: DeadLetterSink = FallbackSink(SqsSink(settings.dlq_queue_url), stream) if settings.dlq_queue_url else stream
-    writer = BatchWriter(client, settings.script_batch_size, settings.retries)
+    writer = BatchWriter(client, settings.script_batch_size, settings.retries, settings.overwrite_lease_seconds)
     return Ingestor(settings, writer, sink, check_source=lambda topic, servers: check_source(client, topic, servers))
 
 

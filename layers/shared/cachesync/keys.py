@@ -46,6 +46,9 @@ PROCESSED_KEY = "cachesync:processed"
 # database's offsets hash too, with `intent:<topic>/<partition>`: the keys a batch under way may
 # have written, each with the offset of its value, until the batch is confirmed (cachesync.writer).
 INTENT_PREFIX = "intent:"
+# With an intent, `lease:<topic>/<partition>`: "<owner> <deadline in ms, server clock>" of the
+# attempt applying it; no other attempt writes the partition before the deadline.
+LEASE_PREFIX = "lease:"
 
 
 class InvalidIdentifier(ValueError):
@@ -132,6 +135,10 @@ def source_field(topic: str) -> str:
 
 def intent_field(offsets_field_: str) -> str:
     return INTENT_PREFIX + offsets_field_
+
+
+def lease_field(offsets_field_: str) -> str:
+    return LEASE_PREFIX + offsets_field_
 
 
 def diverged_field(topic: str, partition: int | None = None) -> str:

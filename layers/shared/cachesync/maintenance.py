@@ -136,8 +136,12 @@ def clear_topic(client: RedisClient, settings: Settings, topic: str) -> Cleared:
             deleted += _delete(client, batch)
             batch = []
     deleted += _delete(client, batch)
-    intents = [f for f in _fields(client, keys.OFFSETS_KEY) if f.startswith(keys.INTENT_PREFIX)]
-    mine = [f for f in intents if keys.topic_of(f.removeprefix(keys.INTENT_PREFIX)) == topic]
+    mine = [
+        f
+        for f in _fields(client, keys.OFFSETS_KEY)
+        for prefix in (keys.INTENT_PREFIX, keys.LEASE_PREFIX)
+        if f.startswith(prefix) and keys.topic_of(f.removeprefix(prefix)) == topic
+    ]
     client.hdel(keys.OFFSETS_KEY, keys.source_field(topic), *mine)
     client.hset(keys.OFFSETS_KEY, marker, json.dumps({"state": "rebuilding", "at": int(time.time() * 1000)}))
     return Cleared(topic, deleted, offsets)

@@ -17,6 +17,12 @@ again in partition order changes nothing; what must never happen is an older
 value after a newer one. So the guard is per partition, in the database's
 offsets hash: the applied offset, and while a batch is under way its intent,
 the keys it may have written with the offset of each value (see _overwrite).
+With the intent, a lease: the attempt applying the partition and a deadline in
+the server's clock, at least the function's timeout away, so two invocations
+(a consumer-group rebalance) never write one partition at once; the second
+fails with PartitionBusy and Lambda retries it. A failed attempt ends its lease
+so its retry proceeds at once; when Redis is out of reach it cannot, and the
+retry waits for the deadline (OVERWRITE_LEASE_SECONDS at most).
 
 The calls of one scope are chained: each carries, per partition, the last
 offset of the call before it, and the script writes nothing unless the
@@ -40,8 +46,10 @@ offsets), is in docs/performance.md (`make bench`).
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,30 +64,53 @@ except ImportError:  # optional: redis-py works without it
     hiredis = None  # type: ignore[assignment]
 
 from cachesync import keys
-from cachesync.config import MAX_SCRIPT_BATCH_SIZE
+from cachesync.config import MAX_SCRIPT_BATCH_SIZE, OVERWRITE_LEASE_SECONDS
 from cachesync.projections import ASSIGN, DELETE, INCREMENT, REMOVE, SET, Mutation
 
 APPLY_SCRIPT = (Path(__file__).parent / "apply.lua").read_text()
 
 
 # Checks that each partition's applied offset and intent are what this batch read, then sets
-# them, in one step: ARGV holds six per partition (offsets field, intent field, the offset
-# and intent read, the new offset or '' to keep it, the new intent, '' for none). The same
-# commands as apply.lua, so the ingest user's access string stays as it is.
-# A mismatch means another invocation is applying the same partition: nothing is set.
+# them, in one step. ARGV: the attempt's owner id and its lease in milliseconds (0: this is the
+# confirmation), then seven per partition (offsets field, intent field, lease field, the offset
+# and intent read, the new offset or '' to keep it, the new intent, '' for none).
+# A registration takes the lease (owner and deadline, in the server's clock) unless another
+# attempt's is live: CACHESYNC_BUSY, nothing set. A confirmation needs the lease still its own
+# and frees it. A changed offset or intent means another invocation applied the partition
+# meanwhile: CACHESYNC_CONCURRENT, nothing set.
 GUARD_SCRIPT = """#!lua
-for i = 1, #ARGV, 6 do
+local time = redis.call('TIME')
+local now = time[1] * 1000 + math.floor(time[2] / 1000)
+local owner, lease = ARGV[1], tonumber(ARGV[2])
+for i = 3, #ARGV, 7 do
+  local holder, deadline = string.match(redis.call('HGET', KEYS[1], ARGV[i + 2]) or '', '^(%S+) (%d+)$')
+  if lease > 0 and holder and holder ~= owner and tonumber(deadline) > now then
+    return redis.error_reply('CACHESYNC_BUSY ' .. ARGV[i] .. ' ' .. deadline)
+  end
   local mark = redis.call('HGET', KEYS[1], ARGV[i]) or ''
   local intent = redis.call('HGET', KEYS[1], ARGV[i + 1]) or ''
-  if mark ~= ARGV[i + 2] or intent ~= ARGV[i + 3] then
+  if mark ~= ARGV[i + 3] or intent ~= ARGV[i + 4] or (lease == 0 and holder ~= owner) then
     return redis.error_reply('CACHESYNC_CONCURRENT ' .. ARGV[i] .. ' changed while this batch applied it')
   end
 end
-for i = 1, #ARGV, 6 do
-  if ARGV[i + 4] ~= '' then
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 4])
+local held = lease > 0 and owner .. ' ' .. string.format('%.0f', now + lease) or ''
+for i = 3, #ARGV, 7 do
+  if ARGV[i + 5] ~= '' then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 5])
   end
-  redis.call('HSET', KEYS[1], ARGV[i + 1], ARGV[i + 5])
+  redis.call('HSET', KEYS[1], ARGV[i + 1], ARGV[i + 6])
+  redis.call('HSET', KEYS[1], ARGV[i + 2], held)
+end
+return 1
+"""
+# Ends the leases ARGV[1] holds on the lease fields after it (deadline 0), keeping the intents:
+# the retry of a failed attempt honours them and need not wait.
+RELEASE_SCRIPT = """#!lua
+for i = 2, #ARGV do
+  local holder = string.match(redis.call('HGET', KEYS[1], ARGV[i]) or '', '^(%S+) ')
+  if holder == ARGV[1] then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[1] .. ' 0')
+  end
 end
 return 1
 """
@@ -91,8 +122,14 @@ for i, name in ipairs(ARGV) do
 end
 return found
 """
-# partitions per guard call: six arguments each, within the 3,999 of a request
-GUARD_PARTITIONS = 600
+# partitions per guard call: seven arguments each, within the 3,999 of a request
+GUARD_PARTITIONS = 500
+
+
+class PartitionBusy(redis.exceptions.RedisError):
+    """Another invocation holds the partition's lease: the batch fails before writing anything
+    and Lambda delivers it again (a consumer-group rebalance runs two invocations at once)."""
+
 
 OVERWRITES = (SET, DELETE)
 
@@ -176,12 +213,19 @@ class _Call:
 
 
 class BatchWriter:
-    def __init__(self, client: redis.Redis | RedisCluster, script_batch_size: int, retries: int = 3):
+    def __init__(
+        self,
+        client: redis.Redis | RedisCluster,
+        script_batch_size: int,
+        retries: int = 3,
+        lease_seconds: float = OVERWRITE_LEASE_SECONDS,
+    ):
         self._client = client
         # every mutation adds at most two arguments (its key, its value): bounding the
         # mutations per call bounds the arguments per request (ElastiCache Serverless: 3,999)
         self._batch_size = min(script_batch_size, MAX_SCRIPT_BATCH_SIZE)
         self._retries = retries
+        self._lease_ms = max(1, round(lease_seconds * 1000))
 
     def apply(self, pending: Iterable[Pending], *, partial: bool = False) -> WriteResult:
         """Apply the mutations in order; `pending` may be a generator, consumed as calls fill.
@@ -320,10 +364,12 @@ class BatchWriter:
     def _overwrite_with_retries(self, documents: list[Pending]) -> tuple[int, int]:
         """A primary turned replica (READONLY) mid-way: start again on a fresh connection
         or map, within the client's retries (the intent makes it safe). Lost connections
-        are retried where they happen, by the client (see _write_once)."""
+        are retried where they happen, by the client (see _write_once). One lease owner for
+        all of them: a try that could not release its lease does not lock out the next."""
+        owner = uuid.uuid4().hex
         for attempt in range(self._retries + 1):
             try:
-                return self._overwrite(self._client, documents)
+                return self._overwrite(self._client, documents, owner)
             except redis.exceptions.ReadOnlyError:
                 if attempt == self._retries:
                     raise
@@ -331,7 +377,7 @@ class BatchWriter:
                 time.sleep(min(0.5, 0.05 * 2**attempt))
         raise AssertionError("unreachable")
 
-    def _overwrite(self, client: redis.Redis | RedisCluster, documents: list[Pending]) -> tuple[int, int]:
+    def _overwrite(self, client: redis.Redis | RedisCluster, documents: list[Pending], owner: str) -> tuple[int, int]:
         """Document partitions: (applied, skipped). One plain SET or DEL per key.
 
         - Records at or below their partition's applied offset are skipped (duplicates).
@@ -343,6 +389,15 @@ class BatchWriter:
           than one it saw; the intent of both attempts is kept until confirmed.
         - Once every write is acknowledged, the offset moves to the batch's last and
           the intent goes (entries beyond the batch's last stay, for the next batch).
+        - Registering the intent takes a lease on the partition, `owner` with a deadline
+          in the server's clock at least the function's timeout away: two invocations
+          applying overlapping batches of it at once (a consumer-group rebalance) would
+          otherwise interleave their writes and leave an older value for good. An attempt
+          that finds another's lease live writes nothing and fails with PartitionBusy
+          (Lambda delivers the batch again); an expired lease (its owner timed out or
+          crashed: Lambda ended it, so it writes no more) is taken over, its intent honoured.
+          An attempt that fails mid-way ends its lease, so the retry proceeds at once;
+          when Redis is out of reach it cannot, and the retry waits for the deadline.
         Every write overwrites one key, once: a write that failed is sent again alone.
         """
         last: dict[str, int] = {}
@@ -381,20 +436,37 @@ class BatchWriter:
             else:
                 writes.append(("DEL", key))
         planned = {field_: orjson.dumps(intent).decode() if intent else "" for field_, intent in intents.items()}
-        self._guard(client, [(f, *read[f], "", planned[f]) for f in moving])
-        self._write_once(client, writes)
         remaining = {f: {key: offset for key, offset in intents[f].items() if offset > last[f]} for f in moving}
         confirmed = [
             (f, read[f][0], planned[f], str(last[f]), orjson.dumps(remaining[f]).decode() if remaining[f] else "")
             for f in moving
         ]
-        self._guard(client, confirmed)
+        try:
+            self._guard(client, [(f, *read[f], "", planned[f]) for f in moving], owner, self._lease_ms)
+            self._write_once(client, writes)
+            self._guard(client, confirmed, owner, 0)
+        except BaseException:
+            _release(client, owner, moving)
+            raise
         return len(documents) - skipped, skipped
 
     @staticmethod
-    def _guard(client: redis.Redis | RedisCluster, partitions: list[tuple[str, str, str, str, str]]) -> None:
-        for command in guard_commands(partitions):
-            client.execute_command(*command)  # type: ignore[no-untyped-call]
+    def _guard(
+        client: redis.Redis | RedisCluster, partitions: list[tuple[str, str, str, str, str]], owner: str, lease_ms: int
+    ) -> None:
+        """Register (lease_ms > 0) or confirm (0) these partitions' offsets and intents."""
+        for command in guard_commands(partitions, owner, lease_ms):
+            try:
+                client.execute_command(*command)  # type: ignore[no-untyped-call]
+            except redis.exceptions.ResponseError as error:
+                message = str(error)
+                if not message.startswith("CACHESYNC_BUSY "):
+                    raise
+                _, field_, deadline = message.split(" ")
+                until = datetime.fromtimestamp(int(deadline) / 1000, UTC).isoformat(timespec="milliseconds")
+                raise PartitionBusy(
+                    f"PartitionBusy: {field_} is being applied by another invocation until {until}"
+                ) from None
 
     def _write_once(self, client: redis.Redis | RedisCluster, commands: list[tuple[Any, ...]]) -> None:
         """Each command overwrites its own key once: any order is right, and sending one again is too.
@@ -553,18 +625,40 @@ def _read(connection: Any) -> Any:
         return error  # an error reply for one call; the others still have to be read
 
 
-def guard_commands(partitions: list[tuple[str, str, str, str, str]]) -> list[tuple[Any, ...]]:
-    """The EVAL commands that check and set these partitions' offsets and intents, each
+def guard_commands(
+    partitions: list[tuple[str, str, str, str, str]], owner: str, lease_ms: int
+) -> list[tuple[Any, ...]]:
+    """The EVAL commands that check and set these partitions' offsets, intents and leases, each
     within the arguments a request may carry: (field, offset read, intent read, new offset, new intent)."""
     commands: list[tuple[Any, ...]] = []
     for start in range(0, len(partitions), GUARD_PARTITIONS):
         arguments = [
             value
             for field_, mark, intent, new_mark, new_intent in partitions[start : start + GUARD_PARTITIONS]
-            for value in (field_, keys.intent_field(field_), mark, intent, new_mark, new_intent)
+            for value in (
+                field_,
+                keys.intent_field(field_),
+                keys.lease_field(field_),
+                mark,
+                intent,
+                new_mark,
+                new_intent,
+            )
         ]
-        commands.append(("EVAL", GUARD_SCRIPT, 1, keys.offsets_key(), *arguments))
+        commands.append(("EVAL", GUARD_SCRIPT, 1, keys.offsets_key(), owner, str(lease_ms), *arguments))
     return commands
+
+
+def _release(client: redis.Redis | RedisCluster, owner: str, fields: list[str]) -> None:
+    """Best effort: end the leases `owner` holds on these partitions; when Redis is out of
+    reach, they run to their deadline."""
+    leases = [keys.lease_field(field_) for field_ in fields]
+    try:
+        for start in range(0, len(leases), GUARD_PARTITIONS):
+            chunk = leases[start : start + GUARD_PARTITIONS]
+            client.eval(RELEASE_SCRIPT, 1, keys.offsets_key(), owner, *chunk)  # type: ignore[no-untyped-call]
+    except (redis.exceptions.RedisError, OSError):
+        pass  # the error the attempt raises is the one that matters
 
 
 def _round_trip(pool: Any, commands: list[tuple[Any, ...]], replies: list[Any]) -> None:
