@@ -104,8 +104,9 @@ end
 return 1
 """
 # Ends the leases ARGV[1] holds on the lease fields after it (deadline 0), keeping the intents:
-# the retry of a failed attempt honours them and need not wait.
-RELEASE_SCRIPT = """#!lua
+# the retry of a failed attempt honours them and need not wait. allow-oom: an attempt that
+# failed because the cache is full must still end its lease (the value only gets shorter).
+RELEASE_SCRIPT = """#!lua flags=allow-oom
 for i = 2, #ARGV do
   local holder = string.match(redis.call('HGET', KEYS[1], ARGV[i]) or '', '^(%S+) ')
   if holder == ARGV[1] then
