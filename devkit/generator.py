@@ -103,6 +103,7 @@ class EventGenerator:
         self.next_order_id = first_order_id
         self.topic_names = {topic: topic for topic in TOPICS} | (topic_names or {})
         self.first_offset = first_offset
+        self._seed_makers = {"orders": self.order, "inventory": self.inventory, "products": self.product}
         self.stock: dict[tuple[str, str], int] = {}  # units on hand after the events generated so far
         self.next_offset: dict[tuple[str, int], int] = {}
         self._round_robin = 0
@@ -190,9 +191,8 @@ class EventGenerator:
     def record(self, name: str) -> RawRecord:
         """A record of the topics.toml entry `name`: orders and products in the seed's shapes,
         stock events for a ledger, the entry's example for any other document."""
-        seed_makers = {"orders": self.order, "inventory": self.inventory, "products": self.product}
-        if name in seed_makers:
-            return seed_makers[name]()
+        if name in self._seed_makers:
+            return self._seed_makers[name]()
         if ENTRIES[name]["kind"] == DOCUMENT:
             return self.document(name)
         return replace(self.inventory(), topic=name)

@@ -139,29 +139,35 @@ TARGETS: tuple[tuple[Path, dict[str, Region], tuple[str, str]], ...] = (
 )
 
 
+def out_of_date() -> dict[Path, str]:
+    """Each file whose regions differ from what topics.toml gives, with its text as it should be."""
+    updates = {}
+    for path, regions, comment in TARGETS:
+        text = path.read_text()
+        updated = render(text, regions, comment)
+        if updated != text:
+            updates[path] = updated
+    return updates
+
+
 def stale() -> list[Path]:
     """The files whose regions differ from what topics.toml gives."""
-    return [
-        path for path, regions, comment in TARGETS if render(path.read_text(), regions, comment) != path.read_text()
-    ]
+    return list(out_of_date())
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write topics.toml into template.yaml and README.md.")
     parser.add_argument("--check", action="store_true", help="only report files that are out of date")
     args = parser.parse_args(argv)
+    updates = out_of_date()
     if args.check:
-        out_of_date = stale()
-        if out_of_date:
-            names = ", ".join(str(p.relative_to(ROOT)) for p in out_of_date)
+        if updates:
+            names = ", ".join(str(p.relative_to(ROOT)) for p in updates)
             sys.exit(f"out of date with topics.toml: {names}; run `make topics`")
         return
-    for path, regions, comment in TARGETS:
-        text = path.read_text()
-        updated = render(text, regions, comment)
-        if updated != text:
-            path.write_text(updated)
-            print(f"wrote {path.relative_to(ROOT)}")
+    for path, updated in updates.items():
+        path.write_text(updated)
+        print(f"wrote {path.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
