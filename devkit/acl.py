@@ -10,7 +10,7 @@ print them with `python -m devkit.acl`; the functions never need them at runtime
 
 Lua scripts run their inner commands under the caller's ACL: the ingest user may
 load and run scripts, but a script can only do what the user could do itself,
-so the inner commands of `apply.lua` and of the overwrite guard's scripts are listed here too.
+so the inner commands of the writer's `fence.lua` are listed here too.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ CLUSTER_COMMANDS = ("cluster|slots", "cluster|shards", "command")
 # The ingest path: the writer's script (EVAL, or EVALSHA with SCRIPT LOAD after
 # NOSCRIPT: any of them lets a user run a script of its own, so allowing all three
 # grants nothing more), the commands its scripts call (read from the scripts themselves,
-# so the two cannot drift apart), and XADD to the dead-letter stream.
-INGEST_SCRIPT_COMMANDS = ("eval", "evalsha", "script|load")
+# so the two cannot drift apart), WAIT (acknowledged means replicated: cachesync.transport),
+# and XADD to the dead-letter stream.
+INGEST_SCRIPT_COMMANDS = ("eval", "evalsha", "script|load", "wait")
 DEAD_LETTER_COMMANDS = ("xadd",)
 # The operator's figures (cachesync.opstats): IngestFunction adds a batch's entry to a stream
 # and its partitions' offsets to a hash; the read API's admin route reads both, and the newest
@@ -47,7 +48,7 @@ OPSTATS_READ_COMMANDS = ("xrevrange", "hgetall")
 # deletes them and its offsets; markers are offsets-hash fields. No script, no data writes
 # but DEL. SCAN lists every key name (ACL key patterns do not filter it): hence a user of
 # its own rather than more rights for the ingest user.
-MAINTENANCE_COMMANDS = ("scan", "del", "hget", "hset", "hdel", "hkeys", "hgetall", "xlen")
+MAINTENANCE_COMMANDS = ("scan", "del", "hget", "hset", "hdel", "hkeys", "hgetall", "hscan", "xlen")
 
 # The read API: GET/MGET documents, ZSCORE/ZRANGE inventory, EXISTS, and the paging
 # script (EVALSHA, EVAL on NOSCRIPT) whose inner commands are EXISTS and ZRANGE.
@@ -81,12 +82,10 @@ def script_commands(script: str) -> tuple[str, ...]:
 
 
 def apply_lua_commands() -> tuple[str, ...]:
-    """The commands of every script the writer runs: apply.lua, and the overwrite guard's
-    (which reads the server's TIME for its leases)."""
-    from cachesync.writer import APPLY_SCRIPT, GUARD_SCRIPT, READ_GUARD_SCRIPT, RELEASE_SCRIPT
+    """The commands of the script the writer runs (fence.lua)."""
+    from cachesync.transport import FENCE_SCRIPT
 
-    scripts = (APPLY_SCRIPT, GUARD_SCRIPT, READ_GUARD_SCRIPT, RELEASE_SCRIPT)
-    return tuple(sorted({command for script in scripts for command in script_commands(script)}))
+    return script_commands(FENCE_SCRIPT)
 
 
 def _prefixes(settings: Settings) -> list[str]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from cachesync.projections import PoisonRecord
+from cachesync.poison import PoisonRecord
 from cachesync.values import DESERIALIZATION_ERROR, SCHEMA_NOT_FOUND, to_json
 from devkit.esm.mapping import SchemaRegistry
 from devkit.registry import registered

@@ -16,7 +16,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cachesync.config import settings
 from cachesync.connection import get_client
-from cachesync.ingest import Ingestor, build_ingestor
+from cachesync.ingest import Ingestor, build_ingestor, deadline_after
 from cachesync.opstats import record_batch
 
 logger = Logger(service="cachesync-ingest")
@@ -32,7 +32,7 @@ def ingestor() -> Ingestor:
 @metrics.log_metrics
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    outcome = ingestor().process(event)
+    outcome = ingestor().process(event, deadline_after(context.get_remaining_time_in_millis()))
     record_batch(get_client(settings()), outcome)  # the operator's page's figures; never fails the batch
 
     metrics.add_metric("RecordsApplied", MetricUnit.Count, outcome.applied)

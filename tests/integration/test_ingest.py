@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from redis.crc import key_slot
 
 from cachesync.ingest import Ingestor, build_ingestor
 from devkit.generator import EventGenerator, RawRecord, decode_record
@@ -130,32 +132,26 @@ def test_ttl_applies_to_each_write_when_a_run_starts_with_a_tombstone(target: An
     assert 40 < client.ttl("inventory:store9") <= 60
 
 
-def test_offsets_are_a_few_small_hashes_not_one_per_key(target: Any) -> None:
-    g = EventGenerator(seed=8, partitions=4)
-    ingestor(target).process(g.batch(300, ["orders"]))
-    client = target.client()
-    offsets = [k for k in client.scan_iter(match="cachesync:offsets*", count=1000)]
-    # a document topic's offsets are in the database's own hash on either topology
-    # (stock ledgers keep one hash per slot written on a cluster: test_stock_offsets_...)
-    assert offsets == [b"cachesync:offsets"]
-    fields = {f for k in offsets for f in client.hkeys(k)}
-    # besides the offsets, the topic's source (cachesync.maintenance) and the confirmed, empty,
-    # intents and leases
-    intents = {f"{kind}:orders/{p}".encode() for p in range(4) for kind in ("intent", "lease")}
-    assert fields == {f"orders/{p}".encode() for p in range(4)} | intents | {b"source:orders"}
-    assert all(client.hget("cachesync:offsets", f) == b"" for f in intents)
-
-
-def test_stock_offsets_are_one_small_hash_per_slot_written(target: Any) -> None:
+@pytest.mark.parametrize("topic", ["orders", "inventory"])
+def test_each_key_keeps_its_position_per_partition_in_its_own_slot(target: Any, topic: str) -> None:
+    """The fence's data: for every key written, a field `<key>#<partition>` holding the offset of
+    the last record of that partition applied to it, in a hash of the key's own hash slot."""
     g = EventGenerator(seed=8, partitions=4, stores=5)
-    ingestor(target).process(g.batch(300, ["inventory"]))
+    event = g.batch(300, [topic])
+    ingestor(target).process(event)
+    expected: dict[tuple[str, int], int] = {}
+    for record in records_of(event):
+        value = json.loads(base64.b64decode(record["value"]))
+        key = f"orders:{value['orderid']}" if topic == "orders" else f"inventory:{value['store']}"
+        expected[(key, record["partition"])] = max(expected.get((key, record["partition"]), -1), record["offset"])
     client = target.client()
-    offsets = [k for k in client.scan_iter(match="cachesync:offsets*", count=1000)]
-    # one per slot written (5 stores), and the database's own hash (the topic's source)
-    assert offsets and len(offsets) <= (6 if target.cluster else 1)
-    assert all(client.type(k) in (b"hash", "hash") for k in offsets)
-    fields = {f for k in offsets for f in client.hkeys(k)}
-    assert fields == {f"inventory/{p}".encode() for p in range(4)} | {b"source:inventory"}
+    found: dict[tuple[str, int], int] = {}
+    for name in client.scan_iter(match="cachesync:offsets:*", count=1000):
+        for field, value in client.hgetall(name).items():
+            key, _, partition = field.decode().rpartition("#")
+            assert key_slot(name) == key_slot(key.encode()), (name, key)
+            found[(key, int(partition))] = int(value)
+    assert found == expected
 
 
 def test_a_write_redis_refuses_is_dead_lettered_and_the_rest_applied(target: Any) -> None:
@@ -208,13 +204,13 @@ def test_the_writer_keeps_order_when_partitions_interleave(target: Any) -> None:
     client = target.client()
     client.set("inventory:broken", "a string, not a sorted set")
     pending = [
-        (Mutation("orders:1", "S", argument=b'{"v":1}'), "orders/0", 0),
-        (Mutation("inventory:s1", "Z", "sku:a", "5"), "inventory/1", 0),
-        (Mutation("orders:1", "S", argument=b'{"v":2}'), "orders/0", 1),
-        (Mutation("inventory:broken", "I", "sku:a", "1"), "inventory/1", 1),
-        (Mutation("inventory:s1", "I", "sku:a", "-2"), "inventory/1", 2),
-        (Mutation("orders:1", "D"), "orders/0", 2),
-        (Mutation("orders:1", "S", argument=b'{"v":3}'), "orders/0", 3),
+        (Mutation("orders:1", "S", argument=b'{"v":1}'), "orders", 0, 0),
+        (Mutation("inventory:s1", "Z", "sku:a", "5"), "inventory", 1, 0),
+        (Mutation("orders:1", "S", argument=b'{"v":2}'), "orders", 0, 1),
+        (Mutation("inventory:broken", "I", "sku:a", "1"), "inventory", 1, 1),
+        (Mutation("inventory:s1", "I", "sku:a", "-2"), "inventory", 1, 2),
+        (Mutation("orders:1", "D"), "orders", 0, 2),
+        (Mutation("orders:1", "S", argument=b'{"v":3}'), "orders", 0, 3),
     ]
     writer = BatchWriter(client, script_batch_size=4)
     result = writer.apply(pending)

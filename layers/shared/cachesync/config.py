@@ -31,17 +31,11 @@ KINDS = (DOCUMENT, STOCK_LEDGER)
 
 TOPICS_FILE = Path(__file__).with_name("topics.toml")
 
-# ElastiCache Serverless refuses a request of more than 3,999 arguments. A script
-# call is EVAL, the script, numkeys, the offsets key and the plan (5), then per
-# mutation at most its data key and its value: 5 + 2 * 1,997 = 3,999.
+# ElastiCache Serverless refuses a request of more than 3,999 arguments. The planner
+# (cachesync.plan) counts each call's arguments and closes it before the limit; the
+# mutations per call are bounded too, since a script blocks the server while it runs.
 MAX_REQUEST_ARGUMENTS = 3999
 MAX_SCRIPT_BATCH_SIZE = (MAX_REQUEST_ARGUMENTS - 5) // 2
-
-# How long an attempt at a document partition holds it (cachesync.writer): at least the
-# IngestFunction's Timeout in template.yaml (60 s), since only Lambda ending an invocation at
-# its timeout guarantees an owner that never released its lease writes nothing after it.
-# Longer only delays the retry after a crash or a lost connection.
-OVERWRITE_LEASE_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -88,7 +82,10 @@ class Settings:
     # Records per server-side script call: large enough to amortise the round
     # trip, small enough not to block Redis for long (a script blocks the server while it runs).
     script_batch_size: int = 1000
-    overwrite_lease_seconds: float = OVERWRITE_LEASE_SECONDS
+    # Acknowledged means replicated (cachesync.transport): None waits for one replica on each
+    # primary written that has replicas; 0 never waits; N waits for N. The wait is bounded.
+    wait_replicas: int | None = None
+    wait_timeout_ms: int = 1000
     # Read API: the bounds that keep every read one small round trip (CORS is the HTTP API's,
     # in template.yaml, not the function's).
     products_max_skus: int = 100  # SKUs per GET /products?skus=...
@@ -136,19 +133,31 @@ class Settings:
             socket_timeout=_number(env, "REDIS_SOCKET_TIMEOUT", 1.0, float),
             connect_timeout=_number(env, "REDIS_CONNECT_TIMEOUT", 1.0, float),
             retries=_number(env, "REDIS_RETRIES", 3, int),
-            topics=tuple(_topic_config(env, entry) for entry in topic_entries()),
+            topics=_topics(env),
             max_value_bytes=_number(env, "MAX_VALUE_BYTES", 1_048_576, int),
             dlq_queue_url=env.get("DLQ_QUEUE_URL") or None,
             dlq_stream_key=env.get("DLQ_STREAM_KEY") or "deadletter:ingest",
             dlq_stream_maxlen=_number(env, "DLQ_STREAM_MAXLEN", 10_000, int),
             script_batch_size=_script_batch_size(env),
-            overwrite_lease_seconds=_number(env, "OVERWRITE_LEASE_SECONDS", OVERWRITE_LEASE_SECONDS, float, minimum=1),
+            wait_replicas=_number(env, "REDIS_WAIT_REPLICAS", 0, int) if env.get("REDIS_WAIT_REPLICAS") else None,
+            wait_timeout_ms=_number(env, "REDIS_WAIT_TIMEOUT_MS", 1000, int, minimum=1),
             products_max_skus=_number(env, "PRODUCTS_MAX_SKUS", 100, int, minimum=1),
             inventory_default_limit=_number(env, "INVENTORY_DEFAULT_LIMIT", 50, int, minimum=1),
             inventory_max_limit=_number(env, "INVENTORY_MAX_LIMIT", 500, int, minimum=1),
             inventory_sku_sort_max=_number(env, "INVENTORY_SKU_SORT_MAX", 10_000, int, minimum=1),
             retry_after_seconds=_number(env, "RETRY_AFTER_SECONDS", 1, int, minimum=1),
         )
+
+
+def _topics(env: Mapping[str, str]) -> tuple[TopicConfig, ...]:
+    topics = tuple(_topic_config(env, entry) for entry in topic_entries())
+    owners: dict[str, str] = {}
+    for topic in topics:
+        # a key's applied positions are per partition, not per topic: one prefix, one topic
+        other = owners.setdefault(topic.key_prefix, topic.name)
+        if other != topic.name:
+            raise ConfigError(f"topics {other!r} and {topic.name!r} share the key prefix {topic.key_prefix!r}")
+    return topics
 
 
 def _check_iam(env: Mapping[str, str], scheme: str) -> None:

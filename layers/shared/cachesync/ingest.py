@@ -14,13 +14,15 @@ from typing import Any
 
 from aws_lambda_powertools.utilities.data_classes.kafka_event import KafkaEvent
 
-from cachesync import keys, values
+from cachesync import values
 from cachesync.config import Settings
 from cachesync.connection import get_client
 from cachesync.deadletter import DeadLetter, DeadLetterSink, FallbackSink, RedisStreamSink, SqsSink
 from cachesync.maintenance import check_source
-from cachesync.projections import PoisonRecord, partition_key, project
-from cachesync.writer import BatchWriter, Pending
+from cachesync.plan import Pending
+from cachesync.poison import PoisonRecord
+from cachesync.projections import partition_key, project
+from cachesync.writer import BatchWriter
 
 # Lambda's self-managed Kafka events say "SelfManagedKafka"; older ones and
 # some tooling say "aws:SelfManagedKafka". MSK batches have the same shape.
@@ -82,11 +84,12 @@ class Ingestor:
         self._check_source = check_source
         self._sources: dict[str, str] = {}  # topic -> the bootstrap servers checked in this process
         self._topics = settings.topics_by_name  # looked up once per record: no method call
-        self._field: tuple[str, int, str] = ("", -1, "")  # the last partition's offsets field
         # (topic, partition, offset, record key, expected key) of records that break the keying rule
         self._mismatches: list[tuple[str, int, int, bytes | None, str]] = []
 
-    def process(self, event: dict[str, Any]) -> BatchOutcome:
+    def process(self, event: dict[str, Any], deadline: float | None = None) -> BatchOutcome:
+        """Apply one batch. `deadline` (time.monotonic()) bounds how long the cache may keep turning
+        writes away (slots moving, a failover) before the invocation fails."""
         self._verify_sources(event)
         outcome = BatchOutcome()
         self._mismatches = []
@@ -95,7 +98,6 @@ class Ingestor:
         oldest: dict[str, int] = {}  # partition -> oldest record timestamp, for the freshness lag
 
         def mutations() -> Iterator[Pending]:
-            # a generator: the writer sends each script call while the next is projected
             for name, records in _partitions(event):
                 outcome.records += len(records)
                 first, last, count, earliest = -1, -1, 0, None
@@ -106,7 +108,7 @@ class Ingestor:
                         letters.append(_dead_letter(record, str(poison)))
                         continue
                     sources.append(record)
-                    last = item[2]  # its offset: records are in offset order
+                    last = item[3]  # its offset: records are in offset order
                     if not count:
                         first = last
                     count += 1
@@ -119,7 +121,7 @@ class Ingestor:
                     if earliest is not None:
                         oldest[name] = earliest
 
-        written = self._writer.apply(mutations(), partial=True)
+        written = self._writer.apply(mutations(), partial=True, deadline=deadline)
         outcome.applied, outcome.duplicates = written.applied, written.skipped
         for index, error in written.refused:
             letters.append(_dead_letter(sources[index], f"Redis refused the write: {error}"))
@@ -189,9 +191,6 @@ class Ingestor:
             key = None  # a value names its own key; the keying check below reports it
         if key is not None and record.get("keySchemaMetadata") is not None:
             key = values.registry_key(key)
-        field = self._field
-        if field[0] != topic or field[1] != partition:  # records come partition by partition
-            field = self._field = (topic, partition, keys.offsets_field(topic, partition))
         mutation = project(config, key, value)
         if value is not None:
             expected = partition_key(config, mutation)
@@ -199,7 +198,14 @@ class Ingestor:
                 # the producer's partitioner did not see this Redis key's name: its updates may
                 # spread over partitions and lose their order. Reported, never reordered.
                 self._mismatches.append((topic, partition, offset, key, expected))
-        return (mutation, field[2], offset)
+        return (mutation, topic, partition, offset)
+
+
+def deadline_after(remaining_ms: int) -> float:
+    """The time.monotonic() by which a batch stops resending what the cache turns away, from the
+    invocation's remaining time: what is left after it still sends the dead letters and reports."""
+    remaining = remaining_ms / 1000
+    return time.monotonic() + max(0.5, remaining - min(5.0, remaining / 5))
 
 
 def build_ingestor(settings: Settings) -> Ingestor:
@@ -208,7 +214,9 @@ def build_ingestor(settings: Settings) -> Ingestor:
     stream = RedisStreamSink(client, settings.dlq_stream_key, settings.dlq_stream_maxlen)
     # SQS when configured, and the stream when SQS stays down, rather than failing every batch
     sink: DeadLetterSink = FallbackSink(SqsSink(settings.dlq_queue_url), stream) if settings.dlq_queue_url else stream
-    writer = BatchWriter(client, settings.script_batch_size, settings.retries, settings.overwrite_lease_seconds)
+    writer = BatchWriter(
+        client, settings.script_batch_size, settings.retries, settings.wait_replicas, settings.wait_timeout_ms
+    )
     return Ingestor(settings, writer, sink, check_source=lambda topic, servers: check_source(client, topic, servers))
 
 

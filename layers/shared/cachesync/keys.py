@@ -3,12 +3,14 @@
 Data keys keep the names of the original design (`orders:18`,
 `inventory:store1` with members `sku:<sku>`), so existing readers keep working.
 
-The applied Kafka offsets live in one small hash per scope, field
-`<topic>/<partition>` -> the last offset applied in that scope. On a
-standalone server the scope is the whole database (`cachesync:offsets`). On
-Redis Cluster it is a hash slot: `cachesync:offsets:{<tag>}`, where `<tag>`
-hashes to that slot, so a script can update a slot's data and its offsets
-atomically without touching another slot (no CROSSSLOT).
+Every data key keeps its applied position beside it, in its own hash slot: a
+hash per slot, `cachesync:offsets:{<tag>}` (where `<tag>` hashes to that slot),
+field `<key>#<partition>` -> the offset of the last record of that partition
+applied to the key. A script then checks and moves a key's position in the same
+atomic step as its write, on any topology (no CROSSSLOT on a cluster): that is
+the fence (cachesync.plan, fence.lua). The same hashes on a standalone server, so
+both topologies keep the same data. The database's own hash (`cachesync:offsets`)
+holds what an operator needs (below), never positions.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ IDENTIFIER_PATTERN = IDENTIFIER.pattern
 
 SKU_MEMBER_PREFIX = "sku:"
 OFFSETS_KEY = "cachesync:offsets"
-OFFSETS_PATTERN = OFFSETS_KEY + "*"  # every scope's offsets hash (for ACL key patterns)
-# Beside the offsets, the database's offsets hash (`cachesync:offsets`, in every topology)
+OFFSETS_PATTERN = OFFSETS_KEY + "*"  # the position hashes and the database's (for ACL key patterns)
+POSITION_SEPARATOR = "#"  # never in a key: see IDENTIFIER
+# The database's offsets hash (`cachesync:offsets`, in every topology)
 # holds what an operator needs (cachesync.maintenance): `source:<topic>`, the Kafka bootstrap
 # servers the topic was first applied from, so that a batch from another cluster is refused
 # rather than taken for duplicates; and `diverged:<topic>/<partition>` (or `diverged:<topic>`),
@@ -42,13 +45,6 @@ DIVERGED_PREFIX = "diverged:"
 # authority: that stays the offsets hashes above.
 BATCH_STATS_KEY = "cachesync:batches"
 PROCESSED_KEY = "cachesync:processed"
-# On a cluster, the document topics (a SET or DEL per record) keep their applied offsets in the
-# database's offsets hash too, with `intent:<topic>/<partition>`: the keys a batch under way may
-# have written, each with the offset of its value, until the batch is confirmed (cachesync.writer).
-INTENT_PREFIX = "intent:"
-# With an intent, `lease:<topic>/<partition>`: "<owner> <deadline in ms, server clock>" of the
-# attempt applying it; no other attempt writes the partition before the deadline.
-LEASE_PREFIX = "lease:"
 
 
 class InvalidIdentifier(ValueError):
@@ -89,10 +85,33 @@ def sku_from_member(member: str) -> str:
 
 
 def offsets_key(slot: int | None = None) -> str:
-    """The offsets hash of a scope: the database (None) or one cluster hash slot."""
+    """The database's offsets hash (None), or the position hash of a hash slot."""
     if slot is None:
         return OFFSETS_KEY
+    return positions_key(slot)
+
+
+def positions_key(slot: int) -> str:
+    """The hash of the applied positions of the keys in `slot`; it hashes to `slot` itself."""
     return f"{OFFSETS_KEY}:{{{_slot_tags()[slot]}}}"
+
+
+def position_field(key: str, partition: int) -> str:
+    """The field of `key`'s applied position for one partition, in its slot's positions hash."""
+    return f"{key}{POSITION_SEPARATOR}{partition}"
+
+
+def positions_pattern(prefix: str) -> str:
+    """An HSCAN pattern for the position fields of every key under `prefix`."""
+    return f"{data_key(prefix, '*')}{POSITION_SEPARATOR}*"
+
+
+def parse_position_field(field: str) -> tuple[str, int] | None:
+    """(key, partition) of a position field; None for anything else."""
+    key, separator, partition = field.rpartition(POSITION_SEPARATOR)
+    if not separator or not key or not partition.isdigit():
+        return None
+    return key, int(partition)
 
 
 def is_offsets_key(key: str) -> bool:
@@ -104,7 +123,7 @@ SLOT_TAGS_FILE = Path(__file__).with_name("slot_tags.txt")
 
 @lru_cache(maxsize=1)
 def _slot_tags() -> tuple[str, ...]:
-    """Each slot's tag, read once per process in cluster mode from the file that
+    """Each slot's tag, read once per process from the file that
     `compute_slot_tags` wrote: computing them (hashing numbers until every slot has one)
     would add to every cluster cold start."""
     tags = tuple(SLOT_TAGS_FILE.read_text().split())
@@ -131,14 +150,6 @@ def offsets_field(topic: str, partition: int) -> str:
 
 def source_field(topic: str) -> str:
     return SOURCE_PREFIX + topic
-
-
-def intent_field(offsets_field_: str) -> str:
-    return INTENT_PREFIX + offsets_field_
-
-
-def lease_field(offsets_field_: str) -> str:
-    return LEASE_PREFIX + offsets_field_
 
 
 def diverged_field(topic: str, partition: int | None = None) -> str:

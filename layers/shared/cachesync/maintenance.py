@@ -1,15 +1,17 @@
 """What an operator needs to see the cache against its log, and to repair it.
 
-- `status`: each partition's applied offset, each topic's source, divergence
-  markers, the dead letters waiting in the stream.
+- `status`: each partition's applied offset (the highest position any key of
+  it holds), each topic's source, divergence markers, the dead letters waiting
+  in the stream.
 - `record_skip`: marks a topic-partition as diverged when the event source
   mapping gave up on a batch (its on-failure destination says which offsets).
-- `clear_topic`: deletes a topic's keys and its applied offsets together, and
+- `clear_topic`: deletes a topic's keys and their applied positions together, and
   marks the topic as rebuilding until `finish_rebuild`; replaying the topic
   from its earliest offset then gives exactly the state of applying it once.
   The topic's mapping must be stopped meanwhile (docs/deploy.md, "Rebuild").
 
-Markers and sources are fields of the database's offsets hash (see `keys`).
+Markers and sources are fields of the database's offsets hash; positions are fields of
+each slot's positions hash (see `keys`).
 """
 
 from __future__ import annotations
@@ -116,18 +118,22 @@ class Cleared:
 
 
 def clear_topic(client: RedisClient, settings: Settings, topic: str) -> Cleared:
-    """Deletes the topic's data keys and applied offsets, leaving it marked as rebuilding."""
+    """Deletes the topic's data keys and their applied positions, leaving it marked as rebuilding.
+
+    The positions go first: a replay from the earliest offset must find none, or it would
+    skip its records as applied. The topic's mapping is stopped meanwhile (docs/deploy.md)."""
     config = settings.topic(topic)
     if config is None:
         raise ValueError(f"no projection is configured for topic {topic!r}")
     marker = keys.diverged_field(topic)
     # first the marker, so an interrupted clear shows as one; running it again completes it
     client.hset(keys.OFFSETS_KEY, marker, json.dumps({"state": "clearing", "at": int(time.time() * 1000)}))
-    offsets = 0
-    for key in _offsets_keys(client):
-        fields = [f for f in _fields(client, key) if _topic_field(f) == topic]
-        if fields:
-            offsets += int(client.hdel(key, *fields))
+    positions = 0
+    pattern = keys.positions_pattern(config.key_prefix)
+    for key in _positions_keys(client):
+        fields = [_text(f) for f, _ in client.hscan_iter(key, match=pattern, count=SCAN_COUNT)]
+        for start in range(0, len(fields), SCAN_COUNT):
+            positions += int(client.hdel(key, *fields[start : start + SCAN_COUNT]))
     deleted = 0
     batch: list[str] = []
     for key in _scan(client, keys.data_key(config.key_prefix, "*")):
@@ -136,15 +142,9 @@ def clear_topic(client: RedisClient, settings: Settings, topic: str) -> Cleared:
             deleted += _delete(client, batch)
             batch = []
     deleted += _delete(client, batch)
-    mine = [
-        f
-        for f in _fields(client, keys.OFFSETS_KEY)
-        for prefix in (keys.INTENT_PREFIX, keys.LEASE_PREFIX)
-        if f.startswith(prefix) and keys.topic_of(f.removeprefix(prefix)) == topic
-    ]
-    client.hdel(keys.OFFSETS_KEY, keys.source_field(topic), *mine)
+    client.hdel(keys.OFFSETS_KEY, keys.source_field(topic))
     client.hset(keys.OFFSETS_KEY, marker, json.dumps({"state": "rebuilding", "at": int(time.time() * 1000)}))
-    return Cleared(topic, deleted, offsets)
+    return Cleared(topic, deleted, positions)
 
 
 def finish_rebuild(client: RedisClient, topic: str) -> None:
@@ -155,14 +155,19 @@ def finish_rebuild(client: RedisClient, topic: str) -> None:
         client.hdel(keys.OFFSETS_KEY, *mine)
 
 
-def applied_offsets(client: RedisClient) -> dict[tuple[str, int], int]:
-    """Each topic-partition's last applied offset (on a cluster, the highest over the slots)."""
+def applied_offsets(client: RedisClient, settings: Settings) -> dict[tuple[str, int], int]:
+    """Each topic-partition's last applied offset: the highest position a key of the topic holds for
+    it. Reads every position (an operator's command, not the ingest path)."""
+    prefixes = sorted(((t.key_prefix + ":", t.topic) for t in settings.topics), key=lambda p: -len(p[0]))
     applied: dict[tuple[str, int], int] = {}
-    for key in _offsets_keys(client):
-        for field, value in _hash(client, key).items():
-            parsed = keys.parse_offsets_field(field)
-            if parsed is not None:
-                applied[parsed] = max(applied.get(parsed, -1), int(value))
+    for key in _positions_keys(client):
+        for field, value in client.hscan_iter(key, count=SCAN_COUNT):
+            parsed = keys.parse_position_field(_text(field))
+            if parsed is None:
+                continue
+            topic = next((topic for prefix, topic in prefixes if parsed[0].startswith(prefix)), None)
+            if topic is not None:
+                applied[(topic, parsed[1])] = max(applied.get((topic, parsed[1]), -1), int(value))
     return applied
 
 
@@ -170,7 +175,7 @@ def status(client: RedisClient, settings: Settings) -> dict[str, Any]:
     """The cache's side of the picture, as JSON: offsets, sources, markers, dead letters."""
     meta = _hash(client, keys.OFFSETS_KEY)
     topics: dict[str, Any] = {}
-    for (topic, partition), offset in sorted(applied_offsets(client).items()):
+    for (topic, partition), offset in sorted(applied_offsets(client, settings).items()):
         topics.setdefault(topic, {"partitions": {}})["partitions"][str(partition)] = offset
     for field, value in meta.items():
         if field.startswith(keys.SOURCE_PREFIX):
@@ -188,9 +193,9 @@ def status(client: RedisClient, settings: Settings) -> dict[str, Any]:
 
 
 # --- reading across topologies ---------------------------------------------------------
-def _offsets_keys(client: RedisClient) -> list[str]:
+def _positions_keys(client: RedisClient) -> list[str]:
     found = set(_scan(client, keys.OFFSETS_PATTERN))
-    return sorted(k for k in found if keys.is_offsets_key(k))
+    return sorted(k for k in found if keys.is_offsets_key(k) and k != keys.OFFSETS_KEY)
 
 
 def _scan(client: RedisClient, pattern: str) -> Iterator[str]:
@@ -221,11 +226,6 @@ def _hash(client: RedisClient, key: str) -> dict[str, str]:
 
 def _fields(client: RedisClient, key: str) -> list[str]:
     return [_text(f) for f in client.hkeys(key)]
-
-
-def _topic_field(field: str) -> str | None:
-    parsed = keys.parse_offsets_field(field)
-    return parsed[0] if parsed else None
 
 
 def _json(value: Any) -> dict[str, Any]:

@@ -38,13 +38,10 @@ import orjson
 
 from cachesync import keys, schemas
 from cachesync.config import DOCUMENT, STOCK_LEDGER, TopicConfig
+from cachesync.poison import PoisonRecord
 
-# Mutation codes understood by the apply script (see writer.py).
+# Mutation codes understood by the fence script (fence.lua, planned by cachesync.plan).
 SET, DELETE, INCREMENT, ASSIGN, REMOVE = "S", "D", "I", "Z", "R"
-
-
-class PoisonRecord(ValueError):
-    """A record that can never be applied; it goes to the dead-letter sink."""
 
 
 class Mutation(NamedTuple):

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import orjson
 
-from cachesync.projections import PoisonRecord
+from cachesync.poison import PoisonRecord
 
 FORMATS = ("json", "avro", "protobuf")
 WIRE_FORMATS = ("confluent", "plain")

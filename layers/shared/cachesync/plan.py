@@ -1,0 +1,183 @@
+"""Planning: a batch's mutations into fenced script calls. Pure: no Redis, no I/O.
+
+Every key keeps its applied position, per Kafka partition, in a hash of its own
+hash slot (`keys.positions_key`, field `keys.position_field`). A step is one
+key's mutations from one partition; the script (fence.lua) applies those whose
+offset is past the position and moves the position, in one atomic step. So a
+replay, an overlap (two invocations of one partition at once), or a call that
+reaches Redis late, after its sender gave up and a newer batch was applied,
+changes nothing: the position already says newer.
+
+- A record (topic, partition, offset) seen twice in a batch is planned once.
+- Overwrites (SET, DEL) of a key in a row keep only the last: the earlier ones
+  would be overwritten within the same call anyway.
+- The steps of one slot go out in calls of that slot only, so a cluster can run
+  them (`cross_slot=False`); a standalone server takes any mix (`cross_slot=True`).
+  Both topologies plan the same steps; only their packing differs.
+- A step too long for one call continues in the next, which checks that the key's
+  position reached the end of the part before (`after`): calls run independently,
+  and a refused call (out of memory) must stop the rest of its key's mutations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from redis.crc import key_slot
+
+from cachesync import keys
+from cachesync.projections import ASSIGN, DELETE, INCREMENT, REMOVE, SET, Mutation
+
+# (mutation, topic, partition, offset): the Kafka coordinates that make a mutation idempotent.
+# A plain tuple: one is built for every record.
+Pending = tuple[Mutation, str, int, int]
+
+OVERWRITES = (SET, DELETE)
+
+# Arguments a call spends before its keys and values: EVALSHA, the hash, numkeys, the plan.
+CALL_OVERHEAD_ARGUMENTS = 4
+
+
+@dataclass
+class Step:
+    """One key's mutations from one partition, in offset order."""
+
+    slot: int
+    key: str
+    position: str  # the key's position field for this partition
+    ops: list[list[Any]] = field(default_factory=list)  # [offset, code, a, b, ttl] as fence.lua reads them
+    # per op, the pending positions it stands for (several for collapsed overwrites) and their offsets
+    sources: list[list[tuple[int, int]]] = field(default_factory=list)
+
+
+@dataclass
+class Call:
+    """One fence.lua call: steps of one slot (cluster) or of any slots (standalone)."""
+
+    slot: int  # the slot of its first step: where a cluster sends it
+    keys: list[str] = field(default_factory=list)
+    values: list[bytes | str] = field(default_factory=list)
+    entries: list[list[Any]] = field(default_factory=list)  # [hash index, key index, field, after, ops]
+    steps: list[tuple[Step, int, int]] = field(default_factory=list)  # (step, first op, end op) carried here
+    mutations: int = 0
+    _index: dict[str, int] = field(default_factory=dict)
+
+    def key_index(self, name: str) -> int:
+        index = self._index.get(name)
+        if index is None:
+            self.keys.append(name)
+            index = self._index[name] = len(self.keys)
+        return index
+
+    @property
+    def arguments(self) -> int:
+        return CALL_OVERHEAD_ARGUMENTS + len(self.keys) + len(self.values)
+
+    def args(self) -> tuple[Any, ...]:
+        """numkeys, the keys, the plan and the values: what follows EVAL <script> or EVALSHA <hash>."""
+        return (len(self.keys), *self.keys, orjson.dumps(self.entries), *self.values)
+
+
+def steps_of(pending: Iterable[Pending]) -> tuple[list[Step], int]:
+    """The batch's steps in first-seen order, and how many records repeated a (topic, partition, offset)."""
+    steps: dict[tuple[str, int], Step] = {}
+    seen: set[tuple[str, int, int]] = set()
+    repeated = 0
+    for position, (mutation, topic, partition, offset) in enumerate(pending):
+        coordinates = (topic, partition, offset)
+        if coordinates in seen:
+            repeated += 1
+            continue
+        seen.add(coordinates)
+        step = steps.get((mutation.key, partition))
+        if step is None:
+            key = mutation.key
+            step = steps[(key, partition)] = Step(key_slot(key.encode()), key, keys.position_field(key, partition))
+        op = _op(mutation, offset)
+        if op[1] in OVERWRITES and step.ops and step.ops[-1][1] in OVERWRITES:
+            step.ops[-1] = op  # the later overwrite wins within the call: the earlier is never sent
+            step.sources[-1].append((position, offset))
+        else:
+            step.ops.append(op)
+            step.sources.append([(position, offset)])
+    return list(steps.values()), repeated
+
+
+def _op(m: Mutation, offset: int) -> list[Any]:
+    code = m.code
+    if code == SET:
+        return [offset, code, m.argument, m.ttl]  # the value becomes an ARGV index when packed
+    if code in (INCREMENT, ASSIGN):
+        return [offset, code, m.member, m.argument, m.ttl]
+    if code == REMOVE:
+        return [offset, code, m.member]
+    return [offset, code]
+
+
+def pack(steps: list[Step], *, cross_slot: bool, max_mutations: int, max_arguments: int) -> list[Call]:
+    """The calls that carry these steps, in an order that keeps each key's mutations in order."""
+    by_slot: dict[int, list[Step]] = {}
+    for step in steps:
+        by_slot.setdefault(step.slot, []).append(step)
+    calls: list[Call] = []
+    call: Call | None = None
+    for slot, slot_steps in by_slot.items():
+        if call is not None and not cross_slot:
+            calls.append(call)
+            call = None
+        for step in slot_steps:
+            start, after = 0, -1
+            while start < len(step.ops):
+                if call is None:
+                    call = Call(slot)
+                room = _room(call, step, start, max_mutations, max_arguments)
+                if room == 0:
+                    calls.append(call)
+                    call = None
+                    continue
+                end = start + room
+                _add(call, step, start, end, after)
+                after = step.ops[end - 1][0]
+                start = end
+    if call is not None:
+        calls.append(call)
+    return calls
+
+
+def _room(call: Call, step: Step, start: int, max_mutations: int, max_arguments: int) -> int:
+    """How many of the step's ops from `start` fit in the call (0: none)."""
+    free_mutations = max_mutations - call.mutations
+    # a new call always takes at least one op, so a step always makes progress
+    new_keys = (keys.positions_key(step.slot) not in call._index) + (step.key not in call._index)
+    free_arguments = max_arguments - call.arguments - new_keys
+    if free_mutations <= 0 or free_arguments <= 0:
+        return 0
+    room = 0
+    for op in step.ops[start:]:
+        cost = 1 if op[1] == SET else 0  # a SET's value is an argument of its own
+        if room == free_mutations or cost > free_arguments:
+            break
+        free_arguments -= cost
+        room += 1
+    return room
+
+
+def _add(call: Call, step: Step, start: int, end: int, after: int) -> None:
+    hash_index = call.key_index(keys.positions_key(step.slot))
+    key_index = call.key_index(step.key)
+    ops: list[list[Any]] = []
+    for op in step.ops[start:end]:
+        if op[1] == SET:
+            call.values.append(op[2])
+            # fence.lua reads ARGV: the plan is ARGV[1], values from ARGV[2]
+            ops.append([op[0], SET, len(call.values) + 1, op[3]] if op[3] else [op[0], SET, len(call.values) + 1])
+        elif len(op) == 5 and not op[4]:
+            ops.append(op[:4])  # no TTL: leave it out
+        else:
+            ops.append(op)
+    call.entries.append([hash_index, key_index, step.position, after, ops])
+    call.steps.append((step, start, end))
+    call.mutations += end - start

@@ -1,0 +1,363 @@
+"""The writer's Redis transport: the one place that sends fenced calls and knows the topology.
+
+- Each node's calls go out in one write on one connection, the replies read
+  after all writes (a pipeline per node, overlapped across nodes).
+- Whatever the server turns away without running the call is sent again:
+  MOVED (the map is learnt again), ASK (to the named node, after ASKING on the
+  same connection), TRYAGAIN, CLUSTERDOWN, LOADING, READONLY and MASTERDOWN
+  (a failover under way), NOSCRIPT (the script is loaded again), and the calls
+  behind one of those that answered CACHESYNC_GAP. With a bounded backoff, until
+  the deadline the caller derives from the function's remaining time.
+- A lost connection sends the unanswered calls again on a fresh one, within the
+  client's retries: a dead cache fails the invocation quickly.
+- Sending a call again is always safe: every write is fenced by its key's
+  position (fence.lua), however late an earlier copy arrives.
+- Acknowledged means replicated: once every call ran, each primary written gets
+  WAIT on the connection that wrote to it, when it has replicas (or as
+  configured). Too few acknowledgements fail the batch, which Lambda retries.
+
+Callers never see a redirect. Only redis-py's public API is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+from redis.cluster import RedisCluster
+
+try:
+    import hiredis
+except ImportError:  # optional: redis-py packs commands itself without it
+    hiredis = None  # type: ignore[assignment]
+
+from cachesync.plan import Call
+
+FENCE_SCRIPT = (Path(__file__).parent / "fence.lua").read_text()
+FENCE_SHA = hashlib.sha1(FENCE_SCRIPT.encode()).hexdigest()
+
+logger = logging.getLogger(__name__)
+
+# replies after which the same call, sent again later (or elsewhere), can run
+_LOST = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+_WAIT_AND_RESEND = (
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.MasterDownError,
+)
+BACKOFF_FIRST_S = 0.01
+BACKOFF_CAP_S = 0.2
+# how often a standalone primary is asked how many replicas it has
+REPLICA_PROBE_INTERVAL_S = 30.0
+
+
+class WriteDeadlineExceeded(redis.exceptions.RedisError):
+    """The cache kept turning calls away (slots moving, a failover) until the invocation's deadline."""
+
+
+class NotReplicated(redis.exceptions.RedisError):
+    """A primary's writes did not reach enough replicas within the wait: the batch is not applied yet."""
+
+
+@dataclass
+class _Node:
+    """A node this batch writes to, and the one connection its calls take (WAIT must follow them there)."""
+
+    name: str
+    pool: Any
+    connection: Any = None
+    wrote: bool = False  # a call ran on `connection`
+    orphaned: bool = False  # a call ran on a connection since lost: only a later write can be waited for
+
+
+@dataclass
+class Transport:
+    client: redis.Redis | RedisCluster
+    retries: int = 3
+    wait_replicas: int | None = None  # None: one where the topology has replicas; 0: off
+    wait_timeout_ms: int = 1000
+    _loaded: set[str] = field(default_factory=set)  # nodes known to hold the script
+    _replicas_seen: dict[str, int] = field(default_factory=dict)  # the most replicas each primary had
+    _probed_at: dict[str, float] = field(default_factory=dict)
+    _map_replicas: dict[str, int] | None = None  # each primary's replicas in the cluster map, once per map
+    _wait_unsupported: bool = False
+
+    @property
+    def cluster(self) -> bool:
+        return isinstance(self.client, RedisCluster)
+
+    def send(self, calls: list[Call], deadline: float) -> list[Any]:
+        """Each call's reply (its result or the error it ended with), every call having run at most once
+        in effect; then the WAIT. Raises NotReplicated when the WAIT falls short."""
+        replies: list[Any] = [None] * len(calls)
+        nodes: dict[str, _Node] = {}
+        asks: dict[int, tuple[str, int]] = {}  # call -> the node an ASK named
+        pending = list(range(len(calls)))
+        lost_rounds = attempt = 0
+        try:
+            while pending:
+                answers = self._round(calls, pending, nodes, asks)
+                redo: list[int] = []
+                refresh = lost = False
+                for i in pending:
+                    answer = answers[i]
+                    replies[i] = answer
+                    if isinstance(answer, redis.exceptions.AskError) and not isinstance(
+                        answer, redis.exceptions.MovedError
+                    ):
+                        asks[i] = (answer.host, int(answer.port))
+                        redo.append(i)
+                        continue
+                    asks.pop(i, None)
+                    if isinstance(answer, redis.exceptions.MovedError | redis.exceptions.ReadOnlyError):
+                        refresh = True
+                        redo.append(i)
+                    elif isinstance(answer, _WAIT_AND_RESEND) or _is_gap(answer):
+                        refresh = refresh or isinstance(answer, redis.exceptions.ClusterDownError)
+                        redo.append(i)
+                    elif isinstance(answer, redis.exceptions.NoScriptError):
+                        redo.append(i)  # the round loads the script again first
+                    elif isinstance(answer, _LOST):
+                        lost = True
+                        redo.append(i)
+                if not redo:
+                    break
+                if any(_is_final(replies[i]) for i in pending if i not in redo):
+                    break  # the batch fails anyway: its retry sends what did not run
+                if lost:
+                    lost_rounds += 1
+                    if lost_rounds > self.retries:
+                        break
+                    refresh = True
+                if time.monotonic() >= deadline:
+                    error = replies[redo[0]]
+                    raise WriteDeadlineExceeded(
+                        f"the cache turned {len(redo)} calls away until the invocation's deadline, last with {error!r}"
+                    ) from (error if isinstance(error, BaseException) else None)
+                if refresh:
+                    self._refresh(nodes)
+                time.sleep(max(0.0, min(BACKOFF_FIRST_S * 2**attempt, BACKOFF_CAP_S, deadline - time.monotonic())))
+                attempt += 1
+                pending = redo
+            if not any(_is_error(reply) for reply in replies):
+                self._wait(list(nodes.values()), deadline)
+        finally:
+            for node in nodes.values():
+                _release(node)
+        return replies
+
+    # --- one round: every pending call sent once -----------------------------------------
+    def _round(
+        self, calls: list[Call], pending: list[int], nodes: dict[str, _Node], asks: dict[int, tuple[str, int]]
+    ) -> dict[int, Any]:
+        answers: dict[int, Any] = {}
+        by_node: dict[str, list[int]] = {}
+        for i in pending:
+            try:
+                node = self._node(nodes, calls[i].slot, asks.get(i))
+            except (redis.exceptions.RedisError, OSError) as error:  # no map of this slot (yet)
+                answers[i] = redis.exceptions.ClusterDownError(str(error))
+                continue
+            by_node.setdefault(node.name, []).append(i)
+        sent: list[tuple[_Node, list[int], list[int]]] = []  # node, calls, how many replies each takes
+        for name, indexes in by_node.items():
+            node = nodes[name]
+            commands: list[tuple[Any, ...]] = []
+            load = name not in self._loaded
+            if load:
+                commands.append(("SCRIPT", "LOAD", FENCE_SCRIPT))
+            widths = []
+            for i in indexes:
+                if i in asks:
+                    commands.append(("ASKING",))
+                commands.append(("EVALSHA", FENCE_SHA, *calls[i].args()))
+                widths.append(2 if i in asks else 1)
+            try:
+                if node.connection is None:
+                    node.connection = node.pool.get_connection()
+                node.connection.send_packed_command(_pack(node.connection, commands))
+            except _LOST as error:
+                _drop(node)
+                for i in indexes:
+                    answers[i] = error
+                continue
+            sent.append((node, indexes, [int(load), *widths]))
+        for node, indexes, widths in sent:
+            try:
+                if widths[0]:
+                    _read(node.connection)  # SCRIPT LOAD's reply: the hash
+                    self._loaded.add(node.name)
+                for i, width in zip(indexes, widths[1:], strict=True):
+                    if width == 2:
+                        _read(node.connection)  # ASKING's OK
+                    answer = answers[i] = _read(node.connection)
+                    if not isinstance(answer, BaseException):
+                        node.wrote = True
+                    elif isinstance(answer, redis.exceptions.NoScriptError):
+                        self._loaded.discard(node.name)
+            except _LOST as error:
+                _drop(node)
+                for i in indexes:
+                    answers.setdefault(i, error)
+        return answers
+
+    def _node(self, nodes: dict[str, _Node], slot: int, ask: tuple[str, int] | None) -> _Node:
+        if isinstance(self.client, RedisCluster):
+            if ask is not None:
+                target = self.client.nodes_manager.get_node(host=ask[0], port=ask[1])
+                if target is None:
+                    raise redis.exceptions.ClusterDownError(f"ASK names {ask[0]}:{ask[1]}, not in the map yet")
+                cluster_node = target
+            else:
+                cluster_node = self.client.nodes_manager.get_node_from_slot(slot)
+            name = cluster_node.name
+            if name not in nodes:
+                nodes[name] = _Node(name, self.client.get_redis_connection(cluster_node).connection_pool)
+            return nodes[name]
+        pool = self.client.connection_pool
+        name = _pool_name(pool)
+        if name not in nodes:
+            nodes[name] = _Node(name, pool)
+        return nodes[name]
+
+    def _refresh(self, nodes: dict[str, _Node]) -> None:
+        """Learn the topology again: a new map (cluster), new connections (standalone: the endpoint may
+        point at a new primary). Connections that wrote are kept: the WAIT goes there."""
+        self._loaded.clear()  # a promoted replica holds no scripts
+        self._map_replicas = None
+        if isinstance(self.client, RedisCluster):
+            with contextlib.suppress(redis.exceptions.RedisError, OSError):  # the next round tries again
+                self.client.nodes_manager.initialize()
+            return
+        for node in nodes.values():
+            _drop(node)
+        self.client.connection_pool.disconnect()
+
+    # --- acknowledged means replicated ---------------------------------------------------
+    def _wait(self, nodes: list[_Node], deadline: float) -> None:
+        if self.wait_replicas == 0 or self._wait_unsupported:
+            return
+        waits = [(node, self._required(node)) for node in nodes if node.wrote or node.orphaned]
+        waits = [(node, required) for node, required in waits if required > 0]
+        for node, _ in waits:
+            if node.connection is None or not node.wrote:
+                raise NotReplicated(
+                    f"the connection that wrote to {node.name} was lost before WAIT: the batch is applied again"
+                )
+        remaining_ms = max(1, int((deadline - time.monotonic()) * 1000))
+        timeout_ms = min(self.wait_timeout_ms, remaining_ms)
+        for node, required in waits:
+            node.connection.send_command("WAIT", required, timeout_ms)
+        for node, required in waits:
+            try:
+                acknowledged = node.connection.read_response()
+            except redis.exceptions.ResponseError as error:
+                if "unknown command" in str(error).lower():
+                    self._wait_unsupported = True
+                    logger.warning(
+                        "the cache does not support WAIT (ElastiCache Serverless replicates on its own): "
+                        "batches are acknowledged without waiting for replicas"
+                    )
+                    return
+                raise
+            if int(acknowledged) < required:
+                raise NotReplicated(
+                    f"{node.name}: {acknowledged} of {required} replicas acknowledged this batch's writes "
+                    f"within {timeout_ms} ms; it is applied again on retry"
+                )
+
+    def _required(self, node: _Node) -> int:
+        if self.wait_replicas is not None:
+            return self.wait_replicas
+        seen = self._replicas_seen.get(node.name, 0)
+        now = self._replicas_now(node)
+        if now > seen:
+            self._replicas_seen[node.name] = seen = now
+        return 1 if seen else 0
+
+    def _replicas_now(self, node: _Node) -> int:
+        """Replicas the topology gives this primary now: the cluster map's (failed ones leave it only
+        once the cluster marks them failed), or a standalone primary's connected ones."""
+        if isinstance(self.client, RedisCluster):
+            if self._map_replicas is None:
+                counts: dict[str, int] = {}
+                for holders in self.client.nodes_manager.slots_cache.values():
+                    if holders:
+                        counts[holders[0].name] = max(counts.get(holders[0].name, 0), len(holders) - 1)
+                self._map_replicas = counts
+            return self._map_replicas.get(node.name, 0)
+        if time.monotonic() - self._probed_at.get(node.name, -REPLICA_PROBE_INTERVAL_S) < REPLICA_PROBE_INTERVAL_S:
+            return 0  # the memory of the last probe stands
+        self._probed_at[node.name] = time.monotonic()
+        probe = node.pool.make_connection()
+        try:
+            # WAIT 0 0 on a connection that never wrote: every connected replica has acknowledged it
+            probe.send_command("WAIT", 0, 0)
+            return int(probe.read_response())
+        except redis.exceptions.ResponseError as error:
+            if "unknown command" in str(error).lower():
+                self._wait_unsupported = True
+                return 0
+            raise
+        finally:
+            probe.disconnect()
+
+
+def _is_gap(reply: Any) -> bool:
+    return isinstance(reply, redis.exceptions.ResponseError) and str(reply).startswith("CACHESYNC_GAP")
+
+
+def _is_error(reply: Any) -> bool:
+    return isinstance(reply, BaseException)
+
+
+def _is_final(reply: Any) -> bool:
+    """An error no resend can fix (out of memory, no permission): the batch fails with it."""
+    return isinstance(reply, BaseException) and not (
+        isinstance(reply, (*_LOST, *_WAIT_AND_RESEND, redis.exceptions.AskError, redis.exceptions.NoScriptError))
+        or _is_gap(reply)
+    )
+
+
+def _pool_name(pool: Any) -> str:
+    kwargs = pool.connection_kwargs
+    return f"{kwargs.get('host', kwargs.get('path', 'redis'))}:{kwargs.get('port', '')}"
+
+
+def _drop(node: _Node) -> None:
+    """Close a connection whose replies cannot be trusted any more; its writes can no longer be waited for."""
+    if node.connection is not None:
+        node.connection.disconnect()
+        node.pool.release(node.connection)
+        node.connection = None
+    if node.wrote:
+        node.orphaned, node.wrote = True, False
+
+
+def _release(node: _Node) -> None:
+    if node.connection is not None:
+        node.pool.release(node.connection)
+        node.connection = None
+
+
+def _pack(connection: Any, commands: list[tuple[Any, ...]]) -> list[bytes]:
+    # hiredis packs our arguments (str, bytes, int) in C, all in one buffer: one socket write
+    if hiredis is not None:
+        return [b"".join([hiredis.pack_command(command) for command in commands])]
+    packed: list[bytes] = connection.pack_commands(commands)
+    return packed
+
+
+def _read(connection: Any) -> Any:
+    try:
+        return connection.read_response()
+    except redis.exceptions.ResponseError as error:
+        return error  # one call's error reply; the others still have to be read
