@@ -1,37 +1,32 @@
-"""A writer that does something to Redis half-way through a batch: kill it, drop its clients,
+"""A transport that does something to Redis half-way through a batch: kill it, drop its clients,
 flush its scripts. The tests then check what the retry makes of it."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import redis
+from cachesync.plan import Call
+from cachesync.transport import Transport
+from cachesync.writer import BatchWriter
 
-from cachesync.writer import BatchWriter, Pending, _Call
 
+class MidBatchTransport(Transport):
+    """Sends the first half of a batch's calls, runs `halfway()` once, then sends the rest."""
 
-class MidBatchWriter(BatchWriter):
-    """Runs `halfway()` once the server at `url` has run half of the batch's script calls."""
+    def __init__(self, halfway: Callable[[], Any], *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.halfway, self.done = halfway, False
 
-    def __init__(self, url: str, halfway: Callable[[], Any], *args: Any):
-        super().__init__(*args)
-        self.url, self.halfway = url, halfway
-
-    def _calls(
-        self, items: Iterable[tuple[int, Pending]], offsets_key: str, slot: int | None = None
-    ) -> Iterator[_Call]:
-        calls = list(super()._calls(items, offsets_key, slot))
-        yield from calls[: len(calls) // 2]
-        watcher = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        while evals(watcher) < len(calls) // 2 and time.monotonic() < deadline:
-            time.sleep(0.005)
+    def send(self, calls: list[Call], deadline: float) -> list[Any]:
+        if self.done or len(calls) < 2:
+            return super().send(calls, deadline)
+        self.done = True
+        half = len(calls) // 2
+        first = super().send(calls[:half], deadline)
         self.halfway()
-        yield from calls[len(calls) // 2 :]
+        return first + super().send(calls[half:], deadline)
 
 
-def evals(client: redis.Redis) -> int:
-    """EVAL calls the server has run since its stats were last reset."""
-    return int(client.info("commandstats").get("cmdstat_eval", {}).get("calls", 0))
+def mid_batch_writer(halfway: Callable[[], Any], client: Any, script_batch_size: int, **options: Any) -> BatchWriter:
+    return BatchWriter(client, script_batch_size, transport=MidBatchTransport(halfway, client, **options))

@@ -4,7 +4,7 @@ their dead letters, NOSCRIPT and READONLY are resent, and the state ends exact."
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
@@ -14,29 +14,29 @@ from redis.cluster import RedisCluster
 from cachesync.connection import get_client
 from cachesync.deadletter import RedisStreamSink
 from cachesync.ingest import Ingestor, build_ingestor
-from cachesync.writer import BatchWriter, Pending, _Call
+from cachesync.plan import Call, Pending
+from cachesync.transport import Transport
+from cachesync.writer import BatchWriter
 from devkit import servers
 from devkit.generator import EventGenerator
 from harness.model import model_state, redis_state
-from tests.integration.midbatch import MidBatchWriter
+from tests.integration.midbatch import mid_batch_writer
 from tests.integration.test_ingest import records_of
 
 
 class FailingLaterCalls(BatchWriter):
-    """Every call that does not write `spared` fails with a script error, once."""
+    """Every call that does not write `spared` fails in the script (its plan is not JSON)."""
 
     def __init__(self, spared: str, *args: Any):
         super().__init__(*args)
         self.spared = spared
 
-    def _calls(
-        self, items: Iterable[tuple[int, Pending]], offsets_key: str, slot: int | None = None
-    ) -> Iterator[_Call]:
-        for call in super()._calls(items, offsets_key, slot):
+    def plan(self, pending: Iterable[Pending]) -> tuple[list[Call], int]:
+        calls, repeated = super().plan(pending)
+        for call in calls:
             if self.spared not in call.keys:
-                failing = ("EVAL", "return redis.error_reply('INJECTED failure')", 1, call.offsets_key)
-                call.command = lambda sha=None, failing=failing: failing  # type: ignore[method-assign]
-            yield call
+                call.args = lambda call=call: (1, call.keys[0], b"INJECTED failure")  # type: ignore[method-assign]
+        return calls, repeated
 
 
 def test_a_refused_write_keeps_its_dead_letter_when_a_later_call_fails(target: Any) -> None:
@@ -49,7 +49,7 @@ def test_a_refused_write_keeps_its_dead_letter_when_a_later_call_fails(target: A
     event = g.event([g.inventory("shipment", "store1") for _ in range(3)] + later)
     sink = RedisStreamSink(client, settings.dlq_stream_key, settings.dlq_stream_maxlen)
     failing = Ingestor(settings, FailingLaterCalls("inventory:store1", client, 4), sink)
-    with pytest.raises(redis.exceptions.ResponseError, match="INJECTED"):
+    with pytest.raises(redis.exceptions.ResponseError):
         failing.process(event)
 
     retry = build_ingestor(settings).process(event)  # the event source mapping's retry
@@ -62,69 +62,63 @@ def test_a_refused_write_keeps_its_dead_letter_when_a_later_call_fails(target: A
     assert redis_state(client)["inventory:store2"] == model_state(settings, records_of(event))["inventory:store2"]
 
 
+def _noscript_errors(*clients: redis.Redis) -> int:
+    return sum(int(c.info("errorstats").get("errorstat_NOSCRIPT", {}).get("count", 0)) for c in clients)
+
+
 def test_script_flush_between_calls_on_a_server(valkey: Any) -> None:
     settings = valkey.settings(SCRIPT_BATCH_SIZE="50")
-    redis.Redis.from_url(valkey.url).config_resetstat()
+    admin = redis.Redis.from_url(valkey.url)
+    admin.config_resetstat()
     event = EventGenerator(seed=22, partitions=4, stores=2, skus=20).batch(2000)
     client = get_client(settings)
     ingest = Ingestor(
-        settings,
-        MidBatchWriter(valkey.url, lambda: redis.Redis.from_url(valkey.url).script_flush(), client, 50),
-        build_ingestor(settings)._dead_letters,
+        settings, mid_batch_writer(lambda: admin.script_flush(), client, 50), build_ingestor(settings)._dead_letters
     )
     outcome = ingest.process(event)
+    assert _noscript_errors(admin) >= 1  # the second half was turned away once, then sent again
     assert (outcome.applied, outcome.duplicates, outcome.dead_lettered) == (2000, 0, 0)
     assert redis_state(client) == model_state(settings, records_of(event))
 
 
-class FlushingScriptsOnTheCluster(BatchWriter):
-    """SCRIPT FLUSH on every primary after the first half of the calls ran, once: the
-    second half is answered NOSCRIPT, as after a failover or the reported flush on
-    ElastiCache Serverless right after SCRIPT LOAD."""
-
-    flushed = 0
-
-    def _node_round_trip(self, client: RedisCluster, calls: list[_Call], sha: str | None, replies: list[Any]) -> None:
-        if self.flushed or sha is None:
-            return super()._node_round_trip(client, calls, sha, replies)
-        self.flushed += 1
-        half = len(calls) // 2
-        first: list[Any] = [None] * half
-        super()._node_round_trip(client, calls[:half], sha, first)
-        for node in client.get_primaries():
-            client.get_redis_connection(node).script_flush()
-        second: list[Any] = [None] * (len(calls) - half)
-        super()._node_round_trip(client, calls[half:], sha, second)
-        assert any(isinstance(r, redis.exceptions.NoScriptError) for r in second)
-        replies[:] = first + second
-
-
-def test_noscript_on_the_cluster_is_resent_with_eval(valkey_cluster: servers.LocalCluster) -> None:
+def test_noscript_on_the_cluster_is_resent(valkey_cluster: servers.LocalCluster) -> None:
+    """SCRIPT FLUSH on every primary after the first half of the calls ran: the second half is
+    answered NOSCRIPT, as after a failover or the reported flush on ElastiCache Serverless right
+    after SCRIPT LOAD, and sent again after loading the script."""
     RedisCluster.from_url(valkey_cluster.url).flushall()
     from tests.conftest import Target
 
     target = Target("cluster", valkey_cluster.url, cluster=True)
     settings = target.settings(SCRIPT_BATCH_SIZE="20")
     client = get_client(settings)
-    writer = FlushingScriptsOnTheCluster(client, 20)
+    assert isinstance(client, RedisCluster)
+    primaries = [client.get_redis_connection(node) for node in client.get_primaries()]
+    for primary in primaries:
+        primary.config_resetstat()
+
+    def flush() -> None:
+        for primary in primaries:
+            primary.script_flush()
+
+    writer = mid_batch_writer(flush, client, 20)
     event = EventGenerator(seed=23, partitions=4, stores=3, skus=30).batch(1500)
     outcome = Ingestor(settings, writer, build_ingestor(settings)._dead_letters).process(event)
-    assert writer.flushed == 1
+    assert _noscript_errors(*primaries) >= 1
     assert (outcome.applied, outcome.duplicates, outcome.dead_lettered) == (1500, 0, 0)
     assert redis_state(client) == model_state(settings, records_of(event))
 
 
-class PromotingOnReconnect(BatchWriter):
+class PromotingOnReconnect(Transport):
     """The server it writes to is a replica until the writer reconnects: a failover."""
 
     def __init__(self, replica: servers.ServerProcess, *args: Any):
         super().__init__(*args)
         self.replica, self.reconnects = replica, 0
 
-    def _reconnect(self) -> None:
+    def refresh(self, nodes: Any) -> None:
         self.reconnects += 1
         redis.Redis.from_url(self.replica.url).replicaof("NO", "ONE")
-        super()._reconnect()
+        super().refresh(nodes)
 
 
 def _make_replica(server: servers.ServerProcess) -> None:
@@ -140,11 +134,12 @@ def test_readonly_after_a_failover_is_a_reconnect() -> None:
 
         settings = Target("replica", replica.url, cluster=False).settings(SCRIPT_BATCH_SIZE="100")
         client = get_client(settings)
-        writer = PromotingOnReconnect(replica, client, 100, settings.retries)
+        transport = PromotingOnReconnect(replica, client, settings.retries)
+        writer = BatchWriter(client, 100, transport=transport)
         event = EventGenerator(seed=24, partitions=3).batch(500)
         sink = RedisStreamSink(client, settings.dlq_stream_key, settings.dlq_stream_maxlen)
         outcome = Ingestor(settings, writer, sink).process(event)
-        assert writer.reconnects == 1
+        assert transport.reconnects == 1
         assert (outcome.applied, outcome.duplicates) == (500, 0)
         assert redis_state(client) == model_state(settings, records_of(event))
     finally:

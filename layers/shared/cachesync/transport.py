@@ -59,11 +59,20 @@ BACKOFF_CAP_S = 0.2
 REPLICA_PROBE_INTERVAL_S = 30.0
 
 
-class WriteDeadlineExceeded(redis.exceptions.RedisError):
+class BatchNotDone(redis.exceptions.RedisError):
+    """The batch cannot be reported applied; `replies` holds what its calls answered (their refusals
+    must still be dead-lettered: a retry skips those records as applied)."""
+
+    def __init__(self, message: str, replies: list[Any] | None = None):
+        super().__init__(message)
+        self.replies: list[Any] = replies or []
+
+
+class WriteDeadlineExceeded(BatchNotDone):
     """The cache kept turning calls away (slots moving, a failover) until the invocation's deadline."""
 
 
-class NotReplicated(redis.exceptions.RedisError):
+class NotReplicated(BatchNotDone):
     """A primary's writes did not reach enough replicas within the wait: the batch is not applied yet."""
 
 
@@ -99,60 +108,69 @@ class Transport:
         in effect; then the WAIT. Raises NotReplicated when the WAIT falls short."""
         replies: list[Any] = [None] * len(calls)
         nodes: dict[str, _Node] = {}
-        asks: dict[int, tuple[str, int]] = {}  # call -> the node an ASK named
-        pending = list(range(len(calls)))
-        lost_rounds = attempt = 0
         try:
-            while pending:
-                answers = self._round(calls, pending, nodes, asks)
-                redo: list[int] = []
-                refresh = lost = False
-                for i in pending:
-                    answer = answers[i]
-                    replies[i] = answer
-                    if isinstance(answer, redis.exceptions.AskError) and not isinstance(
-                        answer, redis.exceptions.MovedError
-                    ):
-                        asks[i] = (answer.host, int(answer.port))
-                        redo.append(i)
-                        continue
-                    asks.pop(i, None)
-                    if isinstance(answer, redis.exceptions.MovedError | redis.exceptions.ReadOnlyError):
-                        refresh = True
-                        redo.append(i)
-                    elif isinstance(answer, _WAIT_AND_RESEND) or _is_gap(answer):
-                        refresh = refresh or isinstance(answer, redis.exceptions.ClusterDownError)
-                        redo.append(i)
-                    elif isinstance(answer, redis.exceptions.NoScriptError):
-                        redo.append(i)  # the round loads the script again first
-                    elif isinstance(answer, _LOST):
-                        lost = True
-                        redo.append(i)
-                if not redo:
-                    break
-                if any(_is_final(replies[i]) for i in pending if i not in redo):
-                    break  # the batch fails anyway: its retry sends what did not run
-                if lost:
-                    lost_rounds += 1
-                    if lost_rounds > self.retries:
-                        break
-                    refresh = True
-                if time.monotonic() >= deadline:
-                    error = replies[redo[0]]
-                    raise WriteDeadlineExceeded(
-                        f"the cache turned {len(redo)} calls away until the invocation's deadline, last with {error!r}"
-                    ) from (error if isinstance(error, BaseException) else None)
-                if refresh:
-                    self._refresh(nodes)
-                time.sleep(max(0.0, min(BACKOFF_FIRST_S * 2**attempt, BACKOFF_CAP_S, deadline - time.monotonic())))
-                attempt += 1
-                pending = redo
-            if not any(_is_error(reply) for reply in replies):
-                self._wait(list(nodes.values()), deadline)
+            try:
+                self._send(calls, replies, nodes, deadline)
+            except BatchNotDone as error:
+                error.replies = replies
+                raise
         finally:
             for node in nodes.values():
                 _release(node)
         return replies
+
+    def _send(self, calls: list[Call], replies: list[Any], nodes: dict[str, _Node], deadline: float) -> None:
+        asks: dict[int, tuple[str, int]] = {}  # call -> the node an ASK named
+        pending = list(range(len(calls)))
+        lost_rounds = attempt = 0
+        while pending:
+            answers = self._round(calls, pending, nodes, asks)
+            redo: list[int] = []
+            refresh = lost = False
+            for i in pending:
+                answer = answers[i]
+                if isinstance(answer, redis.exceptions.ReadOnlyError):
+                    lost = True  # a failover under way, or an endpoint at a replica: within the retries
+                replies[i] = answer
+                if isinstance(answer, redis.exceptions.AskError) and not isinstance(
+                    answer, redis.exceptions.MovedError
+                ):
+                    asks[i] = (answer.host, int(answer.port))
+                    redo.append(i)
+                    continue
+                asks.pop(i, None)
+                if isinstance(answer, redis.exceptions.MovedError | redis.exceptions.ReadOnlyError):
+                    refresh = True
+                    redo.append(i)
+                elif isinstance(answer, _WAIT_AND_RESEND) or _is_gap(answer):
+                    refresh = refresh or isinstance(answer, redis.exceptions.ClusterDownError)
+                    redo.append(i)
+                elif isinstance(answer, redis.exceptions.NoScriptError):
+                    redo.append(i)  # the round loads the script again first
+                elif isinstance(answer, _LOST):
+                    lost = True
+                    redo.append(i)
+            if not redo:
+                break
+            if any(_is_final(replies[i]) for i in pending if i not in redo):
+                break  # the batch fails anyway: its retry sends what did not run
+            if lost:
+                lost_rounds += 1
+                if lost_rounds > self.retries:
+                    break
+                refresh = True
+            if time.monotonic() >= deadline:
+                error = replies[redo[0]]
+                raise WriteDeadlineExceeded(
+                    f"the cache turned {len(redo)} calls away until the invocation's deadline, last with {error!r}"
+                ) from (error if isinstance(error, BaseException) else None)
+            if refresh:
+                self.refresh(nodes)
+            time.sleep(max(0.0, min(BACKOFF_FIRST_S * 2**attempt, BACKOFF_CAP_S, deadline - time.monotonic())))
+            attempt += 1
+            pending = redo
+        if not any(_is_error(reply) for reply in replies):
+            self._wait(list(nodes.values()), deadline)
 
     # --- one round: every pending call sent once -----------------------------------------
     def _round(
@@ -228,7 +246,7 @@ class Transport:
             nodes[name] = _Node(name, pool)
         return nodes[name]
 
-    def _refresh(self, nodes: dict[str, _Node]) -> None:
+    def refresh(self, nodes: dict[str, _Node]) -> None:
         """Learn the topology again: a new map (cluster), new connections (standalone: the endpoint may
         point at a new primary). Connections that wrote are kept: the WAIT goes there."""
         self._loaded.clear()  # a promoted replica holds no scripts

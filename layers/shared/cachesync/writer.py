@@ -27,7 +27,7 @@ from redis.cluster import RedisCluster
 
 from cachesync.config import MAX_REQUEST_ARGUMENTS, MAX_SCRIPT_BATCH_SIZE
 from cachesync.plan import Call, Pending, pack, steps_of
-from cachesync.transport import Transport
+from cachesync.transport import BatchNotDone, Transport
 
 # How long a batch may keep resending what the cache turns away (slots moving, a failover)
 # when the caller names no deadline; IngestFunction derives its own from the time it has left.
@@ -55,11 +55,12 @@ class BatchWriter:
         retries: int = 3,
         wait_replicas: int | None = None,
         wait_timeout_ms: int = 1000,
+        transport: Transport | None = None,
     ):
         self._client = client
         self._cross_slot = not isinstance(client, RedisCluster)
         self._batch_size = min(script_batch_size, MAX_SCRIPT_BATCH_SIZE)
-        self._transport = Transport(client, retries, wait_replicas, wait_timeout_ms)
+        self.transport = transport or Transport(client, retries, wait_replicas, wait_timeout_ms)
 
     def plan(self, pending: Iterable[Pending]) -> tuple[list[Call], int]:
         """The calls for these mutations, and how many repeated a record (topic, partition, offset) already seen."""
@@ -82,13 +83,16 @@ class BatchWriter:
         if deadline is None:
             deadline = time.monotonic() + DEFAULT_DEADLINE_SECONDS
         try:
-            replies = self._transport.send(calls, deadline) if calls else []
+            replies = self.transport.send(calls, deadline) if calls else []
         except (redis.exceptions.RedisError, OSError) as error:
             result.error = error
-            replies = []
-        for call, reply in zip(calls, replies, strict=True):
+            # what the calls answered before the batch failed: their refusals still count
+            replies = error.replies if isinstance(error, BatchNotDone) else []
+        for call, reply in zip(calls, replies, strict=False):
             if isinstance(reply, BaseException):
                 result.error = result.error or reply
+            elif reply is None:
+                continue  # never answered: the batch failed before it
             else:
                 _count(call, reply, result)
         if result.error is not None and not partial:
