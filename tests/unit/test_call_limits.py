@@ -1,39 +1,64 @@
-"""No script call exceeds the 3,999 arguments ElastiCache Serverless takes in one request."""
+"""Planning: no call exceeds the 3,999 arguments ElastiCache Serverless takes in one request, a
+cluster's calls stay in one hash slot, and a key's mutations split over calls are chained."""
 
 from __future__ import annotations
 
-import redis
+import orjson
+from redis.crc import key_slot
 
-from cachesync import keys
 from cachesync.config import MAX_REQUEST_ARGUMENTS, MAX_SCRIPT_BATCH_SIZE, Settings
-from cachesync.projections import INCREMENT, SET, Mutation
-from cachesync.writer import BatchWriter, guard_commands
+from cachesync.plan import Call, pack, steps_of
+from cachesync.projections import DELETE, INCREMENT, SET, Mutation
 
 
-def _widest(n: int) -> list[tuple[Mutation, str, int]]:
+def _widest(n: int) -> list[tuple[Mutation, str, int, int]]:
     # every mutation a new key with a value: the most arguments a mutation can add
-    return [(Mutation(f"orders:{i}", SET, argument=b"{}", ttl=60), "orders/0", i) for i in range(n)]
+    return [(Mutation(f"orders:{i}", SET, argument=b"{}", ttl=60), "orders", 0, i) for i in range(n)]
+
+
+def _request_size(call: Call) -> int:
+    return 2 + len(call.args())  # EVALSHA <hash>, then numkeys, keys, plan, values
 
 
 def test_the_largest_allowed_batch_size_stays_within_the_argument_limit() -> None:
     assert Settings.from_env({"SCRIPT_BATCH_SIZE": str(MAX_SCRIPT_BATCH_SIZE)}).script_batch_size == 1997
-    writer = BatchWriter(redis.Redis(), MAX_SCRIPT_BATCH_SIZE)
-    calls = list(writer._calls(enumerate(_widest(5000)), keys.offsets_key()))
-    sizes = [len(call.command()) for call in calls]
-    assert max(sizes) == MAX_REQUEST_ARGUMENTS and len(calls) == 3
+    steps, _ = steps_of(_widest(5000))
+    calls = pack(steps, cross_slot=True, max_mutations=MAX_SCRIPT_BATCH_SIZE, max_arguments=MAX_REQUEST_ARGUMENTS)
+    sizes = [_request_size(call) for call in calls]
+    assert max(sizes) <= MAX_REQUEST_ARGUMENTS
+    assert sum(call.mutations for call in calls) == 5000
+    # full calls: 3 arguments per new key (its slot's positions hash, the key, the value) at most
+    assert len(calls) <= 5000 * 3 // (MAX_REQUEST_ARGUMENTS - 4) + 1
 
 
-def test_a_writer_built_with_a_larger_size_clamps_it() -> None:
-    writer = BatchWriter(redis.Redis(), 10_000)
-    calls = list(writer._calls(enumerate(_widest(5000)), keys.offsets_key()))
-    assert all(len(call.command()) <= MAX_REQUEST_ARGUMENTS for call in calls)
-    # deltas on one key add no arguments, but the count of mutations is bounded all the same
-    deltas = [(Mutation("inventory:s", INCREMENT, "sku:1", "1"), "inventory/0", i) for i in range(5000)]
-    assert max(len(c.positions) for c in writer._calls(enumerate(deltas), keys.offsets_key())) == 1997
+def test_cluster_calls_hold_the_keys_of_one_slot_and_its_positions_hash() -> None:
+    steps, _ = steps_of(_widest(300))
+    for call in pack(steps, cross_slot=False, max_mutations=1000, max_arguments=MAX_REQUEST_ARGUMENTS):
+        assert len({key_slot(key.encode()) for key in call.keys}) == 1
 
 
-def test_the_guard_of_many_partitions_stays_within_the_argument_limit() -> None:
-    partitions = [(f"orders/{p}", "41", "", "", '{"orders:1":42}') for p in range(5000)]
-    commands = guard_commands(partitions, "f" * 32, 120_000)
-    assert max(len(command) for command in commands) <= MAX_REQUEST_ARGUMENTS
-    assert sum((len(command) - 6) // 7 for command in commands) == 5000  # every partition, once
+def test_a_long_ledger_splits_into_chained_calls() -> None:
+    deltas = [(Mutation("inventory:s", INCREMENT, "sku:1", "1"), "inventory", 3, i) for i in range(5000)]
+    steps, _ = steps_of(deltas)
+    calls = pack(steps, cross_slot=True, max_mutations=1997, max_arguments=MAX_REQUEST_ARGUMENTS)
+    assert [call.mutations for call in calls] == [1997, 1997, 1006]
+    entries = [orjson.loads(call.args()[-1])[0] for call in calls]  # no values: the plan is last
+    # each call carries `after`: the offset the key's position must have reached (the last before)
+    assert [entry[3] for entry in entries] == [-1, 1996, 3993]
+    assert all(entry[2] == "inventory:s#3" for entry in entries)
+
+
+def test_a_repeated_record_is_planned_once_and_overwrites_collapse() -> None:
+    pending = [
+        (Mutation("inventory:s", INCREMENT, "sku:1", "10"), "inventory", 0, 7),
+        (Mutation("inventory:s", INCREMENT, "sku:1", "10"), "inventory", 0, 7),  # the same record again
+        (Mutation("orders:1", SET, argument=b"a"), "orders", 0, 7),  # same offset, other topic: its own
+        (Mutation("orders:1", DELETE), "orders", 0, 8),
+        (Mutation("orders:1", SET, argument=b"b"), "orders", 0, 9),
+    ]
+    steps, repeated = steps_of(pending)
+    assert repeated == 1
+    ledger, order = steps
+    assert [op[0] for op in ledger.ops] == [7]
+    assert order.ops == [[9, SET, b"b", 0]]  # only the last overwrite is sent
+    assert [offset for _, offset in order.sources[0]] == [7, 8, 9]  # it stands for all three
