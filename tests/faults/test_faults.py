@@ -15,7 +15,6 @@ import redis
 
 from cachesync.config import Settings
 from cachesync.ingest import build_ingestor
-from cachesync.writer import PartitionBusy
 from devkit import servers
 from devkit.generator import EventGenerator
 from harness.model import model_state, redis_state
@@ -71,8 +70,6 @@ def test_restarts_during_a_live_stream_lose_nothing_and_apply_nothing_twice(
             "REDIS_CONNECT_TIMEOUT": "0.2",
             "REDIS_SOCKET_TIMEOUT": "0.5",
             "SCRIPT_BATCH_SIZE": "50",
-            # an attempt cut off by the crash cannot end its lease: its retries wait it out
-            "OVERWRITE_LEASE_SECONDS": "1",
         }
     )
     generator = EventGenerator(seed=41, partitions=3, stores=3, skus=30)
@@ -97,11 +94,7 @@ def test_restarts_during_a_live_stream_lose_nothing_and_apply_nothing_twice(
                         try:
                             ingest.process(delivery)
                             break
-                        except (
-                            redis.exceptions.ConnectionError,
-                            redis.exceptions.TimeoutError,
-                            PartitionBusy,
-                        ) as error:
+                        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
                             failures.append(error)  # the whole batch comes again, as Lambda retries it
                             time.sleep(0.05)
                 previous = batch
@@ -147,8 +140,6 @@ def test_a_stalled_network_fails_within_the_bounds_and_the_retry_converges(
             "REDIS_CONNECT_TIMEOUT": "0.5",
             "REDIS_RETRIES": "2",
             "SCRIPT_BATCH_SIZE": "100",
-            # an attempt cut off from Redis cannot end its lease: the retry waits it out
-            "OVERWRITE_LEASE_SECONDS": "1",
         }
     )
     generator = EventGenerator(seed=43, partitions=3, stores=3, skus=30)
@@ -172,7 +163,7 @@ def test_a_stalled_network_fails_within_the_bounds_and_the_retry_converges(
     assert settings.socket_timeout <= elapsed <= bound, (elapsed, bound)
 
     proxy.resume()  # the network comes back; Lambda retries the whole batch
-    retry = retry_until_the_lease_ends(ingest, batch, settings)
+    retry = ingest.process(batch)
     assert retry.applied + retry.duplicates == len(records_of(batch))
     if stall == "everything":
         assert retry.duplicates == 0
@@ -181,19 +172,6 @@ def test_a_stalled_network_fails_within_the_bounds_and_the_retry_converges(
     admin = redis.Redis(port=server.port)
     assert redis_state(admin) == model_state(settings, records_of(warm) + records_of(batch))
     print(f"\nstall {stall}: failed after {elapsed:.2f}s (bound {bound:.2f}s); retry {retry.summary()}")
-
-
-def retry_until_the_lease_ends(ingest: Any, batch: dict[str, Any], settings: Settings) -> Any:
-    """Lambda's retries of a batch whose document partitions the failed attempt still holds:
-    refused with PartitionBusy, writing nothing, until the lease runs out."""
-    deadline = time.monotonic() + settings.overwrite_lease_seconds + 2.0
-    while True:
-        try:
-            return ingest.process(batch)
-        except PartitionBusy:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def test_the_default_bounds_fail_an_invocation_well_inside_the_lambda_timeout() -> None:

@@ -14,7 +14,8 @@ import pytest
 from cachesync.config import ConfigError, Settings
 from cachesync.deadletter import DeadLetter
 from cachesync.ingest import Ingestor, InvalidEvent
-from cachesync.writer import Pending, WriteResult
+from cachesync.plan import Pending
+from cachesync.writer import WriteResult
 from devkit.generator import EventGenerator, RawRecord, kafka_record
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
@@ -24,7 +25,7 @@ class RecordingWriter:
     def __init__(self) -> None:
         self.pending: list[Pending] = []
 
-    def apply(self, pending: Iterable[Pending], *, partial: bool = False) -> WriteResult:
+    def apply(self, pending: Iterable[Pending], *, partial: bool = False, deadline: float | None = None) -> WriteResult:
         batch = list(pending)
         self.pending += batch
         return WriteResult(applied=len(batch))
@@ -122,7 +123,7 @@ def test_records_are_applied_in_partition_order_even_when_delivered_out_of_order
     event = gen.event([gen.order() for _ in range(5)])
     event["records"]["orders-0"].reverse()
     writer, _ = run(event)
-    assert [p[2] for p in writer.pending] == [0, 1, 2, 3, 4]
+    assert [p[3] for p in writer.pending] == [0, 1, 2, 3, 4]
 
 
 @pytest.mark.parametrize(
@@ -134,7 +135,8 @@ def test_records_are_applied_in_partition_order_even_when_delivered_out_of_order
         ({"SCRIPT_BATCH_SIZE": "0"}, "SCRIPT_BATCH_SIZE must be at least 1"),
         ({"SCRIPT_BATCH_SIZE": "1998"}, "SCRIPT_BATCH_SIZE must be at most 1997, got 1998: .* 3999 arguments"),
         ({"INVENTORY_KEY_PREFIX": "{inv}"}, "must not contain braces"),
-        ({"OVERWRITE_LEASE_SECONDS": "0.5"}, "OVERWRITE_LEASE_SECONDS must be at least 1"),
+        ({"REDIS_WAIT_REPLICAS": "-1"}, "REDIS_WAIT_REPLICAS must be at least 0"),
+        ({"REDIS_WAIT_TIMEOUT_MS": "0"}, "REDIS_WAIT_TIMEOUT_MS must be at least 1"),
     ],
 )
 def test_bad_configuration_is_refused_with_a_clear_message(env: dict[str, str], message: str) -> None:
