@@ -319,3 +319,34 @@ def test_both_users_follow_an_ask_while_a_slot_migrates(resharding_cluster: serv
         assert_denied(f"{role}: MIGRATE", lambda: direct.execute_command("MIGRATE", "127.0.0.1", 1, key, 0, 10))  # noqa: B023
         direct.close()
     assert admin.get(key) == b'{"orderid": 42, "v": 2}'
+
+
+# ---------------------------------------------------------------------- acknowledged means replicated
+def test_the_ingest_user_may_wait_for_a_replica_and_the_api_user_may_not(redis7_binary: str) -> None:
+    """The writer sends WAIT to a primary with replicas before a batch counts as applied."""
+    primary = servers.start_server(redis7_binary)
+    replica = servers.start_server(redis7_binary, extra=["--replicaof", "127.0.0.1", str(primary.port)])
+    try:
+        admin = redis.Redis.from_url(primary.url)
+
+        def replica_online() -> bool:
+            info = admin.info("replication")
+            return info.get("connected_slaves") == 1 and info.get("slave0", {}).get("state") == "online"
+
+        deadline = time.monotonic() + 60
+        while not replica_online():
+            assert time.monotonic() < deadline, "the replica did not come online"
+            time.sleep(0.05)
+        create_users(primary.url)
+        ingest = redis.Redis.from_url(with_user(primary.url, "ingest"))
+        ingest.set("orders:1", b'{"orderid": 1}')
+        # a generous bound: WAIT answers as soon as the replica acknowledges
+        assert ingest.execute_command("WAIT", 1, 60_000) == 1
+        assert redis.Redis.from_url(replica.url).get("orders:1") == b'{"orderid": 1}'
+        api = redis.Redis.from_url(with_user(primary.url, "api"))
+        assert_denied("api: WAIT", lambda: api.execute_command("WAIT", 1, 10))
+        # the denials logged: the API user's attempt, nothing of the ingest user's
+        assert {str(entry["username"]) for entry in admin.acl_log()} == {USERS["api"]}
+    finally:
+        replica.remove()
+        primary.remove()
