@@ -41,10 +41,6 @@ CLUSTER_COMMANDS = ("cluster|slots", "cluster|shards", "command", "asking")
 # and XADD to the dead-letter stream.
 INGEST_SCRIPT_COMMANDS = ("eval", "evalsha", "script|load", "wait")
 DEAD_LETTER_COMMANDS = ("xadd",)
-# A batch is reported applied only once each primary it wrote has the writes on a replica:
-# the writer sends WAIT to those primaries (docs/deploy.md, "Durability"). It cannot run
-# inside a script, so the ingest user needs it itself, on either topology.
-DURABILITY_COMMANDS = ("wait",)
 # The operator's figures (cachesync.opstats): IngestFunction adds a batch's entry to a stream
 # and its partitions' offsets to a hash; the read API's admin route reads both, and the newest
 # dead letters of the stream. One key each, so no SCAN.
@@ -108,7 +104,7 @@ def ingest_rule(settings: Settings, cluster: bool | None = None) -> AccessRule:
     patterns.append(settings.dlq_stream_key)
     patterns += OPSTATS_KEYS
     commands = [*CONNECTION_COMMANDS, *INGEST_SCRIPT_COMMANDS, *apply_lua_commands(), *DEAD_LETTER_COMMANDS]
-    commands += [c for c in (*OPSTATS_WRITE_COMMANDS, *DURABILITY_COMMANDS) if c not in commands]
+    commands += [c for c in OPSTATS_WRITE_COMMANDS if c not in commands]
     return AccessRule("ingest", _with_cluster(commands, settings, cluster), tuple(patterns))
 
 

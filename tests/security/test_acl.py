@@ -21,7 +21,7 @@ from cachesync.connection import RedisClient, get_client
 from cachesync.ingest import build_ingestor
 from cachesync.opstats import operator_view, record_batch
 from cachesync.reads import Reader
-from cachesync.writer import APPLY_SCRIPT
+from cachesync.transport import FENCE_SCRIPT
 from devkit import acl, servers
 from devkit.generator import EventGenerator
 from harness.model import model_state, redis_state
@@ -198,7 +198,7 @@ def test_the_ingest_user_cannot_step_outside_its_keys_even_from_a_script(target:
     for name, attempt in attempts:
         assert_denied(name, attempt)
     assert redis_state(admin, exclude=()) == before
-    assert client.script_load(APPLY_SCRIPT)  # what it does need still works
+    assert client.script_load(FENCE_SCRIPT)  # what it does need still works
 
 
 def test_access_strings_are_in_elasticache_rbac_form() -> None:
@@ -214,7 +214,7 @@ def test_access_strings_are_in_elasticache_rbac_form() -> None:
     api = acl.api_rule(settings).access_string()
     assert "~cachesync:offsets" not in api and "+xadd" not in api and "+xrange " not in api
     ingest = acl.ingest_rule(settings)
-    assert set(acl.script_commands(APPLY_SCRIPT)) <= set(ingest.commands)
+    assert set(acl.script_commands(FENCE_SCRIPT)) <= set(ingest.commands)
     # the stream takes the dead letters while SQS is down, so the rule does not depend on the queue
     with_queue = acl.ingest_rule(Settings.from_env({"DLQ_QUEUE_URL": "https://sqs/q"}))
     assert "xadd" in with_queue.commands and "deadletter:ingest" in with_queue.key_patterns
