@@ -27,8 +27,12 @@ from cachesync.config import Settings
 # SETINFO off. AUTH and HELLO need no permission.
 CONNECTION_COMMANDS = ("ping", "client|setname")
 # What the cluster client needs to find its nodes and slots (ElastiCache Serverless
-# and cluster-mode caches): redis-py reads CLUSTER SLOTS and the COMMAND table.
-CLUSTER_COMMANDS = ("cluster|slots", "cluster|shards", "command")
+# and cluster-mode caches): redis-py reads CLUSTER SLOTS and the COMMAND table. While a
+# node-based cluster reshards, a slot under migration answers ASK for the keys already
+# moved, and the client must send ASKING on the target's connection before the command.
+# No READONLY: every read goes to the primaries (the cluster client's default; cachesync
+# never reads from replicas), so the users need no replica reads.
+CLUSTER_COMMANDS = ("cluster|slots", "cluster|shards", "command", "asking")
 
 # The ingest path: the writer's script (EVAL, or EVALSHA with SCRIPT LOAD after
 # NOSCRIPT: any of them lets a user run a script of its own, so allowing all three

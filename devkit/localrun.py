@@ -364,6 +364,9 @@ def registry_parameters(record_format: str | None) -> dict[str, str]:
         return {}
     return {
         "PollerMode": "PROVISIONED",
+        # the records a registry refuses go to the on-failure destination, which the template
+        # gives only to mappings with bounded retries (a Rule asks for them with a registry)
+        "KafkaMaximumRetryAttempts": "10",
         "SchemaRegistryUri": LOCAL_REGISTRY_URI,
         "SchemaRegistryEventRecordFormat": record_format,
     }

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,10 @@ from cachesync.ingest import build_ingestor
 from cachesync.opstats import operator_view, record_batch
 from cachesync.reads import Reader
 from cachesync.transport import FENCE_SCRIPT
-from devkit import acl
+from devkit import acl, servers
 from devkit.generator import EventGenerator
 from harness.model import model_state, redis_state
-from tests.security.conftest import USERS, create_users, userinfo
+from tests.security.conftest import PASSWORDS, USERS, create_users, userinfo
 
 NOPERM = (redis.exceptions.NoPermissionError, redis.exceptions.ResponseError)
 
@@ -252,3 +252,101 @@ def test_the_command_prints_both_access_strings_for_the_environment() -> None:
         f"api: {acl.api_rule(settings).access_string()}",
         f"maintenance: {acl.maintenance_rule(settings).access_string()}",
     ]
+
+
+# ---------------------------------------------------------------------- slots under migration
+@pytest.fixture(scope="module")
+def resharding_cluster(redis7_binary: str) -> Iterator[servers.LocalCluster]:
+    """A Redis 7 cluster of its own: the test moves a slot, which no other test should see."""
+    cluster = servers.start_cluster(redis7_binary, masters=2)
+    yield cluster
+    cluster.stop()
+
+
+def _node_id(node: redis.Redis) -> str:
+    return str(node.execute_command("CLUSTER", "MYID").decode())
+
+
+def test_both_users_follow_an_ask_while_a_slot_migrates(resharding_cluster: servers.LocalCluster) -> None:
+    """A slot half moved, as during an online reshard: the key already on the target answers
+    ASK at the source, and each user's cluster client follows it with ASKING on the target."""
+    nodes = [redis.Redis(port=n.port) for n in resharding_cluster.nodes]
+    for node in nodes:
+        create_users(_url(node), cluster=True)
+    admin = RedisCluster.from_url(resharding_cluster.url)
+    admin.flushall()
+    key = "orders:42"
+    slot = admin.keyslot(key)
+    owner = admin.nodes_manager.get_node_from_slot(slot)
+    source = next(n for n in nodes if n.connection_pool.connection_kwargs["port"] == owner.port)
+    target = next(n for n in nodes if n is not source)
+    target_port = target.connection_pool.connection_kwargs["port"]
+    admin.set(key, b'{"orderid": 42}')
+    # the slot: importing on the target, migrating on the source, and the key moved across
+    target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", _node_id(source))
+    source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", _node_id(target))
+    source.execute_command("MIGRATE", "127.0.0.1", target_port, key, 0, 5000)
+    with pytest.raises(redis.exceptions.AskError):
+        source.get(key)  # the redirect is real
+    for node in nodes:
+        node.execute_command("ACL", "LOG", "RESET")
+
+    def settings(role: str) -> Settings:
+        url = with_user(resharding_cluster.url, role)
+        return Settings.from_env({"REDIS_URL": url, "REDIS_CLUSTER": "true"})
+
+    api_settings = settings("api")
+    assert Reader(get_client(api_settings), api_settings).order("42") == b'{"orderid": 42}'
+    ingest = get_client(settings("ingest"))
+    assert ingest.set(key, b'{"orderid": 42, "v": 2}') is True
+    assert admin.get(key) == b'{"orderid": 42, "v": 2}'  # through the same ASK
+    counts = [n.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) for n in (source, target)]
+    assert counts == [0, 1], "the write landed on the importing node"
+    for node in nodes:
+        denied = node.execute_command("ACL", "LOG")
+        assert denied == [], denied
+
+    # ASKING admits the one next command to the importing slot; the ACL still decides the rest
+    for role in ("ingest", "api"):
+        direct = redis.Redis(port=target_port, username=USERS[role], password=PASSWORDS[role])
+        assert direct.execute_command("ASKING") in (b"OK", True)
+        assert_denied(f"{role}: CONFIG GET after ASKING", lambda: direct.config_get("*"))  # noqa: B023
+        direct.execute_command("ASKING")
+        assert_denied(f"{role}: GET outside after ASKING", lambda: direct.get("sessions:42"))  # noqa: B023
+        # reads never go to replicas, so neither user may switch a connection to them
+        assert_denied(f"{role}: READONLY", lambda: direct.execute_command("READONLY"))  # noqa: B023
+        assert_denied(f"{role}: CLUSTER SETSLOT", lambda: direct.execute_command("CLUSTER", "SETSLOT", slot, "STABLE"))  # noqa: B023
+        assert_denied(f"{role}: MIGRATE", lambda: direct.execute_command("MIGRATE", "127.0.0.1", 1, key, 0, 10))  # noqa: B023
+        direct.close()
+    assert admin.get(key) == b'{"orderid": 42, "v": 2}'
+
+
+# ---------------------------------------------------------------------- acknowledged means replicated
+def test_the_ingest_user_may_wait_for_a_replica_and_the_api_user_may_not(redis7_binary: str) -> None:
+    """The writer sends WAIT to a primary with replicas before a batch counts as applied."""
+    primary = servers.start_server(redis7_binary)
+    replica = servers.start_server(redis7_binary, extra=["--replicaof", "127.0.0.1", str(primary.port)])
+    try:
+        admin = redis.Redis.from_url(primary.url)
+
+        def replica_online() -> bool:
+            info = admin.info("replication")
+            return info.get("connected_slaves") == 1 and info.get("slave0", {}).get("state") == "online"
+
+        deadline = time.monotonic() + 60
+        while not replica_online():
+            assert time.monotonic() < deadline, "the replica did not come online"
+            time.sleep(0.05)
+        create_users(primary.url)
+        ingest = redis.Redis.from_url(with_user(primary.url, "ingest"))
+        ingest.set("orders:1", b'{"orderid": 1}')
+        # a generous bound: WAIT answers as soon as the replica acknowledges
+        assert ingest.execute_command("WAIT", 1, 60_000) == 1
+        assert redis.Redis.from_url(replica.url).get("orders:1") == b'{"orderid": 1}'
+        api = redis.Redis.from_url(with_user(primary.url, "api"))
+        assert_denied("api: WAIT", lambda: api.execute_command("WAIT", 1, 10))
+        # the denials logged: the API user's attempt, nothing of the ingest user's
+        assert {str(entry["username"]) for entry in admin.acl_log()} == {USERS["api"]}
+    finally:
+        replica.remove()
+        primary.remove()

@@ -133,6 +133,12 @@ def given(overrides: dict[str, str], name: str) -> str:
     return overrides.get(name, str(load()["Parameters"][name].get("Default", "")))
 
 
+def may_skip(overrides: dict[str, str]) -> bool:
+    """Whether the mappings may skip a batch, and so have an on-failure destination: provisioned
+    pollers with bounded retries (with -1 and a destination Lambda would retry only 10 times)."""
+    return given(overrides, "PollerMode") == "PROVISIONED" and given(overrides, "KafkaMaximumRetryAttempts") != "-1"
+
+
 # ---------------------------------------------------------------------- linters
 def test_sam_validate_lint_is_clean() -> None:
     result = subprocess.run(
@@ -188,6 +194,7 @@ def test_one_mapping_per_topic(scenario: tuple[str, dict[str, str], Resolved]) -
 def test_poller_mode_settings(scenario: tuple[str, dict[str, str], Resolved]) -> None:
     _, overrides, stack = scenario
     provisioned = given(overrides, "PollerMode") == "PROVISIONED"
+    skips = may_skip(overrides)
     for name in MAPPINGS.values():
         props = stack.props(name)
         if not provisioned:
@@ -211,13 +218,17 @@ def test_poller_mode_settings(scenario: tuple[str, dict[str, str], Resolved]) ->
             assert props["BisectBatchOnFunctionError"] is True
         else:
             assert "BisectBatchOnFunctionError" not in props
-        assert props["DestinationConfig"] == {"OnFailure": {"Destination": get_att("MappingFailureQueue", "Arn")}}
-    assert ("MappingFailureQueue" in stack.resources) == provisioned
-    assert ("MappingFailureQueueAlarm" in stack.resources) == provisioned
+        if skips:
+            assert props["DestinationConfig"] == {"OnFailure": {"Destination": get_att("MappingFailureQueue", "Arn")}}
+        else:  # retries until success: with a destination Lambda would make them 10 (test_retry_budget)
+            assert "DestinationConfig" not in props
+    assert ("MappingFailureQueue" in stack.resources) == skips
+    assert ("MappingFailureQueueAlarm" in stack.resources) == skips
 
 
 SCHEMA_REGISTRY = {
     "PollerMode": "PROVISIONED",
+    "KafkaMaximumRetryAttempts": "10",  # refused records go to the destination, which bounded retries get
     "SchemaRegistryUri": "https://psrc-abc12.us-east-2.aws.confluent.cloud",
     "SchemaRegistrySecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:cachesync/registry-AbCdEf",
 }
@@ -663,7 +674,7 @@ def test_each_function_gets_only_what_it_calls(scenario: tuple[str, dict[str, st
     ingest, api = _grants(stack, "IngestFunctionRole"), _grants(stack, "ApiFunctionRole")
 
     queues = [get_att("DeadLetterQueue", "Arn")]
-    if given(overrides, "PollerMode") == "PROVISIONED":
+    if may_skip(overrides):
         queues.append(get_att("MappingFailureQueue", "Arn"))
     assert sorted(map(json.dumps, ingest["sqs:SendMessage"])) == sorted(map(json.dumps, queues))
     assert "sqs:SendMessage" not in api
@@ -925,7 +936,7 @@ def test_alarms(scenario: tuple[str, dict[str, str], Resolved]) -> None:
     assert queries["allskipped"]["Expression"] == "IF(skipped > 0 AND applied == 0, 1, 0)"
     assert queries["applied"]["MetricStat"]["Metric"]["MetricName"] == "RecordsApplied"
     assert queries["skipped"]["MetricStat"]["Metric"]["MetricName"] == "DuplicatesSkipped"
-    if overrides.get("PollerMode") == "PROVISIONED":  # skipped batches: sent to the queue, taken by a function
+    if may_skip(overrides):  # skipped batches: sent to the queue, taken by a function
         assert ("AWS/SQS", "NumberOfMessagesSent") in metrics
         failures = stack.resources["MappingFailuresFunctionSkippedBatches"]["Properties"]
         assert failures["EventSourceArn"] == {"Fn::GetAtt": ["MappingFailureQueue", "Arn"]}
@@ -955,7 +966,7 @@ def test_outputs(scenario: tuple[str, dict[str, str], Resolved]) -> None:
         stack.outputs
     )
     assert stack.outputs["DeadLetterQueueUrl"]["Value"] == ref("DeadLetterQueue")
-    assert ("MappingFailureQueueUrl" in stack.outputs) == (given(overrides, "PollerMode") == "PROVISIONED")
+    assert ("MappingFailureQueueUrl" in stack.outputs) == may_skip(overrides)
 
 
 # ---------------------------------------------------------------------- parameters
@@ -1212,17 +1223,18 @@ def test_sam_kafka_event_cannot_take_the_auth_type_from_a_parameter() -> None:
 
 
 def test_skipped_records_can_be_kept_in_a_topic_that_marks_the_divergence() -> None:
-    """Provisioned mode with SkippedBatchesTopic: Lambda's Kafka on-failure destination keeps the
-    records, and a mapping of that topic hands them to MappingFailuresFunction."""
-    stack = Resolved({**REQUIRED, "PollerMode": "PROVISIONED", "SkippedBatchesTopic": "cachesync-skipped"})
+    """Provisioned mode with bounded retries and SkippedBatchesTopic: Lambda's Kafka on-failure
+    destination keeps the records, and a mapping of that topic hands them to MappingFailuresFunction."""
+    bounded = {**REQUIRED, "PollerMode": "PROVISIONED", "KafkaMaximumRetryAttempts": "3"}
+    stack = Resolved({**bounded, "SkippedBatchesTopic": "cachesync-skipped"})
     for name in MAPPINGS.values():
         assert stack.props(name)["DestinationConfig"] == {"OnFailure": {"Destination": "kafka://cachesync-skipped"}}
     skipped = stack.props("SkippedBatchesMapping")
     assert skipped["FunctionName"] == ref("MappingFailuresFunction") and skipped["Topics"] == ["cachesync-skipped"]
     assert skipped["StartingPosition"] == "TRIM_HORIZON"
     # without the topic (or on demand) there is no such mapping, and the queue takes the coordinates
-    assert "SkippedBatchesMapping" not in Resolved({**REQUIRED, "PollerMode": "PROVISIONED"}).resources
-    queue = Resolved({**REQUIRED, "PollerMode": "PROVISIONED"}).props("OrdersMapping")["DestinationConfig"]
+    assert "SkippedBatchesMapping" not in Resolved(bounded).resources
+    queue = Resolved(bounded).props("OrdersMapping")["DestinationConfig"]
     assert queue == {"OnFailure": {"Destination": {"Fn::GetAtt": ["MappingFailureQueue", "Arn"]}}}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -40,10 +41,15 @@ def test_the_templates_mappings_in_provisioned_mode_with_parameters() -> None:
     assert inventory.topics == ("stock",) and inventory.consumer_group == "shop-inventory"
     assert inventory.batch_size == 42 and inventory.sasl_mechanism == "SCRAM-SHA-512"
     assert inventory.provisioned and inventory.bisect_on_error
-    # the template's destination is a queue only the cloud has: named, written to a local folder instead
-    assert inventory.on_failure == "MappingFailureQueue.Arn"
-    limit = inventory.maximum_retry_attempts
-    assert inventory.retry_limit == (RETRIES_WITH_DESTINATION if limit == -1 else limit)
+    # the defaults retry until a batch succeeds: no destination, which would cap them at 10
+    assert inventory.maximum_retry_attempts == -1 and inventory.on_failure is None and inventory.retry_limit == -1
+    # bounded retries: the template's destination is a queue only the cloud has, named, written to a
+    # local folder instead
+    bounded = {**parameters, "KafkaMaximumRetryAttempts": "4"}
+    inventory = next(m for m in read_mappings(bounded) if m.logical_id == "InventoryMapping")
+    assert inventory.on_failure == "MappingFailureQueue.Arn" and inventory.retry_limit == 4
+    # as in Lambda, a mapping that asked for -1 but has a destination gets 10 (the template avoids it)
+    assert dataclasses.replace(inventory, maximum_retry_attempts=-1).retry_limit == RETRIES_WITH_DESTINATION
 
 
 def test_a_mapping_lambda_would_refuse_is_refused(tmp_path: Path) -> None:
