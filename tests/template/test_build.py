@@ -68,7 +68,7 @@ def test_function_artifacts_hold_only_their_code(build_dir: Path) -> None:
 def test_layer_has_the_package_its_data_files_and_pinned_dependencies(build_dir: Path) -> None:
     python = layer_dir(build_dir)
     source = ROOT / "layers/shared/cachesync"
-    for data_file in ("apply.lua", "slot_tags.txt"):  # read at runtime
+    for data_file in ("fence.lua", "slot_tags.txt"):  # read at runtime
         assert (python / "cachesync" / data_file).read_text() == (source / data_file).read_text()
     assert {p.name for p in (python / "cachesync").glob("*.py")} == {p.name for p in source.glob("*.py")}
     # the bundled value schemas: Avro's JSON and Protobuf's descriptor sets (not the .proto sources)

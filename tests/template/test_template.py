@@ -370,14 +370,12 @@ def test_functions_run_python313_arm64_in_the_vpc(scenario: tuple[str, dict[str,
     }
 
 
-def test_the_overwrite_lease_outlasts_the_ingest_function(scenario: tuple[str, dict[str, str], Resolved]) -> None:
-    """An invocation that took a document partition's lease and never ended it writes nothing
-    after Lambda stops it at its Timeout: the lease must not expire before (cachesync.writer)."""
+def test_no_scenario_turns_the_replica_wait_off(scenario: tuple[str, dict[str, str], Resolved]) -> None:
+    """Acknowledged means replicated by default: the template never sets REDIS_WAIT_REPLICAS=0,
+    which would report a batch applied before any replica has it (cachesync.transport)."""
     _, _, stack = scenario
-    props = stack.props("IngestFunction")
-    configured = props["Environment"]["Variables"].get("OVERWRITE_LEASE_SECONDS", "")
-    lease = Settings.from_env({"OVERWRITE_LEASE_SECONDS": str(configured)}).overwrite_lease_seconds
-    assert int(props["Timeout"]) < lease
+    variables = stack.props("IngestFunction")["Environment"]["Variables"]
+    assert Settings.from_env({k: str(v) for k, v in variables.items() if k.startswith("REDIS_WAIT")}).wait_replicas != 0
 
 
 def test_stack_created_subnets_span_two_zones() -> None:
