@@ -4,7 +4,6 @@ their dead letters, NOSCRIPT and READONLY are resent, and the state ends exact."
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import pytest
@@ -31,7 +30,7 @@ class FailingLaterCalls(BatchWriter):
         super().__init__(*args)
         self.spared = spared
 
-    def plan(self, pending: Iterable[Pending]) -> tuple[list[Call], int]:
+    def plan(self, pending: list[Pending]) -> tuple[list[Call], int]:
         calls, repeated = super().plan(pending)
         for call in calls:
             if self.spared not in call.keys:

@@ -61,4 +61,4 @@ def test_a_repeated_record_is_planned_once_and_overwrites_collapse() -> None:
     ledger, order = steps
     assert [op[0] for op in ledger.ops] == [7]
     assert order.ops == [[9, SET, b"b", 0]]  # only the last overwrite is sent
-    assert [offset for _, offset in order.sources[0]] == [7, 8, 9]  # it stands for all three
+    assert order.sources[0] == [2, 3, 4]  # it stands for all three records

@@ -93,7 +93,12 @@ def offsets_key(slot: int | None = None) -> str:
 
 def positions_key(slot: int) -> str:
     """The hash of the applied positions of the keys in `slot`; it hashes to `slot` itself."""
-    return f"{OFFSETS_KEY}:{{{_slot_tags()[slot]}}}"
+    return _positions_keys()[slot]
+
+
+@lru_cache(maxsize=1)
+def _positions_keys() -> tuple[str, ...]:
+    return tuple(f"{OFFSETS_KEY}:{{{tag}}}" for tag in _slot_tags())
 
 
 def position_field(key: str, partition: int) -> str:

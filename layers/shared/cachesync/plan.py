@@ -21,7 +21,6 @@ changes nothing: the position already says newer.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,16 +40,19 @@ OVERWRITES = (SET, DELETE)
 CALL_OVERHEAD_ARGUMENTS = 4
 
 
-@dataclass
 class Step:
     """One key's mutations from one partition, in offset order."""
 
-    slot: int
-    key: str
-    position: str  # the key's position field for this partition
-    ops: list[list[Any]] = field(default_factory=list)  # [offset, code, a, b, ttl] as fence.lua reads them
-    # per op, the pending positions it stands for (several for collapsed overwrites) and their offsets
-    sources: list[list[tuple[int, int]]] = field(default_factory=list)
+    __slots__ = ("key", "last", "ops", "position", "slot", "sources")
+
+    def __init__(self, slot: int, key: str, position: str):
+        self.slot = slot
+        self.key = key
+        self.position = position  # the key's position field for this partition
+        self.ops: list[list[Any]] = []  # [offset, code, a, b, ttl] as fence.lua reads them
+        # per op, the pending positions it stands for (several for collapsed overwrites)
+        self.sources: list[list[int]] = []
+        self.last = -1  # the offset of its last record
 
 
 @dataclass
@@ -81,28 +83,30 @@ class Call:
         return (len(self.keys), *self.keys, orjson.dumps(self.entries), *self.values)
 
 
-def steps_of(pending: Iterable[Pending]) -> tuple[list[Step], int]:
-    """The batch's steps in first-seen order, and how many records repeated a (topic, partition, offset)."""
+def steps_of(pending: list[Pending]) -> tuple[list[Step], int]:
+    """The batch's steps in first-seen order, and how many records repeated one already seen.
+
+    A partition's records come in offset order, so a record at or below its step's last
+    offset repeats one (the same topic, partition and offset is the same record, so the
+    same key)."""
     steps: dict[tuple[str, int], Step] = {}
-    seen: set[tuple[str, int, int]] = set()
     repeated = 0
-    for position, (mutation, topic, partition, offset) in enumerate(pending):
-        coordinates = (topic, partition, offset)
-        if coordinates in seen:
+    for position, (mutation, _, partition, offset) in enumerate(pending):
+        key = mutation.key
+        step = steps.get((key, partition))
+        if step is None:
+            step = steps[(key, partition)] = Step(key_slot(key.encode()), key, keys.position_field(key, partition))
+        elif offset <= step.last:
             repeated += 1
             continue
-        seen.add(coordinates)
-        step = steps.get((mutation.key, partition))
-        if step is None:
-            key = mutation.key
-            step = steps[(key, partition)] = Step(key_slot(key.encode()), key, keys.position_field(key, partition))
+        step.last = offset
         op = _op(mutation, offset)
         if op[1] in OVERWRITES and step.ops and step.ops[-1][1] in OVERWRITES:
             step.ops[-1] = op  # the later overwrite wins within the call: the earlier is never sent
-            step.sources[-1].append((position, offset))
+            step.sources[-1].append(position)
         else:
             step.ops.append(op)
-            step.sources.append([(position, offset)])
+            step.sources.append([position])
     return list(steps.values()), repeated
 
 
@@ -128,30 +132,39 @@ def pack(steps: list[Step], *, cross_slot: bool, max_mutations: int, max_argumen
         if call is not None and not cross_slot:
             calls.append(call)
             call = None
+        positions = keys.positions_key(slot)
         for step in slot_steps:
+            ops = step.ops
+            if call is None:
+                call = Call(slot)
+            # most steps are one key's few ops: all of them into this call when they fit
+            values = sum(1 for op in ops if op[1] == SET)
+            if call.mutations + len(ops) <= max_mutations and call.arguments + 2 + values <= max_arguments:
+                _add(call, step, positions, 0, len(ops), -1)
+                continue
             start, after = 0, -1
-            while start < len(step.ops):
+            while start < len(ops):
                 if call is None:
                     call = Call(slot)
-                room = _room(call, step, start, max_mutations, max_arguments)
+                room = _room(call, step, positions, start, max_mutations, max_arguments)
                 if room == 0:
                     calls.append(call)
                     call = None
                     continue
                 end = start + room
-                _add(call, step, start, end, after)
-                after = step.ops[end - 1][0]
+                _add(call, step, positions, start, end, after)
+                after = ops[end - 1][0]
                 start = end
     if call is not None:
         calls.append(call)
     return calls
 
 
-def _room(call: Call, step: Step, start: int, max_mutations: int, max_arguments: int) -> int:
+def _room(call: Call, step: Step, positions: str, start: int, max_mutations: int, max_arguments: int) -> int:
     """How many of the step's ops from `start` fit in the call (0: none)."""
     free_mutations = max_mutations - call.mutations
     # a new call always takes at least one op, so a step always makes progress
-    new_keys = (keys.positions_key(step.slot) not in call._index) + (step.key not in call._index)
+    new_keys = (positions not in call._index) + (step.key not in call._index)
     free_arguments = max_arguments - call.arguments - new_keys
     if free_mutations <= 0 or free_arguments <= 0:
         return 0
@@ -165,15 +178,16 @@ def _room(call: Call, step: Step, start: int, max_mutations: int, max_arguments:
     return room
 
 
-def _add(call: Call, step: Step, start: int, end: int, after: int) -> None:
-    hash_index = call.key_index(keys.positions_key(step.slot))
+def _add(call: Call, step: Step, positions: str, start: int, end: int, after: int) -> None:
+    hash_index = call.key_index(positions)
     key_index = call.key_index(step.key)
     ops: list[list[Any]] = []
-    for op in step.ops[start:end]:
+    values = call.values
+    for op in step.ops[start:end] if start or end < len(step.ops) else step.ops:
         if op[1] == SET:
-            call.values.append(op[2])
+            values.append(op[2])
             # fence.lua reads ARGV: the plan is ARGV[1], values from ARGV[2]
-            ops.append([op[0], SET, len(call.values) + 1, op[3]] if op[3] else [op[0], SET, len(call.values) + 1])
+            ops.append([op[0], SET, len(values) + 1, op[3]] if op[3] else [op[0], SET, len(values) + 1])
         elif len(op) == 5 and not op[4]:
             ops.append(op[:4])  # no TTL: leave it out
         else:

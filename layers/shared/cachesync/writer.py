@@ -62,7 +62,7 @@ class BatchWriter:
         self._batch_size = min(script_batch_size, MAX_SCRIPT_BATCH_SIZE)
         self.transport = transport or Transport(client, retries, wait_replicas, wait_timeout_ms)
 
-    def plan(self, pending: Iterable[Pending]) -> tuple[list[Call], int]:
+    def plan(self, pending: list[Pending]) -> tuple[list[Call], int]:
         """The calls for these mutations, and how many repeated a record (topic, partition, offset) already seen."""
         steps, repeated = steps_of(pending)
         calls = pack(
@@ -78,6 +78,7 @@ class BatchWriter:
         caller can still report what the calls that ran refused (a retry would skip
         those mutations as applied and never report them again).
         """
+        pending = list(pending)
         calls, repeated = self.plan(pending)
         result = WriteResult(skipped=repeated)
         if deadline is None:
@@ -94,13 +95,13 @@ class BatchWriter:
             elif reply is None:
                 continue  # never answered: the batch failed before it
             else:
-                _count(call, reply, result)
+                _count(call, reply, result, pending)
         if result.error is not None and not partial:
             raise result.error
         return result
 
 
-def _count(call: Call, reply: list[Any], result: WriteResult) -> None:
+def _count(call: Call, reply: list[Any], result: WriteResult, pending: list[Pending]) -> None:
     """Applied, skipped and refused records of one call, from the positions its steps found."""
     positions, errors = reply
     refused: dict[tuple[int, int], str] = {}
@@ -112,10 +113,10 @@ def _count(call: Call, reply: list[Any], result: WriteResult) -> None:
             sources = step.sources[j]
             message = refused.get((e, j - start))
             if message is not None:
-                result.refused.append((sources[-1][0], message))
+                result.refused.append((sources[-1], message))
                 sources = sources[:-1]
-            for _, offset in sources:
-                if offset > position:
+            for source in sources:
+                if pending[source][3] > position:
                     result.applied += 1
                 else:
                     result.skipped += 1
