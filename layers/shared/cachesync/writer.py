@@ -12,7 +12,7 @@ Three jobs, each in its own place:
 
 Every write checks its key's position in the same atomic step, so a write can
 arrive at any time, from any attempt, and never replace a newer value. See
-docs/design.md ("Exactly once") for the whole argument.
+the README ("How exactly-once works") for the whole argument.
 """
 
 from __future__ import annotations
