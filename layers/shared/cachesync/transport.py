@@ -181,7 +181,8 @@ class Transport:
         for i in pending:
             try:
                 node = self._node(nodes, calls[i].slot, asks.get(i))
-            except (redis.exceptions.RedisError, OSError) as error:  # no map of this slot (yet)
+            except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as error:
+                # no map of this slot (yet): learn it again and resend
                 answers[i] = redis.exceptions.ClusterDownError(str(error))
                 continue
             by_node.setdefault(node.name, []).append(i)
@@ -315,9 +316,10 @@ class Transport:
         if time.monotonic() - self._probed_at.get(node.name, -REPLICA_PROBE_INTERVAL_S) < REPLICA_PROBE_INTERVAL_S:
             return 0  # the memory of the last probe stands
         self._probed_at[node.name] = time.monotonic()
-        probe = node.pool.make_connection()
+        probe = node.pool.get_connection()
         try:
-            # WAIT 0 0 on a connection that never wrote: every connected replica has acknowledged it
+            # WAIT 0 0 never blocks: it answers how many replicas acknowledged this connection's
+            # writes, long since acknowledged by every connected replica (or none yet)
             probe.send_command("WAIT", 0, 0)
             return int(probe.read_response())
         except redis.exceptions.ResponseError as error:
@@ -326,7 +328,7 @@ class Transport:
                 return 0
             raise
         finally:
-            probe.disconnect()
+            node.pool.release(probe)
 
 
 def _is_gap(reply: Any) -> bool:
