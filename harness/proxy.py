@@ -4,6 +4,9 @@
     proxy.stall()                               # from now on nothing is forwarded
     proxy.stall_after(to_client=4096)           # forward 4 KiB more towards the client, then stall
     proxy.resume()                              # cut every stalled connection; new ones flow again
+    proxy.hold(b"orders:18")                    # delay one write: see below
+    proxy.release()                             # deliver it, late
+    proxy.retarget(other_port)                  # an endpoint that now names another server
     proxy.close()
 
 While stalled, connections stay open and bytes are held, as when a peer or a
@@ -11,6 +14,15 @@ link stops answering without resetting anything: only the client's timeouts
 can end the wait. `resume()` ends the partition the way it usually ends in
 practice for a client that gave up: the stalled connections are closed, and
 what they held is never delivered.
+
+`hold(pattern)` delays a write instead of losing it: the next chunk a client
+sends that contains `pattern`, and whatever that connection sends after it,
+stays in the proxy; other connections flow. A client that times out and closes
+the connection does not take the held bytes back: TCP delivers what a closed
+socket had queued, then its FIN. So the server's side stays open until
+`release()` sends the held bytes, closes the write side and waits until the
+server has read to the end (it closes its side), by which time it has run every
+held command: after whatever the client wrote since, on newer connections.
 """
 
 from __future__ import annotations
@@ -30,6 +42,9 @@ class _Link:
     upstream: socket.socket
     stalled: bool = False  # held bytes at some point: cut on resume
     closed: threading.Event = field(default_factory=threading.Event)
+    held: bytearray | None = None  # a delayed write and what followed it (hold), None when flowing
+    client_gone: bool = False  # the client closed while bytes were held: replies go nowhere
+    tail: bytes = b""  # the end of the last chunk forwarded, to find a pattern cut across two
 
     def close(self) -> None:
         self.closed.set()
@@ -50,6 +65,9 @@ class StallingProxy:
         self._budget: dict[str, int | None] = {TO_SERVER: None, TO_CLIENT: None}
         self._links: list[_Link] = []
         self._closed = False
+        self._hold_pattern: bytes | None = None
+        self.held = threading.Event()  # set once a chunk is held (see hold)
+        self.abandoned = threading.Event()  # set once the client of held bytes closes its connection
         self.forwarded = {TO_SERVER: 0, TO_CLIENT: 0}
         threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
 
@@ -75,6 +93,46 @@ class StallingProxy:
             self._budget = {TO_SERVER: None, TO_CLIENT: None}
             self._lock.notify_all()
         for link in stalled:
+            link.close()
+
+    def hold(self, pattern: bytes) -> None:
+        """Delay the next chunk towards the server that contains `pattern` (and what its
+        connection sends after it) until `release()`; every other connection flows."""
+        if not pattern:
+            raise ValueError("hold needs a pattern to look for")
+        with self._lock:
+            self._hold_pattern = pattern
+            self.held.clear()
+            self.abandoned.clear()
+
+    def release(self, timeout: float = 30.0) -> int:
+        """Deliver the held bytes to the server, in order; where the client has left meanwhile,
+        end the connection after them, as TCP does, and wait until the server has read them all
+        (and so run every command in them). Returns the number of bytes delivered."""
+        delivered = 0
+        with self._lock:
+            self._hold_pattern = None
+            holding = [link for link in self._links if link.held is not None]
+            for link in holding:
+                data, link.held = bytes(link.held or b""), None
+                with contextlib.suppress(OSError):
+                    link.upstream.sendall(data)
+                    delivered += len(data)
+                if link.client_gone:
+                    with contextlib.suppress(OSError):
+                        link.upstream.shutdown(socket.SHUT_WR)
+        for link in holding:
+            if link.client_gone and not link.closed.wait(timeout):
+                raise TimeoutError(f"the server did not read the {delivered} released bytes to the end in {timeout}s")
+        return delivered
+
+    def retarget(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
+        """New connections go to another server, as when an endpoint's DNS name moves to a promoted
+        replica; the current connections are cut (their server is gone)."""
+        with self._lock:
+            self.upstream = (upstream_host, upstream_port)
+            links, self._links = self._links, []
+        for link in links:
             link.close()
 
     def close(self) -> None:
@@ -112,9 +170,18 @@ class StallingProxy:
                 ready, _, _ = select.select([src], [], [], 0.05)
                 if not ready:
                     continue
-                data = src.recv(65536)
+                try:
+                    data = src.recv(65536)
+                except OSError:
+                    data = b""
                 if not data:
+                    if direction == TO_SERVER and self._client_left_holding(link):
+                        return  # the server's side stays open for the held bytes
                     break
+                if direction == TO_SERVER and self._held_back(link, data):
+                    continue
+                if direction == TO_CLIENT and link.client_gone:
+                    continue  # replies to the released bytes: their client has left
                 while data and not link.closed.is_set():
                     chunk = self._allowance(link, direction, len(data))
                     if chunk:
@@ -123,6 +190,33 @@ class StallingProxy:
         except OSError:
             pass
         link.close()
+
+    def _held_back(self, link: _Link, data: bytes) -> bool:
+        """Whether this chunk towards the server waits for release (see hold)."""
+        with self._lock:
+            if link.held is not None:
+                link.held += data  # after a held write: TCP keeps the order
+                return True
+            pattern = self._hold_pattern
+            if pattern is None:
+                return False
+            if pattern in link.tail + data:
+                link.held = bytearray(data)
+                self._hold_pattern = None
+                self.held.set()
+                return True
+            link.tail = (link.tail + data)[-len(pattern) :]
+            return False
+
+    def _client_left_holding(self, link: _Link) -> bool:
+        with self._lock:
+            if link.held is None:
+                return False
+            link.client_gone = True
+            self.abandoned.set()
+        with contextlib.suppress(OSError):
+            link.client.close()
+        return True
 
     def _allowance(self, link: _Link, direction: str, wanted: int) -> int:
         """How many of `wanted` bytes may go now; waits while stalled (0 when the link closes)."""
