@@ -97,23 +97,36 @@ class Resharder:
             self._move(sources[port], target, moving, keys_per_step)
 
     def _move(self, source: ServerProcess, target: ServerProcess, slots: list[int], keys_per_step: int) -> None:
-        source_id, target_id = self.node_id(source), self.node_id(target)
-        for slot in slots:
-            target.command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
-            source.command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        self.begin(source, target, slots)
         self._let_through()  # migrating, every key still on the source
         for slot in slots:
             while names := source.command("CLUSTER", "GETKEYSINSLOT", slot, keys_per_step):
-                source.command("MIGRATE", "127.0.0.1", target.port, "", 0, MIGRATE_TIMEOUT_MS, "KEYS", *names)
-                self.keys_moved += len(names)
+                self.move_keys(source, target, names)
                 self._let_through()  # some keys moved, perhaps all
+        self.hand_over(target, slots, let_through=True)
+
+    def begin(self, source: ServerProcess, target: ServerProcess, slots: list[int]) -> None:
+        """The slots start moving: IMPORTING on the target, MIGRATING on the source."""
         for slot in slots:
-            target.command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
-        self._let_through()  # the target owns them; the source still migrates them
+            target.command("CLUSTER", "SETSLOT", slot, "IMPORTING", self.node_id(source))
+            source.command("CLUSTER", "SETSLOT", slot, "MIGRATING", self.node_id(target))
+
+    def move_keys(self, source: ServerProcess, target: ServerProcess, names: list[str]) -> None:
+        """These keys (of migrating slots) move to the target (MIGRATE, atomic per call)."""
+        source.command("MIGRATE", "127.0.0.1", target.port, "", 0, MIGRATE_TIMEOUT_MS, "KEYS", *names)
+        self.keys_moved += len(names)
+
+    def hand_over(self, target: ServerProcess, slots: list[int], let_through: bool = False) -> None:
+        """The target owns the slots (SETSLOT NODE), then every other node learns it; with
+        `let_through`, the workload runs once in between, the source still migrating them."""
+        for slot in slots:
+            target.command("CLUSTER", "SETSLOT", slot, "NODE", self.node_id(target))
+        if let_through:
+            self._let_through()
         for node in self.nodes:
             if node is not target:
                 for slot in slots:
-                    node.command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+                    node.command("CLUSTER", "SETSLOT", slot, "NODE", self.node_id(target))
         self.slots_moved += len(slots)
 
     def _let_through(self) -> None:

@@ -21,12 +21,15 @@ from redis.crc import key_slot
 from redis.retry import Retry
 
 from cachesync.config import Settings
+from cachesync.connection import get_client
 from cachesync.ingest import build_ingestor
+from cachesync.reads import Reader
 from devkit import servers
 from devkit.generator import EventGenerator, RawRecord
 from harness.model import State, model_state, redis_state
 from harness.proxy import StallingProxy
 from harness.resharding import Progress, Resharder, Stopped
+from tests.security.conftest import create_users, userinfo
 
 REQUIRE_ALL = os.environ.get("CACHESYNC_REQUIRE_ALL_SERVERS") == "1"
 
@@ -461,3 +464,39 @@ def test_slots_moving_while_batches_are_applied_fail_no_invocation(redis7_cluste
     print("\n" + summary)
     assert not failed, f"{summary}; first failures: {failed[:3]}"
     assert actual == expected, differences(actual, expected)
+
+
+@pytest.mark.cluster
+def test_the_least_privilege_users_work_on_a_slot_half_migrated(redis7_cluster: servers.LocalCluster) -> None:
+    """The ingest and API users of devkit.acl, with a stock ledger's slot migrating and the ledger
+    already on the target (the source answers ASK): the batch applies, and the reads follow."""
+    cluster = redis7_cluster
+    for node in cluster.nodes:
+        create_users(node.url, cluster=True)
+    admin_settings = Settings.from_env({"REDIS_URL": cluster.url, "REDIS_CLUSTER": "true"})
+
+    def settings_of(role: str) -> Settings:
+        url = cluster.url.replace("redis://", f"redis://{userinfo(role)}@", 1)
+        return Settings.from_env({"REDIS_URL": url, "REDIS_CLUSTER": "true"})
+
+    generator = EventGenerator(seed=186, partitions=3, stores=2, skus=5)
+    ingest = build_ingestor(settings_of("ingest"))
+    warm = generator.batch(100, ["inventory", "orders"])
+    ingest.process(warm)
+    ledger = "inventory:store1"
+    slot = key_slot(ledger.encode())
+    resharder = Resharder(list(cluster.nodes))
+    source = resharder.owner(slot)
+    target = next(node for node in cluster.nodes if node is not source)
+    resharder.begin(source, target, [slot])
+    resharder.move_keys(source, target, [ledger])  # whatever else the slot holds stays on the source
+
+    batch = generator.event([generator.inventory(store="store1") for _ in range(20)])
+    ingest.process(batch)
+    expected = model_state(admin_settings, records_of(warm, batch))
+    api = settings_of("api")
+    reader = Reader(get_client(api), api)
+    items = reader.inventory("store1", limit=500).items
+    assert {f"sku:{item.sku}": float(item.quantity) for item in items} == expected[ledger]
+    resharder.hand_over(target, [slot])
+    assert cache_state(cluster.url, cluster=True) == expected
