@@ -226,14 +226,25 @@ def _sync_at_once(primary: ServerProcess) -> None:
 
 
 def wait_in_sync(primary: ServerProcess, replicas: list[ServerProcess], timeout: float = 30.0) -> None:
-    """Until each replica is linked to `primary` and has all the primary had written when this was called."""
+    """Until each replica is linked to `primary` and has all the primary had written when this was
+    called, and the primary knows it (the replica acknowledged that offset, as WAIT counts)."""
     written = int(primary.admin().info("replication")["master_repl_offset"])
 
     def synced(replica: ServerProcess) -> bool:
         info = replica.admin().info("replication")
         return info.get("master_link_status") == "up" and int(info.get("slave_repl_offset", -1)) >= written
 
-    wait_for(lambda: all(synced(r) for r in replicas), f"the replicas of port {primary.port} in sync", timeout)
+    def acknowledged() -> bool:
+        info = primary.admin().info("replication")
+        entries = [info[f"slave{n}"] for n in range(int(info["connected_slaves"]))]
+        ports = {int(entry["port"]) for entry in entries if entry["state"] == "online" and entry["offset"] >= written}
+        return all(replica.port in ports for replica in replicas)
+
+    wait_for(
+        lambda: all(synced(r) for r in replicas) and acknowledged(),
+        f"the replicas of port {primary.port} in sync",
+        timeout,
+    )
 
 
 def cut_off_replica(primary: ServerProcess, replica: ServerProcess) -> None:
@@ -322,8 +333,9 @@ class LocalCluster:
         """A new node joins as a replica of `primary`, returned once it holds what the primary holds
         (as ElastiCache adds a replica, or replaces a failed node)."""
         replica = self._join_as_replica(primary)
-        self.wait_ok()
         wait_in_sync(primary, [replica])
+        self._introduce(replica)
+        self.wait_ok()
         return replica
 
     def _join_as_replica(self, primary: ServerProcess) -> ServerProcess:
@@ -331,9 +343,7 @@ class LocalCluster:
         self.replicas.append(replica)
         primary_id = self.node_id(primary)
         _sync_at_once(primary)
-        for node in self.live():  # every node at once: gossip alone takes seconds to spread a new one
-            if node is not replica:
-                replica.command("CLUSTER", "MEET", "127.0.0.1", str(node.port))
+        self._introduce(replica)
         # the new node must have learnt the primary (and that it is one) before it can follow it
         wait_for(
             lambda: replica.command("CLUSTER", "REPLICATE", primary_id),
@@ -341,6 +351,21 @@ class LocalCluster:
             errors=(redis.exceptions.ResponseError,),
         )
         return replica
+
+    def set_node_timeout(self, milliseconds: int) -> None:
+        """How long an unreachable node goes unflagged (cluster-node-timeout), on every live node: a
+        long one keeps a briefly paused replica from being marked failed; a short one spreads news
+        faster (each node pings every other at least every half timeout)."""
+        self.node_timeout_ms = milliseconds
+        for node in self.live():
+            node.command("CONFIG", "SET", "cluster-node-timeout", str(milliseconds))
+
+    def _introduce(self, node: ServerProcess) -> None:
+        """The node greets every other node at once (a handshake carries its role and replication
+        offset), where gossip alone takes seconds to spread them with a long node timeout."""
+        for other in self.live():
+            if other is not node:
+                node.command("CLUSTER", "MEET", "127.0.0.1", str(other.port))
 
     def takeover(self, replica: ServerProcess) -> None:
         """The replica becomes its shard's primary with what it has, without its primary's
@@ -369,7 +394,9 @@ class LocalCluster:
         self.wait_ok()
 
     def wait_ok(self, timeout: float = 30.0, require_all_known: bool = True) -> None:
-        """Until every live node says cluster_state:ok (and, by default, knows every member)."""
+        """Until every live node says cluster_state:ok, knows every member (unless told not to), and
+        sees each live node in the role and with the slots that node gives itself: a client's map,
+        read from any node, then shows every replica."""
         expected = len(self.members())
 
         def ok(node: ServerProcess) -> bool:
@@ -377,7 +404,30 @@ class LocalCluster:
             known = int(info["cluster_known_nodes"]) == expected or not require_all_known
             return bool(info["cluster_state"] == "ok" and known)
 
-        wait_for(lambda: all(ok(node) for node in self.live()), "cluster_state:ok on every node", timeout)
+        def converged() -> bool:
+            live = self.live()
+            truth = {fields[0]: _standing(fields) for fields in (_myself(node) for node in live)}
+            replicas: dict[str, set[str]] = {}
+            for node_id, (role, primary, _) in truth.items():
+                if role == "replica":
+                    replicas.setdefault(primary, set()).add(node_id)
+            for node in live:
+                seen = {fields[0]: _standing(fields) for fields in _cluster_nodes(node)}
+                if any(seen.get(node_id) != standing for node_id, standing in truth.items()):
+                    return False
+                # CLUSTER SLOTS, what clients read, lists a replica once it has replicated something
+                for _, _, primary, *holders in node.command("CLUSTER", "SLOTS"):
+                    if {str(holder[2]) for holder in holders} != replicas.get(str(primary[2]), set()):
+                        return False
+            return True
+
+        wait_for(lambda: all(ok(node) for node in self.live()) and converged(), "a settled cluster", timeout)
+
+
+def _standing(fields: list[str]) -> tuple[str, str, tuple[str, ...]]:
+    """A node's role, primary and slots in a CLUSTER NODES line (slots being migrated left out)."""
+    role = "replica" if "slave" in fields[2].split(",") else "primary"
+    return role, fields[3], tuple(slot for slot in fields[8:] if not slot.startswith("["))
 
 
 def _cluster_nodes(node: ServerProcess) -> list[list[str]]:
@@ -414,9 +464,14 @@ def start_cluster(
         cluster.wait_ok(timeout=20.0)
         joined = [(primary, cluster._join_as_replica(primary)) for primary in list(nodes) for _ in range(replicas)]
         if joined:
+            for primary, replica in joined:
+                wait_in_sync(primary, [replica])  # linked: from now on the primary's writes reach it
+            for primary in nodes:
+                primary.command("FLUSHALL")  # a first replicated write: CLUSTER SLOTS hides replicas before it
+            for primary, replica in joined:
+                wait_in_sync(primary, [replica])
+                cluster._introduce(replica)
             cluster.wait_ok()
-        for primary, replica in joined:
-            wait_in_sync(primary, [replica])
     except BaseException:
         cluster.stop()
         raise
