@@ -8,7 +8,7 @@ half-way state: a slot migrating with all its keys still on the source, with
 some of them moved (multi-key commands get TRYAGAIN, missing keys ASK), with
 all of them moved, and owned by the target while the source still migrates it.
 
-    progress = Progress()                       # the workload calls progress.tick() after each batch
+    progress = Progress()                       # the workload calls begin() and tick() around each batch
     resharder = Resharder(cluster.nodes, pace=progress.wait_next)
     resharder.move_slot(slot, target)           # key by key, a batch between steps
     resharder.move_slots(range(0, 500), target) # a block of slots
@@ -30,12 +30,19 @@ class Stopped(Exception):
 
 
 class Progress:
-    """What the workload has done so far; the resharder waits for it between its own steps."""
+    """What the workload has done so far; the resharder waits for it between its own steps.
+    The workload calls `begin()` before each batch and `tick()` after it, however it ended."""
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
-        self.count = 0
+        self.started = 0
+        self.count = 0  # batches ended
         self.stopped = False
+
+    def begin(self) -> None:
+        with self._changed:
+            self.started += 1
+            self._changed.notify_all()
 
     def tick(self) -> None:
         with self._changed:
@@ -47,12 +54,18 @@ class Progress:
             self.stopped = True
             self._changed.notify_all()
 
-    def wait_next(self, timeout: float = 60.0) -> None:
-        """Until the workload has taken one more step (Stopped if it ended)."""
+    def wait_next(self, timeout: float = 60.0, grace: float = 0.5) -> None:
+        """Until the workload has run a batch since the call: the one under way, else the next to
+        start; until it ends or has run on for `grace` seconds, since a batch may be waiting for the
+        migration itself to go on (TRYAGAIN while a slot's keys are split between two nodes).
+        Stopped if the workload ended."""
         with self._changed:
-            start = self.count
-            if not self._changed.wait_for(lambda: self.count > start or self.stopped, timeout):
-                raise TimeoutError(f"the workload took no step in {timeout}s")
+            if self.started == self.count:  # between batches: the next one must start
+                mark = self.started
+                if not self._changed.wait_for(lambda: self.started > mark or self.stopped, timeout):
+                    raise TimeoutError(f"the workload started no batch in {timeout}s")
+            running = self.started
+            self._changed.wait_for(lambda: self.count >= running or self.stopped, grace)
             if self.stopped:
                 raise Stopped
 
