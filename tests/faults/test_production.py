@@ -274,9 +274,8 @@ def check_failover(
 
 @pytest.fixture
 def replicated_cluster() -> Iterator[servers.LocalCluster]:
-    """3 primaries with a replica each (Redis 7). A long node timeout: the cut-off replica is not
-    marked failed while the test runs, as in a brief partition."""
-    cluster = servers.start_cluster(redis7(), masters=3, replicas=1, node_timeout_ms=15000)
+    """3 primaries with a replica each (Redis 7)."""
+    cluster = servers.start_cluster(redis7(), masters=3, replicas=1)
     try:
         yield cluster
     finally:
@@ -299,13 +298,15 @@ def test_a_batch_acknowledged_before_a_cluster_failover_survives_it(
     primary = cluster.nodes[1]
     (replica,) = cluster.replicas_of(primary)
     servers.wait_in_sync(primary, [replica])  # the replica holds the warm batch
+    cluster.set_node_timeout(60_000)  # a brief partition: no node marks the paused replica failed
     servers.cut_off_replica(primary, replica)
     batch = generator.batch(300)
     reported = apply_reporting(ingest, batch)
     primary.crash()
     cluster.takeover(replica)
     cluster.forget(primary)
-    cluster.add_replica(replica)
+    cluster.set_node_timeout(2000)  # the new node's role spreads within a second
+    cluster.add_replica(replica)  # as ElastiCache replaces a failed node
 
     def read() -> State:
         return cache_state(cluster.url, cluster=True)
@@ -417,7 +418,7 @@ def test_slots_moving_while_batches_are_applied_fail_no_invocation(redis7_cluste
             for n, slot in enumerate(hot_slots):  # each to another node, key by key
                 owner = resharder.owner(slot)
                 resharder.move_slot(slot, nodes[(nodes.index(owner) + 1 + n % 2) % len(nodes)])
-            resharder.move_slots(range(block_start, block_start + 1500), nodes[0], keys_per_step=5)
+            resharder.move_slots(range(block_start, block_start + 600), nodes[0], keys_per_step=5)
             for slot in hot_slots[:3]:  # and back again, now that they are hot on their new node
                 resharder.move_slot(slot, nodes[2])
         except Stopped:
@@ -438,6 +439,7 @@ def test_slots_moving_while_batches_are_applied_fail_no_invocation(redis7_cluste
             log += records_of(batch)
             while True:  # each batch until it succeeds, as Lambda retries; every failure is counted
                 invocations += 1
+                progress.begin()
                 try:
                     ingest.process(batch)
                     break
@@ -452,7 +454,7 @@ def test_slots_moving_while_batches_are_applied_fail_no_invocation(redis7_cluste
         driver.join(timeout=60)
     assert not driver.is_alive() and not errors, errors
     # the workload met the slots half-way: after each MIGRATING, each MIGRATE and each handover
-    assert resharder.slots_moved >= 1500 and resharder.keys_moved >= len(generator.stores)
+    assert resharder.slots_moved >= 600 and resharder.keys_moved >= len(generator.stores)
     assert resharder.paused_half_way >= 2 * len(hot_slots)
     expected = model_state(settings, log)
     actual = cache_state(cluster.url, cluster=True)
@@ -468,7 +470,7 @@ def test_slots_moving_while_batches_are_applied_fail_no_invocation(redis7_cluste
 
 @pytest.mark.cluster
 def test_the_least_privilege_users_work_on_a_slot_half_migrated(redis7_cluster: servers.LocalCluster) -> None:
-    """The ingest and API users of devkit.acl, with a stock ledger's slot migrating and the ledger
+    """The ingest and API users of devkit.acl, with a stock ledger's slot migrating and its keys
     already on the target (the source answers ASK): the batch applies, and the reads follow."""
     cluster = redis7_cluster
     for node in cluster.nodes:
@@ -489,7 +491,9 @@ def test_the_least_privilege_users_work_on_a_slot_half_migrated(redis7_cluster: 
     source = resharder.owner(slot)
     target = next(node for node in cluster.nodes if node is not source)
     resharder.begin(source, target, [slot])
-    resharder.move_keys(source, target, [ledger])  # whatever else the slot holds stays on the source
+    while names := source.command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+        resharder.move_keys(source, target, names)
+    # the slot's keys all on the target, the slot still migrating: the source answers ASK for each
 
     batch = generator.event([generator.inventory(store="store1") for _ in range(20)])
     ingest.process(batch)
