@@ -37,9 +37,10 @@ CLUSTER_COMMANDS = ("cluster|slots", "cluster|shards", "command", "asking")
 # The ingest path: the writer's script (EVAL, or EVALSHA with SCRIPT LOAD after
 # NOSCRIPT: any of them lets a user run a script of its own, so allowing all three
 # grants nothing more), the commands its scripts call (read from the scripts themselves,
-# so the two cannot drift apart), WAIT (acknowledged means replicated: cachesync.transport),
+# so the two cannot drift apart), WAIT and ROLE (acknowledged means replicated: the writer
+# waits for a standalone primary's replicas, which ROLE lists; cachesync.transport),
 # and XADD to the dead-letter stream.
-INGEST_SCRIPT_COMMANDS = ("eval", "evalsha", "script|load", "wait")
+INGEST_SCRIPT_COMMANDS = ("eval", "evalsha", "script|load", "wait", "role")
 DEAD_LETTER_COMMANDS = ("xadd",)
 # The operator's figures (cachesync.opstats): IngestFunction adds a batch's entry to a stream
 # and its partitions' offsets to a hash; the read API's admin route reads both, and the newest

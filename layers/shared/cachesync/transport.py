@@ -98,6 +98,7 @@ class Transport:
     _probed_at: dict[str, float] = field(default_factory=dict)
     _map_replicas: dict[str, int] | None = None  # each primary's replicas in the cluster map, once per map
     _wait_unsupported: bool = False
+    _told_no_role: bool = False
 
     @property
     def cluster(self) -> bool:
@@ -304,7 +305,8 @@ class Transport:
 
     def _replicas_now(self, node: _Node) -> int:
         """Replicas the topology gives this primary now: the cluster map's (failed ones leave it only
-        once the cluster marks them failed), or a standalone primary's connected ones."""
+        once the cluster marks them failed), or a standalone primary's linked ones (ROLE), at most
+        every REPLICA_PROBE_INTERVAL_S; what was once seen stays required (_required)."""
         if isinstance(self.client, RedisCluster):
             if self._map_replicas is None:
                 counts: dict[str, int] = {}
@@ -318,17 +320,21 @@ class Transport:
         self._probed_at[node.name] = time.monotonic()
         probe = node.pool.get_connection()
         try:
-            # WAIT 0 0 never blocks: it answers how many replicas acknowledged this connection's
-            # writes, long since acknowledged by every connected replica (or none yet)
-            probe.send_command("WAIT", 0, 0)
-            return int(probe.read_response())
+            # ROLE lists the replicas linked to a primary (WAIT 0 0 would count only those that
+            # acknowledged this connection's writes so far, which lags by up to a second)
+            probe.send_command("ROLE")
+            role = probe.read_response()
         except redis.exceptions.ResponseError as error:
             if "unknown command" in str(error).lower():
                 self._wait_unsupported = True
                 return 0
-            raise
+            if not self._told_no_role:
+                self._told_no_role = True
+                logger.warning("cannot read the primary's replicas (%s): REDIS_WAIT_REPLICAS decides", error)
+            return 0
         finally:
             node.pool.release(probe)
+        return len(role[2]) if role and role[0] in (b"master", "master") else 0
 
 
 def _is_gap(reply: Any) -> bool:
