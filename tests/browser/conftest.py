@@ -15,7 +15,7 @@ import pytest
 
 from devkit.localrun import LocalRun
 from harness.browser import chromium, chromium_path
-from tests.conftest import REQUIRE_ALL
+from tests.unavailable import unavailable
 
 
 @pytest.fixture(scope="session")
@@ -28,9 +28,7 @@ def browser() -> Iterator[Any]:
     if missing is None and chromium_path() is None:
         missing = "Chromium is not installed (apt-get install -y chromium)"
     if missing is not None:
-        if REQUIRE_ALL:
-            pytest.fail(missing)
-        pytest.skip(missing)
+        unavailable(missing)
     with chromium() as launched:
         yield launched
 

@@ -4,7 +4,6 @@ and the two function handlers loaded fresh with a given environment."""
 from __future__ import annotations
 
 import importlib.util
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,9 +17,9 @@ from cachesync import config
 from cachesync.config import Settings
 from devkit import acl, servers
 from tests.security.tlskit import Pki, TlsCluster, TlsServer, make_pki, start_tls_cluster, start_tls_server
+from tests.unavailable import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
-REQUIRE_ALL = os.environ.get("CACHESYNC_REQUIRE_ALL_SERVERS") == "1"
 # user names of their own, so they do not collide with users other suites create
 USERS = {"ingest": "cachesync-ingest", "api": "cachesync-api"}
 PASSWORDS = {"ingest": "ingest-pass-7f3a", "api": "api-pass-19c2"}
@@ -37,10 +36,7 @@ Handler = Callable[[dict[str, Any], Any], Any]
 def redis7_binary() -> str:
     binary = servers.redis_binary()
     if binary is None:
-        message = "redis-server is not installed (apt-get install -y redis-server)"
-        if REQUIRE_ALL:
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("redis-server is not installed (apt-get install -y redis-server)")
     return binary
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.template.cfn import ROOT, TEMPLATE
+from tests.unavailable import unavailable
 
 pytestmark = pytest.mark.slow
 
@@ -111,7 +112,7 @@ def test_compiled_modules_are_cp313_aarch64(build_dir: Path) -> None:
 def test_layer_bytecode_is_cpython_313_and_never_checked_against_mtimes(build_dir: Path) -> None:
     log = (build_dir.parent / "build.log").read_text()
     if "WARNING: no CPython 3.13 found" in log:
-        pytest.skip("no CPython 3.13 on this machine: the build said the layer ships without bytecode")
+        unavailable("no CPython 3.13 on this machine: the build said the layer ships without bytecode")
     assert "layer bytecode: compiling for CPython 3.13" in log, log[-3000:]
     python = layer_dir(build_dir)
     sources = [p for p in python.rglob("*.py") if "__pycache__" not in p.parts]
