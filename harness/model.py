@@ -5,7 +5,10 @@ each Kafka record had been applied once, in partition order.
 
 The model is a second, independent reading of the data contract in the README
 (it shares no code with `cachesync.projections`), so a bug in the projections
-shows up as a difference instead of cancelling out.
+shows up as a difference instead of cancelling out. It reads the contract
+itself too: the entries of topics.toml, with tomllib, and the environment
+variables the README says override them, never through `cachesync.config`, so
+a bug in reading the configuration shows up as well.
 """
 
 from __future__ import annotations
@@ -13,22 +16,107 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cachesync import keys
-from cachesync.config import Settings, TopicConfig
+from cachesync.config import Settings
 from cachesync.connection import RedisClient
 from devkit.generator import decode_record
 
 # key -> bytes (strings) or {member: score} (sorted sets)
 State = dict[str, Any]
 
+TOPICS_TABLE = Path(__file__).resolve().parents[1] / "layers" / "shared" / "cachesync" / "topics.toml"
+MAX_VALUE_BYTES = 1_048_576  # the README's default for MAX_VALUE_BYTES
+
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
 
 
 class Poison(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class TopicContract:
+    """One topic as the README's contract table and the topics.toml entry describe it."""
+
+    name: str
+    kind: str  # document | stock_ledger
+    topic: str
+    key_prefix: str
+    key_field: str
+    ttl_seconds: int
+    schema: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class DataContract:
+    topics: dict[str, TopicContract]  # by Kafka topic name
+    max_value_bytes: int
+
+    @classmethod
+    def read(cls, env: Mapping[str, str] | None = None) -> DataContract:
+        """topics.toml's entries with the README's overrides from `env`: `TOPIC_<NAME>`,
+        `<NAME>_KEY_PREFIX`, `<NAME>_KEY_FIELD`, `<NAME>_TTL_SECONDS`, `<NAME>_SCHEMA` (inline
+        JSON or a file) and `MAX_VALUE_BYTES`; an empty variable is no override."""
+        env = env or {}
+        with TOPICS_TABLE.open("rb") as table:
+            entries = tomllib.load(table)["topic"]
+        topics = {}
+        for entry in entries:
+            upper = entry["name"].upper()
+            schema = env.get(f"{upper}_SCHEMA") or entry.get("schema")
+            contract = TopicContract(
+                name=entry["name"],
+                kind=entry["kind"],
+                topic=env.get(f"TOPIC_{upper}") or entry["topic"],
+                key_prefix=env.get(f"{upper}_KEY_PREFIX") or entry["key_prefix"],
+                key_field=env.get(f"{upper}_KEY_FIELD") or entry["key_field"],
+                ttl_seconds=int(env.get(f"{upper}_TTL_SECONDS") or entry.get("ttl_seconds", 0)),
+                schema=_json_schema(schema) if schema else None,
+            )
+            assert contract.kind in ("document", "stock_ledger"), f"topics.toml: unknown kind {contract.kind!r}"
+            topics[contract.topic] = contract
+        return cls(topics, int(env.get("MAX_VALUE_BYTES") or MAX_VALUE_BYTES))
+
+    @classmethod
+    def of(cls, source: Mapping[str, str] | Settings | DataContract | None) -> DataContract:
+        """The contract of an environment; for a `Settings`, the contract without overrides,
+        after checking that those settings override nothing the model would then get wrong."""
+        if isinstance(source, DataContract):
+            return source
+        if source is None or isinstance(source, Mapping):
+            return cls.read(source)
+        contract = cls.read({})
+        theirs = {
+            t.topic: (t.kind, t.key_prefix, t.key_field, t.ttl_seconds, t.schema is not None) for t in source.topics
+        }
+        ours = {
+            t.topic: (t.kind, t.key_prefix, t.key_field, t.ttl_seconds, t.schema is not None)
+            for t in contract.topics.values()
+        }
+        if theirs != ours or source.max_value_bytes != contract.max_value_bytes:
+            raise ValueError(
+                "these settings change the data contract: give the model the environment they were read from, "
+                f"so that it reads the contract itself (settings {theirs}, topics.toml {ours})"
+            )
+        return contract
+
+
+# what the model is given: the functions' environment (or a contract read from one), or
+# Settings that override nothing
+Contract = Mapping[str, str] | Settings | DataContract
+
+
+def _json_schema(setting: str) -> dict[str, Any]:
+    text = setting if setting.lstrip().startswith("{") else Path(setting).read_text()
+    schema = json.loads(text)
+    assert isinstance(schema, dict), f"a JSON Schema is an object: {setting[:80]!r}"
+    return schema
 
 
 class ReferenceModel:
@@ -38,18 +126,18 @@ class ReferenceModel:
     by a topic with `*_TTL_SECONDS` set.
     """
 
-    def __init__(self, settings: Settings | None = None) -> None:
-        self.settings = settings or Settings.from_env({})
+    def __init__(self, contract: Contract | None = None) -> None:
+        self.contract = DataContract.of(contract)
         self.state: State = {}
         self.expiring: set[str] = set()
         self.poison = 0
 
     def apply(self, record: dict[str, Any]) -> None:
-        config = self.settings.topic(record["topic"])
+        config = self.contract.topics.get(record["topic"])
         assert config is not None, f"no projection for topic {record['topic']!r}"
         key, value = decode_record(record)
         try:
-            if value is not None and len(value) > self.settings.max_value_bytes:
+            if value is not None and len(value) > self.contract.max_value_bytes:
                 raise Poison("too large")
             if config.kind == "stock_ledger":
                 self._inventory(config, value)
@@ -58,7 +146,7 @@ class ReferenceModel:
         except Poison:
             self.poison += 1
 
-    def _document(self, config: TopicConfig, key: bytes | None, value: bytes | None) -> None:
+    def _document(self, config: TopicContract, key: bytes | None, value: bytes | None) -> None:
         if value is None:
             name = f"{config.key_prefix}:{_tombstone_id(key)}"
             self.state.pop(name, None)
@@ -69,7 +157,7 @@ class ReferenceModel:
         self.state[name] = value  # as produced, byte for byte
         self._expire(name, config, after_set=True)
 
-    def _inventory(self, config: TopicConfig, value: bytes | None) -> None:
+    def _inventory(self, config: TopicContract, value: bytes | None) -> None:
         if value is None:
             raise Poison("inventory tombstone")
         event = _object(value, config)
@@ -100,14 +188,14 @@ class ReferenceModel:
             self.state.pop(name, None)
             self.expiring.discard(name)
 
-    def _expire(self, name: str, config: TopicConfig, after_set: bool) -> None:
+    def _expire(self, name: str, config: TopicContract, after_set: bool) -> None:
         if config.ttl_seconds > 0:
             self.expiring.add(name)
         elif after_set:  # SET without EX clears a TTL; ZADD and ZINCRBY keep one
             self.expiring.discard(name)
 
 
-def _object(value: bytes, config: TopicConfig) -> dict[str, Any]:
+def _object(value: bytes, config: TopicContract) -> dict[str, Any]:
     try:
         document = json.loads(value, parse_constant=_refuse)
     except (ValueError, RecursionError):
@@ -117,7 +205,7 @@ def _object(value: bytes, config: TopicConfig) -> dict[str, Any]:
     if config.schema is not None:
         import jsonschema  # another implementation than the one production uses
 
-        if not jsonschema.Draft7Validator(json.loads(config.schema)).is_valid(document):
+        if not jsonschema.Draft7Validator(config.schema).is_valid(document):
             raise Poison("schema")
     return document
 
@@ -155,23 +243,25 @@ def _distinct(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [distinct[coordinates] for coordinates in sorted(distinct)]
 
 
-def model_of(settings: Settings, records: Iterable[dict[str, Any]]) -> ReferenceModel:
-    """Each distinct (topic, partition, offset) applied once, in partition order."""
-    model = ReferenceModel(settings)
+def model_of(contract: Contract, records: Iterable[dict[str, Any]]) -> ReferenceModel:
+    """Each distinct (topic, partition, offset) applied once, in partition order; `contract` is
+    the functions' environment (the topics' overrides), or Settings that override nothing."""
+    model = ReferenceModel(contract)
     for record in _distinct(records):
         model.apply(record)
     return model
 
 
-def model_state(settings: Settings, records: Iterable[dict[str, Any]]) -> State:
-    return model_of(settings, records).state
+def model_state(contract: Contract, records: Iterable[dict[str, Any]]) -> State:
+    return model_of(contract, records).state
 
 
-def poison_coordinates(settings: Settings, records: Iterable[dict[str, Any]]) -> list[tuple[str, int, int]]:
+def poison_coordinates(contract: Contract, records: Iterable[dict[str, Any]]) -> list[tuple[str, int, int]]:
     """(topic, partition, offset) of the records the contract refuses, sorted."""
+    contract = DataContract.of(contract)
     poison = []
     for record in records:
-        model = ReferenceModel(settings)
+        model = ReferenceModel(contract)
         model.apply(record)
         if model.poison:
             poison.append((record["topic"], record["partition"], record["offset"]))

@@ -42,7 +42,8 @@ def test_any_json_object_with_a_valid_key_field_is_cached_as_sent(
     valkey: Any, orders: list[bytes], products: list[bytes]
 ) -> None:
     valkey.flush()
-    settings_ = valkey.settings(ORDERS_TTL_SECONDS="600")
+    env = {"ORDERS_TTL_SECONDS": "600"}
+    settings_ = valkey.settings(**env)
     raws, last = [], {}
     for topic, field, values in (("orders", "orderid", orders), ("products", "sku", products)):
         for value in values:
@@ -56,7 +57,7 @@ def test_any_json_object_with_a_valid_key_field_is_cached_as_sent(
     client = valkey.client()
     for key, value in last.items():
         assert client.get(key) == value
-    model = model_of(settings_, records_of(event))
+    model = model_of(env, records_of(event))
     assert redis_state(client) == model.state
     assert redis_expiring(client) == model.expiring == {k for k in last if k.startswith("orders:")}
 

@@ -72,7 +72,7 @@ def test_redis_dying_mid_batch_fails_the_invocation_and_the_retry_converges(
     retry = healthy.process(event)  # the event source mapping retries the whole batch
     assert retry.duplicates > 0 and retry.applied > 0
     assert retry.applied + retry.duplicates == 2000
-    assert redis_state(client) == model_state(settings, records_of(event))
+    assert redis_state(client) == model_state({}, records_of(event))
 
 
 def test_unreachable_redis_fails_fast_with_a_connection_error() -> None:
@@ -113,16 +113,15 @@ def test_poison_records_go_to_sqs_with_their_reason(aws: None, valkey: Any) -> N
 
     messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"])["Messages"]
     bodies = [json.loads(m["Body"]) for m in messages]
-    assert sorted((b["topic"], b["partition"], b["offset"]) for b in bodies) == poison_coordinates(
-        settings, records_of(event)
-    )
+    coordinates = sorted((b["topic"], b["partition"], b["offset"]) for b in bodies)
+    assert coordinates == poison_coordinates({}, records_of(event))
     assert all(
         m["MessageAttributes"]["reason"]["StringValue"] == b["reason"] for m, b in zip(messages, bodies, strict=True)
     )
     assert any("not valid JSON" in b["reason"] for b in bodies)
     # the good records were applied and nothing was written to the Redis dead-letter stream
     assert client.exists("orders:1002") == 1 and client.exists("deadletter:ingest") == 0
-    assert redis_state(client) == model_state(settings, records_of(event))
+    assert redis_state(client) == model_state({}, records_of(event))
 
 
 def test_large_dead_letters_are_split_across_sqs_batches(aws: None) -> None:
@@ -234,4 +233,4 @@ def test_a_connection_dropped_mid_batch_is_replaced_and_the_batch_completes(valk
     # the second half went out again on a fresh connection: every record applied once
     assert outcome.applied + outcome.duplicates == 2000 and outcome.applied > 0
     client = redis.Redis.from_url(valkey.url)
-    assert redis_state(client) == model_state(settings, records_of(event))
+    assert redis_state(client) == model_state({}, records_of(event))

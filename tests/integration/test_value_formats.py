@@ -45,7 +45,7 @@ def protobuf_json(document: Any) -> Any:
 
 
 def expected_state(valkey: Any, json_event: dict[str, Any], value_format: str) -> dict[str, Any]:
-    state = model_state(valkey.settings(), records_of(json_event))
+    state = model_state({}, records_of(json_event))
     if value_format != "protobuf":
         return state
     return {

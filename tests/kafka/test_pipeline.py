@@ -15,7 +15,6 @@ from typing import Any
 
 import redis
 
-from cachesync.config import Settings
 from devkit import servers
 from devkit.datagen import KafkaFeed
 from devkit.esm import payload
@@ -64,8 +63,9 @@ def log_of(kafka: Kafka, names: dict[str, str]) -> list[dict[str, Any]]:
     return log
 
 
-def model_settings(names: dict[str, str]) -> Settings:
-    return Settings.from_env({f"TOPIC_{kind.upper()}": name for kind, name in names.items()})
+def topic_environment(names: dict[str, str]) -> dict[str, str]:
+    """The functions' variables that rename the topics (the model reads them as they do)."""
+    return {f"TOPIC_{kind.upper()}": name for kind, name in names.items()}
 
 
 def caught_up(mappings: LocalMappings, feed: KafkaFeed) -> bool:
@@ -97,7 +97,7 @@ def test_a_redis_outage_mid_stream_is_retried_and_the_cache_is_exact(
     wait_until(lambda: caught_up(mappings, second), timeout=60, what="the retries to converge")
     mappings.stop()
     state = redis_state(redis.Redis(port=server.port))
-    assert state == model_state(model_settings(names), log_of(kafka, names))
+    assert state == model_state(topic_environment(names), log_of(kafka, names))
 
 
 def test_a_killed_mapping_resumes_from_its_commits_and_counts_no_stock_twice(kafka: Kafka, tmp_path: Path) -> None:
@@ -142,7 +142,7 @@ def test_a_killed_mapping_resumes_from_its_commits_and_counts_no_stock_twice(kaf
         process.wait()
     try:
         state = redis_state(client)
-        assert state == model_state(model_settings(names), log_of(kafka, names))
+        assert state == model_state(topic_environment(names), log_of(kafka, names))
     finally:
         server.remove()
 

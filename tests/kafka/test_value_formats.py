@@ -21,7 +21,7 @@ from devkit.registry import SCHEMA_IDS, function_environment
 from harness.model import model_state, redis_state
 from tests.kafka.conftest import Kafka, Recorder, wait_until
 from tests.kafka.test_esm import mapping, polling
-from tests.kafka.test_pipeline import PARTITIONS, model_settings, parameters, topics
+from tests.kafka.test_pipeline import PARTITIONS, parameters, topic_environment, topics
 
 
 @pytest.mark.parametrize("record_format", ["JSON", "SOURCE"])
@@ -88,7 +88,7 @@ def test_the_whole_path_with_values_in_confluents_wire_format(
     mappings.stop()
     # the reference: the same records as JSON, partitioned alike (the key decides the partition)
     twin = EventGenerator(seed=21, partitions=PARTITIONS, stores=3, skus=30, topic_names=names).batch(600)
-    expected = model_state(model_settings(names), [r for rs in twin["records"].values() for r in rs])
+    expected = model_state(topic_environment(names), [r for rs in twin["records"].values() for r in rs])
     state = redis_state(redis.Redis.from_url(valkey.url))
     assert {k for k, v in state.items() if not isinstance(v, bytes)} == {
         k for k, v in expected.items() if not isinstance(v, bytes)
