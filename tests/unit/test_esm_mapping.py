@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from devkit.esm.mapping import RETRIES_WITH_DESTINATION, TemplateError, read_mappings
+from devkit.esm.mapping import TemplateError, read_mappings
 from devkit.sam import ROOT
 from devkit.servers import free_port
 
@@ -49,7 +49,7 @@ def test_the_templates_mappings_in_provisioned_mode_with_parameters() -> None:
     inventory = next(m for m in read_mappings(bounded) if m.logical_id == "InventoryMapping")
     assert inventory.on_failure == "MappingFailureQueue.Arn" and inventory.retry_limit == 4
     # as in Lambda, a mapping that asked for -1 but has a destination gets 10 (the template avoids it)
-    assert dataclasses.replace(inventory, maximum_retry_attempts=-1).retry_limit == RETRIES_WITH_DESTINATION
+    assert dataclasses.replace(inventory, maximum_retry_attempts=-1).retry_limit == 10
 
 
 def test_a_mapping_lambda_would_refuse_is_refused(tmp_path: Path) -> None:
@@ -95,8 +95,6 @@ def _env() -> dict[str, str]:
 
 
 def test_the_templates_schema_registry_options_reach_the_local_mappings() -> None:
-    from devkit.esm.mapping import SchemaRegistry
-
     parameters = {
         "KafkaBootstrapServers": "a:9092",
         "PollerMode": "PROVISIONED",
@@ -107,8 +105,15 @@ def test_the_templates_schema_registry_options_reach_the_local_mappings() -> Non
     mappings = read_mappings(parameters)
     assert {m.logical_id for m in mappings} == {"OrdersMapping", "InventoryMapping", "ProductsMapping"}
     for mapping in mappings:
-        assert mapping.schema_registry == SchemaRegistry(parameters["SchemaRegistryUri"], "SOURCE", ("KEY", "VALUE"))
-    assert all(m.schema_registry is None for m in read_mappings({**parameters, "SchemaRegistryUri": ""}))
+        registry = mapping.schema_registry
+        assert registry is not None, mapping.logical_id
+        assert (registry.uri, registry.event_record_format, registry.attributes) == (
+            "https://psrc-abc12.us-east-2.aws.confluent.cloud",
+            "SOURCE",
+            ("KEY", "VALUE"),
+        )
+    without = read_mappings({**parameters, "SchemaRegistryUri": ""})
+    assert [m.schema_registry for m in without] == [None, None, None]
     # on demand, Lambda refuses a registry (the template's Rule says so before it gets that far)
     with pytest.raises(TemplateError, match="SchemaRegistryConfig in provisioned mode only"):
         read_mappings({**parameters, "PollerMode": "ON_DEMAND"})
