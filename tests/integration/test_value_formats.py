@@ -3,7 +3,9 @@
 Each format is checked against the same records produced as JSON (the reference
 model reads the JSON twin, never the code under test): straight from a producer
 in Confluent's wire format or plain, and as a mapping with a schema registry
-delivers them (EventRecordFormat SOURCE and JSON).
+delivers them (EventRecordFormat SOURCE and JSON). Protobuf values are the golden
+bytes protoc wrote (tests/fixtures), never encoded here with the function's own
+message classes; Avro values are the avro library's writer's.
 """
 
 from __future__ import annotations
@@ -20,31 +22,31 @@ from cachesync.ingest import build_ingestor
 from devkit.esm import registry as esm_registry
 from devkit.esm.mapping import SchemaRegistry
 from devkit.generator import EventGenerator, RawRecord
-from devkit.registry import SCHEMA_IDS, ValueEncoder, function_environment
+from devkit.registry import SCHEMA_FILES, SCHEMA_IDS, ValueEncoder, function_environment
 from harness.model import model_state, redis_state
+from tests.golden import golden_protobuf, protobuf_json
 
-# Protobuf's JSON form writes 64-bit integers as strings
-PROTOBUF_INT64 = {"ordertime", "zipcode", "eventtime"}
+AVRO_RECORDS = 400
 
 
 def records_of(event: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for chunk in event["records"].values() for r in chunk]
 
 
-def twins(value_format: str, count: int, confluent: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The same generated batch twice: JSON values, and values in `value_format`."""
-    as_json = EventGenerator(seed=5, partitions=3, stores=3, skus=20).batch(count)
-    encoded = EventGenerator(seed=5, partitions=3, stores=3, skus=20, value_format=value_format, confluent=confluent)
-    return as_json, encoded.batch(count)
+def twins(value_format: str, confluent: bool = True) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """The same batch twice, JSON values and values in `value_format`, and its size: Protobuf
+    the golden records, Avro a generated batch."""
+    if value_format == "protobuf":
+        golden = golden_protobuf()
+        as_json = EventGenerator(partitions=3).event([g.as_json() for g in golden])
+        encoded = EventGenerator(partitions=3).event([g.as_protobuf(confluent) for g in golden])
+        return as_json, encoded, len(golden)
+    as_json = EventGenerator(seed=5, partitions=3, stores=3, skus=20).batch(AVRO_RECORDS)
+    generator = EventGenerator(seed=5, partitions=3, stores=3, skus=20, value_format=value_format, confluent=confluent)
+    return as_json, generator.batch(AVRO_RECORDS), AVRO_RECORDS
 
 
-def protobuf_json(document: Any) -> Any:
-    if isinstance(document, dict):
-        return {k: str(v) if k in PROTOBUF_INT64 else protobuf_json(v) for k, v in document.items()}
-    return document
-
-
-def expected_state(valkey: Any, json_event: dict[str, Any], value_format: str) -> dict[str, Any]:
+def expected_state(json_event: dict[str, Any], value_format: str) -> dict[str, Any]:
     state = model_state({}, records_of(json_event))
     if value_format != "protobuf":
         return state
@@ -70,15 +72,16 @@ def letters(valkey: Any) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("value_format", ["avro", "protobuf"])
 @pytest.mark.parametrize("confluent", [True, False], ids=["confluent", "plain"])
 def test_values_apply_as_their_json_twins_would(valkey: Any, value_format: str, confluent: bool) -> None:
-    as_json, encoded = twins(value_format, 400, confluent)
+    as_json, encoded, count = twins(value_format, confluent)
     wire = "confluent" if confluent else "plain"
     env = function_environment(value_format, wire)
     if not confluent:  # plain bytes carry no schema id: one schema per topic, for any record
         env |= {name: value.split("=", 1)[1] for name, value in env.items() if name.endswith("_VALUE_SCHEMA")}
     outcome = build_ingestor(valkey.settings(**env)).process(encoded)
-    assert (outcome.applied, outcome.dead_lettered) == (400, 0), outcome.reasons
-    assert comparable(redis_state(valkey.client())) == comparable(expected_state(valkey, as_json, value_format))
-    assert any(v.startswith(b"{") for v in valkey.client().mget(valkey.client().keys("orders:*")))
+    assert (outcome.applied, outcome.dead_lettered) == (count, 0), outcome.reasons
+    assert comparable(redis_state(valkey.client())) == comparable(expected_state(as_json, value_format))
+    orders = valkey.client().mget(valkey.client().keys("orders:*"))
+    assert orders and all(v.startswith(b"{") for v in orders)  # stored as JSON, not as the bytes that came
 
 
 @pytest.mark.parametrize("value_format", ["avro", "protobuf"])
@@ -86,7 +89,7 @@ def test_values_apply_as_their_json_twins_would(valkey: Any, value_format: str, 
 def test_a_registry_mappings_records_apply_in_both_record_formats(
     valkey: Any, value_format: str, record_format: str
 ) -> None:
-    as_json, encoded = twins(value_format, 300)
+    as_json, encoded, count = twins(value_format)
     delivered = copy.deepcopy(encoded)
     registry = SchemaRegistry("https://registry.example", record_format, ("VALUE",))
     for record in records_of(delivered):
@@ -95,8 +98,8 @@ def test_a_registry_mappings_records_apply_in_both_record_formats(
     # SOURCE leaves the decoding to the function; JSON hands it JSON, which it reads as any JSON value
     env = function_environment(value_format) if record_format == "SOURCE" else {}
     outcome = build_ingestor(valkey.settings(**env)).process(delivered)
-    assert (outcome.applied, outcome.dead_lettered) == (300, 0), outcome.reasons
-    assert comparable(redis_state(valkey.client())) == comparable(expected_state(valkey, as_json, value_format))
+    assert (outcome.applied, outcome.dead_lettered) == (count, 0), outcome.reasons
+    assert comparable(redis_state(valkey.client())) == comparable(expected_state(as_json, value_format))
 
 
 @pytest.mark.parametrize("value_format", ["avro", "protobuf"])
@@ -104,12 +107,16 @@ def test_undecodable_values_are_dead_lettered_with_lambdas_reasons_and_the_rest_
     valkey: Any, value_format: str
 ) -> None:
     generator = EventGenerator(seed=8, partitions=2, value_format=value_format)
-    encoder = ValueEncoder(value_format)
-    good = [generator.order() for _ in range(5)]
+    if value_format == "protobuf":
+        golden = golden_protobuf()
+        good = [g.as_protobuf() for g in golden if g.kind == "orders"][:5]
+        product = next(g.as_protobuf() for g in golden if g.kind == "products").value
+    else:
+        good = [generator.order() for _ in range(5)]
+        document = {"sku": "0123456789", "name": "n", "description": "d", "price": 1.0, "currency": "USD"}
+        product = ValueEncoder(value_format).encode("products", document | {"category": "toys"})
     order = good[0].value
-    assert order is not None
-    product = encoder.encode("products", {"sku": "0123456789", "name": "n", "description": "d", "price": 1.0,
-                                          "currency": "USD", "category": "toys"})  # fmt: skip
+    assert order is not None and product is not None
     orders_id = SCHEMA_IDS[("orders", value_format)].to_bytes(4, "big")
     bad = [
         RawRecord("orders", b"900", order[:1] + (999).to_bytes(4, "big") + order[5:]),  # an id no one registered
@@ -125,8 +132,11 @@ def test_undecodable_values_are_dead_lettered_with_lambdas_reasons_and_the_rest_
     assert by_key[base64.b64encode(b"900").decode()].startswith("SCHEMA_NOT_FOUND: schema id 999")
     assert by_key[base64.b64encode(b"901").decode()].startswith("DESERIALIZATION_ERROR: ")
     assert by_key[base64.b64encode(b"902").decode()].startswith("DESERIALIZATION_ERROR: the value is not in Confluent")
-    # a body read with another schema fails to decode, or decodes to something the projection refuses
-    assert by_key[base64.b64encode(b"903").decode()]
+    # a product's body read with the orders schema does not decode
+    wrong_schema = (
+        f"DESERIALIZATION_ERROR: {value_format} value does not decode with orders.{SCHEMA_FILES[value_format][1:]}"
+    )
+    assert by_key[base64.b64encode(b"903").decode()].startswith(wrong_schema)
     assert sorted(int(k.decode().split(":")[1]) for k in valkey.client().keys("orders:*")) == [1, 2, 3, 4, 5]
 
 
@@ -149,12 +159,12 @@ def test_source_records_with_another_format_or_an_unknown_id_are_dead_lettered(v
 
 @pytest.mark.parametrize("value_format", ["avro", "protobuf"])
 def test_a_replayed_batch_changes_nothing(valkey: Any, value_format: str) -> None:
-    _, encoded = twins(value_format, 200)
+    _, encoded, count = twins(value_format)
     ingest = build_ingestor(valkey.settings(**function_environment(value_format)))
-    assert ingest.process(encoded).applied == 200
+    assert ingest.process(encoded).applied == count
     before = redis_state(valkey.client())
     again = ingest.process(encoded)
-    assert (again.applied, again.duplicates, again.dead_lettered) == (0, 200, 0)
+    assert (again.applied, again.duplicates, again.dead_lettered) == (0, count, 0)
     assert redis_state(valkey.client()) == before
 
 
