@@ -1,5 +1,7 @@
 """Avro and Protobuf values through a real broker: the local mapping with a schema registry
-(as Lambda applies SchemaRegistryConfig), and the whole path from producer to Redis."""
+(as Lambda applies SchemaRegistryConfig), and the whole path from producer to Redis, where
+every document must arrive whole. Protobuf values are the golden bytes protoc wrote
+(tests/fixtures)."""
 
 from __future__ import annotations
 
@@ -15,13 +17,14 @@ import redis
 from devkit.datagen import KafkaFeed
 from devkit.esm.mapping import SchemaRegistry
 from devkit.esm.runner import LocalMappings
-from devkit.generator import EventGenerator
+from devkit.generator import EventGenerator, RawRecord
 from devkit.localrun import registry_parameters
 from devkit.registry import SCHEMA_IDS, function_environment
 from harness.model import model_state, redis_state
+from tests.golden import golden_protobuf, protobuf_json
 from tests.kafka.conftest import Kafka, Recorder, wait_until
 from tests.kafka.test_esm import mapping, polling
-from tests.kafka.test_pipeline import PARTITIONS, parameters, topic_environment, topics
+from tests.kafka.test_pipeline import PARTITIONS, log_of, parameters, topic_environment, topics
 
 
 @pytest.mark.parametrize("record_format", ["JSON", "SOURCE"])
@@ -61,6 +64,17 @@ def test_a_registry_mapping_delivers_metadata_and_sends_what_it_cannot_read_to_t
     assert conditions == ["DESERIALIZATION_ERROR", "SCHEMA_NOT_FOUND"]
 
 
+def encoded_twins(value_format: str) -> tuple[list[RawRecord], list[RawRecord]]:
+    """Records in `value_format` and the same records with JSON values: Protobuf the golden
+    bytes protoc wrote, Avro the avro library's writer's (the generator's twins draw alike)."""
+    if value_format == "protobuf":
+        golden = golden_protobuf()
+        return [g.as_protobuf() for g in golden], [g.as_json() for g in golden]
+    encoded = EventGenerator(seed=21, partitions=PARTITIONS, stores=3, skus=30, value_format=value_format)
+    plain = EventGenerator(seed=21, partitions=PARTITIONS, stores=3, skus=30)
+    return encoded.records(600), plain.records(600)
+
+
 @pytest.mark.parametrize(
     ("value_format", "registry"),
     [("avro", None), ("protobuf", None), ("avro", "JSON"), ("protobuf", "SOURCE")],
@@ -78,27 +92,27 @@ def test_the_whole_path_with_values_in_confluents_wire_format(
         parameters={**parameters(names), "RedisUrl": valkey.url, **registry_parameters(registry)},
         overrides={"batch_size": 200},
     )
-    assert all((c.schema_registry is not None) == (registry is not None) for c in mappings.configs)
+    assert [c.schema_registry is not None for c in mappings.configs] == [registry is not None] * 3
+    encoded, as_json = encoded_twins(value_format)
     feed = KafkaFeed({"bootstrap.servers": kafka.bootstrap}, names)
-    encoded = EventGenerator(seed=21, partitions=PARTITIONS, stores=3, skus=30, value_format=value_format)
-    feed.produce(encoded.records(600))
+    feed.produce(encoded)
     feed.flush()
     mappings.start()
     wait_until(lambda: mappings.caught_up(feed.last_offsets), timeout=60, what="the mappings to catch up")
     mappings.stop()
-    # the reference: the same records as JSON, partitioned alike (the key decides the partition)
-    twin = EventGenerator(seed=21, partitions=PARTITIONS, stores=3, skus=30, topic_names=names).batch(600)
-    expected = model_state(topic_environment(names), [r for rs in twin["records"].values() for r in rs])
+    # the reference: the topics as Kafka holds them, each value read as its JSON twin
+    twin_of = {e.value: j.value for e, j in zip(encoded, as_json, strict=True)}
+    log = log_of(kafka, names)
+    assert len(log) == len(encoded)
+    for record in log:
+        record["value"] = base64.b64encode(twin_of[base64.b64decode(record["value"])] or b"").decode()
+    expected = model_state(topic_environment(names), log)
     state = redis_state(redis.Redis.from_url(valkey.url))
-    assert {k for k, v in state.items() if not isinstance(v, bytes)} == {
-        k for k, v in expected.items() if not isinstance(v, bytes)
-    }
+    assert set(state) == set(expected)
     for key, value in expected.items():
-        if isinstance(value, bytes):  # documents: the decoded record, as JSON
-            decoded = json.loads(state[key])
+        if isinstance(value, bytes):  # documents: the decoded record, as JSON, field for field
             wanted = json.loads(value)
-            assert decoded.keys() == wanted.keys() and decoded.get("sku") == wanted.get("sku"), key
-            assert str(decoded.get("orderid")) == str(wanted.get("orderid")), key
+            assert json.loads(state[key]) == (protobuf_json(wanted) if value_format == "protobuf" else wanted), key
         else:  # stock: exact
             assert state[key] == value, key
     assert not redis.Redis.from_url(valkey.url).exists("deadletter:ingest")
