@@ -94,7 +94,8 @@ def test_a_valid_token_reads_an_order_and_its_claims_reach_the_function(
 
 
 def test_the_token_may_come_without_bearer(gateway: Gateway, key: Any, order: None) -> None:
-    assert _reply(gateway.gateway.request("GET", "/orders/18", [("authorization", shopper(key))])).status == 200
+    reply = _reply(gateway.gateway.request("GET", "/orders/18", [("authorization", shopper(key))]))
+    assert (reply.status, reply.body) == (200, ORDER)
 
 
 @pytest.mark.parametrize(
@@ -137,13 +138,14 @@ def test_orders_refuse_a_missing_or_bad_token_with_401(
 
 
 def test_the_operator_route_needs_the_admin_scope(gateway: Gateway, key: Any, store: redis.Redis) -> None:
-    assert gateway.get("/admin/stats").status == 401
+    anonymous = gateway.get("/admin/stats")
+    assert (anonymous.status, anonymous.json) == (401, {"message": "Unauthorized"})
     without = gateway.get("/admin/stats", token=shopper(key))
     # a valid token without the route's scope: API Gateway answers 403, as RFC 6750 asks
     assert without.status == 403 and without.json == {"message": "Forbidden"}
     assert 'error="insufficient_scope"' in without.headers["www-authenticate"]
     other = gateway.get("/admin/stats", token=localjwt.mint(key, "op", scopes=["cachesync/read"]))
-    assert other.status == 403
+    assert (other.status, other.json) == (403, {"message": "Forbidden"})
     for token in (
         localjwt.mint(key, "op", scopes=["openid", ADMIN_SCOPE]),  # `scope`, space-separated
         localjwt.mint(key, "op", scp=[ADMIN_SCOPE]),  # `scp`, a list (Okta, Entra ID)
@@ -157,23 +159,41 @@ def test_the_operator_route_needs_the_admin_scope(gateway: Gateway, key: Any, st
 def test_cognito_access_tokens_match_on_client_id_when_there_is_no_aud(gateway: Gateway, key: Any, order: None) -> None:
     now = int(time.time())
     payload = {"iss": localjwt.LOCAL_ISSUER, "sub": "s", "token_use": "access", "iat": now, "exp": now + 600}
-    ours = _resign(key, {**payload, "client_id": localjwt.LOCAL_AUDIENCE})
-    assert gateway.get("/orders/18", token=ours).status == 200
-    assert gateway.get("/orders/18", token=_resign(key, {**payload, "client_id": "another-client"})).status == 401
+    ours = gateway.get("/orders/18", token=_resign(key, {**payload, "client_id": localjwt.LOCAL_AUDIENCE}))
+    assert (ours.status, ours.body) == (200, ORDER)
+    theirs = gateway.get("/orders/18", token=_resign(key, {**payload, "client_id": "another-client"}))
+    assert (theirs.status, theirs.json) == (401, {"message": "Unauthorized"})
 
 
 def test_products_inventory_and_health_stay_public(gateway: Gateway, store: redis.Redis) -> None:
     store.set(keys.product_key("sku1"), b'{"sku":"sku1"}')
     store.zadd(keys.inventory_key("store1"), {keys.sku_member("sku1"): 3})
-    for target in ("/products/sku1", "/products?skus=sku1", "/stores/store1/inventory", "/health"):
-        assert gateway.get(target).status == 200, target
+    product = gateway.get("/products/sku1")
+    assert (product.status, product.body) == (200, b'{"sku":"sku1"}')
+    products = gateway.get("/products?skus=sku1")
+    assert (products.status, products.json) == (200, {"items": [{"sku": "sku1"}], "missing": []})
+    stock = gateway.get("/stores/store1/inventory")
+    assert stock.status == 200 and stock.json["items"] == [{"sku": "sku1", "quantity": 3}]
+    health = gateway.get("/health")
+    assert health.status == 200 and health.json["status"] == "ok" and health.json["redis"]["reachable"] is True
 
 
-def test_the_authorizer_comes_from_the_template_parameters(make_gateway: Callable[..., Gateway], key: Any) -> None:
+def test_the_authorizer_comes_from_the_template_parameters(
+    make_gateway: Callable[..., Gateway], key: Any, order: None
+) -> None:
     # the same token, checked against another issuer configured in the template's parameters
     elsewhere = make_gateway(JwtIssuer="https://idp.example.com")
-    assert elsewhere.get("/orders/18", token=shopper(key)).status == 401
-    assert elsewhere.get("/orders/18", token=localjwt.mint(key, "s", issuer="https://idp.example.com")).status != 401
+    refused = elsewhere.get("/orders/18", token=shopper(key))
+    assert (
+        refused.status == 401
+        and 'error_description="the token does not have a valid issuer"' in (refused.headers["www-authenticate"])
+    )
+    accepted = elsewhere.get("/orders/18", token=localjwt.mint(key, "s", issuer="https://idp.example.com"))
+    assert (accepted.status, accepted.body) == (200, ORDER)
+    event = elsewhere.gateway.last_event
+    assert event is not None and event["requestContext"]["authorizer"]["jwt"]["claims"]["iss"] == (
+        "https://idp.example.com"
+    )
 
 
 # --- CORS -----------------------------------------------------------------------------------
@@ -219,7 +239,8 @@ def test_no_origins_no_cors(make_gateway: Callable[..., Gateway]) -> None:
     reply = closed.get("/health", Origin=ORIGIN)
     assert reply.status == 200 and not any(h.startswith("access-control-") for h in reply.headers)
     # no CorsConfiguration: no preflight answer, and no OPTIONS route either
-    assert closed.get("/health", method="OPTIONS", Origin=ORIGIN, Access_Control_Request_Method="GET").status == 404
+    preflight = closed.get("/health", method="OPTIONS", Origin=ORIGIN, Access_Control_Request_Method="GET")
+    assert (preflight.status, preflight.json) == (404, {"message": "Not Found"})
 
 
 # --- the pages ------------------------------------------------------------------------------
@@ -227,10 +248,15 @@ def test_the_pages_are_served_and_nothing_beside_them(gateway: Gateway) -> None:
     page = gateway.get("/")
     assert page.status == 200 and page.headers["content-type"].startswith("text/html")
     assert b"<title>cachesync shop</title>" in page.body
-    assert gateway.get("/admin.html").status == 200
-    assert gateway.get("/app.js").headers["content-type"].startswith("text/javascript")
+    admin = gateway.get("/admin.html")
+    assert admin.status == 200 and admin.headers["content-type"].startswith("text/html")
+    assert "<title>Operations · cachesync</title>".encode() in admin.body
+    script = gateway.get("/app.js")
+    assert script.status == 200 and script.headers["content-type"].startswith("text/javascript")
+    assert script.body == (WEB_DIR / "app.js").read_bytes()
     for outside in ("/../template.yaml", "/%2e%2e/template.yaml", "/..%2Fdevkit/apigw.py", "/nope.html"):
-        assert gateway.get(outside).status == 404, outside
+        refused = gateway.get(outside)
+        assert (refused.status, refused.json) == (404, {"message": "Not Found"}), outside
 
 
 # --- helpers --------------------------------------------------------------------------------
