@@ -193,7 +193,11 @@ def test_cursor_is_bound_to_its_query(api: Api, store: redis.Redis) -> None:
     for other in ("&below=5", "", "&sort=sku&below=4"):
         body = problem(api.get(f"/stores/store1/inventory?limit=2&cursor={cursor}{other}"), 400)
         assert "another query" in body["message"]
-    assert api.get(f"/stores/store1/inventory?limit=2&below=4&cursor={cursor}").status == 200
+    following = api.get(f"/stores/store1/inventory?limit=2&below=4&cursor={cursor}")
+    assert following.status == 200 and following.json["items"] == [
+        {"sku": "s2", "quantity": 2},
+        {"sku": "s3", "quantity": 3},
+    ]
 
 
 @pytest.mark.parametrize("sort", ["quantity", "sku"])
@@ -214,7 +218,8 @@ def test_sku_sort_refuses_stores_beyond_its_bound(load_api: Any, api_valkey: Any
     assert "sort=quantity" in problem(small.get("/stores/store1/inventory?sort=sku"), 400)["message"]
     assert len(small.get("/stores/store1/inventory?sort=quantity").json["items"]) == 11
     stock(store, "store2", {f"s{n}": n for n in range(10)})
-    assert small.get("/stores/store2/inventory?sort=sku").status == 200
+    at_the_bound = small.get("/stores/store2/inventory?sort=sku")
+    assert at_the_bound.status == 200 and skus(at_the_bound.json["items"]) == [f"s{n}" for n in range(10)]
 
 
 # --- health and the OpenAPI document ---------------------------------------------------
@@ -276,8 +281,35 @@ def test_the_function_sends_no_cors_headers(api: Api, store: redis.Redis) -> Non
 
 
 # --- sample events ----------------------------------------------------------------------
+SAMPLE_STOCK = {"3746317213": 4, "9697354961": 25, "0000000001": 0}
+# what each sample event must answer, with the data above and the seed's order 18 cached
+SAMPLE_ANSWERS: dict[str, tuple[int, Any]] = {
+    "api-get-admin-stats.json": (200, lambda body: {"appliedPerSecond", "totals", "partitions"} <= set(body)),
+    "api-get-health.json": (200, lambda body: body["status"] == "ok" and body["redis"]["reachable"] is True),
+    "api-get-inventory-by-sku.json": (
+        200,
+        lambda body: body["items"] == [{"sku": "0000000001", "quantity": 0}, {"sku": "3746317213", "quantity": 4}],
+    ),
+    "api-get-inventory-item.json": (200, {"sku": "3746317213", "quantity": 4}),
+    "api-get-inventory.json": (
+        200,
+        lambda body: body["items"] == [{"sku": "0000000001", "quantity": 0}, {"sku": "3746317213", "quantity": 4}],
+    ),
+    "api-get-openapi.json": (200, lambda body: "/orders/{orderId}" in body["paths"]),
+    "api-get-order-invalid.json": (400, lambda body: "orderId" in body["message"]),
+    "api-get-order.json": (200, json.loads(ORDER)),
+    "api-get-product.json": (200, json.loads(product("3746317213"))),
+    "api-get-products.json": (
+        200,
+        {"items": [json.loads(product("3746317213")), json.loads(product("9697354961"))], "missing": ["0000000000"]},
+    ),
+}
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "events").glob("api-*.json")), ids=lambda p: p.name)
-def test_sample_events_are_what_the_gateway_sends(api: Api, api_routes: list[Route], path: Path) -> None:
+def test_sample_events_are_what_the_gateway_sends(
+    api: Api, api_routes: list[Route], store: redis.Redis, path: Path
+) -> None:
     event = json.loads(path.read_text())
     route_keys = {r.key for r in api_routes}
     assert event["version"] == "2.0"
@@ -289,8 +321,16 @@ def test_sample_events_are_what_the_gateway_sends(api: Api, api_routes: list[Rou
     assert rebuilt is not None
     assert (rebuilt["routeKey"], rebuilt.get("pathParameters")) == (event["routeKey"], event.get("pathParameters"))
     assert rebuilt.get("queryStringParameters") == event.get("queryStringParameters")
+    assert path.name in SAMPLE_ANSWERS, f"say what {path.name} must answer in SAMPLE_ANSWERS"
+    store.set(keys.order_key("18"), ORDER)
+    for sku in ("3746317213", "9697354961"):
+        store.set(keys.product_key(sku), product(sku))
+    stock(store, "store1", SAMPLE_STOCK)
     result = api.invoke(event)
-    assert result["statusCode"] < 500
+    status, expected = SAMPLE_ANSWERS[path.name]
+    body = json.loads(result["body"])
+    assert result["statusCode"] == status, result["body"]
+    assert expected(body) if callable(expected) else body == expected, result["body"]
 
 
 def test_the_seeds_order_ingested_as_printed_is_served_byte_for_byte(
