@@ -16,7 +16,7 @@ from cachesync.config import Settings
 from cachesync.connection import client_options, get_client
 from cachesync.ingest import build_ingestor
 from cachesync.reads import Reader
-from devkit.generator import EventGenerator
+from devkit.generator import EventGenerator, RawRecord
 from harness.model import model_state, redis_state
 from tests.security.conftest import ROOT, USERS, Handler, create_users, lambda_context, userinfo
 from tests.security.tlskit import Pki, TlsCluster, TlsServer
@@ -52,6 +52,10 @@ def test_both_functions_work_over_verified_tls_each_with_its_own_user(
     )
     batches = [event(name) for name in ("kafka-products.json", "kafka-inventory.json", "kafka-orders.json")]
     batches.append(EventGenerator(seed=5, partitions=3, first_offset=10_000).batch(300))
+    low_stock = RawRecord(
+        "inventory", b"store1:0000000007", b'{"type":"count","store":"store1","sku":"0000000007","units":3}'
+    )
+    batches.append(EventGenerator(partitions=3, first_offset=20_000).event([low_stock]))
     for batch in batches:
         summary = ingest(batch, lambda_context("IngestFunction"))
         assert summary["applied"] + summary["deadLettered"] == summary["records"]
@@ -59,13 +63,27 @@ def test_both_functions_work_over_verified_tls_each_with_its_own_user(
     assert redis_state(admin) == model_state({}, every_record)
 
     api = load_function("api", {"REDIS_URL": tls_redis.url(userinfo=userinfo("api")), "REDIS_CA_CERT": str(pki.ca)})
-    for name in ("api-get-order.json", "api-get-product.json", "api-get-products.json", "api-get-inventory.json"):
-        reply = api(event(name), lambda_context("ApiFunction"))
-        assert reply["statusCode"] == 200, (name, reply["body"])
-    order = api(event("api-get-order.json"), lambda_context("ApiFunction"))
-    assert json.loads(order["body"])["orderid"] == 18
+    answers = {
+        name: api(event(name), lambda_context("ApiFunction"))
+        for name in ("api-get-order.json", "api-get-product.json", "api-get-products.json", "api-get-inventory.json")
+    }
+    assert {name: reply["statusCode"] for name, reply in answers.items()} == dict.fromkeys(answers, 200), answers
+    # what the API user read over TLS is what the cache holds
+    order, cached_product = admin.get("orders:18"), admin.get("products:3746317213")
+    assert order is not None and json.loads(order)["orderid"] == 18
+    assert answers["api-get-order.json"]["body"].encode() == order
+    assert answers["api-get-product.json"]["body"].encode() == cached_product
+    listed = json.loads(answers["api-get-products.json"]["body"])
+    found = {sku: admin.get(f"products:{sku}") for sku in ("3746317213", "9697354961", "0000000000")}
+    assert listed["items"] == [json.loads(v) for v in found.values() if v is not None]
+    assert listed["missing"] == [sku for sku, v in found.items() if v is None]
+    low = admin.zrangebyscore("inventory:store1", "-inf", "(10", withscores=True)
+    assert low, "the batches leave low stock in store1"
+    assert [(i["sku"], i["quantity"]) for i in json.loads(answers["api-get-inventory.json"]["body"])["items"]] == [
+        (member.decode().removeprefix("sku:"), quantity) for member, quantity in low
+    ]
     health = api(event("api-get-health.json"), lambda_context("ApiFunction"))
-    assert health["statusCode"] == 200, health["body"]
+    assert health["statusCode"] == 200 and json.loads(health["body"])["redis"]["reachable"] is True, health["body"]
 
     # the functions' connections are TLS connections (the TLS port speaks nothing else)
     # authenticated as their own users

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import redis
 
 from cachesync import config
 from devkit import servers
@@ -88,7 +89,9 @@ def test_both_handlers_work_with_the_files_environment(
         assert summary["applied"] >= 1, summary
         reply = _invoke(monkeypatch, "ApiFunction", variables["ApiFunction"], "api-get-order.json")
         assert reply["statusCode"] == 200, reply
-        assert json.loads(reply["body"])["orderid"] == 18
+        cached = redis.Redis.from_url(valkey.url).get("orders:18")
+        assert cached is not None and json.loads(cached)["orderid"] == 18
+        assert reply["body"].encode() == cached  # the order as the ingest left it
     finally:
         monkeypatch.undo()
         config.settings.cache_clear()
