@@ -63,18 +63,32 @@ def test_low_stock_in_store1(run: LocalRun) -> None:
 
 
 def test_every_route_over_http(run: LocalRun) -> None:
-    sku = run.generator.skus[0]
-    for path in (
-        f"/products/{sku}",
-        f"/products?skus={sku},{run.generator.skus[1]}",
-        "/stores/store2/inventory?sort=sku&limit=5",
-        f"/stores/store1/inventory/{run.low_stock[0]}",
-        "/health",
-        "/openapi.json",
-        "/swagger",
-    ):
+    """Each route's answer is what the seeded cache holds."""
+    cache = redis.Redis.from_url(run.redis_url or "")
+
+    def answer(path: str) -> Any:
         status, _, body = fetch(run.url + path)
         assert status == 200, (path, body[:200])
+        return body
+
+    first, second = run.generator.skus[:2]
+    cached = cache.get(keys.product_key(first))
+    assert cached is not None and answer(f"/products/{first}") == cached
+    listed = json.loads(answer(f"/products?skus={first},{second},no-such-sku"))
+    found = {sku: cache.get(keys.product_key(sku)) for sku in (first, second)}
+    assert listed["items"] == [json.loads(v) for v in found.values() if v is not None]
+    assert listed["missing"] == [sku for sku, v in found.items() if v is None] + ["no-such-sku"]
+    stock = cache.zrange(keys.inventory_key("store2"), 0, -1, withscores=True)
+    by_sku = sorted((keys.sku_from_member(m.decode()), q) for m, q in stock)
+    assert len(by_sku) > 5
+    page = json.loads(answer("/stores/store2/inventory?sort=sku&limit=5"))
+    assert [(i["sku"], i["quantity"]) for i in page["items"]] == by_sku[:5] and page["nextCursor"]
+    low = run.low_stock[0]
+    units = cache.zscore(keys.inventory_key("store1"), keys.sku_member(low))
+    assert json.loads(answer(f"/stores/store1/inventory/{low}")) == {"sku": low, "quantity": units}
+    assert json.loads(answer("/health"))["status"] == "ok"
+    assert "/orders/{orderId}" in json.loads(answer("/openapi.json"))["paths"]
+    assert b"swagger-ui" in answer("/swagger")
     status, _, body = fetch(f"{run.url}/orders/999999", headers=shopper(run))
     assert status == 404 and json.loads(body)["statusCode"] == 404
     status, _, body = fetch(f"{run.url}/orders/a%7Bb", headers=shopper(run))
@@ -84,8 +98,8 @@ def test_every_route_over_http(run: LocalRun) -> None:
 def test_gateway_behaviour_over_http(run: LocalRun) -> None:
     status, _, body = fetch(f"{run.url}/not/a/route")
     assert status == 404 and json.loads(body) == {"message": "Not Found"}
-    status, _, _ = fetch(f"{run.url}/orders/18", method="POST")
-    assert status == 404  # no POST route, as in the template
+    status, _, body = fetch(f"{run.url}/orders/18", method="POST")
+    assert status == 404 and json.loads(body) == {"message": "Not Found"}  # no POST route, as in the template
     origin = "http://localhost:5173"  # the template's default allow-list
     status, headers, _ = fetch(f"{run.url}/orders/18", headers={"Origin": origin})
     assert status == 401 and headers["access-control-allow-origin"] == origin  # the template's authorizer
