@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,6 +19,7 @@ from devkit import servers
 from devkit.generator import EventGenerator, RawRecord
 from devkit.sam import LocalContext, describe, load_handler
 from tests.api.apikit import Api, skus, stock, walk
+from tests.bounds import assert_within, redis_command_bound
 
 
 def _count(store: str, sku: str, units: int) -> RawRecord:
@@ -170,10 +172,34 @@ def _assert_unavailable(api: Api) -> None:
             assert body["statusCode"] == 503 and "unreachable" in body["message"]
 
 
+SEEDED_ITEMS = [{"sku": "0123456789", "quantity": 4}]
+
+
+def _page(sort: str, below: int | None) -> dict[str, Any]:
+    return {"store": "store1", "sort": sort, "below": below, "items": SEEDED_ITEMS, "nextCursor": None}
+
+
+SEEDED_PRODUCT = {"sku": "0123456789", "name": "n", "price": 1}
+# what each route answers once `_seed` ran
+SERVED = {
+    "/orders/18": {"orderid": 18},
+    "/products/0123456789": SEEDED_PRODUCT,
+    "/products?skus=0123456789,1": {"items": [SEEDED_PRODUCT], "missing": ["1"]},
+    "/stores/store1/inventory": _page("quantity", None),
+    "/stores/store1/inventory?sort=sku": _page("sku", None),
+    "/stores/store1/inventory?below=10": _page("quantity", 10),
+    "/stores/store1/inventory/0123456789": SEEDED_ITEMS[0],
+}
+
+
 def _assert_serving(api: Api) -> None:
-    for route in [*DATA_ROUTES, "/health"]:
+    assert set(SERVED) == set(DATA_ROUTES)
+    for route, expected in SERVED.items():
         reply = api.get(route)
         assert reply.status == 200, (route, reply.body)
+        assert reply.json == expected, route
+    health = api.get("/health")
+    assert health.status == 200 and health.json["status"] == "ok", health.body
 
 
 def test_redis_down_is_503_with_retry_after_and_recovers_by_itself(
@@ -185,10 +211,12 @@ def test_redis_down_is_503_with_retry_after_and_recovers_by_itself(
 
     lonely.stop()
     _assert_unavailable(api)
-    assert api.get("/openapi.json").status == 200  # needs no Redis
+    document = api.get("/openapi.json")  # needs no Redis
+    assert document.status == 200 and "/orders/{orderId}" in document.json["paths"]
 
     lonely.restart()  # empty: no persistence
-    assert api.get("/orders/18").status == 404  # answering again, with no new client or cold start
+    gone = api.get("/orders/18")  # answering again, with no new client or cold start
+    assert gone.status == 404 and gone.json["statusCode"] == 404 and "18" in gone.json["message"]
     _seed(lonely.url)
     _assert_serving(api)
 
@@ -196,13 +224,17 @@ def test_redis_down_is_503_with_retry_after_and_recovers_by_itself(
 def test_redis_that_hangs_is_503_within_the_socket_timeout(
     lonely: servers.ServerProcess, load_api: Callable[..., Api]
 ) -> None:
-    api = load_api(lonely.url, REDIS_SOCKET_TIMEOUT="0.2", REDIS_CONNECT_TIMEOUT="0.2", REDIS_RETRIES="1")
+    timeouts = {"REDIS_SOCKET_TIMEOUT": "0.2", "REDIS_CONNECT_TIMEOUT": "0.2", "REDIS_RETRIES": "1"}
+    api = load_api(lonely.url, **timeouts)
+    bound = redis_command_bound(config.Settings.from_env(timeouts))  # each route reads Redis once
     _seed(lonely.url)
     _assert_serving(api)
     os.kill(lonely.process.pid, signal.SIGSTOP)
     try:
         for route in ("/orders/18", "/stores/store1/inventory", "/health"):
+            started = time.monotonic()
             reply = api.get(route)
+            assert_within(time.monotonic() - started, bound, f"the 503 of {route}")
             assert reply.status == 503, (route, reply.body)
             assert "retry-after" in reply.headers
     finally:

@@ -20,6 +20,7 @@ from cachesync.writer import BatchWriter
 from devkit import servers
 from devkit.generator import EventGenerator
 from harness.model import model_state, poison_coordinates, redis_state
+from tests.bounds import assert_within, redis_command_bound
 from tests.integration.midbatch import mid_batch_writer
 from tests.integration.test_ingest import records_of, sample
 
@@ -80,8 +81,11 @@ def test_unreachable_redis_fails_fast_with_a_connection_error() -> None:
     settings = Settings.from_env(
         {"REDIS_URL": f"redis://127.0.0.1:{port}/0", "REDIS_RETRIES": "2", "REDIS_CONNECT_TIMEOUT": "0.2"}
     )
+    started = time.monotonic()
     with pytest.raises(redis.exceptions.ConnectionError):
         build_ingestor(settings).process(sample("kafka-orders.json"))
+    # the writer tries on its pooled connection, then once more with the client's retries
+    assert_within(time.monotonic() - started, redis_command_bound(settings, commands=2), "the failed invocation")
 
 
 @pytest.fixture
@@ -183,18 +187,24 @@ def test_an_unreachable_queue_fails_fast_and_the_letters_go_to_the_redis_stream(
     port = servers.free_port()  # nothing listens there: every attempt is refused
     url = f"http://127.0.0.1:{port}/123456789012/cachesync-dlq"
     client = get_client(valkey.settings())
-    sink = FallbackSink(
-        SqsSink(url, sqs_client(endpoint_url=f"http://127.0.0.1:{port}")),
-        RedisStreamSink(client, "deadletter:ingest", 100),
-    )
+    queue = sqs_client(endpoint_url=f"http://127.0.0.1:{port}")
+    sink = FallbackSink(SqsSink(url, queue), RedisStreamSink(client, "deadletter:ingest", 100))
     letters = [DeadLetter("orders", 0, n, 1, None, "e30=", [], f"reason {n}") for n in range(3)]
     started = time.monotonic()
     sink.send(letters)
-    elapsed = time.monotonic() - started
-    assert elapsed < 10, f"the dead queue took {elapsed:.1f} s to give up"
+    assert_within(time.monotonic() - started, sqs_call_bound(queue), "giving up on the dead queue")
     assert sink.fallbacks == 1
     stream = client.xrange("deadletter:ingest")
     assert [fields[b"reason"] for _, fields in stream] == [b"reason 0", b"reason 1", b"reason 2"]
+
+
+def sqs_call_bound(client: Any) -> float:
+    """The longest one SQS call may take by the client's configuration: each attempt waits to
+    connect and to read, and standard retries back off at most 1, 2, 4... s between attempts."""
+    config = client.meta.config
+    attempts = config.retries["total_max_attempts"]
+    backoffs = sum(2.0**n for n in range(attempts - 1))
+    return float(attempts * (config.connect_timeout + config.read_timeout) + backoffs)
 
 
 def test_the_sqs_client_has_short_timeouts_and_standard_retries(aws: None) -> None:
