@@ -84,7 +84,7 @@ def test_records_keyed_against_the_rule_are_applied_and_reported_as_key_mismatch
     assert warning["level"] == "WARNING" and warning["keyMismatches"] == 3
     assert any("record key 'store1', expected 'store1:0000000001'" in e for e in warning["examples"])
     assert any("record key none" in e for e in warning["examples"])
-    assert all(0 <= lag < 60_000 for lag in emf["FreshnessLagMs"])
+    assert emf["FreshnessLagMs"] and all(0 <= lag < 60_000 for lag in emf["FreshnessLagMs"])
 
 
 def test_a_non_kafka_event_fails_the_invocation_with_a_clear_error(valkey: Any) -> None:

@@ -19,7 +19,7 @@ from devkit.esm.runner import LocalMappings
 from harness.model import model_state, redis_state
 from harness.proxy import StallingProxy
 from tests.kafka.conftest import Kafka, wait_until
-from tests.kafka.test_pipeline import caught_up, log_of, parameters, produce, topic_environment, topics
+from tests.kafka.test_pipeline import PARTITIONS, caught_up, log_of, parameters, produce, topic_environment, topics
 
 
 @pytest.mark.parametrize("destination", ["queue", "topic"])
@@ -82,7 +82,8 @@ def test_a_skipped_batch_shows_in_status_and_a_rebuild_restores_the_model(
         ops.rebuild(client, settings, mapping, kafka_settings, ingest, say=lambda _: None)
     after = ops.status(client, settings, configs, kafka_settings)
     assert after["diverged"] == {}
-    assert all(p["lag"] == 0 for t in after["topics"].values() for p in t["partitions"].values())
+    lags = [p["lag"] for t in after["topics"].values() for p in t["partitions"].values()]
+    assert lags == [0] * (len(configs) * PARTITIONS), after["topics"]
     assert redis_state(direct) == model_state(topic_environment(names), log_of(kafka, names))
 
 
