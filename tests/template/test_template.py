@@ -1243,7 +1243,9 @@ def test_optional_pages_hosting_is_a_private_bucket_behind_cloudfront() -> None:
     stack = Resolved({**REQUIRED, "CreatePagesHosting": "true"})
     assert set(pages) <= set(stack.resources) and {"PagesUrl", "PagesBucketName"} <= set(stack.outputs)
     bucket = stack.props("PagesBucket")
-    assert all(bucket["PublicAccessBlockConfiguration"].values())  # never public itself
+    assert bucket["PublicAccessBlockConfiguration"] == dict.fromkeys(  # never public itself
+        ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"), True
+    )
     assert bucket["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
     statements = stack.props("PagesBucketPolicy")["PolicyDocument"]["Statement"]
     (read,) = [s for s in statements if s["Effect"] == "Allow"]
