@@ -5,7 +5,6 @@ partition order. Only the public entry points: Settings.from_env, build_ingestor
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,8 +29,7 @@ from harness.model import State, model_state, redis_state
 from harness.proxy import StallingProxy
 from harness.resharding import Progress, Resharder, Stopped
 from tests.security.conftest import create_users, userinfo
-
-REQUIRE_ALL = os.environ.get("CACHESYNC_REQUIRE_ALL_SERVERS") == "1"
+from tests.unavailable import unavailable
 
 
 def records_of(*batches: dict[str, Any]) -> list[dict[str, Any]]:
@@ -41,9 +39,7 @@ def records_of(*batches: dict[str, Any]) -> list[dict[str, Any]]:
 def redis7() -> str:
     binary = servers.redis_binary()
     if binary is None:
-        if REQUIRE_ALL:
-            pytest.fail("redis-server is not installed (apt-get install -y redis-server)")
-        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
+        unavailable("redis-server is not installed (apt-get install -y redis-server)")
     return binary
 
 
