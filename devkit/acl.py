@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cachesync import keys
-from cachesync.config import Settings
+from cachesync.config import DOCUMENT, HASH, JSON, STOCK_LEDGER, STREAM, Settings
 
 # What every connection of the shared factory sends: PING (health checks) and
 # CLIENT SETNAME (client_name "cachesync"); the factory turns redis-py's CLIENT
@@ -36,9 +36,9 @@ CLUSTER_COMMANDS = ("cluster|slots", "cluster|shards", "command", "asking")
 
 # The ingest path: the writer's script (EVAL, or EVALSHA with SCRIPT LOAD after
 # NOSCRIPT: any of them lets a user run a script of its own, so allowing all three
-# grants nothing more), the commands its scripts call (read from the scripts themselves,
-# so the two cannot drift apart), WAIT and ROLE (acknowledged means replicated: the writer
-# waits for a standalone primary's replicas, which ROLE lists; cachesync.transport),
+# grants nothing more), the commands its script calls for the configured kinds
+# (fence_commands), WAIT and ROLE (acknowledged means replicated: the writer waits for a
+# standalone primary's replicas, which ROLE lists; cachesync.transport),
 # and XADD to the dead-letter stream.
 INGEST_SCRIPT_COMMANDS = ("eval", "evalsha", "script|load", "wait", "role")
 DEAD_LETTER_COMMANDS = ("xadd",)
@@ -83,7 +83,7 @@ class AccessRule:
 
 def script_commands(script: str) -> tuple[str, ...]:
     """The commands a Lua script calls (`redis.call('X'` / `redis.pcall('X'`), lower case, sorted."""
-    return tuple(sorted({name.lower() for name in re.findall(r"redis\.p?call\(\s*['\"](\w+)['\"]", script)}))
+    return tuple(sorted({name.lower() for name in re.findall(r"redis\.p?call\(\s*['\"]([\w.]+)['\"]", script)}))
 
 
 def apply_lua_commands() -> tuple[str, ...]:
@@ -91,6 +91,28 @@ def apply_lua_commands() -> tuple[str, ...]:
     from cachesync.transport import FENCE_SCRIPT
 
     return script_commands(FENCE_SCRIPT)
+
+
+# What fence.lua calls for itself (the keys' positions), and for each kind's writes: the ingest
+# user gets the commands of the kinds topics.toml configures, no others (a cache without the
+# JSON commands refuses an access string that names them). Together they are every command
+# fence.lua calls (tests/security keeps them in step).
+FENCE_COMMANDS = ("hget", "hset")
+KIND_COMMANDS: dict[str, tuple[str, ...]] = {
+    DOCUMENT: ("set", "del"),
+    STOCK_LEDGER: ("zincrby", "zadd", "zrem", "expire"),
+    HASH: ("del", "hset", "hdel", "expire"),
+    JSON: ("json.set", "json.merge", "exists", "persist", "del", "expire"),
+    STREAM: ("xadd", "expire"),
+}
+
+
+def fence_commands(settings: Settings) -> tuple[str, ...]:
+    """The commands fence.lua runs for the topics these settings configure, sorted."""
+    commands = set(FENCE_COMMANDS)
+    for topic in settings.topics:
+        commands.update(KIND_COMMANDS[topic.kind])
+    return tuple(sorted(commands))
 
 
 def _prefixes(settings: Settings) -> list[str]:
@@ -104,8 +126,8 @@ def ingest_rule(settings: Settings, cluster: bool | None = None) -> AccessRule:
     # the stream always: with a queue configured it takes the letters while SQS is down
     patterns.append(settings.dlq_stream_key)
     patterns += OPSTATS_KEYS
-    commands = [*CONNECTION_COMMANDS, *INGEST_SCRIPT_COMMANDS, *apply_lua_commands(), *DEAD_LETTER_COMMANDS]
-    commands += [c for c in OPSTATS_WRITE_COMMANDS if c not in commands]
+    commands = [*CONNECTION_COMMANDS, *INGEST_SCRIPT_COMMANDS, *fence_commands(settings)]
+    commands += dict.fromkeys(c for c in (*DEAD_LETTER_COMMANDS, *OPSTATS_WRITE_COMMANDS) if c not in commands)
     return AccessRule("ingest", _with_cluster(commands, settings, cluster), tuple(patterns))
 
 

@@ -214,7 +214,13 @@ def test_access_strings_are_in_elasticache_rbac_form() -> None:
     api = acl.api_rule(settings).access_string()
     assert "~cachesync:offsets" not in api and "+xadd" not in api and "+xrange " not in api
     ingest = acl.ingest_rule(settings)
-    assert set(acl.script_commands(FENCE_SCRIPT)) <= set(ingest.commands)
+    # the fence's commands, each kind's, and nothing else are what fence.lua calls; the ingest
+    # user has the fence's and its configured kinds' (no JSON commands without a json topic)
+    kinds = {c for commands in acl.KIND_COMMANDS.values() for c in commands}
+    assert set(acl.script_commands(FENCE_SCRIPT)) == set(acl.FENCE_COMMANDS) | kinds
+    configured = {c for t in settings.topics for c in acl.KIND_COMMANDS[t.kind]}
+    assert set(acl.FENCE_COMMANDS) | configured <= set(ingest.commands)
+    assert "json.set" not in ingest.commands and "hdel" not in ingest.commands
     # the stream takes the dead letters while SQS is down, so the rule does not depend on the queue
     with_queue = acl.ingest_rule(Settings.from_env({"DLQ_QUEUE_URL": "https://sqs/q"}))
     assert "xadd" in with_queue.commands and "deadletter:ingest" in with_queue.key_patterns

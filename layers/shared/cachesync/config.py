@@ -24,10 +24,26 @@ class ConfigError(ValueError):
     """The environment describes a configuration that cannot work."""
 
 
-# How a topic's records become Redis writes (cachesync.projections): one document per key,
-# or stock events on a sorted set per store.
-DOCUMENT, STOCK_LEDGER = "document", "stock_ledger"
-KINDS = (DOCUMENT, STOCK_LEDGER)
+# How a topic's records become Redis writes (cachesync.projections): one document per key (a
+# string), stock events on a sorted set per store, one hash or one JSON document per key, or an
+# entry appended to a stream per record.
+DOCUMENT, STOCK_LEDGER, HASH, JSON, STREAM = "document", "stock_ledger", "hash", "json", "stream"
+KINDS = (DOCUMENT, STOCK_LEDGER, HASH, JSON, STREAM)
+# What a write does to a key that holds a value already: replace it, or merge into it (hash: the
+# record's fields set, the others kept; json: JSON.MERGE, RFC 7396). Only the kinds listed merge.
+REPLACE, MERGE = "replace", "merge"
+MERGING_KINDS = (HASH, JSON)
+# Debezium change events (op, before, after): for the kinds that hold one value per key.
+DEBEZIUM = "debezium"
+ENVELOPE_KINDS = (DOCUMENT, HASH, JSON)
+# What an entry of topics.toml may hold; anything else is a mistake worth naming.
+ENTRY_FIELDS = frozenset(
+    {
+        "name", "kind", "topic", "key_prefix", "key_field", "record_key", "ttl_seconds", "schema",
+        "value_format", "value_schema", "value_wire_format", "contract", "example",
+        "on_update", "envelope", "ttl_header", "max_length",
+    }
+)  # fmt: skip
 
 TOPICS_FILE = Path(__file__).with_name("topics.toml")
 
@@ -36,6 +52,10 @@ TOPICS_FILE = Path(__file__).with_name("topics.toml")
 # mutations per call are bounded too, since a script blocks the server while it runs.
 MAX_REQUEST_ARGUMENTS = 3999
 MAX_SCRIPT_BATCH_SIZE = (MAX_REQUEST_ARGUMENTS - 5) // 2
+# A hash or a stream entry travels field by field, two arguments each, and one record's fields
+# cannot be split across requests: a call of one key and its positions hash (4 arguments of its
+# own, 2 keys) carries at most this many.
+MAX_RECORD_FIELDS = (MAX_REQUEST_ARGUMENTS - 6) // 2
 
 
 @dataclass(frozen=True)
@@ -54,6 +74,10 @@ class TopicConfig:
     schema: str | None = None
     # Avro or Protobuf values and their schema (cachesync.values); None: JSON values
     value_format: ValueFormat | None = None
+    on_update: str = REPLACE  # REPLACE or MERGE (hash and json only)
+    envelope: str | None = None  # DEBEZIUM: the value is a change event; None: the value is the row
+    ttl_header: str | None = None  # a record header whose value in seconds sets the key's TTL
+    max_length: int = 0  # stream: trim to about this many entries (MAXLEN ~); 0: never trimmed
 
 
 @dataclass(frozen=True)
@@ -181,6 +205,8 @@ def topic_entries() -> tuple[dict[str, Any], ...]:
     names: set[str] = set()
     for number, entry in enumerate(entries, 1):
         where = f"{TOPICS_FILE.name} entry {number}"
+        if isinstance(entry.get("name"), str) and entry["name"]:
+            where += f" ({entry['name']})"
         for required in ("name", "kind", "topic", "key_prefix", "key_field"):
             if not isinstance(entry.get(required), str) or not entry[required]:
                 raise ConfigError(f"{where} needs `{required}`")
@@ -188,8 +214,44 @@ def topic_entries() -> tuple[dict[str, Any], ...]:
             raise ConfigError(f"{where}: name {entry['name']!r} must be unique, lower case letters and digits")
         if entry["kind"] not in KINDS:
             raise ConfigError(f"{where}: kind must be one of {', '.join(KINDS)}, got {entry['kind']!r}")
+        _check_shape(where, entry)
         names.add(entry["name"])
     return entries
+
+
+def _check_shape(where: str, entry: Mapping[str, Any]) -> None:
+    """The options an entry's kind can take, and only those."""
+    kind = entry["kind"]
+    unknown = sorted(set(entry) - ENTRY_FIELDS)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown field {', '.join(map(repr, unknown))} (known: {', '.join(sorted(ENTRY_FIELDS))})"
+        )
+    on_update = entry.get("on_update", REPLACE)
+    if on_update not in (REPLACE, MERGE):
+        raise ConfigError(f"{where}: on_update must be {REPLACE} or {MERGE}, got {on_update!r}")
+    if on_update == MERGE and kind not in MERGING_KINDS:
+        raise ConfigError(f'{where}: on_update = "merge" needs kind {" or ".join(MERGING_KINDS)}, not {kind}')
+    envelope = entry.get("envelope")
+    if envelope is not None and envelope != DEBEZIUM:
+        raise ConfigError(f"{where}: envelope must be {DEBEZIUM!r} (or left out), got {envelope!r}")
+    if envelope == DEBEZIUM and kind not in ENVELOPE_KINDS:
+        raise ConfigError(
+            f'{where}: envelope = "debezium" needs a kind that holds one row per key '
+            f"({', '.join(ENVELOPE_KINDS)}), not {kind}"
+        )
+    if "max_length" in entry:
+        length = entry["max_length"]
+        if kind != STREAM:
+            raise ConfigError(f"{where}: max_length is for kind stream, not {kind}")
+        if type(length) is not int or length < 0:
+            raise ConfigError(f"{where}: max_length must be a whole number of entries, at least 0, got {length!r}")
+    header = entry.get("ttl_header")
+    if header is not None and (not isinstance(header, str) or not header):
+        raise ConfigError(f"{where}: ttl_header must name a record header, got {header!r}")
+    ttl = entry.get("ttl_seconds", 0)
+    if type(ttl) is not int or ttl < 0:
+        raise ConfigError(f"{where}: ttl_seconds must be a whole number of seconds, at least 0, got {ttl!r}")
 
 
 _ENTRY_NAME = re.compile(r"[a-z][a-z0-9]{0,30}")
@@ -209,6 +271,10 @@ def _topic_config(env: Mapping[str, str], entry: Mapping[str, Any]) -> TopicConf
         ttl_seconds=_number(env, f"{upper}_TTL_SECONDS", int(entry.get("ttl_seconds", 0)), int),
         schema=_schema(env, f"{upper}_SCHEMA", entry.get("schema")),
         value_format=_value_format(env, upper, entry),
+        on_update=entry.get("on_update", REPLACE),
+        envelope=entry.get("envelope"),
+        ttl_header=entry.get("ttl_header"),
+        max_length=int(entry.get("max_length", 0)),
     )
 
 

@@ -17,7 +17,16 @@
 --            [offset, "I", member, delta, ttl?]   ZINCRBY (then EXPIRE ttl)
 --            [offset, "Z", member, score, ttl?]   ZADD (then EXPIRE ttl)
 --            [offset, "R", member]                ZREM
--- ARGV[2..]: the values to SET, as received: they never pass through JSON.
+--            [offset, "H", first, n, ttl?]        DEL, HSET key <n field/value pairs from ARGV[first]>
+--            [offset, "M", first, n, m, ttl?]     HSET the n pairs from ARGV[first], HDEL the m
+--                                                 fields after them (a merge: the others kept)
+--            [offset, "J", value, ttl?]           JSON.SET key $ ARGV[value] (PERSIST without ttl)
+--            [offset, "N", value, ttl?]           JSON.MERGE key $ ARGV[value], into {} if no key
+--            [offset, "X", first, n, maxlen, ttl?] XADD key [MAXLEN ~ maxlen] * <n pairs>
+--          a ttl is EXPIRE'd after the write (SET takes EX); without one, a replace (S, H, J)
+--          leaves the key without a TTL and the other writes keep the key's.
+-- ARGV[2..]: the values to SET and JSON.SET, and the fields of hashes and stream entries, as
+--          received: they never pass through JSON.
 --
 -- If any entry's position is short of its `after`, nothing is written and the
 -- reply is a CACHESYNC_GAP error: the call before it did not run (yet).
@@ -67,6 +76,47 @@ for i, entry in ipairs(plan) do
         result = redis.pcall('ZADD', key, op[4], op[3])
       elseif code == 'R' then
         result = redis.pcall('ZREM', key, op[3])
+      elseif code == 'H' then
+        ttl = op[5] or 0
+        redis.call('DEL', key)
+        if op[4] > 0 then
+          result = redis.pcall('HSET', key, unpack(ARGV, op[3], op[3] + 2 * op[4] - 1))
+        end
+      elseif code == 'M' then
+        ttl = op[6] or 0
+        if op[4] > 0 then
+          result = redis.pcall('HSET', key, unpack(ARGV, op[3], op[3] + 2 * op[4] - 1))
+        end
+        if op[5] > 0 and not (type(result) == 'table' and result.err) then
+          local first = op[3] + 2 * op[4]
+          result = redis.pcall('HDEL', key, unpack(ARGV, first, first + op[5] - 1))
+        end
+      elseif code == 'J' then
+        ttl = op[4] or 0
+        -- in place, not DEL first: a value the server refuses leaves the old document
+        result = redis.pcall('JSON.SET', key, '$', ARGV[op[3]])
+        if ttl == 0 and not (type(result) == 'table' and result.err) then
+          redis.call('PERSIST', key)
+        end
+      elseif code == 'N' then
+        ttl = op[4] or 0
+        -- a merge into no document merges into {} (RFC 7396): JSON.MERGE alone would keep the nulls
+        local created = redis.call('EXISTS', key) == 0
+        if created then
+          redis.call('JSON.SET', key, '$', '{}')
+        end
+        result = redis.pcall('JSON.MERGE', key, '$', ARGV[op[3]])
+        if created and type(result) == 'table' and result.err then
+          redis.call('DEL', key)  -- a refused merge leaves no {} behind
+        end
+      elseif code == 'X' then
+        ttl = op[6] or 0
+        local first, last = op[3], op[3] + 2 * op[4] - 1
+        if op[5] > 0 then
+          result = redis.pcall('XADD', key, 'MAXLEN', '~', op[5], '*', unpack(ARGV, first, last))
+        else
+          result = redis.pcall('XADD', key, '*', unpack(ARGV, first, last))
+        end
       else
         result = {err = 'unknown mutation code ' .. tostring(code)}
       end

@@ -21,7 +21,7 @@ from cachesync.deadletter import DeadLetter, DeadLetterSink, FallbackSink, Redis
 from cachesync.maintenance import check_source
 from cachesync.plan import Pending
 from cachesync.poison import PoisonRecord
-from cachesync.projections import partition_key, project
+from cachesync.projections import partition_key, project, record_key_identifier, record_ttl
 from cachesync.writer import BatchWriter
 
 # Lambda's self-managed Kafka events say "SelfManagedKafka"; older ones and
@@ -191,10 +191,15 @@ class Ingestor:
             key = None  # a value names its own key; the keying check below reports it
         if key is not None and record.get("keySchemaMetadata") is not None:
             key = values.registry_key(key)
-        mutation = project(config, key, value)
+        ttl = record_ttl(config, record.get("headers")) if config.ttl_header is not None else None
+        mutation = project(config, key, value, ttl)
         if value is not None:
             expected = partition_key(config, mutation)
-            if key is None or key != expected.encode():
+            if key is None or (
+                key != expected.encode()
+                # a Debezium record key is the row's key as JSON ({"id": 1001}): the same key
+                and (config.envelope is None or record_key_identifier(config, key) != expected)
+            ):
                 # the producer's partitioner did not see this Redis key's name: its updates may
                 # spread over partitions and lose their order. Reported, never reordered.
                 self._mismatches.append((topic, partition, offset, key, expected))

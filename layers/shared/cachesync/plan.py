@@ -9,8 +9,14 @@ reaches Redis late, after its sender gave up and a newer batch was applied,
 changes nothing: the position already says newer.
 
 - A record (topic, partition, offset) seen twice in a batch is planned once.
-- Overwrites (SET, DEL) of a key in a row keep only the last: the earlier ones
-  would be overwritten within the same call anyway.
+- Overwrites of a key in a row keep only the last: the earlier ones would be
+  overwritten within the same call anyway. An overwrite leaves the key exactly as
+  its record says, TTL included (SET, DEL, a hash's DEL + HSET, a JSON document's
+  DEL + JSON.SET); merges, stream appends and stock events never collapse.
+- Values travel as arguments of their own, never inside the plan's JSON: a SET's
+  or a JSON document's value is one, a hash write or a stream entry takes two per
+  field (and a merge one more per field it removes). Each call's arguments are
+  counted against the request limit.
 - The steps of one slot go out in calls of that slot only, so a cluster can run
   them (`cross_slot=False`); a standalone server takes any mix (`cross_slot=True`).
   Both topologies plan the same steps; only their packing differs.
@@ -28,13 +34,29 @@ import orjson
 from redis.crc import key_slot
 
 from cachesync import keys
-from cachesync.projections import ASSIGN, DELETE, INCREMENT, REMOVE, SET, Mutation
+from cachesync.projections import (
+    ASSIGN,
+    DELETE,
+    HASH_MERGE,
+    HASH_REPLACE,
+    INCREMENT,
+    JSON_MERGE,
+    JSON_SET,
+    REMOVE,
+    SET,
+    STREAM_ADD,
+    Mutation,
+)
 
 # (mutation, topic, partition, offset): the Kafka coordinates that make a mutation idempotent.
 # A plain tuple: one is built for every record.
 Pending = tuple[Mutation, str, int, int]
 
-OVERWRITES = (SET, DELETE)
+OVERWRITES = (SET, DELETE, HASH_REPLACE, JSON_SET)
+# ops whose value is one argument of the call (op[2] before packing)
+ONE_VALUE = (SET, JSON_SET, JSON_MERGE)
+# ops whose fields are arguments of the call, two per field (op[2] before packing)
+FIELD_OPS = (HASH_REPLACE, HASH_MERGE, STREAM_ADD)
 
 # Arguments a call spends before its keys and values: EVALSHA, the hash, numkeys, the plan.
 CALL_OVERHEAD_ARGUMENTS = 4
@@ -49,7 +71,8 @@ class Step:
         self.slot = slot
         self.key = key
         self.position = position  # the key's position field for this partition
-        self.ops: list[list[Any]] = []  # [offset, code, a, b, ttl] as fence.lua reads them
+        # [offset, code, a, b, ttl]; values and fields become ARGV indexes when packed (_add)
+        self.ops: list[list[Any]] = []
         # per op, the pending positions it stands for (several for collapsed overwrites)
         self.sources: list[list[int]] = []
         self.last = -1  # the offset of its last record
@@ -112,13 +135,27 @@ def steps_of(pending: list[Pending]) -> tuple[list[Step], int]:
 
 def _op(m: Mutation, offset: int) -> list[Any]:
     code = m.code
-    if code == SET:
-        return [offset, code, m.argument, m.ttl]  # the value becomes an ARGV index when packed
+    if code in ONE_VALUE or code == HASH_REPLACE:
+        return [offset, code, m.argument, m.ttl]  # the value (fields) become ARGV indexes when packed
     if code in (INCREMENT, ASSIGN):
         return [offset, code, m.member, m.argument, m.ttl]
     if code == REMOVE:
         return [offset, code, m.member]
+    if code == HASH_MERGE:
+        return [offset, code, m.argument, m.ttl, m.removed]
+    if code == STREAM_ADD:
+        return [offset, code, m.argument, m.ttl, m.max_length]
     return [offset, code]
+
+
+def _cost(op: list[Any]) -> int:
+    """The arguments an op's values take in its call."""
+    code = op[1]
+    if code in ONE_VALUE:
+        return 1
+    if code in FIELD_OPS:
+        return len(op[2]) + (len(op[4]) if code == HASH_MERGE else 0)
+    return 0
 
 
 def pack(steps: list[Step], *, cross_slot: bool, max_mutations: int, max_arguments: int) -> list[Call]:
@@ -138,7 +175,7 @@ def pack(steps: list[Step], *, cross_slot: bool, max_mutations: int, max_argumen
             if call is None:
                 call = Call(slot)
             # most steps are one key's few ops: all of them into this call when they fit
-            values = sum(1 for op in ops if op[1] == SET)
+            values = sum(_cost(op) for op in ops)
             if call.mutations + len(ops) <= max_mutations and call.arguments + 2 + values <= max_arguments:
                 _add(call, step, positions, 0, len(ops), -1)
                 continue
@@ -170,7 +207,10 @@ def _room(call: Call, step: Step, positions: str, start: int, max_mutations: int
         return 0
     room = 0
     for op in step.ops[start:]:
-        cost = 1 if op[1] == SET else 0  # a SET's value is an argument of its own
+        cost = _cost(op)
+        if cost > max_arguments - CALL_OVERHEAD_ARGUMENTS - 2:
+            # never fits any call: the projections keep a record's fields below this (MAX_RECORD_FIELDS)
+            raise ValueError(f"a mutation of {step.key} takes {cost} arguments, more than one request holds")
         if room == free_mutations or cost > free_arguments:
             break
         free_arguments -= cost
@@ -184,12 +224,25 @@ def _add(call: Call, step: Step, positions: str, start: int, end: int, after: in
     ops: list[list[Any]] = []
     values = call.values
     for op in step.ops[start:end] if start or end < len(step.ops) else step.ops:
-        if op[1] == SET:
+        code = op[1]
+        if code == SET or code in ONE_VALUE:
             values.append(op[2])
             # fence.lua reads ARGV: the plan is ARGV[1], values from ARGV[2]
-            ops.append([op[0], SET, len(values) + 1, op[3]] if op[3] else [op[0], SET, len(values) + 1])
+            ops.append([op[0], code, len(values) + 1, op[3]] if op[3] else [op[0], code, len(values) + 1])
+        elif code in FIELD_OPS:
+            first, fields = len(values) + 2, op[2]
+            values.extend(fields)
+            packed = [op[0], code, first, len(fields) // 2]
+            if code == HASH_MERGE:
+                values.extend(op[4])
+                packed.append(len(op[4]))
+            elif code == STREAM_ADD:
+                packed.append(op[4])
+            if op[3]:
+                packed.append(op[3])
+            ops.append(packed)
         elif len(op) == 5 and not op[4]:
-            ops.append(op[:4])  # no TTL: leave it out
+            ops.append(op[:4])  # a sorted-set op without a TTL: leave it out
         else:
             ops.append(op)
     call.entries.append([hash_index, key_index, step.position, after, ops])
