@@ -11,8 +11,9 @@ changes nothing: the position already says newer.
 - A record (topic, partition, offset) seen twice in a batch is planned once.
 - Overwrites of a key in a row keep only the last: the earlier ones would be
   overwritten within the same call anyway. An overwrite leaves the key exactly as
-  its record says, TTL included (SET, DEL, a hash's DEL + HSET, a JSON document's
-  DEL + JSON.SET); merges, stream appends and stock events never collapse.
+  its record says, TTL included (SET, DEL, a hash's DEL + HSET); merges, stream
+  appends and stock events never collapse, nor does JSON.SET, which the server may
+  refuse for a value it cannot hold (the key must then keep the write before it).
 - Values travel as arguments of their own, never inside the plan's JSON: a SET's
   or a JSON document's value is one, a hash write or a stream entry takes two per
   field (and a merge one more per field it removes). Each call's arguments are
@@ -52,7 +53,9 @@ from cachesync.projections import (
 # A plain tuple: one is built for every record.
 Pending = tuple[Mutation, str, int, int]
 
-OVERWRITES = (SET, DELETE, HASH_REPLACE, JSON_SET)
+# JSON_SET is no overwrite here: the server may refuse a value (a number out of RedisJSON's range),
+# and a refused write must leave the key as the records before it made it
+OVERWRITES = (SET, DELETE, HASH_REPLACE)
 # ops whose value is one argument of the call (op[2] before packing)
 ONE_VALUE = (SET, JSON_SET, JSON_MERGE)
 # ops whose fields are arguments of the call, two per field (op[2] before packing)
