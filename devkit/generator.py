@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from cachesync.config import DOCUMENT, topic_entries
+from cachesync.config import DEBEZIUM, STOCK_LEDGER, topic_entries
+from devkit import debezium
 from devkit.esm.payload import lambda_record
 from devkit.registry import VALUE_FORMATS, ValueEncoder
 
@@ -105,6 +106,9 @@ class EventGenerator:
         self.first_offset = first_offset
         self._seed_makers = {"orders": self.order, "inventory": self.inventory, "products": self.product}
         self.stock: dict[tuple[str, str], int] = {}  # units on hand after the events generated so far
+        self.rows: dict[tuple[str, int], dict[str, Any]] = {}  # each Debezium table's rows so far
+        self._queued: dict[str, list[RawRecord]] = {}  # a delete's tombstone, next for its entry
+        self._changes = 0
         self.next_offset: dict[tuple[str, int], int] = {}
         self._round_robin = 0
         # JSON text, or Avro / Protobuf written with the local registry's schemas (devkit.registry)
@@ -188,14 +192,50 @@ class EventGenerator:
         value[field] = identifier
         return RawRecord(name, identifier.encode(), _json(value))
 
+    def change_event(self, name: str, connector: str = "mysql", schemas: bool = True) -> RawRecord:
+        """A Debezium change event of the entry `name` (envelope = "debezium"), as the MySQL (or
+        PostgreSQL) connector writes it with the JSON converter (`schemas`: its schema/payload
+        wrapper): rows of the entry's example shape, created, read, updated and deleted, a delete
+        followed by its tombstone (the next record of the entry)."""
+        queued = self._queued.get(name)
+        if queued:
+            return queued.pop(0)
+        entry, r = ENTRIES[name], self.random
+        field = entry["key_field"]
+        identifier = 1000 + r.randint(1, max(4, len(self.skus)))
+        key = debezium.record_key(connector, name, {field: identifier}, schemas)
+        self._changes += 1
+        ts = 1_700_000_000_000 + self._changes
+        current = self.rows.get((name, identifier))
+        if current is not None and r.random() < 0.2:
+            del self.rows[(name, identifier)]
+            before = current if connector == "mysql" else {field: identifier}
+            value = debezium.change_event(connector, name, "d", before, None, ts, self._changes, schemas)
+            self._queued[name] = [RawRecord(name, key, None)]  # the tombstone after the delete
+            return RawRecord(name, key, value)
+        row = json.loads(entry["example"]) | {field: identifier}
+        for column, item in row.items():  # vary the example's text and numbers a little
+            if column != field and isinstance(item, str):
+                row[column] = f"{item} {r.randint(1, 99)}"
+            elif column != field and isinstance(item, int | float) and not isinstance(item, bool):
+                row[column] = type(item)(item + r.randint(1, 9))
+        op = "u" if current is not None else "c"
+        before = current if connector == "mysql" else None
+        self.rows[(name, identifier)] = row
+        return RawRecord(name, key, debezium.change_event(connector, name, op, before, row, ts, self._changes, schemas))
+
     def record(self, name: str) -> RawRecord:
         """A record of the topics.toml entry `name`: orders and products in the seed's shapes,
-        stock events for a ledger, the entry's example for any other document."""
+        stock events for a ledger, Debezium change events for an entry with that envelope, the
+        entry's example for any other (a document, hash, json document or stream entry)."""
         if name in self._seed_makers:
             return self._seed_makers[name]()
-        if ENTRIES[name]["kind"] == DOCUMENT:
-            return self.document(name)
-        return replace(self.inventory(), topic=name)
+        entry = ENTRIES[name]
+        if entry["kind"] == STOCK_LEDGER:
+            return replace(self.inventory(), topic=name)
+        if entry.get("envelope") == DEBEZIUM:
+            return self.change_event(name)
+        return self.document(name)
 
     def records(self, count: int, topics: Sequence[str] = TOPICS) -> list[RawRecord]:
         return [self.record(self.random.choice(list(topics))) for _ in range(count)]

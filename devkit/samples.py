@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from cachesync import keys
+from devkit import debezium
 from devkit.generator import EventGenerator, RawRecord
 from devkit.sam import ROOT
 
@@ -75,6 +76,56 @@ def mixed() -> dict[str, Any]:
     return g.event(raws, now_ms=TIMESTAMP)
 
 
+# Debezium's tutorial rows of the MySQL `inventory.customers` table
+CUSTOMERS = (
+    {"id": 1001, "first_name": "Sally", "last_name": "Thomas", "email": "sally.thomas@acme.com"},
+    {"id": 1002, "first_name": "George", "last_name": "Bailey", "email": "gbailey@foobar.com"},
+    {"id": 1003, "first_name": "Edward", "last_name": "Walker", "email": "ed@walker.com"},
+    {"id": 1004, "first_name": "Anne", "last_name": "Kretchmar", "email": "annek@noanswer.org"},
+)
+CUSTOMERS_TOPIC = debezium.topic("mysql", "customers")
+
+
+def customers() -> dict[str, Any]:
+    """The `customers` table through Debezium's MySQL connector (JSON converter, schemas on): a
+    snapshot of four rows, an update, a delete and its tombstone, and a truncate (dead-lettered)."""
+    g = _generator(500)
+
+    def change(op: str, before: Any, after: Any, n: int, key_id: int | None) -> RawRecord:
+        key = None if key_id is None else debezium.record_key("mysql", "customers", {"id": key_id}, True)
+        return RawRecord(
+            CUSTOMERS_TOPIC, key, debezium.change_event("mysql", "customers", op, before, after, TIMESTAMP + n, n, True)
+        )
+
+    anne = CUSTOMERS[3]
+    marie = anne | {"first_name": "Anne Marie"}
+    george = CUSTOMERS[1]
+    raws = [
+        *(change("r", None, row, n, row["id"]) for n, row in enumerate(CUSTOMERS)),
+        change("u", anne, marie, 4, 1004),
+        change("d", george, None, 5, 1002),
+        RawRecord(CUSTOMERS_TOPIC, debezium.record_key("mysql", "customers", {"id": 1002}, True), None),
+        change("t", None, None, 6, None),
+    ]
+    return g.event(raws, now_ms=TIMESTAMP)
+
+
+def activity() -> dict[str, Any]:
+    """A stream topic: what two shoppers did, in order, one entry with its own TTL header."""
+    g = _generator(600)
+    actions = [("u1", "view"), ("u2", "view"), ("u1", "cart"), ("u1", "buy"), ("u2", "cart")]
+    raws = [
+        RawRecord(
+            "activity",
+            user.encode(),
+            json.dumps({"user": user, "action": action, "sku": "0123456789", "at": TIMESTAMP + n}).encode(),
+            (("ttl", b"3600"),) if action == "buy" else (),
+        )
+        for n, (user, action) in enumerate(actions)
+    ]
+    return g.event(raws, now_ms=TIMESTAMP)
+
+
 def _with(raw: RawRecord, **fields: Any) -> RawRecord:
     value = json.loads(raw.value or b"{}") | fields
     return RawRecord(raw.topic, raw.key, json.dumps(value, separators=(",", ":")).encode(), raw.headers)
@@ -87,6 +138,8 @@ def main() -> None:
         "kafka-inventory.json": inventory(),
         "kafka-products.json": products(),
         "kafka-mixed.json": mixed(),
+        "kafka-customers.json": customers(),
+        "kafka-activity.json": activity(),
     }
     for name, event in samples.items():
         (EVENTS / name).write_text(json.dumps(event, indent=2) + "\n")

@@ -39,7 +39,30 @@ KIND_WRITES = {
         "sorted set `{prefix}:<{field}>`, member `sku:<sku>`: shipment `ZINCRBY +units`, purchase "
         "`ZINCRBY -units`, count `ZADD units` (a stock take), remove `ZREM`"
     ),
+    "hash": "`DEL` + `HSET {prefix}:<{field}>` the value's non-null fields; tombstone → `DEL`",
+    "hash merge": "`HSET {prefix}:<{field}>` the value's fields, `HDEL` its null ones; tombstone → `DEL`",
+    "json": "`JSON.SET {prefix}:<{field}> $ <value>`; tombstone → `DEL`",
+    "json merge": "`JSON.MERGE {prefix}:<{field}> $ <value>`; tombstone → `DEL`",
+    "stream": "`XADD {prefix}:<{field}>{maxlen} *` the value's non-null fields, once per record",
 }
+DEBEZIUM_WRITES = (
+    "Debezium change event: c, r, u write `after` as {writes}; d and the tombstone → `DEL`; t and other ops "
+    "dead-lettered"
+)
+
+
+def kind_writes(entry: Mapping[str, Any]) -> str:
+    """What an entry's records do in Redis, for the contract table."""
+    kind = entry["kind"]
+    if entry.get("on_update") == "merge":
+        kind += " merge"
+    maxlen = f" MAXLEN ~ {entry['max_length']}" if entry.get("max_length") else ""
+    writes = KIND_WRITES[kind].format(prefix=entry["key_prefix"], field=entry["key_field"], maxlen=maxlen)
+    if entry.get("envelope") == "debezium":
+        writes = DEBEZIUM_WRITES.format(writes=writes.split(";")[0])
+    if entry.get("ttl_header"):
+        writes += f"; header `{entry['ttl_header']}` sets the TTL"
+    return writes
 
 
 def resource_name(entry: Mapping[str, Any]) -> str:
@@ -98,8 +121,10 @@ def _contract(entries: Sequence[Mapping[str, Any]]) -> list[str]:
         "| --- | --- | --- | --- | --- |",
     ]
     for e in entries:
-        writes = KIND_WRITES[e["kind"]].format(prefix=e["key_prefix"], field=e["key_field"])
-        lines.append(f"| `{e['topic']}` | {e['kind']} | {e['contract']} | {writes} | {e['record_key']} |")
+        writes = kind_writes(e)
+        contract = e.get("contract", f"a JSON object with `{e['key_field']}`")
+        record_key = e.get("record_key", f"the {e['key_field']}")
+        lines.append(f"| `{e['topic']}` | {e['kind']} | {contract} | {writes} | {record_key} |")
     return lines
 
 
