@@ -209,11 +209,11 @@ class EventGenerator:
         current = self.rows.get((name, identifier))
         if current is not None and r.random() < 0.2:
             del self.rows[(name, identifier)]
-            before = current if connector == "mysql" else {field: identifier}
-            value = debezium.change_event(connector, name, "d", before, None, ts, self._changes, schemas)
+            gone = current if connector == "mysql" else {field: identifier}
+            value = debezium.change_event(connector, name, "d", gone, None, ts, self._changes, schemas)
             self._queued[name] = [RawRecord(name, key, None)]  # the tombstone after the delete
             return RawRecord(name, key, value)
-        row = json.loads(entry["example"]) | {field: identifier}
+        row: dict[str, Any] = json.loads(entry["example"]) | {field: identifier}
         for column, item in row.items():  # vary the example's text and numbers a little
             if column != field and isinstance(item, str):
                 row[column] = f"{item} {r.randint(1, 99)}"

@@ -77,7 +77,7 @@ def mixed() -> dict[str, Any]:
 
 
 # Debezium's tutorial rows of the MySQL `inventory.customers` table
-CUSTOMERS = (
+CUSTOMERS: tuple[dict[str, Any], ...] = (
     {"id": 1001, "first_name": "Sally", "last_name": "Thomas", "email": "sally.thomas@acme.com"},
     {"id": 1002, "first_name": "George", "last_name": "Bailey", "email": "gbailey@foobar.com"},
     {"id": 1003, "first_name": "Edward", "last_name": "Walker", "email": "ed@walker.com"},

@@ -291,3 +291,27 @@ def test_a_broken_entry_is_a_configuration_error_naming_it(
 
 def _decoded(record: dict[str, Any]) -> bytes:
     return base64.b64decode(record["value"])
+
+
+def test_status_and_a_rebuild_cover_hashes_streams_and_change_events(target: Any, table: Path) -> None:
+    from cachesync import maintenance
+
+    log = log_of(KindsLog(21).raws(200))
+    batch = whole(log)
+    settings_ = target.settings()
+    client = target.client()
+    build_ingestor(settings_).process(batch)
+    before = redis_kinds_state(client)
+    status = maintenance.status(client, settings_)
+    for (topic, partition), records in log.items():
+        model = KindsModel(table).apply_all(records)
+        applied = [r["offset"] for r in records if (topic, partition, r["offset"]) not in model.poison]
+        if applied:
+            assert status["topics"][topic]["partitions"][str(partition)] == max(applied)
+    for topic in ("t.profiles", "t.activity", "dbserver1.inventory.customers"):
+        cleared = maintenance.clear_topic(client, settings_, topic)
+        assert cleared.keys > 0 and cleared.offsets > 0
+        maintenance.finish_rebuild(client, topic)
+    assert not any(name.startswith(("profiles:", "activity:", "customers:")) for name in redis_kinds_state(client))
+    build_ingestor(settings_).process(batch)  # the replay from the earliest offset
+    assert redis_kinds_state(client) == before
