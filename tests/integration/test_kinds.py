@@ -315,3 +315,54 @@ def test_status_and_a_rebuild_cover_hashes_streams_and_change_events(target: Any
     assert not any(name.startswith(("profiles:", "activity:", "customers:")) for name in redis_kinds_state(client))
     build_ingestor(settings_).process(batch)  # the replay from the earliest offset
     assert redis_kinds_state(client) == before
+
+
+CUSTOMERS_ENVELOPE_AVRO = {
+    "type": "record",
+    "name": "Envelope",
+    "namespace": "dbserver1.inventory.customers",
+    "fields": [
+        {"name": "before", "type": ["null", {"type": "record", "name": "Value", "fields": [
+            {"name": "id", "type": "int"},
+            {"name": "first_name", "type": "string"},
+            {"name": "last_name", "type": "string"},
+            {"name": "email", "type": "string"},
+        ]}], "default": None},
+        {"name": "after", "type": ["null", "Value"], "default": None},
+        {"name": "source", "type": {"type": "record", "name": "Source", "namespace": "io.debezium.connector.mysql",
+                                    "fields": [{"name": "db", "type": "string"}, {"name": "table", "type": ["null", "string"]}]}},
+        {"name": "op", "type": "string"},
+        {"name": "ts_ms", "type": ["null", "long"], "default": None},
+    ],
+}  # fmt: skip
+
+
+def test_debezium_events_in_avro_decode_as_any_topics_values(target: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    from devkit.registry import _avro_writer
+
+    schema = tmp_path / "customers-envelope.avsc"
+    schema.write_text(json.dumps(CUSTOMERS_ENVELOPE_AVRO))
+    entry = f'value_format = "avro"\nvalue_schema = "{schema}"\nvalue_wire_format = "plain"\n'
+    use_table(
+        monkeypatch,
+        tmp_path / "t.toml",
+        TABLE.replace('key_prefix = "customers"\n', f'key_prefix = "customers"\n{entry}'),
+    )
+    try:
+        write = _avro_writer(schema.read_text())
+        anne = {"id": 1004, "first_name": "Anne", "last_name": "Kretchmar", "email": "annek@noanswer.org"}
+        source = {"db": "inventory", "table": "customers"}
+        values = [
+            write({"before": None, "after": anne, "source": source, "op": "c", "ts_ms": 1}),
+            write({"before": anne, "after": None, "source": source, "op": "d", "ts_ms": 2}),
+            write({"before": None, "after": anne | {"id": 1005}, "source": source, "op": "r", "ts_ms": 3}),
+            write({"before": None, "after": None, "source": source, "op": "t", "ts_ms": 4}),
+        ]
+        topic = debezium.topic("mysql", "customers")
+        outcome = build_ingestor(target.settings()).process(_one(topic, [(None, v) for v in values]))
+        assert (outcome.applied, outcome.dead_lettered) == (3, 1)
+        client = target.client()
+        assert client.exists("customers:1004") == 0
+        assert client.hget("customers:1005", "email") == b"annek@noanswer.org"
+    finally:
+        config.topic_entries.cache_clear()
