@@ -330,7 +330,7 @@ CUSTOMERS_ENVELOPE_AVRO = {
         ]}], "default": None},
         {"name": "after", "type": ["null", "Value"], "default": None},
         {"name": "source", "type": {"type": "record", "name": "Source", "namespace": "io.debezium.connector.mysql",
-                                    "fields": [{"name": "db", "type": "string"}, {"name": "table", "type": ["null", "string"]}]}},
+            "fields": [{"name": "db", "type": "string"}, {"name": "table", "type": ["null", "string"]}]}},
         {"name": "op", "type": "string"},
         {"name": "ts_ms", "type": ["null", "long"], "default": None},
     ],
