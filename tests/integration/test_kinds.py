@@ -366,3 +366,32 @@ def test_debezium_events_in_avro_decode_as_any_topics_values(target: Any, tmp_pa
         assert client.hget("customers:1005", "email") == b"annek@noanswer.org"
     finally:
         config.topic_entries.cache_clear()
+
+
+def as_ingest_user(target: Any) -> Settings:
+    """The ingest user of the configured kinds (devkit.acl) on every node; its settings."""
+    from redis.cluster import RedisCluster
+
+    from devkit import acl
+
+    rule = acl.ingest_rule(target.settings())
+    nodes = (
+        [redis_node.redis_connection for redis_node in RedisCluster.from_url(target.url).get_primaries()]
+        if target.cluster
+        else [target.client()]
+    )
+    for node in nodes:
+        node.execute_command(*rule.setuser_args("kindsingest", "kinds-password"))
+        node.script_flush()  # the user loads the script itself
+    return target.settings(REDIS_URL=target.url.replace("redis://", "redis://kindsingest:kinds-password@", 1))
+
+
+def test_the_ingest_user_of_these_kinds_may_do_all_they_need_and_no_more(target: Any, table: Path) -> None:
+    from devkit import acl
+
+    log = log_of(KindsLog(4).raws(150))
+    outcome = build_ingestor(as_ingest_user(target)).process(whole(log))
+    assert not any("NOPERM" in reason or "permission" in reason for reason in outcome.reasons), outcome.reasons
+    check(target, table, [r for records in log.values() for r in records])
+    commands = acl.ingest_rule(target.settings()).commands
+    assert {"hdel", "xadd", "hset", "del", "expire"} <= set(commands) and "json.set" not in commands

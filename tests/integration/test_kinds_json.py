@@ -190,3 +190,13 @@ def test_values_the_server_refuses_are_dead_lettered_and_the_old_document_kept(
     assert json.loads(client.execute_command("JSON.GET", "carts:1")) == {"id": 1, "v": 1}
     assert json.loads(client.execute_command("JSON.GET", "carts:2")) == {"id": 2, "v": 2}
     assert client.get("carts:3") == b"a string"
+
+
+def test_the_ingest_user_of_json_topics_may_do_all_it_needs(json_target: Target, table: Path) -> None:
+    from tests.integration.test_kinds import as_ingest_user
+
+    log = log_of(KindsLog(8).raws(150, json_kind=True))
+    model = KindsModel(table).apply_all([r for records in log.values() for r in records])
+    outcome = build_ingestor(as_ingest_user(json_target)).process(whole(log))
+    assert outcome.dead_lettered == len(model.poison)
+    check(json_target, table, [r for records in log.values() for r in records])
