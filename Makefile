@@ -6,7 +6,7 @@ PORT ?= 3000
 FUNCTION ?= IngestFunction
 EVENT ?= events/kafka-orders.json
 
-.PHONY: dev test lint format mypy invoke run openapi bench bench-connect stop cli events clean esm kafka datagen status rebuild value-schemas screenshots
+.PHONY: dev test lint format mypy invoke run openapi bench bench-connect bench-kinds stop cli events clean esm kafka datagen status rebuild value-schemas screenshots
 
 dev: $(VENV)/.installed
 
@@ -98,6 +98,10 @@ bench: dev
 # our path beside a plain at-least-once Redis sink (no Redis sink connector for Kafka Connect is on
 # Maven Central): throughput, freshness and SIGKILLs mid-stream against the reference model, on Apache
 # Kafka 4.4 when Java and Maven are here; writes its own section of docs/performance.md (about 10 minutes)
+# the hash, json and stream kinds beside naive pipelines of the same commands (docs/performance-kinds.md)
+bench-kinds: dev
+	$(PY) -m harness.bench_kinds --output docs/performance-kinds.md
+
 bench-connect: dev
 	$(PY) -m harness.bench_connect --output docs/performance.md --command "make bench-connect"
 

@@ -54,6 +54,9 @@ end
 local wrote = false
 for i, entry in ipairs(plan) do
   local key, position, last = KEYS[entry[2]], positions[i], nil
+  -- what this entry's JSON writes know of the key: a document there, no TTL on it (saves an
+  -- EXISTS per merge and a PERSIST per replace after the first)
+  local is_json, no_ttl = false, false
   for j, op in ipairs(entry[5]) do
     local offset = op[1]
     if offset > position then
@@ -68,6 +71,7 @@ for i, entry in ipairs(plan) do
         ttl = 0
       elseif code == 'D' then
         result = redis.pcall('DEL', key)
+        is_json, no_ttl = false, false
       elseif code == 'I' then
         ttl = op[5] or 0
         result = redis.pcall('ZINCRBY', key, op[4], op[3])
@@ -95,19 +99,25 @@ for i, entry in ipairs(plan) do
         ttl = op[4] or 0
         -- in place, not DEL first: a value the server refuses leaves the old document
         result = redis.pcall('JSON.SET', key, '$', ARGV[op[3]])
-        if ttl == 0 and not (type(result) == 'table' and result.err) then
-          redis.call('PERSIST', key)
+        if not (type(result) == 'table' and result.err) then
+          is_json = true
+          if ttl == 0 and not no_ttl then
+            redis.call('PERSIST', key)
+            no_ttl = true
+          end
         end
       elseif code == 'N' then
         ttl = op[4] or 0
         -- a merge into no document merges into {} (RFC 7396): JSON.MERGE alone would keep the nulls
-        local created = redis.call('EXISTS', key) == 0
+        local created = not is_json and redis.call('EXISTS', key) == 0
         if created then
           redis.call('JSON.SET', key, '$', '{}')
         end
         result = redis.pcall('JSON.MERGE', key, '$', ARGV[op[3]])
-        if created and type(result) == 'table' and result.err then
-          redis.call('DEL', key)  -- a refused merge leaves no {} behind
+        if type(result) == 'table' and result.err then
+          if created then redis.call('DEL', key) end  -- a refused merge leaves no {} behind
+        else
+          is_json = true
         end
       elseif code == 'X' then
         ttl = op[6] or 0
@@ -126,6 +136,7 @@ for i, entry in ipairs(plan) do
         errors[#errors + 1] = result.err
       elseif ttl > 0 then
         redis.call('EXPIRE', key, ttl)
+        no_ttl = false
       end
       last = offset
     end
