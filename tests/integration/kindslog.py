@@ -107,6 +107,7 @@ class KindsLog:
         self.ids = ids
         self.rows: dict[tuple[str, int], dict[str, Any]] = {}  # what each Debezium table holds
         self.position = 0
+        self.json_kind = False
 
     def _row(self, identifier: int) -> dict[str, Any]:
         r = self.random
@@ -114,7 +115,8 @@ class KindsLog:
         for name in r.sample(["name", "score", "tags", "address", "active", "price", "note"], r.randint(1, 5)):
             row[name] = {
                 "name": r.choice(["Anne", "Sally", "Édouard", "杰"]),
-                "score": r.randint(-5, 10**12),
+                # beyond 64 bits too, but not for RedisJSON, which holds numbers as 64-bit ints or doubles
+                "score": r.randint(-5, 10**12) if self.json_kind or r.random() < 0.8 else 10**25 + r.randint(0, 9),
                 "tags": r.sample(["a", "b", "c"], r.randint(0, 3)),
                 "address": {"city": r.choice(["Oslo", "Lima"]), "zip": r.randint(1000, 9999), "line2": None},
                 "active": r.choice([True, False]),
@@ -188,6 +190,7 @@ class KindsLog:
         ]
 
     def raws(self, size: int, json_kind: bool = False) -> list[RawRecord]:
+        self.json_kind = json_kind
         out: list[RawRecord] = []
         while len(out) < size:
             if json_kind:

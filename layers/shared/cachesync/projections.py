@@ -58,6 +58,7 @@ A topic may also have a JSON Schema (`<NAME>_SCHEMA`, see cachesync.schemas).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -130,7 +131,7 @@ def _row(config: TopicConfig, record_key: bytes | None, value: bytes | None, ttl
     """hash and json: one value per key, written as the topic's on_update says, deleted by a tombstone."""
     if value is None:
         return Mutation(keys.data_key(config.key_prefix, _tombstone_identifier(record_key)), DELETE)
-    row = _json_object(value, config)
+    row = _json_object(value, config, exact=config.kind == HASH)
     key = keys.data_key(config.key_prefix, _identifier(row, config.key_field, value))
     return _write_row(config, key, row, value, ttl)
 
@@ -151,7 +152,7 @@ def _stream(config: TopicConfig, record_key: bytes | None, value: bytes | None, 
     """One entry appended per record; the fence appends it once."""
     if value is None:
         raise PoisonRecord(f"{config.name} is a stream: a tombstone cannot take an entry back")
-    row = _json_object(value, config)
+    row = _json_object(value, config, exact=True)
     key = keys.data_key(config.key_prefix, _identifier(row, config.key_field, value))
     fields, _ = _fields(row, merge=False)
     if not fields:
@@ -199,7 +200,7 @@ def _debezium(config: TopicConfig, record_key: bytes | None, value: bytes | None
     """A Debezium change event: the row it leaves (c, r, u) or the key it deletes (d, the tombstone)."""
     if value is None:  # the tombstone after a delete: its key is the row's key
         return Mutation(keys.data_key(config.key_prefix, _debezium_key(config, record_key, None)), DELETE)
-    event = _payload(_parse_json(value))
+    event = _payload(_parse_json(value, exact=True))
     if type(event) is not dict:
         raise PoisonRecord(f"a Debezium change event is a JSON object, got {type(event).__name__}")
     op = event.get("op", _MISSING)
@@ -356,15 +357,23 @@ _PROJECTIONS: dict[str, Callable[[TopicConfig, bytes | None, bytes | None, int],
 }
 
 
-def _json_object(value: bytes, config: TopicConfig) -> dict[str, Any]:
-    document = _parse_json(value)
+def _json_object(value: bytes, config: TopicConfig, exact: bool = False) -> dict[str, Any]:
+    document = _parse_json(value, exact)
     if type(document) is not dict:
         raise PoisonRecord(f"value must be a JSON object, got {type(document).__name__}")
     _check_schema(config, document)
     return document
 
 
-def _parse_json(value: bytes) -> Any:
+# 19 digits in a row: maybe an integer beyond 64 bits, which orjson reads as a float
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+
+
+def _parse_json(value: bytes, exact: bool = False) -> Any:
+    """The value's JSON. `exact`: its numbers are written out again (a hash's fields, a change
+    event's row), so an integer beyond 64 bits must keep its digits: read by the standard parser."""
+    if exact and _LONG_DIGITS.search(value) is not None:
+        return _slow_json(value, None)
     try:
         return orjson.loads(value)
     except orjson.JSONDecodeError as error:
@@ -384,8 +393,8 @@ def _slow_json(value: bytes, error: orjson.JSONDecodeError | None) -> Any:
     a cache stores what arrives, so those are read again with the standard parser."""
     try:
         return json.loads(value, parse_constant=_not_json)
-    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise PoisonRecord(f"value is not valid JSON: {error}") from None
+    except (ValueError, RecursionError) as own:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise PoisonRecord(f"value is not valid JSON: {error or own}") from None
 
 
 def _not_json(constant: str) -> Any:
