@@ -395,3 +395,26 @@ def test_the_ingest_user_of_these_kinds_may_do_all_they_need_and_no_more(target:
     check(target, table, [r for records in log.values() for r in records])
     commands = acl.ingest_rule(target.settings()).commands
     assert {"hdel", "xadd", "hset", "del", "expire"} <= set(commands) and "json.set" not in commands
+
+
+def test_the_operators_figures_show_the_new_kinds_topics_and_reasons(target: Any, table: Path) -> None:
+    import time
+
+    from cachesync.opstats import operator_view, record_batch
+
+    log = log_of(KindsLog(31).raws(300))
+    client = target.client()
+    outcome = build_ingestor(target.settings()).process(whole(log))
+    record_batch(client, outcome)
+    view = operator_view(client, target.settings(), int(time.time() * 1000))
+    assert view["totals"]["applied"] == outcome.applied > 0
+    assert view["totals"]["deadLettered"] == outcome.dead_lettered > 0
+    poison = set(KindsModel(table).apply_all([r for records in log.values() for r in records]).poison)
+    for (topic, partition), records in log.items():
+        offsets = [r["offset"] for r in records if (topic, partition, r["offset"]) not in poison]
+        if offsets:  # (a partition's dead letters after its last applied record are not counted as processed)
+            assert view["partitions"][topic][str(partition)] == offsets[-1]
+    reasons = [r["reason"] for r in view["deadLetters"]["recent"]] + [
+        r["reason"] for r in view["deadLetters"]["reasons"]
+    ]
+    assert any("is not applied" in reason or "not one of" in reason or "JSON object" in reason for reason in reasons)
