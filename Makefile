@@ -100,7 +100,7 @@ bench: dev
 # Kafka 4.4 when Java and Maven are here; writes its own section of docs/performance.md (about 10 minutes)
 # the hash, json and stream kinds beside naive pipelines of the same commands (docs/performance-kinds.md)
 bench-kinds: dev
-	$(PY) -m harness.bench_kinds --output docs/performance-kinds.md
+	$(PY) -m harness.bench_kinds --both --output docs/performance-kinds.md
 
 bench-connect: dev
 	$(PY) -m harness.bench_connect --output docs/performance.md --command "make bench-connect"
