@@ -43,11 +43,22 @@ def settings_for(server: servers.ServerProcess, **env: str) -> Settings:
     return Settings.from_env({"REDIS_URL": server.url, "REDIS_WAIT_TIMEOUT_MS": "300", **env})
 
 
+def apply_as_lambda(ingest: Any, batch: dict[str, Any], attempts: int = 20) -> Any:
+    """A healthy replica on a busy machine may miss a 300 ms wait: the batch fails and Lambda
+    delivers it again, until one attempt is acknowledged."""
+    for _ in range(attempts - 1):
+        try:
+            return ingest.process(batch)
+        except NotReplicated:
+            continue
+    return ingest.process(batch)
+
+
 def test_an_applied_batch_is_on_the_replica_when_reported(pair: Any) -> None:
     primary, replica = pair
     settings = settings_for(primary)
     event = EventGenerator(seed=31, partitions=3).batch(500)
-    build_ingestor(settings).process(event)
+    apply_as_lambda(build_ingestor(settings), event)
     # read at once, no polling: WAIT returned, so the replica has every write
     assert redis_state(redis.Redis(port=replica.port)) == model_state(settings, records_of(event))
 
@@ -58,13 +69,13 @@ def test_a_replica_that_stops_acknowledging_fails_the_batch_and_the_retry_lands_
     ingest = build_ingestor(settings)
     generator = EventGenerator(seed=32, partitions=3)
     first = generator.batch(200)
-    ingest.process(first)  # the topology is known: this primary has a replica
+    apply_as_lambda(ingest, first)  # the topology is known: this primary has a replica
     os.kill(replica.process.pid, signal.SIGSTOP)  # it stays connected, but acknowledges nothing
     batch = generator.batch(200)
     with pytest.raises(NotReplicated, match="0 of 1 replicas"):
         ingest.process(batch)
     os.kill(replica.process.pid, signal.SIGCONT)
-    retry = ingest.process(batch)  # Lambda's retry: nothing applies twice, and now it is replicated
+    retry = apply_as_lambda(ingest, batch)  # Lambda's retry: nothing applies twice, and now it is replicated
     assert retry.applied + retry.duplicates == 200
     expected = model_state(settings, records_of(first) + records_of(batch))
     assert redis_state(redis.Redis(port=replica.port)) == expected
