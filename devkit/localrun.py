@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import os
 import signal
 import sys
@@ -105,9 +104,7 @@ class LocalRun:
         self.stream_errors = 0
         self._stop = threading.Event()
         self._stream: threading.Thread | None = None
-        self.ingest: Handler | None = None
         self.api: Handler | None = None
-        self._metrics: Any = None
         self._saved_env: dict[str, str] | None = None
         self.ingest_function: LocalFunction | None = None
         self.low_stock: list[str] = []
@@ -145,7 +142,8 @@ class LocalRun:
                     "KafkaBootstrapServers": self.kafka_bootstrap,
                     **registry_parameters(self.schema_registry),
                 },
-                functions={"IngestFunction": InProcessFunction(self.ingest_function, handler=self._ingest)},
+                # an execution environment per concurrent invocation, as Lambda runs them
+                functions={"IngestFunction": InProcessFunction(self.ingest_function)},
                 overrides={} if self.window_seconds is None else {"window_seconds": self.window_seconds},
             ).start()
             if self.feed is not None:
@@ -248,22 +246,11 @@ class LocalRun:
         if config is not None:  # settings are read once per process: read them again for this run
             config.settings.cache_clear()  # type: ignore[attr-defined]
         # the handlers' logs go to stdout, like in Lambda; keep them there
-        self.ingest = load_handler(ingest_fn)
         self.ingest_function = ingest_fn
-        if os.environ.get("POWERTOOLS_METRICS_DISABLED", "").lower() in ("1", "true"):
-            self._metrics = inspect.unwrap(self.ingest).__globals__.get("metrics")
         self.api = load_handler(api_fn)
         return api_fn
 
     # --- events -----------------------------------------------------------------
-    def _ingest(self, event: dict[str, Any], context: Any) -> Any:
-        assert self.ingest is not None
-        result = self.ingest(event, context)
-        if self._metrics is not None:
-            # disabled metrics still pile up and print every 100 values: drop them
-            self._metrics.clear_metrics()
-        return result
-
     def seed(self) -> None:
         """The seed data into Kafka, then wait until the mappings have applied all of it."""
         assert self.feed is not None and self.mappings is not None

@@ -56,6 +56,8 @@ class MappingConfig:
     window_seconds: float = DEFAULT_WINDOW_SECONDS
     enabled: bool = True
     provisioned: bool = False
+    minimum_pollers: int = 1  # ProvisionedPollerConfig, provisioned mode only
+    maximum_pollers: int = 200
     maximum_retry_attempts: int = -1  # -1: until it succeeds
     maximum_record_age_seconds: int = -1  # -1: no limit
     bisect_on_error: bool = False
@@ -198,8 +200,10 @@ def _evaluate(value: Any, conditions: dict[str, bool], resolve: Callable[[Any], 
 
 
 def _mapping(logical_id: str, p: dict[str, Any]) -> MappingConfig:
-    def whole(name: str, default: int, low: int, high: int, also: tuple[int, ...] = ()) -> int:
-        raw = p.get(name, default)
+    def whole(
+        name: str, default: int, low: int, high: int, also: tuple[int, ...] = (), source: dict[str, Any] | None = None
+    ) -> int:
+        raw = (p if source is None else source).get(name, default)
         try:
             number = int(raw)
         except (TypeError, ValueError):
@@ -230,9 +234,16 @@ def _mapping(logical_id: str, p: dict[str, Any]) -> MappingConfig:
     window = p.get("MaximumBatchingWindowInSeconds")
     destination = ((p.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
     provisioned = "ProvisionedPollerConfig" in p
+    pollers = p.get("ProvisionedPollerConfig") or {}
     registry = kafka.get("SchemaRegistryConfig")
     if registry and not provisioned:
         raise TemplateError(f"{logical_id}: Lambda takes a SchemaRegistryConfig in provisioned mode only")
+    if not isinstance(pollers, dict):
+        raise TemplateError(f"{logical_id}: ProvisionedPollerConfig must be an object, got {pollers!r}")
+    minimum_pollers = whole("MinimumPollers", 1, 1, 200, source=pollers)
+    maximum_pollers = whole("MaximumPollers", 200, 1, 2000, source=pollers)
+    if maximum_pollers < minimum_pollers:
+        raise TemplateError(f"{logical_id}: MaximumPollers ({maximum_pollers}) is below MinimumPollers")
     return MappingConfig(
         logical_id=logical_id,
         function=function,
@@ -246,6 +257,8 @@ def _mapping(logical_id: str, p: dict[str, Any]) -> MappingConfig:
         window_seconds=DEFAULT_WINDOW_SECONDS if window is None else whole("MaximumBatchingWindowInSeconds", 0, 0, 300),
         enabled=str(p.get("Enabled", True)).lower() != "false",
         provisioned=provisioned,
+        minimum_pollers=minimum_pollers,
+        maximum_pollers=maximum_pollers,
         maximum_retry_attempts=whole("MaximumRetryAttempts", -1, 0, 10_000, also=(-1,)),
         maximum_record_age_seconds=whole("MaximumRecordAgeInSeconds", -1, 60, 604_800, also=(-1,)),
         bisect_on_error=str(p.get("BisectBatchOnFunctionError", False)).lower() == "true",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -19,23 +20,104 @@ from typing import Any
 
 from devkit.esm.kafka import MappingError, client_settings, credentials
 from devkit.esm.mapping import read_mappings, read_queue_subscriptions
-from devkit.esm.poller import LocalEventSourceMapping
+from devkit.esm.poller import DEFAULT_CONCURRENCY, LocalEventSourceMapping
 from devkit.sam import TEMPLATE, Handler, LocalContext, LocalFunction, describe, load_handler
 
 log = logging.getLogger("cachesync.esm")
 
 
 class InProcessFunction:
-    """A template function loaded once and invoked one event at a time, like one warm Lambda instance."""
+    """A template function invoked in-process, one execution environment per concurrent invocation.
 
-    def __init__(self, function: LocalFunction, handler: Handler | None = None):
+    Lambda runs concurrent invocations in separate execution environments, each with the
+    handler module's globals of its own (IngestFunction's ingestor and writer). Here an
+    environment is a copy of the handler module, loaded when every existing one is busy (a
+    cold start) and reused once its invocation returns. What the copies share in this process
+    is thread-safe: the layer's Redis client (redis-py clients share a connection pool between
+    threads) and its settings; Powertools' Metrics, which keep their store in class attributes,
+    get a store per environment.
+
+    `around_handler(call, event)` wraps each call of the handler (`call()` runs it): tests use
+    it for a slow handler, or one that fails after its writes. A `handler` given instead of
+    the template's is shared by every invocation and must be thread-safe itself.
+    """
+
+    def __init__(
+        self,
+        function: LocalFunction,
+        handler: Handler | None = None,
+        around_handler: Callable[[Callable[[], Any], dict[str, Any]], Any] | None = None,
+    ):
         self.function = function
-        self.handler = handler if handler is not None else load_handler(function)
+        self._shared = handler
+        self._around = around_handler
+        self._idle: list[_Environment] = []
         self._lock = threading.Lock()
+        self.environments = 0  # loaded so far: the cold starts
+
+    @property
+    def timeout_s(self) -> float:
+        return float(self.function.timeout_s)
 
     def __call__(self, event: dict[str, Any]) -> Any:
+        environment = self._acquire()
+        try:
+
+            def call() -> Any:
+                return environment.handler(event, LocalContext(self.function))
+
+            return self._around(call, event) if self._around is not None else call()
+        finally:
+            environment.after_call()
+            with self._lock:
+                self._idle.append(environment)
+
+    def _acquire(self) -> _Environment:
         with self._lock:
-            return self.handler(event, LocalContext(self.function))
+            if self._idle:
+                return self._idle.pop()
+            self.environments += 1
+        if self._shared is not None:
+            return _Environment(self._shared, [])
+        return _Environment.load(self.function)
+
+
+class _Environment:
+    """One execution environment: a copy of the handler module and its Metrics."""
+
+    _loading = threading.Lock()  # sys.path and Powertools' class attributes change while loading
+
+    def __init__(self, handler: Handler, metrics: list[Any]):
+        self.handler = handler
+        self._metrics = metrics
+
+    @classmethod
+    def load(cls, function: LocalFunction) -> _Environment:
+        with cls._loading:
+            try:
+                from aws_lambda_powertools.metrics.metrics import Metrics
+            except ImportError:  # a handler without Powertools
+                return cls(load_handler(function), [])
+            stores = ("_metrics", "_dimensions", "_metadata", "_default_dimensions")
+            shared = {name: getattr(Metrics, name) for name in stores}
+            try:
+                for name in stores:  # instances made while the module loads bind these
+                    setattr(Metrics, name, {})
+                handler = load_handler(function)
+            finally:
+                for name, store in shared.items():
+                    setattr(Metrics, name, store)
+        module_globals = inspect.unwrap(handler).__globals__
+        return cls(handler, [value for value in module_globals.values() if isinstance(value, Metrics)])
+
+    def after_call(self) -> None:
+        if not self._metrics:
+            return
+        from aws_lambda_powertools.metrics.functions import is_metrics_disabled
+
+        if is_metrics_disabled():  # disabled metrics still pile up and print every 100 values: drop them
+            for metrics in self._metrics:
+                metrics.clear_metrics()
 
 
 class LocalMappings:
@@ -54,7 +136,14 @@ class LocalMappings:
         failure_dir: Path = Path(".local/esm-failures"),
         backoff: tuple[float, float] = (0.1, 5.0),
         on_failure_subscriber: Callable[[dict[str, Any]], None] | None = None,
+        pollers: int | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        function_timeout: float | None = None,
+        around_handler: Callable[[Callable[[], Any], dict[str, Any]], Any] | None = None,
     ):
+        """`pollers` (default: one, MinimumPollers in provisioned mode), `concurrency` (lanes per
+        poller) and `function_timeout` (default: the function's Timeout) set how the mappings run;
+        `around_handler` wraps each handler call of the functions made here (InProcessFunction)."""
         configs = read_mappings(parameters, template)
         if only:
             unknown = sorted(set(only) - {c.logical_id for c in configs})
@@ -71,7 +160,8 @@ class LocalMappings:
         functions = dict(functions or {})
         for config in configs:
             if config.function not in functions:
-                functions[config.function] = InProcessFunction(describe(config.function, parameters, template))
+                described = describe(config.function, parameters, template)
+                functions[config.function] = InProcessFunction(described, around_handler=around_handler)
         self.functions = functions
         subscriptions = read_queue_subscriptions(parameters, template)
         subscribers = {}
@@ -89,6 +179,9 @@ class LocalMappings:
                 failure_dir=failure_dir,
                 backoff=backoff,
                 on_failure_subscriber=on_failure_subscriber or subscribers.get(config.logical_id),
+                pollers=pollers,
+                concurrency=concurrency,
+                timeout=function_timeout if function_timeout is not None else functions[config.function].timeout_s,
             )
             for config in configs
         ]
@@ -104,6 +197,16 @@ class LocalMappings:
         for poller in self.pollers:
             with contextlib.suppress(Exception):
                 poller.stop()
+
+    def rebalance(self) -> None:
+        """A consumer-group rebalance of every mapping now (SIGUSR1 to `make esm` does this)."""
+        for poller in self.pollers:
+            poller.rebalance()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Until no invocation runs, those abandoned after a timeout or a rebalance included."""
+        deadline = time.monotonic() + timeout
+        return all(p.wait_idle(max(0.0, deadline - time.monotonic())) for p in self.pollers)
 
     def apply_environment(self, overrides: Mapping[str, str] | None = None) -> None:
         """Every function's template environment, then `overrides`, in this process; settings the
@@ -136,7 +239,9 @@ class LocalMappings:
             c = p.config
             lines.append(
                 f"  {c.logical_id}: {','.join(c.topics)} -> {c.function}  group {c.consumer_group}, "
-                f"{c.starting_position}, batch {c.batch_size}, window {c.window_seconds:g} s"
+                f"{c.starting_position}, batch {c.batch_size}, window {c.window_seconds:g} s, "
+                f"{p.poller_count} poller{'s' if p.poller_count > 1 else ''} of up to {p.concurrency} partitions "
+                f"at once, timeout {'none' if p.timeout is None else format(p.timeout, 'g') + ' s'}"
                 + (f", retries {c.retry_limit}, on failure {p.destinations.describe()}" if c.provisioned else "")
             )
         return "\n".join(lines)

@@ -189,6 +189,8 @@ def local_mappings() -> Iterator[Callable[..., LocalMappings]]:
     yield build
     for mappings in built:
         mappings.stop()
+    for mappings in built:  # invocations abandoned after a timeout or a rebalance write nothing into the next test
+        mappings.wait_idle(60)
     os.environ.clear()
     os.environ.update(saved)
     config.settings.cache_clear()

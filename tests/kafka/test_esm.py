@@ -295,7 +295,7 @@ def test_a_partial_batch_response_retries_from_the_lowest_failed_offset(kafka: K
 
     recorder = Recorder(respond)
     config = mapping(kafka, topic, batch_size=12, window_seconds=2.0, report_item_failures=True)
-    with polling(config, recorder) as esm:
+    with polling(config, recorder, concurrency=1) as esm:  # one lane: both partitions in one batch
         wait_until(lambda: sum(esm.stats.committed.values()) == 12, what="the commits")
     first, second = recorder.events[:2]
     assert sum(len(rs) for rs in first["records"].values()) == 12
