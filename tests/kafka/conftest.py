@@ -104,21 +104,18 @@ class Kafka:
             consumer.close()
 
     def read_all(self, topic: str, expected: int, timeout: float = 30.0) -> list[Any]:
-        """Every message of a topic from the start (at least `expected` of them)."""
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "group.id": f"reader-{uuid.uuid4().hex}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-            }
-        )
-        consumer.subscribe([topic])
+        """Every message of a topic from the start (at least `expected` of them); assigned rather
+        than subscribed, so no group has to form first."""
+        from confluent_kafka import OFFSET_BEGINNING
+
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"reader-{uuid.uuid4().hex}"})
         messages: list[Any] = []
         deadline = time.monotonic() + timeout
         try:
+            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
             while len(messages) < expected and time.monotonic() < deadline:
-                messages += [m for m in consumer.consume(500, 0.5) if m.error() is None]
+                messages += [m for m in consumer.consume(500, 0.2) if m.error() is None]
         finally:
             consumer.close()
         return messages
