@@ -6,8 +6,9 @@
 
 Each mapping joins its consumer group, batches as the template says and
 invokes its function in-process against `REDIS_URL` (or the private Valkey
-that `make invoke` uses). Ctrl-C stops it; the next run resumes from the
-committed offsets.
+that `make invoke` uses), its partitions concurrently. SIGUSR1 rebalances
+every mapping's consumer group (`kill -USR1 <pid>`). Ctrl-C stops it; the next
+run resumes from the committed offsets.
 """
 
 from __future__ import annotations
@@ -24,12 +25,27 @@ from pathlib import Path
 from devkit import localredis
 from devkit.esm.kafka import MappingError
 from devkit.esm.mapping import STARTING_POSITIONS, TemplateError
+from devkit.esm.poller import DEFAULT_CONCURRENCY
 from devkit.esm.runner import LocalMappings
 from devkit.sam import TEMPLATE, parameter_overrides
 
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _positive(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def _seconds(text: str) -> float:
+    number = float(text)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    return number
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--starting-timestamp", type=float, help="AT_TIMESTAMP: Unix seconds")
     parser.add_argument("--batching-window", type=float, help="seconds, override the template's")
     parser.add_argument("--use-secret", action="store_true", help="read credentials from the mapping's secret ARN")
+    parser.add_argument(
+        "--pollers", type=_positive, help="consumers per mapping (default: 1, MinimumPollers if provisioned)"
+    )
+    parser.add_argument(
+        "--concurrency", type=_positive, default=DEFAULT_CONCURRENCY, help="partitions a poller invokes at once"
+    )
+    parser.add_argument("--function-timeout", type=_seconds, help="seconds, override the function's Timeout")
     parser.add_argument(
         "--parameter-overrides", nargs="*", default=[], metavar="KEY=VALUE", help="template parameters, as for sam"
     )
@@ -63,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         mappings = LocalMappings(
+            pollers=args.pollers,
+            concurrency=args.concurrency,
+            function_timeout=args.function_timeout,
             bootstrap=args.bootstrap,
             parameters={**parameters, "RedisUrl": redis_url, "KafkaBootstrapServers": args.bootstrap},
             template=Path(args.template),
@@ -72,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         mappings.apply_environment({"REDIS_URL": redis_url})
         mappings.start()
+        signal.signal(signal.SIGUSR1, lambda signum, frame: mappings.rebalance())
     except (MappingError, TemplateError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -470,7 +470,8 @@ class _Poller:
         their invocations in flight are abandoned, and nothing of theirs is committed any more."""
         revoked = {f"{tp.topic}-{tp.partition}" for tp in partitions}
         self.assignment -= revoked
-        self.mapping._count(rebalances=1)
+        if revoked and not self.mapping._stop.is_set():
+            self.mapping._count(rebalances=1)
         abandoned = 0
         for lane in self._lanes.values():
             lane.pending = deque(r for r in lane.pending if r.partition_key not in revoked)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -392,3 +393,42 @@ def test_sasl_plain_credentials_from_a_secret_and_a_refusal_that_never_prints_th
     with pytest.raises(MappingError, match=f"refused the credentials of '{user}' \\(PLAIN\\)") as raised:
         refused.check(timeout=3)
     assert wrong not in str(raised.value) and password not in str(raised.value)
+
+
+def test_a_poller_that_dies_is_replaced_and_its_partitions_are_read_again(kafka: Kafka) -> None:
+    """Two pollers; the first call waits while the poller that made it dies. The group rebalances,
+    the records are read again from the committed offset and invoked while the first call still
+    runs (it is abandoned), and a new poller takes the dead one's place."""
+    topic = kafka.topic(partitions=4)
+    for partition in range(4):
+        kafka.produce(topic, [(None, f"{partition}-{n}".encode()) for n in range(5)], partition=partition)
+    lock, release = threading.Lock(), threading.Event()
+    first: list[tuple[str, int]] = []
+
+    def respond(event: dict[str, Any], calls: int) -> Any:
+        [(key, records)] = event["records"].items()
+        with lock:
+            hold = not first
+            if hold:
+                first.append((key, records[0]["offset"]))
+        if hold:
+            release.wait(60)
+        return None
+
+    recorder = Recorder(respond)
+    with polling(mapping(kafka, topic), recorder, pollers=2) as esm:
+        wait_until(lambda: bool(first), what="the first call")
+        key, offset = first[0]
+        owner = next(i for i, owned in enumerate(esm.poller_assignments()) if key in owned)
+        esm.kill_poller(owner)
+
+        def invoked_again() -> bool:
+            return sum(1 for e in recorder.events if e["records"].get(key, [{}])[0].get("offset") == offset) >= 2
+
+        wait_until(invoked_again, what="the same records invoked again after the poller died")
+        release.set()
+        wait_until(lambda: sum(esm.stats.committed.values()) == 20, what="every commit")
+        wait_until(lambda: set().union(*esm.poller_assignments()) == {f"{topic}-{p}" for p in range(4)}, what="all")
+        assert len(esm.poller_assignments()) == 2 and esm.running
+    assert esm.stats.rebalances >= 1 and esm.stats.abandoned >= 1 and esm.stats.overlaps >= 1
+    assert sorted(set(recorder.coordinates())) == sorted((p, n) for p in range(4) for n in range(5))

@@ -1,10 +1,12 @@
 """Kafka to Redis end to end: generated records produced into a real broker, consumed by the
 template's mappings into the real IngestFunction, compared with the reference model, through
-a Redis outage and through a SIGKILL of the local event source mapping."""
+a Redis outage and through an operator's rebalance (SIGUSR1) and SIGKILLs of the local event
+source mapping."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -137,6 +139,9 @@ def test_a_killed_mapping_resumes_from_its_commits_and_counts_no_stock_twice(kaf
                 wait_until(lambda wanted=keys_before + 50: client.dbsize() >= wanted, 120, f"round {round_}'s writes")
             except AssertionError as late:
                 raise AssertionError(f"{late}\n{output.read_text()[-3000:]}") from None
+            if round_ == 0:  # an operator's rebalance first: every mapping leaves its group and joins again
+                process.send_signal(signal.SIGUSR1)
+                wait_until(lambda: output.read_text().count("rejoins the group") >= 3, what="the rebalances")
             process.kill()  # SIGKILL: no clean shutdown, whatever batch was in flight
             process.wait()
             assert process.returncode == -9, round_

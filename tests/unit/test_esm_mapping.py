@@ -26,6 +26,7 @@ def test_the_templates_mappings_on_demand() -> None:
     # on demand: no provisioned-mode error controls, so a failing batch is retried until it succeeds
     assert not orders.provisioned and orders.on_failure is None and orders.retry_limit == -1
     assert not orders.bisect_on_error and not orders.report_item_failures
+    assert orders.minimum_pollers == 1  # no ProvisionedPollerConfig: the local mapping runs one poller
 
 
 def test_the_templates_mappings_in_provisioned_mode_with_parameters() -> None:
@@ -36,11 +37,14 @@ def test_the_templates_mappings_in_provisioned_mode_with_parameters() -> None:
         "InventoryTopic": "stock",
         "KafkaBatchSize": "42",
         "KafkaAuthMechanism": "SASL_SCRAM_512_AUTH",
+        "MinimumPollers": "2",
+        "MaximumPollers": "5",
     }
     inventory = next(m for m in read_mappings(parameters) if m.logical_id == "InventoryMapping")
     assert inventory.topics == ("stock",) and inventory.consumer_group == "shop-inventory"
     assert inventory.batch_size == 42 and inventory.sasl_mechanism == "SCRAM-SHA-512"
     assert inventory.provisioned and inventory.bisect_on_error
+    assert (inventory.minimum_pollers, inventory.maximum_pollers) == (2, 5)
     # the defaults retry until a batch succeeds: no destination, which would cap them at 10
     assert inventory.maximum_retry_attempts == -1 and inventory.on_failure is None and inventory.retry_limit == -1
     # bounded retries: the template's destination is a queue only the cloud has, named, written to a
@@ -75,6 +79,10 @@ Resources:
         read_mappings(template=template)
     template.write_text(template.read_text().replace(", ConsumptionMode: Queue", "").replace("TRIM_HORIZON", "NOW"))
     with pytest.raises(TemplateError, match="StartingPosition must be one of"):
+        read_mappings(template=template)
+    pollers = "      ProvisionedPollerConfig: {MinimumPollers: 3, MaximumPollers: 2}\n"
+    template.write_text(template.read_text().replace("NOW", "LATEST") + pollers)
+    with pytest.raises(TemplateError, match=r"MaximumPollers \(2\) is below MinimumPollers"):
         read_mappings(template=template)
 
 
