@@ -40,6 +40,7 @@ import contextlib
 import fcntl
 import hashlib
 import logging
+import os
 import re
 import socket
 import tempfile
@@ -815,7 +816,7 @@ def _claim_member_id(settings: dict[str, Any], group: str) -> tuple[str, IO[str]
     and group: the lowest slot whose lock file no live process holds. A run that was killed frees
     its slots with its process, so the next run takes the same ids, and with them its place."""
     scope = hashlib.sha256(f"{settings.get('bootstrap.servers')}\n{group}".encode()).hexdigest()[:16]
-    folder = Path(tempfile.gettempdir()) / "cachesync-esm-members" / scope
+    folder = Path(tempfile.gettempdir()) / f"cachesync-esm-members-{os.getuid()}" / scope
     folder.mkdir(parents=True, exist_ok=True)
     host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64]
     slot = 0
