@@ -94,12 +94,30 @@ class Kafka:
             producer.flush(30)  # one at a time: offsets in the order given
         return placed
 
-    def end_offsets(self, topic: str, partitions: int) -> dict[int, int]:
+    def end_offsets(self, topic: str, partitions: int, timeout: float = 30.0) -> dict[int, int]:
+        """Each partition's end offset; a new topic's leaders may need a moment before they answer."""
+        from confluent_kafka import KafkaError, KafkaException
+
+        settling = (
+            KafkaError.NOT_LEADER_FOR_PARTITION,
+            KafkaError.LEADER_NOT_AVAILABLE,
+            KafkaError.UNKNOWN_TOPIC_OR_PART,
+        )
         consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"probe-{uuid.uuid4().hex}"})
+        deadline = time.monotonic() + timeout
         try:
-            return {
-                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions)
-            }
+            ends: dict[int, int] = {}
+            for p in range(partitions):
+                while True:
+                    try:
+                        ends[p] = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                        break
+                    except KafkaException as error:
+                        why = error.args[0]
+                        if not (why.retriable() or why.code() in settling) or time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.1)
+            return ends
         finally:
             consumer.close()
 
