@@ -657,7 +657,8 @@ class _Poller:
         part = invocation.part
         if invocation.error is not None:
             part.last_error = "Unhandled"
-            self.mapping._invocation_failed(f"function error, the batch will be retried: {invocation.error!r}")
+            error = invocation.error  # its repr can hide the message (redis-py's errors)
+            self.mapping._invocation_failed(f"function error, the batch is retried: {type(error).__name__}: {error}")
             return part.records
         if not self.config.report_item_failures:
             return None
