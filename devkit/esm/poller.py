@@ -189,6 +189,10 @@ class LocalEventSourceMapping:
             self._pollers = [p for p in self._pollers if p.index != poller.index] + [poller]
         poller.thread.start()
 
+    def request_stop(self) -> None:
+        """Stops dispatching now; stop() waits for the pollers."""
+        self._stop.set()
+
     def stop(self, timeout: float = 30.0) -> None:
         """Stops polling; invocations in flight get a few seconds to finish and be committed, then
         are left running (wait_idle() waits for them). What was not committed is read again next time."""

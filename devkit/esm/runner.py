@@ -194,6 +194,8 @@ class LocalMappings:
         return self
 
     def stop(self) -> None:
+        for poller in self.pollers:  # all at once: each lets its invocations in flight finish
+            poller.request_stop()
         for poller in self.pollers:
             with contextlib.suppress(Exception):
                 poller.stop()
