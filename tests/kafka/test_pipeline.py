@@ -112,8 +112,6 @@ def test_a_killed_mapping_resumes_from_its_commits_and_counts_no_stock_twice(kaf
         "REDIS_URL": server.url,
         "POWERTOOLS_METRICS_DISABLED": "true",
         "POWERTOOLS_LOG_LEVEL": "ERROR",
-        # a kill cuts document batches mid-way, their leases held: the restart's retries wait them out
-        "OVERWRITE_LEASE_SECONDS": "2",
     }
 
     output = tmp_path / "esm.log"
