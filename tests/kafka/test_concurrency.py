@@ -139,7 +139,7 @@ def test_the_mappings_and_their_partitions_run_at_once(
                 self.released = True
 
     names = topics(kafka)
-    produce(kafka, names, 600, seed=31)
+    produce(kafka, names, 300, seed=31)
     hook = Together()
     mappings = run_mappings(kafka, valkey, local_mappings, names, hook).start()
     finish_and_compare(kafka, valkey, names, mappings)
