@@ -104,8 +104,6 @@ def _run(
 ) -> int:
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-    from cachesync.config import Settings  # the layer is importable once devkit is imported
-
     suffix = uuid.uuid4().hex[:8]
     names = {kind: f"{kind}-{suffix}" for kind in TOPICS}
     ensure_topics({"bootstrap.servers": broker.bootstrap}, list(names.values()), PARTITIONS)
@@ -169,9 +167,10 @@ def _run(
     while len(log) < sum(ends.values()):
         log += [payload.from_message(m).body for m in reader.consume(500, 1.0) if m.error() is None]
     reader.close()
-    settings = Settings.from_env({f"TOPIC_{kind.upper()}": name for kind, name in names.items()})
     client = RedisCluster.from_url(cache.url) if args.redis == "cluster" else redis.Redis.from_url(cache.url)
-    state, model = redis_state(client), model_state(settings, log)
+    # the model reads the topics' names from the functions' variables, as they do
+    state = redis_state(client)
+    model = model_state({f"TOPIC_{kind.upper()}": name for kind, name in names.items()}, log)
     differ = sorted(k for k in state.keys() | model.keys() if state.get(k) != model.get(k))
 
     counted = ("invocations", "timeouts", "abandoned", "overlaps", "rebalances", "function_errors")

@@ -27,7 +27,7 @@ from devkit.generator import EventGenerator
 from harness.model import model_state, redis_state
 from tests.conftest import Target
 from tests.kafka.conftest import Kafka, wait_until
-from tests.kafka.test_pipeline import PARTITIONS, log_of, model_settings, parameters, produce, topics
+from tests.kafka.test_pipeline import PARTITIONS, log_of, parameters, produce, topic_environment, topics
 
 DEADLINE = 60.0  # generous: a busy machine only makes the cases slower
 Span = tuple[int, int]  # a partition's first and last offset in one invocation
@@ -114,7 +114,7 @@ def finish_and_compare(kafka: Kafka, valkey: Target, names: dict[str, str], mapp
     assert mappings.wait_idle(DEADLINE), "invocations still running"
     assert not mappings.failed()
     state = redis_state(redis.Redis.from_url(valkey.url))
-    assert state == model_state(model_settings(names), log_of(kafka, names))
+    assert state == model_state(topic_environment(names), log_of(kafka, names))
 
 
 def stats(mappings: LocalMappings, topic: str) -> Any:
