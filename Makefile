@@ -48,9 +48,10 @@ cli: dev
 
 # the read API on http://127.0.0.1:$(PORT) over a private Valkey, seeded and fed by a live event stream
 # (VALUES=avro or VALUES=protobuf: values in Confluent's wire format, decoded by IngestFunction;
-#  REGISTRY=JSON or REGISTRY=SOURCE as well: the mappings read them through a local schema registry)
+#  REGISTRY=JSON or REGISTRY=SOURCE as well: the mappings read them through a local schema registry;
+#  ARGS: more options of devkit.localrun, e.g. ARGS='--rate 0')
 run: dev
-	PORT=$(PORT) $(PY) -m devkit.localrun $(if $(VALUES),--value-format $(VALUES)) $(if $(REGISTRY),--schema-registry $(REGISTRY))
+	PORT=$(PORT) $(PY) -m devkit.localrun $(if $(VALUES),--value-format $(VALUES)) $(if $(REGISTRY),--schema-registry $(REGISTRY)) $(ARGS)
 
 # the template's Kafka event source mappings, locally: KAFKA_BOOTSTRAP=host:port make esm
 esm: dev
