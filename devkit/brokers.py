@@ -8,7 +8,9 @@
   Needs Java 17+ and Maven.
 
 Each broker gets free ports and a throwaway data directory, and is stopped
-(its directory removed) by `remove()`, also at interpreter exit.
+(its directory removed) by `remove()`, also at interpreter exit, and by the
+kernel when its parent dies (devkit.children). A broker that finds a port
+taken before it binds it is started again on other ports.
 
     python -m devkit.brokers embedded      # prints the bootstrap address, Ctrl-C stops it
 """
@@ -20,6 +22,7 @@ import atexit
 import base64
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -31,7 +34,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devkit.servers import free_port
+from devkit.children import spawn
+from devkit.servers import BIND_ATTEMPTS, PortTaken, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_POM = ROOT / "devkit" / "kafka" / "pom.xml"
@@ -64,16 +68,17 @@ class Broker:
         return f"127.0.0.1:{self.sasl_port}"
 
     def start(self, timeout: float = 60.0) -> Broker:
-        log = open(self.directory / "broker.log", "ab")  # noqa: SIM115 - owned by the child process
-        self.process = subprocess.Popen(
-            self.command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.directory,
-            env={**os.environ, **self.env},
-            start_new_session=True,
-        )
-        self._wait_ready(timeout)
+        log = self.directory / "broker.log"
+        log_from = log.stat().st_size if log.exists() else 0
+        with log.open("ab") as output:  # the child writes to its own copy
+            self.process = spawn(
+                self.command,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                cwd=self.directory,
+                env={**os.environ, **self.env},
+            )
+        self._wait_ready(timeout, log_from)
         return self
 
     def stop(self) -> None:
@@ -94,28 +99,49 @@ class Broker:
     def restart(self) -> None:
         """Stop and start again on the same port and data: committed offsets and records survive."""
         self.stop()
-        self.start()
+        for attempt in range(BIND_ATTEMPTS):  # the port may be held a moment by what it served
+            try:
+                self.start()
+                return
+            except PortTaken:
+                if attempt == BIND_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.2)
 
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _log_since(self, offset: int) -> list[str]:
+        path = self.directory / "broker.log"
+        if not path.exists():
+            return []
+        with path.open("rb") as file:
+            file.seek(offset)
+            return file.read().decode(errors="replace").splitlines()
 
     def log_tail(self, lines: int = 20) -> str:
         path = self.directory / "broker.log"
         text = path.read_text(errors="replace") if path.exists() else ""
         return "\n".join(text.strip().splitlines()[-lines:])
 
-    def _wait_ready(self, timeout: float) -> None:
+    def _wait_ready(self, timeout: float, log_from: int = 0) -> None:
+        """Until the broker answers metadata requests on its port, as the process we started."""
         from confluent_kafka.admin import AdminClient
 
         assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self.process.wait()
+                taken = next((m for m in map(_FAILED_TO_BIND.search, self._log_since(log_from)) if m), None)
+                if taken is not None:
+                    raise PortTaken(int(taken[1] or taken[2]))
                 raise RuntimeError(
                     f"{self.kind} Kafka broker exited with {self.process.returncode}:\n{self.log_tail()}"
                 )
-            if _port_open(self.port):
+            # another broker may hold the port: ours then fails to bind and exits, which the check above sees
+            if _port_open(self.port) and _listens(self.process.pid, self.port):
                 admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
                 try:
                     if admin.list_topics(timeout=2).brokers:
@@ -125,6 +151,10 @@ class Broker:
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"{self.kind} Kafka broker on {self.bootstrap} was not ready within {timeout:.0f}s")
+
+
+# noida-db: "kafka: port N is already in use"; Apache Kafka: "failed to bind to 127.0.0.1:N: Address already in use"
+_FAILED_TO_BIND = re.compile(r"port (\d+) is already in use|bind to [^\s:]+:(\d+)\b.*Address already in use")
 
 
 def _signal_group(pid: int, signum: int) -> None:
@@ -150,24 +180,32 @@ def start_broker(kind: str = "embedded", timeout: float = 60.0, sasl_users: dict
         raise ValueError(f"unknown broker {kind!r}; one of {', '.join(BROKER_KINDS)}")
     if sasl_users and kind != "apache":
         raise ValueError("only the apache broker takes SASL users")
-    port = free_port()
-    sasl_port = free_port() if sasl_users else None
-    directory = Path(tempfile.mkdtemp(prefix=f"cachesync-kafka-{kind}-"))
-    try:
-        if kind == "embedded":
-            command = _embedded_command(port, directory)
-        else:
-            command = _apache_command(port, directory, sasl_port=sasl_port, sasl_users=sasl_users or {})
-    except BaseException:
-        shutil.rmtree(directory, ignore_errors=True)
-        raise
-    broker = Broker(kind, port, directory, command, env=_environment(kind), sasl_port=sasl_port)
-    atexit.register(broker.remove)
-    try:
-        return broker.start(timeout)
-    except BaseException:
-        broker.remove()
-        raise
+    for attempt in range(BIND_ATTEMPTS):
+        port = free_port()
+        sasl_port = free_port() if sasl_users else None
+        directory = Path(tempfile.mkdtemp(prefix=f"cachesync-kafka-{kind}-"))
+        try:
+            if kind == "embedded":
+                command = _embedded_command(port, directory)
+            else:
+                command = _apache_command(port, directory, sasl_port=sasl_port, sasl_users=sasl_users or {})
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        broker = Broker(kind, port, directory, command, env=_environment(kind), sasl_port=sasl_port)
+        try:
+            broker.start(timeout)
+        except PortTaken:  # one of its ports was taken before it bound them: other ports, a fresh directory
+            broker.remove()
+            if attempt == BIND_ATTEMPTS - 1:
+                raise
+            continue
+        except BaseException:
+            broker.remove()
+            raise
+        atexit.register(broker.remove)
+        return broker
+    raise AssertionError("unreachable")
 
 
 def _embedded_command(port: int, directory: Path) -> list[str]:
@@ -281,6 +319,22 @@ def fetch_kafka_jars() -> Path:
     if fetched.returncode != 0 or not _jars_present():
         raise RuntimeError(f"Maven could not fetch Apache Kafka: {(fetched.stdout + fetched.stderr).strip()[-800:]}")
     return KAFKA_LIB
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether process `pid` holds the socket listening on loopback `port` (True where /proc cannot tell)."""
+    try:
+        table = Path("/proc/net/tcp").read_text().splitlines()[1:]
+        descriptors = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return True
+    wanted = f"0100007F:{port:04X}"
+    inodes = {fields[9] for fields in map(str.split, table) if fields[1] == wanted and fields[3] == "0A"}
+    for descriptor in descriptors:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{descriptor}") in {f"socket:[{inode}]" for inode in inodes}:
+                return True
+    return False
 
 
 def _port_open(port: int) -> bool:

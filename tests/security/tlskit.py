@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,15 +76,28 @@ class TlsServer:
 
 
 def start_tls_server(binary: str, cert: Path, key: Path, ca: Path) -> TlsServer:
-    tls_port = servers.free_port()
-    extra = [
-        "--tls-port", str(tls_port),
-        "--tls-cert-file", str(cert),
-        "--tls-key-file", str(key),
-        "--tls-ca-cert-file", str(ca),
-        "--tls-auth-clients", "no",  # server-authenticated TLS, like ElastiCache
-    ]  # fmt: skip
-    return TlsServer(servers.start_server(binary, extra=extra), tls_port)
+    def extra(tls_port: int) -> list[str]:
+        return [
+            "--tls-port", str(tls_port),
+            "--tls-cert-file", str(cert),
+            "--tls-key-file", str(key),
+            "--tls-ca-cert-file", str(ca),
+            "--tls-auth-clients", "no",  # server-authenticated TLS, like ElastiCache
+        ]  # fmt: skip
+
+    return _start_on_a_tls_port(binary, extra)
+
+
+def _start_on_a_tls_port(binary: str, extra: Callable[[int], list[str]]) -> TlsServer:
+    """A server on a free TLS port; another one when something takes it (or its bus port) first."""
+    for attempt in range(servers.BIND_ATTEMPTS):
+        tls_port = servers.free_port()  # also checks that tls_port + 10000 (the bus) is free
+        try:
+            return TlsServer(servers.start_server(binary, extra=extra(tls_port)), tls_port)
+        except servers.PortTaken as taken:
+            if taken.port not in (tls_port, tls_port + 10000) or attempt == servers.BIND_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 @dataclass
@@ -105,18 +119,20 @@ def start_tls_cluster(binary: str, pki: Pki, masters: int = 3) -> TlsCluster:
     nodes: list[TlsServer] = []
     try:
         for _ in range(masters):
-            tls_port = servers.free_port()  # also checks that tls_port + 10000 (the bus) is free
-            extra = [
-                "--tls-port", str(tls_port),
-                "--tls-cert-file", str(pki.server_cert),
-                "--tls-key-file", str(pki.server_key),
-                "--tls-ca-cert-file", str(pki.ca),
-                "--tls-auth-clients", "no",
-                "--tls-cluster", "yes",
-                "--cluster-enabled", "yes",
-                "--cluster-node-timeout", "2000",
-            ]  # fmt: skip
-            nodes.append(TlsServer(servers.start_server(binary, extra=extra), tls_port))
+
+            def extra(tls_port: int) -> list[str]:
+                return [
+                    "--tls-port", str(tls_port),
+                    "--tls-cert-file", str(pki.server_cert),
+                    "--tls-key-file", str(pki.server_key),
+                    "--tls-ca-cert-file", str(pki.ca),
+                    "--tls-auth-clients", "no",
+                    "--tls-cluster", "yes",
+                    "--cluster-enabled", "yes",
+                    "--cluster-node-timeout", "2000",
+                ]  # fmt: skip
+
+            nodes.append(_start_on_a_tls_port(binary, extra))
         first = redis.Redis(port=nodes[0].server.port)
         for node in nodes[1:]:
             first.cluster("MEET", "127.0.0.1", str(node.tls_port), str(node.tls_port + 10000))

@@ -1,0 +1,155 @@
+"""Server processes that die with the process that started them, however it ends.
+
+`spawn()` starts a server (Valkey, Redis, a Kafka broker) in a session of its
+own, so a Ctrl-C in the terminal reaches only its parent, which stops it in
+order. On Linux the child also asks the kernel for SIGKILL when its parent
+goes (PR_SET_PDEATHSIG), so a parent killed with SIGKILL, or one that never
+reaches its clean-up, takes its servers with it. The kernel sends that signal
+when the parent *thread* that forked the child ends, so every child is forked
+by one thread that lives as long as the process.
+
+When `CACHESYNC_SERVER_LEDGER` names a file, each server started appends a
+line to it (pid, its start time, the command), in whichever process started
+it: the test suite checks at its end that none of them still runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LEDGER_VARIABLE = "CACHESYNC_SERVER_LEDGER"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+_jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+_forker: threading.Thread | None = None
+_forker_lock = threading.Lock()
+_libc: Any = None
+
+
+def spawn(command: Sequence[str], **options: Any) -> subprocess.Popen[bytes]:
+    """subprocess.Popen(command, **options) in a session of its own, tied to this process's life."""
+    options["start_new_session"] = True
+    if sys.platform == "linux":
+        options["preexec_fn"] = _die_with(os.getpid())
+    started: Future[subprocess.Popen[bytes]] = Future()
+
+    def fork() -> None:
+        try:
+            started.set_result(subprocess.Popen(list(command), **options))
+        except BaseException as error:
+            started.set_exception(error)
+
+    if threading.current_thread() is _forker:
+        fork()
+    else:
+        _start_forker().put(fork)
+    process = started.result()
+    _record(process.pid, command)
+    return process
+
+
+def _start_forker() -> queue.SimpleQueue[Callable[[], None]]:
+    global _forker
+    with _forker_lock:
+        if _forker is None:
+            # a daemon: it ends only with the process, and with it every child it forked
+            _forker = threading.Thread(target=_fork_forever, name="server-forker", daemon=True)
+            _forker.start()
+    return _jobs
+
+
+def _fork_forever() -> None:
+    while True:
+        _jobs.get()()
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    global _libc
+    if _libc is None:  # loaded here, not in the child between fork and exec
+        _libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc
+
+    def in_child() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent was gone before the line above took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return in_child
+
+
+# --- the ledger ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Started:
+    pid: int
+    start_time: str  # the kernel's start time of the process: a pid reused later is not this one
+    command: str
+
+
+def _record(pid: int, command: Sequence[str]) -> None:
+    ledger = os.environ.get(LEDGER_VARIABLE)
+    if not ledger:
+        return
+    line = f"{pid}\t{_start_time(pid)}\t{' '.join(command)[:300]}\n".encode()
+    descriptor = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(descriptor, line)  # one write of a short line: whole, whatever else appends
+    finally:
+        os.close(descriptor)
+
+
+def started(ledger: Path) -> list[Started]:
+    """Every server the ledger lists."""
+    if not ledger.exists():
+        return []
+    entries = []
+    for line in ledger.read_text().splitlines():
+        pid, start_time, command = line.split("\t", 2)
+        entries.append(Started(int(pid), start_time, command))
+    return entries
+
+
+def running(entry: Started) -> bool:
+    """Whether that process still runs (a zombie waiting for its parent to reap it does not)."""
+    try:
+        stat = Path(f"/proc/{entry.pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc here: whether any process has that pid
+        try:
+            os.kill(entry.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    fields = stat.rsplit(")", 1)[1].split()
+    return fields[0] not in ("Z", "X") and fields[19] == entry.start_time
+
+
+def still_running(ledger: Path, within: float = 0.0) -> list[Started]:
+    """The ledger's servers that still run after up to `within` seconds of waiting for them to go."""
+    deadline = time.monotonic() + within
+    while True:
+        alive = [entry for entry in started(ledger) if running(entry)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.1)
+
+
+def _start_time(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "?"
