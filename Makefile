@@ -50,21 +50,22 @@ cli: dev
 # (VALUES=avro or VALUES=protobuf: values in Confluent's wire format, decoded by IngestFunction;
 #  REGISTRY=JSON or REGISTRY=SOURCE as well: the mappings read them through a local schema registry;
 #  ARGS: more options of devkit.localrun, e.g. ARGS='--rate 0')
+# exec: the shell gives way to the run, so the SIGTERM make passes on reaches it
 run: dev
-	PORT=$(PORT) $(PY) -m devkit.localrun $(if $(VALUES),--value-format $(VALUES)) $(if $(REGISTRY),--schema-registry $(REGISTRY)) $(ARGS)
+	exec $(PY) -m devkit.localrun --port $(PORT) $(if $(VALUES),--value-format $(VALUES)) $(if $(REGISTRY),--schema-registry $(REGISTRY)) $(ARGS)
 
 # the template's Kafka event source mappings, locally: KAFKA_BOOTSTRAP=host:port make esm
 esm: dev
-	$(PY) -m devkit.esm
+	exec $(PY) -m devkit.esm
 
 # a Kafka broker on a free port until Ctrl-C (KAFKA=apache for Apache Kafka itself; needs Java and Maven)
 KAFKA ?= embedded
 kafka: dev
-	$(PY) -m devkit.brokers $(KAFKA)
+	exec $(PY) -m devkit.brokers $(KAFKA)
 
 # Datagen-like orders (and inventory, products) into KAFKA_BOOTSTRAP's topics until Ctrl-C
 datagen: dev
-	$(PY) -m devkit.datagen --topics orders,inventory,products --create-topics
+	exec $(PY) -m devkit.datagen --topics orders,inventory,products --create-topics
 
 # the cache against its Kafka log (REDIS_URL, KAFKA_BOOTSTRAP), and a topic rebuilt from Kafka:
 # make rebuild TOPIC=inventory (or every topic without TOPIC); stop make esm first

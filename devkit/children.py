@@ -139,13 +139,21 @@ def running(entry: Started) -> bool:
 
 
 def still_running(ledger: Path, within: float = 0.0) -> list[Started]:
-    """The ledger's servers that still run after up to `within` seconds of waiting for them to go."""
+    """The ledger's servers that still run, after up to `within` seconds of waiting for those whose
+    parent has gone (the kernel kills them; this process's own servers are not waited for)."""
     deadline = time.monotonic() + within
     while True:
         alive = [entry for entry in started(ledger) if running(entry)]
-        if not alive or time.monotonic() >= deadline:
+        if all(_parent(entry.pid) == os.getpid() for entry in alive) or time.monotonic() >= deadline:
             return alive
         time.sleep(0.1)
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _start_time(pid: int) -> str:

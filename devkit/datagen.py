@@ -56,6 +56,7 @@ class KafkaFeed:
         self.produced = 0
         self.errors: list[str] = []
         self._lock = threading.Lock()
+        self._closed = False
 
     def produce(self, records: Sequence[RawRecord]) -> None:
         for raw in records:
@@ -73,6 +74,8 @@ class KafkaFeed:
                     )
                     break
                 except BufferError:  # the local queue is full: let it drain
+                    if self._closed:
+                        raise RuntimeError("the feed is closed") from None
                     self._producer.poll(0.1)
         self._producer.poll(0)
 
@@ -81,6 +84,15 @@ class KafkaFeed:
             raise RuntimeError(f"Kafka did not take every record within {timeout:g} s")
         if self.errors:
             raise RuntimeError(f"Kafka refused records: {self.errors[0]}")
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Delivers what is queued (for up to `timeout`), drops the rest and disconnects: before the
+        broker stops, or its client would keep reconnecting and logging each refusal."""
+        self._closed = True
+        self._producer.flush(timeout)
+        self._producer.purge()
+        self._producer.flush(0)  # serves the purged records' callbacks
+        self._producer.close()
 
     def _delivered(self, error: Any, message: Any) -> None:
         with self._lock:

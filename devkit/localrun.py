@@ -15,8 +15,10 @@
    token signed by the local issuer.
 
 With KAFKA_BOOTSTRAP, or with REDIS_URL, nothing is produced unless
-`--produce` asks: it consumes what the topics hold. Ctrl-C (or SIGTERM) stops
-everything it started.
+`--produce` asks: it consumes what the topics hold (on the broker it starts
+for REDIS_URL, the topics are created empty; on yours, nothing is created).
+Ctrl-C, SIGTERM or a closed terminal stops everything it started; a server
+it started dies with it even when it is killed (devkit.children).
 
     python -m devkit.localrun --port 3000 --rate 20
 """
@@ -24,7 +26,6 @@ everything it started.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import sys
@@ -131,8 +132,9 @@ class LocalRun:
                 self.say(f"started a Kafka broker at {self.kafka_bootstrap}")
             api_fn = self._load_functions(self.redis_url)
             kafka_settings = {"bootstrap.servers": self.kafka_bootstrap}
-            if self.produce:
+            if self.broker is not None or self.produce:  # never into a broker you named, unless asked
                 ensure_topics(kafka_settings, TOPICS, SEED_PARTITIONS)
+            if self.produce:
                 self.feed = KafkaFeed(kafka_settings)
             assert self.ingest_function is not None
             self.mappings = LocalMappings(
@@ -159,19 +161,25 @@ class LocalRun:
         return self
 
     def stop(self) -> None:
+        """Everything it started, in order: the server, then every Kafka client (the stream's producer,
+        the mappings, the offsets reader), then the broker and Valkey. Each step is bounded."""
         self._stop.set()
         if self.server is not None:
             self.server.stop()
             self.server = None
         if self._stream is not None:
-            self._stream.join(timeout=10)
+            self._stream.join(timeout=10)  # it stops within one tick, unless the broker stopped answering
             self._stream = None
+        if self.feed is not None:
+            self.feed.close()
+            self.feed = None
         if self.mappings is not None:
             self.mappings.stop()
             self.mappings = None
-        if self._watermarks is not None:
-            self._watermarks.close()
-            self._watermarks = None
+        with self._kafka_lock:
+            if self._watermarks is not None:
+                self._watermarks.close()
+                self._watermarks = None
         if self.broker is not None:
             self.broker.remove()
             self.broker = None
@@ -359,8 +367,30 @@ def registry_parameters(record_format: str | None) -> dict[str, str]:
     }
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM stops it the way Ctrl-C does
+class Shutdown:
+    """Ctrl-C, SIGTERM (from make, `timeout`, an IDE's stop button) and a closed terminal (SIGHUP) stop
+    the run the same way: the first one raises KeyboardInterrupt in the main thread, whatever its
+    inherited disposition (a shell ignores SIGINT for background jobs), except a SIGHUP ignored on
+    purpose (nohup). Once stopping, another one exits at once: the servers die with the process."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.stopping = False
+
+    def install(self) -> Shutdown:
+        for signum in self.SIGNALS:
+            if signum == signal.SIGHUP and signal.getsignal(signum) == signal.SIG_IGN:
+                continue
+            signal.signal(signum, self._received)
+        return self
+
+    def _received(self, signum: int, frame: object) -> None:
+        if not self.stopping:
+            self.stopping = True
+            raise KeyboardInterrupt
+        os.write(2, f"\n{signal.Signals(signum).name} again: stopping at once\n".encode())
+        os._exit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -396,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     def say(text: str) -> None:
         print(text, end="" if text.startswith("\r") else "\n", file=sys.stderr, flush=True)
 
-    signal.signal(signal.SIGTERM, _interrupt)
+    shutdown = Shutdown().install()
     run = LocalRun(
         port=args.port,
         host=args.host,
@@ -428,8 +458,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot start: {error} (is port {args.port} taken? try PORT=3001 make run)", file=sys.stderr)
         return 1
     finally:
-        with contextlib.suppress(KeyboardInterrupt):
-            run.stop()
+        while True:
+            try:
+                shutdown.stopping = True  # from here on, a signal exits at once instead of cutting stop() short
+                run.stop()
+                break
+            except KeyboardInterrupt:  # one that came just before the line above
+                continue
     print(f"\nstopped (streamed {run.streamed} events)", file=sys.stderr)
     return 0
 

@@ -2,13 +2,21 @@
 (when installed; required in CI), and a local 3-master Valkey cluster.
 
 Servers start once per test session on free loopback ports and are flushed
-before each test that asks for one.
+before each test that asks for one. Every server the session starts, in this
+process or in a command a test runs, is listed in a ledger
+(devkit.children): the session fails if one of them still runs at its end.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import redis
@@ -16,7 +24,7 @@ from redis.cluster import RedisCluster
 
 from cachesync.config import Settings
 from cachesync.connection import RedisClient, get_client
-from devkit import servers
+from devkit import children, servers
 from harness.proxy import StallingProxy
 from tests.unavailable import REQUIRE_ALL_VARIABLE, require_all, unavailable
 
@@ -109,3 +117,38 @@ def valkey_proxy() -> Iterator[tuple[servers.ServerProcess, StallingProxy]]:
     yield server, proxy
     proxy.close()
     server.remove()
+
+
+# --- servers left running ------------------------------------------------------------
+LEFT_RUNNING_GRACE_S = 30.0  # a server whose parent was just killed may take a moment to go
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get(children.LEDGER_VARIABLE):  # a session run by another session: its ledger
+        return
+    folder = Path(tempfile.mkdtemp(prefix="cachesync-ledger-"))
+    config.stash[_LEDGER] = folder
+    os.environ[children.LEDGER_VARIABLE] = str(folder / "servers")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    folder = session.config.stash.get(_LEDGER, None)
+    if folder is None:
+        return
+    left = children.still_running(folder / "servers", within=LEFT_RUNNING_GRACE_S)
+    shutil.rmtree(folder, ignore_errors=True)
+    if not left:
+        return
+    for entry in left:  # stopped now, so that the next run starts clean
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(entry.pid, signal.SIGKILL)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = [f"{len(left)} server(s) the tests started were still running at the end of the session:"]
+    lines += [f"  pid {entry.pid}: {entry.command}" for entry in left]
+    if reporter is not None:
+        reporter.write_sep("=", "servers left running", red=True)
+        reporter.write_line("\n".join(lines))
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_LEDGER = pytest.StashKey[Path]()
