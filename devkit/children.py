@@ -144,12 +144,13 @@ def still_running(ledger: Path, within: float = 0.0) -> list[Started]:
     deadline = time.monotonic() + within
     while True:
         alive = [entry for entry in started(ledger) if running(entry)]
-        if all(_parent(entry.pid) == os.getpid() for entry in alive) or time.monotonic() >= deadline:
+        if all(parent(entry.pid) == os.getpid() for entry in alive) or time.monotonic() >= deadline:
             return alive
         time.sleep(0.1)
 
 
-def _parent(pid: int) -> int | None:
+def parent(pid: int) -> int | None:
+    """The pid of a process's parent (None where /proc cannot tell)."""
     try:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, IndexError, ValueError):

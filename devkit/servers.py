@@ -36,10 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from devkit.children import spawn
 
 BIND_ATTEMPTS = 20  # ports tried before giving up, when each one is taken before the server binds it
+_NO_RETRY = Retry(NoBackoff(), 0)
 _FAILED_TO_BIND = re.compile(r"Failed listening on port (\d+)")  # Valkey's and Redis's words for it
 
 
@@ -218,7 +221,8 @@ def _wait_ready(
                 raise PortTaken(int(taken[1]))
             raise RuntimeError(f"redis server exited with {process.returncode}: " + " | ".join(log))
         try:
-            with redis.Redis(port=port, socket_timeout=2) as client:
+            # short and without retries: the loop is the retry, and it looks at our process first
+            with redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5, retry=_NO_RETRY) as client:
                 if int(client.info("server")["process_id"]) == process.pid:
                     return
             # someone else's server: ours fails to bind and exits, which the check above sees

@@ -1,0 +1,158 @@
+"""`make run` as a developer runs it, in a process of its own: its output in files (never an unread
+pipe), the servers it started read from its ledger, and every wait a polled, generous deadline."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from devkit import children
+from devkit.sam import ROOT
+from devkit.servers import free_port
+
+DEADLINE_S = 240.0  # for work that gets slower on a busy machine: generous, and left as soon as it is done
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = DEADLINE_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie its parent has not reaped yet counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
+
+
+def fetch(url: str, headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0, b""
+
+
+def fetch_json(url: str, headers: Mapping[str, str] | None = None) -> tuple[int, Any]:
+    status, body = fetch(url, headers)
+    return status, json.loads(body) if body else None
+
+
+@dataclass
+class StackRun:
+    """One `make run` (or `python -m devkit.localrun`), started in a session of its own."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    folder: Path
+
+    @classmethod
+    def start(
+        cls,
+        folder: Path,
+        command: Sequence[str] = ("make", "-s", "run"),
+        env: Mapping[str, str] | None = None,
+        port: int | None = None,
+    ) -> StackRun:
+        """`env` adds to this process's environment, which loses REDIS_URL and KAFKA_BOOTSTRAP first."""
+        folder.mkdir(parents=True, exist_ok=True)
+        port = port or free_port()
+        environment = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "KAFKA_BOOTSTRAP")}
+        environment |= {"PORT": str(port), children.LEDGER_VARIABLE: str(folder / "ledger"), **(env or {})}
+        with (folder / "stdout").open("wb") as stdout, (folder / "stderr").open("wb") as stderr:
+            process = subprocess.Popen(
+                list(command),
+                cwd=ROOT,
+                env=environment,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=True,  # its own process group, as a terminal's foreground job
+            )
+        return cls(process, port, folder)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def stdout(self) -> str:
+        return (self.folder / "stdout").read_text(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return (self.folder / "stderr").read_text(errors="replace")
+
+    def banner(self) -> str:
+        """What it prints once it serves (up to "Ctrl-C stops it.")."""
+        wait_for(lambda: "Ctrl-C stops it." in self.stdout or self.process.poll() is not None, "the banner")
+        if "Ctrl-C stops it." not in self.stdout:
+            raise AssertionError(f"exited with {self.process.returncode}:\n{self.stderr[-3000:]}")
+        return self.stdout
+
+    def shopper(self) -> dict[str, str]:
+        token = re.search(r"SHOPPER_TOKEN=(\S+)", self.banner())
+        assert token, self.banner()
+        return {"Authorization": f"Bearer {token[1]}"}
+
+    def kafka_bootstrap(self) -> str:
+        found = re.search(r"^Kafka at (\S+):", self.banner(), re.MULTILINE)
+        assert found, self.banner()
+        return found[1]
+
+    def redis_url(self) -> str:
+        found = re.search(r"\(Redis (redis://\S+),", self.banner())
+        assert found, self.banner()
+        return found[1]
+
+    def servers(self) -> list[children.Started]:
+        """The servers this run started (its ledger)."""
+        return children.started(self.folder / "ledger")
+
+    def stack_pid(self) -> int:
+        """The Python process that runs the stack (under make, the child that started the servers)."""
+        started = self.servers()
+        assert started, "no server started yet"
+        parent = children.parent(started[0].pid)
+        assert parent is not None
+        return parent
+
+    def signal_group(self, signum: int) -> None:
+        """To the whole process group, as a terminal sends Ctrl-C (SIGINT) or a hang-up (SIGHUP)."""
+        os.killpg(self.process.pid, signum)
+
+    def wait_exit(self, timeout: float = DEADLINE_S) -> int:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            stderr = self.stderr[-3000:]
+            raise AssertionError(f"still running {timeout:g} s after it was told to stop:\n{stderr}") from None
+
+    def wait_servers_gone(self) -> None:
+        wait_for(lambda: not any(children.running(entry) for entry in self.servers()), "its servers to stop")
+
+    def kill(self) -> None:
+        """Whatever is left of it, at the end of a test."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
