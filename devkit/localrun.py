@@ -130,7 +130,7 @@ class LocalRun:
                 self.broker = start_broker("embedded")
                 self.kafka_bootstrap = self.broker.bootstrap
                 self.say(f"started a Kafka broker at {self.kafka_bootstrap}")
-            api_fn = self._load_functions(self.redis_url)
+            api_fn = self._load_functions()
             kafka_settings = {"bootstrap.servers": self.kafka_bootstrap}
             if self.broker is not None or self.produce:  # never into a broker you named, unless asked
                 ensure_topics(kafka_settings, TOPICS, SEED_PARTITIONS)
@@ -139,11 +139,7 @@ class LocalRun:
             assert self.ingest_function is not None
             self.mappings = LocalMappings(
                 bootstrap=self.kafka_bootstrap,
-                parameters={
-                    "RedisUrl": self.redis_url,
-                    "KafkaBootstrapServers": self.kafka_bootstrap,
-                    **registry_parameters(self.schema_registry),
-                },
+                parameters=self.template_parameters(),
                 # an execution environment per concurrent invocation, as Lambda runs them
                 functions={"IngestFunction": InProcessFunction(self.ingest_function)},
                 overrides={} if self.window_seconds is None else {"window_seconds": self.window_seconds},
@@ -191,9 +187,18 @@ class LocalRun:
             os.environ.update(self._saved_env)
             self._saved_env = None
 
-    def api_parameters(self) -> dict[str, str]:
-        """The template parameters of the local API: the local issuer, the origins asked for."""
-        parameters = {"JwtIssuer": localjwt.LOCAL_ISSUER, "JwtAudience": localjwt.LOCAL_AUDIENCE}
+    def template_parameters(self) -> dict[str, str]:
+        """The stack's parameters for this run: one set for the functions, the mappings and the gateway,
+        as one deployed stack has, so the SAM CLI reads the template once (devkit.sam.local_stacks)."""
+        assert self.redis_url and self.kafka_bootstrap, "the servers first"
+        parameters = {
+            "RedisUrl": self.redis_url,
+            "KafkaBootstrapServers": self.kafka_bootstrap,
+            **registry_parameters(self.schema_registry),
+            # the API's: the local issuer, the origins asked for
+            "JwtIssuer": localjwt.LOCAL_ISSUER,
+            "JwtAudience": localjwt.LOCAL_AUDIENCE,
+        }
         if os.environ.get("CORS_ALLOWED_ORIGINS") is not None:  # e.g. a frontend's dev server
             parameters["CorsAllowedOrigins"] = os.environ["CORS_ALLOWED_ORIGINS"]
         return parameters
@@ -202,7 +207,7 @@ class LocalRun:
         """The HTTP API as the template configures it, its authorizer trusting the local issuer."""
         assert self.api is not None
         key = localjwt.signing_key()
-        parameters = self.api_parameters()
+        parameters = self.template_parameters()
         routes = http_routes("ApiFunction", parameters)
         admin_scopes = next((r.scopes for r in routes if r.scopes), ())
         self.shopper_token = localjwt.mint(key, "shopper-1", email="shopper@example.com")
@@ -237,8 +242,10 @@ class LocalRun:
                 }
             return {"topics": topics}
 
-    def _load_functions(self, redis_url: str) -> LocalFunction:
-        parameters = {"RedisUrl": redis_url, **self.api_parameters()}
+    def _load_functions(self) -> LocalFunction:
+        assert self.redis_url is not None
+        redis_url = self.redis_url
+        parameters = self.template_parameters()
         ingest_fn = describe("IngestFunction", parameters)
         api_fn = describe("ApiFunction", parameters)
         env = {**ingest_fn.environment, **api_fn.environment}

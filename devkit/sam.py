@@ -7,9 +7,11 @@ environment are exactly what `sam local invoke` would use.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -57,13 +59,36 @@ def describe(logical_id: str, parameters: Mapping[str, str] | None = None, templ
 
 def local_stacks(template: Path = TEMPLATE, parameters: Mapping[str, str] | None = None) -> list[Any]:
     """The template's stack as `sam local invoke --language-extensions` reads it: Fn::ForEach
-    expanded (the per-topic mappings, the cache users), parameters resolved."""
+    expanded (the per-topic mappings, the cache users), parameters resolved.
+
+    The SAM CLI reads a template file once per process for each set of parameters (a few hundred
+    ms each time): the functions, the mappings and the gateway of one run ask with the same
+    parameters and share that reading. Each caller gets a copy of its own to change."""
+    path = Path(template).resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size, tuple(sorted((parameters or {}).items())))
+    with _stacks_lock:
+        stacks = _stacks_read.get(key)
+        if stacks is None:
+            stacks = _stacks_read[key] = read_stacks(path, parameters)
+            while len(_stacks_read) > _STACKS_KEPT:
+                del _stacks_read[next(iter(_stacks_read))]  # the oldest reading
+        return copy.deepcopy(stacks)
+
+
+def read_stacks(template: Path, parameters: Mapping[str, str] | None = None) -> list[Any]:
+    """One reading of the template by the SAM CLI (local_stacks() keeps them)."""
     from samcli.lib.providers.sam_stack_provider import SamLocalStackProvider
 
     stacks, _ = SamLocalStackProvider.get_stacks(
         str(template), parameter_overrides=dict(parameters or {}), language_extensions_enabled=True
     )
     return list(stacks)
+
+
+_STACKS_KEPT = 16
+_stacks_read: dict[tuple[Any, ...], list[Any]] = {}
+_stacks_lock = threading.Lock()
 
 
 def _resolved_locally(value: Any, resources: set[str]) -> bool:
