@@ -408,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--rate", type=float, default=20.0, help="live events per second (0: no stream)")
     parser.add_argument("--orders", type=int, default=2000, help="orders to seed")
+    parser.add_argument("--movements", type=int, default=2000, help="stock movements to seed")
     parser.add_argument("--seed", type=int, default=7, help="random seed of the generated data")
     parser.add_argument("--quiet", action="store_true", help="no line per request")
     parser.add_argument(
@@ -439,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         rate=args.rate,
         orders=args.orders,
+        movements=args.movements,
         seed=args.seed,
         redis_url=os.environ.get("REDIS_URL") or None,
         kafka_bootstrap=os.environ.get("KAFKA_BOOTSTRAP") or None,

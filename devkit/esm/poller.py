@@ -506,13 +506,16 @@ class _Poller:
 
     # --- fetching ------------------------------------------------------------------
     def _fetch(self, wait: float) -> None:
+        from confluent_kafka import KafkaError
+
         messages = self._consumer.consume(1000, wait)
         backlog = max(2 * self.config.batch_size, 1000)
         now = time.monotonic()
         for message in messages:
             error = message.error()
             if error is not None:
-                if error.fatal():
+                # a fenced static member gets an error of code _FATAL whose fatal() is False
+                if error.fatal() or error.code() == KafkaError._FATAL:
                     raise MappingError(f"Kafka consumer failed: {error.str()}")
                 log.warning("%s: %s", self.config.logical_id, error.str())
                 continue

@@ -72,8 +72,10 @@ class StackRun:
         command: Sequence[str] = ("make", "-s", "run"),
         env: Mapping[str, str] | None = None,
         port: int | None = None,
+        ignore_sigint: bool = False,
     ) -> StackRun:
-        """`env` adds to this process's environment, which loses REDIS_URL and KAFKA_BOOTSTRAP first."""
+        """`env` adds to this process's environment, which loses REDIS_URL and KAFKA_BOOTSTRAP first;
+        `ignore_sigint` starts it with SIGINT ignored, as a shell starts a job in the background."""
         folder.mkdir(parents=True, exist_ok=True)
         port = port or free_port()
         environment = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "KAFKA_BOOTSTRAP")}
@@ -87,6 +89,7 @@ class StackRun:
                 stdout=stdout,
                 stderr=stderr,
                 start_new_session=True,  # its own process group, as a terminal's foreground job
+                preexec_fn=_ignore_sigint if ignore_sigint else None,
             )
         return cls(process, port, folder)
 
@@ -156,3 +159,7 @@ class StackRun:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
