@@ -1,6 +1,6 @@
 """Server processes that die with the process that started them, however it ends.
 
-`spawn()` starts a server (Valkey, Redis, a Kafka broker) in a session of its
+`spawn()` starts a server (Valkey, Redis, a Kafka broker, a worker) in a session of its
 own, so a Ctrl-C in the terminal reaches only its parent, which stops it in
 order. On Linux the child also asks the kernel for SIGKILL when its parent
 goes (PR_SET_PDEATHSIG), so a parent killed with SIGKILL, or one that never
@@ -38,11 +38,20 @@ _forker_lock = threading.Lock()
 _libc: Any = None
 
 
-def spawn(command: Sequence[str], **options: Any) -> subprocess.Popen[bytes]:
-    """subprocess.Popen(command, **options) in a session of its own, tied to this process's life."""
+def spawn(
+    command: Sequence[str],
+    death_signal: int = signal.SIGKILL,
+    preexec: Callable[[], None] | None = None,
+    **options: Any,
+) -> subprocess.Popen[bytes]:
+    """subprocess.Popen(command, **options) in a session of its own, tied to this process's life:
+    `death_signal` when this process ends (SIGTERM for a child that stops its own children, as
+    make passes it on), and `preexec` run in the child before it starts the command."""
     options["start_new_session"] = True
     if sys.platform == "linux":
-        options["preexec_fn"] = _die_with(os.getpid())
+        options["preexec_fn"] = _die_with(os.getpid(), death_signal, preexec)
+    elif preexec is not None:
+        options["preexec_fn"] = preexec
     started: Future[subprocess.Popen[bytes]] = Future()
 
     def fork() -> None:
@@ -75,16 +84,18 @@ def _fork_forever() -> None:
         _jobs.get()()
 
 
-def _die_with(parent: int) -> Callable[[], None]:
+def _die_with(parent: int, death_signal: int, preexec: Callable[[], None] | None) -> Callable[[], None]:
     global _libc
     if _libc is None:  # loaded here, not in the child between fork and exec
         _libc = ctypes.CDLL(None, use_errno=True)
     libc = _libc
 
     def in_child() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc.prctl(_PR_SET_PDEATHSIG, death_signal, 0, 0, 0)
         if os.getppid() != parent:  # the parent was gone before the line above took effect
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), death_signal)
+        if preexec is not None:
+            preexec()
 
     return in_child
 

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from devkit import brokers, servers
+from devkit.children import spawn
 from devkit.datagen import KafkaFeed, ensure_topics
 from devkit.esm.payload import lambda_record
 from devkit.generator import TOPICS, EventGenerator, RawRecord
@@ -95,13 +96,8 @@ class Worker:
     def start(self) -> Worker:
         self.started = time.monotonic()
         out = open(self.log, "ab")  # noqa: SIM115 - owned by the child process
-        self.process = subprocess.Popen(
-            self.command,
-            cwd=ROOT,
-            env={**os.environ, **self.env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        self.process = spawn(  # dies with the bench, however the bench ends
+            self.command, cwd=ROOT, env={**os.environ, **self.env}, stdout=out, stderr=subprocess.STDOUT
         )
         return self
 

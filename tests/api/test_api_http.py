@@ -1,13 +1,9 @@
-"""`make run`'s server over real HTTP: in-process, and as the command a developer runs."""
+"""`make run`'s server over real HTTP, in-process (tests/functional/test_make_run.py runs the command)."""
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
-import subprocess
-import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,8 +14,6 @@ import redis
 
 from cachesync import keys
 from devkit.localrun import LocalRun
-from devkit.sam import ROOT
-from devkit.servers import free_port
 
 
 def fetch(url: str, method: str = "GET", headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -135,9 +129,8 @@ def test_live_stream_reaches_the_api() -> None:
     try:
         next_order = local.generator.next_order_id  # the stream's orders come after the seeded ones
         client = redis.Redis.from_url(local.redis_url or "")
-        for _ in range(600):
-            if client.exists(keys.order_key(str(next_order))):
-                break
+        deadline = time.monotonic() + 240  # generous: a busy machine is slow, and it is left at once
+        while not client.exists(keys.order_key(str(next_order))) and time.monotonic() < deadline:
             local._stop.wait(0.05)
         status, _, body = fetch(f"{local.url}/orders/{next_order}", headers=shopper(local))
         assert status == 200 and json.loads(body)["orderid"] == next_order
@@ -145,80 +138,3 @@ def test_live_stream_reaches_the_api() -> None:
     finally:
         local.stop()
     assert local.server is None
-
-
-def test_make_run_command_starts_serves_and_stops_cleanly() -> None:
-    port = free_port()
-    command = [sys.executable, "-m", "devkit.localrun", "--rate", "5", "--orders", "50"]
-    env = {**os.environ, "PORT": str(port)}
-    env.pop("REDIS_URL", None)
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        banner = []
-        assert process.stdout is not None
-        for line in process.stdout:
-            banner.append(line)
-            if "Ctrl-C" in line:
-                break
-        text = "".join(banner)
-        assert f"http://127.0.0.1:{port}" in text, text
-        order_url = re.search(r"curl -H \"Authorization: Bearer \$SHOPPER_TOKEN\" (http://\S+/orders/\d+)", text)
-        token = re.search(r"SHOPPER_TOKEN=(\S+)", text)
-        assert order_url and token, text
-        redis_url = re.search(r"\(Redis (redis://\S+),", text)
-        assert redis_url, text
-        status, _, body = fetch(order_url.group(1), headers={"Authorization": f"Bearer {token.group(1)}"})
-        assert status == 200 and "orderid" in json.loads(body)
-        assert fetch(order_url.group(1))[0] == 401  # the template's authorizer, as deployed
-        status, _, body = fetch(f"http://127.0.0.1:{port}/")
-        assert status == 200 and b"cachesync shop" in body  # the storefront
-        status, _, body = fetch(f"http://127.0.0.1:{port}/stores/store1/inventory?below=10")
-        assert status == 200 and json.loads(body)["items"]
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    stderr = process.stderr.read() if process.stderr else ""
-    assert "seeded" in stderr and "stopped" in stderr
-    with pytest.raises(redis.exceptions.ConnectionError):  # its Valkey is gone
-        redis.Redis.from_url(redis_url.group(1), socket_timeout=1).ping()
-    with pytest.raises(urllib.error.URLError):  # and so is the server
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-
-
-@pytest.mark.parametrize("registry", [None, "JSON"])
-def test_make_run_with_avro_values_serves_the_decoded_documents(registry: str | None) -> None:
-    """`make run VALUES=avro` (and `REGISTRY=JSON`): the seed and the stream in Avro, Confluent's
-    wire format, through the mappings and IngestFunction to the API as JSON."""
-    port = free_port()
-    command = ["make", "-s", "run", f"PORT={port}", "VALUES=avro", *([f"REGISTRY={registry}"] if registry else [])]
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "KAFKA_BOOTSTRAP")}
-    process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        assert process.stdout is not None
-        banner = ""
-        for line in process.stdout:
-            banner += line
-            if "Ctrl-C" in line:
-                break
-        assert "(avro values, Confluent's wire format)" in banner, banner
-        assert (f"through the local schema registry ({registry})" in banner) == (registry is not None)
-        token = re.search(r"SHOPPER_TOKEN=(\S+)", banner)
-        assert token, banner
-        status, _, body = fetch(f"http://127.0.0.1:{port}/orders/18", headers={"Authorization": f"Bearer {token[1]}"})
-        order = json.loads(body)
-        assert status == 200 and order["orderid"] == 18
-        assert set(order) == {"ordertime", "orderid", "itemid", "orderunits", "address"}
-        status, _, body = fetch(f"http://127.0.0.1:{port}/stores/store1/inventory?below=10")
-        assert status == 200 and json.loads(body)["items"]
-    finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()

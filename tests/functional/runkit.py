@@ -81,15 +81,17 @@ class StackRun:
         environment = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "KAFKA_BOOTSTRAP")}
         environment |= {"PORT": str(port), children.LEDGER_VARIABLE: str(folder / "ledger"), **(env or {})}
         with (folder / "stdout").open("wb") as stdout, (folder / "stderr").open("wb") as stderr:
-            process = subprocess.Popen(
-                list(command),
+            # its own process group, as a terminal's foreground job; should the tests die, SIGTERM,
+            # which make passes on, stops it the clean way
+            process = children.spawn(
+                command,
+                death_signal=signal.SIGTERM,
+                preexec=_ignore_sigint if ignore_sigint else None,
                 cwd=ROOT,
                 env=environment,
                 stdin=subprocess.DEVNULL,
                 stdout=stdout,
                 stderr=stderr,
-                start_new_session=True,  # its own process group, as a terminal's foreground job
-                preexec_fn=_ignore_sigint if ignore_sigint else None,
             )
         return cls(process, port, folder)
 

@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 from devkit import servers
+from devkit.children import spawn
 from devkit.datagen import KafkaFeed
 from devkit.esm import payload
 from devkit.esm.runner import LocalMappings
@@ -118,7 +119,7 @@ def test_a_killed_mapping_resumes_from_its_commits_and_counts_no_stock_twice(kaf
 
     def start() -> subprocess.Popen[bytes]:
         with output.open("ab") as log:
-            return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
+            return spawn(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)  # dies with the tests
 
     client = redis.Redis(port=server.port)
     process = start()
