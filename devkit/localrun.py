@@ -31,7 +31,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from devkit import localjwt
@@ -39,11 +39,11 @@ from devkit.apigw import HttpApiServer, HttpApiSettings, LocalGateway, http_rout
 from devkit.brokers import Broker, start_broker
 from devkit.datagen import SEED_PARTITIONS, KafkaFeed, ensure_topics, seed_records
 from devkit.esm.kafka import MappingError, client_settings, credentials
-from devkit.esm.mapping import TemplateError
+from devkit.esm.mapping import TemplateError, read_mappings
 from devkit.esm.runner import InProcessFunction, LocalMappings
 from devkit.generator import TOPICS, EventGenerator
 from devkit.registry import VALUE_FORMATS, function_environment
-from devkit.sam import ROOT, Handler, LocalContext, LocalFunction, describe, load_handler
+from devkit.sam import ROOT, Handler, LocalContext, LocalFunction, describe, load_handler, parameter_overrides
 from devkit.servers import ServerProcess, start_server
 
 # what the local mappings' SchemaRegistryURI says: no registry runs, devkit.registry stands in for one
@@ -76,6 +76,7 @@ class LocalRun:
         access_log: bool = False,
         value_format: str = "json",
         schema_registry: str | None = None,
+        parameters: Mapping[str, str] | None = None,
     ):
         self.port, self.host, self.rate = port, host, rate
         self.orders, self.movements = orders, movements
@@ -86,6 +87,7 @@ class LocalRun:
         if schema_registry is not None and value_format == "json":
             raise ValueError("a schema registry reads Avro or Protobuf values: give --value-format too")
         self.schema_registry = schema_registry
+        self.parameter_overrides = dict(parameters or {})  # the template's, e.g. KafkaConsumerGroupId
         self.generator = EventGenerator(
             seed=seed, partitions=SEED_PARTITIONS, stores=5, skus=200, value_format=value_format
         )
@@ -137,6 +139,8 @@ class LocalRun:
             if self.produce:
                 self.feed = KafkaFeed(kafka_settings)
             assert self.ingest_function is not None
+            if self.broker is None:
+                self._say_shared_groups()
             self.mappings = LocalMappings(
                 bootstrap=self.kafka_bootstrap,
                 parameters=self.template_parameters(),
@@ -201,7 +205,7 @@ class LocalRun:
         }
         if os.environ.get("CORS_ALLOWED_ORIGINS") is not None:  # e.g. a frontend's dev server
             parameters["CorsAllowedOrigins"] = os.environ["CORS_ALLOWED_ORIGINS"]
-        return parameters
+        return {**self.parameter_overrides, **parameters}
 
     def _gateway(self, api_fn: LocalFunction) -> LocalGateway:
         """The HTTP API as the template configures it, its authorizer trusting the local issuer."""
@@ -220,6 +224,28 @@ class LocalRun:
             static_dir=WEB_DIR,
             extras={KAFKA_OFFSETS_PATH: self.kafka_end_offsets},
         )
+
+    def _say_shared_groups(self) -> None:
+        """On a broker it did not start, a consumer group with members already (another run, a
+        deployed mapping) shares the partitions with this run, as Kafka shares them with Lambda: say so."""
+        from confluent_kafka.admin import AdminClient
+
+        configs = read_mappings(self.template_parameters())
+        if not configs:
+            return
+        admin = AdminClient({**client_settings(configs[0], credentials(configs[0])), "log_level": 0})
+        groups = sorted({c.consumer_group for c in configs})
+        for group, future in admin.describe_consumer_groups(groups, request_timeout=5).items():
+            try:
+                members = len(future.result(10).members)
+            except Exception:  # a broker without DescribeGroups, or none yet: nothing to say
+                continue
+            if members:
+                self.say(
+                    f"consumer group {group} already has {members} member(s): Kafka shares its partitions "
+                    "with this run (as with Lambda); --parameter-overrides KafkaConsumerGroupId=<prefix> "
+                    "gives this run groups of its own"
+                )
 
     def kafka_end_offsets(self) -> dict[str, Any]:
         """Each mapped topic's partitions and their end offsets (the next offset to be written)."""
@@ -423,6 +449,13 @@ def main(argv: list[str] | None = None) -> int:
         help="record values: JSON, or Avro / Protobuf in Confluent's wire format, decoded by IngestFunction",
     )
     parser.add_argument(
+        "--parameter-overrides",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="template parameters, as for sam (KafkaConsumerGroupId=<prefix>: consumer groups of this run's own)",
+    )
+    parser.add_argument(
         "--schema-registry",
         choices=("JSON", "SOURCE"),
         help="the mappings read the values through a schema registry (provisioned mode), with this EventRecordFormat",
@@ -449,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         access_log=not args.quiet,
         value_format=args.value_format,
         schema_registry=args.schema_registry,
+        parameters=parameter_overrides(args.parameter_overrides),
     )
     try:
         run.start()
