@@ -13,13 +13,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from devkit import children
 from devkit.sam import ROOT
-from devkit.servers import free_port
+from devkit.servers import BIND_ATTEMPTS, free_port
 
 DEADLINE_S = 240.0  # for work that gets slower on a busy machine: generous, and left as soon as it is done
 
@@ -61,9 +61,12 @@ def fetch_json(url: str, headers: Mapping[str, str] | None = None) -> tuple[int,
 class StackRun:
     """One `make run` (or `python -m devkit.localrun`), started in a session of its own."""
 
-    process: subprocess.Popen[bytes]
-    port: int
+    command: Sequence[str]
+    env: dict[str, str]
     folder: Path
+    ignore_sigint: bool
+    port: int = 0
+    process: subprocess.Popen[bytes] = field(init=False)
 
     @classmethod
     def start(
@@ -71,29 +74,32 @@ class StackRun:
         folder: Path,
         command: Sequence[str] = ("make", "-s", "run"),
         env: Mapping[str, str] | None = None,
-        port: int | None = None,
         ignore_sigint: bool = False,
     ) -> StackRun:
         """`env` adds to this process's environment, which loses REDIS_URL and KAFKA_BOOTSTRAP first;
         `ignore_sigint` starts it with SIGINT ignored, as a shell starts a job in the background."""
         folder.mkdir(parents=True, exist_ok=True)
-        port = port or free_port()
         environment = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "KAFKA_BOOTSTRAP")}
-        environment |= {"PORT": str(port), children.LEDGER_VARIABLE: str(folder / "ledger"), **(env or {})}
-        with (folder / "stdout").open("wb") as stdout, (folder / "stderr").open("wb") as stderr:
+        environment |= {children.LEDGER_VARIABLE: str(folder / "ledger"), **(env or {})}
+        run = cls(command, environment, folder, ignore_sigint)
+        run._spawn()
+        return run
+
+    def _spawn(self) -> None:
+        self.port = free_port()
+        with (self.folder / "stdout").open("wb") as stdout, (self.folder / "stderr").open("wb") as stderr:
             # its own process group, as a terminal's foreground job; should the tests die, SIGTERM,
             # which make passes on, stops it the clean way
-            process = children.spawn(
-                command,
+            self.process = children.spawn(
+                self.command,
                 death_signal=signal.SIGTERM,
-                preexec=_ignore_sigint if ignore_sigint else None,
+                preexec=_ignore_sigint if self.ignore_sigint else None,
                 cwd=ROOT,
-                env=environment,
+                env={**self.env, "PORT": str(self.port)},
                 stdin=subprocess.DEVNULL,
                 stdout=stdout,
                 stderr=stderr,
             )
-        return cls(process, port, folder)
 
     @property
     def url(self) -> str:
@@ -108,11 +114,16 @@ class StackRun:
         return (self.folder / "stderr").read_text(errors="replace")
 
     def banner(self) -> str:
-        """What it prints once it serves (up to "Ctrl-C stops it.")."""
-        wait_for(lambda: "Ctrl-C stops it." in self.stdout or self.process.poll() is not None, "the banner")
-        if "Ctrl-C stops it." not in self.stdout:
-            raise AssertionError(f"exited with {self.process.returncode}:\n{self.stderr[-3000:]}")
-        return self.stdout
+        """What it prints once it serves (up to "Ctrl-C stops it."). A run whose port was taken
+        between free_port()'s check and its bind starts again on another."""
+        for _ in range(BIND_ATTEMPTS):
+            wait_for(lambda: "Ctrl-C stops it." in self.stdout or self.process.poll() is not None, "the banner")
+            if "Ctrl-C stops it." in self.stdout:
+                return self.stdout
+            if f"is port {self.port} taken?" not in self.stderr:
+                break
+            self._spawn()
+        raise AssertionError(f"exited with {self.process.returncode}:\n{self.stderr[-3000:]}")
 
     def shopper(self) -> dict[str, str]:
         token = re.search(r"SHOPPER_TOKEN=(\S+)", self.banner())
