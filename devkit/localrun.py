@@ -513,4 +513,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # everything it started is stopped: skip tearing down the interpreter's modules (a second
+    # or more after Ctrl-C, for nothing)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
