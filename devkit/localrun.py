@@ -26,6 +26,7 @@ it started dies with it even when it is killed (devkit.children).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -404,7 +405,8 @@ class Shutdown:
     """Ctrl-C, SIGTERM (from make, `timeout`, an IDE's stop button) and a closed terminal (SIGHUP) stop
     the run the same way: the first one raises KeyboardInterrupt in the main thread, whatever its
     inherited disposition (a shell ignores SIGINT for background jobs), except a SIGHUP ignored on
-    purpose (nohup). Once stopping, another one exits at once: the servers die with the process."""
+    purpose (nohup). Once stopping, a second Ctrl-C exits at once (the servers die with the process);
+    a repeated SIGTERM or SIGHUP (a closing terminal may send two) lets the bounded stop finish."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -422,8 +424,10 @@ class Shutdown:
         if not self.stopping:
             self.stopping = True
             raise KeyboardInterrupt
-        os.write(2, f"\n{signal.Signals(signum).name} again: stopping at once\n".encode())
-        os._exit(128 + signum)
+        if signum == signal.SIGINT:
+            with contextlib.suppress(OSError):  # a terminal that has gone
+                os.write(2, b"\nCtrl-C again: stopping at once\n")
+            os._exit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -508,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
                 break
             except KeyboardInterrupt:  # one that came just before the line above
                 continue
-    print(f"\nstopped (streamed {run.streamed} events)", file=sys.stderr)
+    with contextlib.suppress(OSError):  # a terminal that has gone
+        print(f"\nstopped (streamed {run.streamed} events)", file=sys.stderr)
     return 0
 
 
@@ -516,6 +521,7 @@ if __name__ == "__main__":
     status = main()
     # everything it started is stopped: skip tearing down the interpreter's modules (a second
     # or more after Ctrl-C, for nothing)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    with contextlib.suppress(OSError):
+        sys.stdout.flush()
+        sys.stderr.flush()
     os._exit(status)

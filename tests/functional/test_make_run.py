@@ -221,7 +221,7 @@ def test_make_invoke_reads_the_template_once(monkeypatch: pytest.MonkeyPatch, va
         ("make", signal.SIGTERM),  # what `timeout`, systemd or an IDE's stop button send
         ("stack", signal.SIGTERM),
         ("stack", signal.SIGKILL),  # no clean-up of any kind: the kernel stops its servers
-        ("group", signal.SIGHUP),  # the terminal closed
+        ("group", signal.SIGHUP),  # the terminal closed: to make and to the stack
     ],
 )
 def test_make_run_leaves_no_server_behind(runs: Any, whom: str, signum: int) -> None:
@@ -236,6 +236,8 @@ def test_make_run_leaves_no_server_behind(runs: Any, whom: str, signum: int) -> 
         os.kill(stack, signum)
     else:
         run.signal_group(signum)
+        time.sleep(0.3)
+        run.signal_group(signum)  # a closing terminal may hang up twice (the kernel, then the shell)
     run.wait_exit()
     wait_for(lambda: gone(stack), "the stack to exit")
     run.wait_servers_gone()
