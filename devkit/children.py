@@ -8,9 +8,10 @@ reaches its clean-up, takes its servers with it. The kernel sends that signal
 when the parent *thread* that forked the child ends, so every child is forked
 by one thread that lives as long as the process.
 
-When `CACHESYNC_SERVER_LEDGER` names a file, each server started appends a
-line to it (pid, its start time, the command), in whichever process started
-it: the test suite checks at its end that none of them still runs.
+When `CACHESYNC_SERVER_LEDGER` names a file (or several, separated by
+os.pathsep), each server started appends a line to each (pid, its start time,
+the command), in whichever process started it: the test suite checks at its
+end that none of them still runs, and a test its own command's servers.
 """
 
 from __future__ import annotations
@@ -111,15 +112,19 @@ class Started:
 
 
 def _record(pid: int, command: Sequence[str]) -> None:
-    ledger = os.environ.get(LEDGER_VARIABLE)
-    if not ledger:
-        return
     line = f"{pid}\t{_start_time(pid)}\t{' '.join(command)[:300]}\n".encode()
-    descriptor = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(descriptor, line)  # one write of a short line: whole, whatever else appends
-    finally:
-        os.close(descriptor)
+    for ledger in filter(None, os.environ.get(LEDGER_VARIABLE, "").split(os.pathsep)):
+        descriptor = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(descriptor, line)  # one write of a short line: whole, whatever else appends
+        finally:
+            os.close(descriptor)
+
+
+def with_ledger(env: dict[str, str], ledger: Path) -> dict[str, str]:
+    """`env` with `ledger` added to the ledgers its processes record their servers in."""
+    inherited = env.get(LEDGER_VARIABLE, "")
+    return {**env, LEDGER_VARIABLE: os.pathsep.join(filter(None, [inherited, str(ledger)]))}
 
 
 def started(ledger: Path) -> list[Started]:

@@ -80,7 +80,8 @@ class StackRun:
         `ignore_sigint` starts it with SIGINT ignored, as a shell starts a job in the background."""
         folder.mkdir(parents=True, exist_ok=True)
         environment = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "KAFKA_BOOTSTRAP")}
-        environment |= {children.LEDGER_VARIABLE: str(folder / "ledger"), **(env or {})}
+        # its servers in a ledger of its own, and in the session's, which is checked at its end
+        environment = children.with_ledger({**environment, **(env or {})}, folder / "ledger")
         run = cls(command, environment, folder, ignore_sigint)
         run._spawn()
         return run

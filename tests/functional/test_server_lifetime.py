@@ -35,7 +35,7 @@ time.sleep(600)
 
 def test_servers_die_with_a_parent_killed_with_sigkill(tmp_path: Path) -> None:
     ledger = tmp_path / "ledger"
-    env = {**os.environ, children.LEDGER_VARIABLE: str(ledger)}
+    env = children.with_ledger(dict(os.environ), ledger)
     parent = subprocess.Popen(
         [sys.executable, "-c", _PARENT], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
     )
