@@ -16,13 +16,13 @@ import os
 import shlex
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 
+from devkit.children import spawn
 from devkit.sam import ROOT
 from devkit.servers import free_port
 
@@ -43,8 +43,9 @@ def one_run(command: str, deadline_s: float) -> tuple[float, float]:
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "KAFKA_BOOTSTRAP")} | {"PORT": str(port)}
     with tempfile.TemporaryFile() as output:  # the command's output, read only when it fails
         started = time.perf_counter()
-        process = subprocess.Popen(
-            shlex.split(command), cwd=ROOT, env=env, stdout=output, stderr=output, start_new_session=True
+        # SIGTERM should this end first: make passes it on, and the run stops what it started
+        process = spawn(
+            shlex.split(command), death_signal=signal.SIGTERM, cwd=ROOT, env=env, stdout=output, stderr=output
         )
         try:
             while not served(f"http://127.0.0.1:{port}/health"):
