@@ -1,9 +1,14 @@
 """Ingest throughput, measured side by side in one run (a benchmark, not a test).
 
-    python -m harness.bench_ingest [--records 10000] [--rounds 5] [--cluster]
+    python -m harness.bench_ingest [--records 10000] [--rounds 5] [--cluster] [--no-replicas]
 
-Rows, on a standalone server or (`--cluster`) a local 3-master cluster:
-- IngestFunction handler, in-process, exactly-once machinery on (new records each round);
+The server: a standalone primary with one replica attached (`--replicaof`), or (`--cluster`)
+a local cluster of 3 primaries with one replica each; `--no-replicas` leaves the replicas out.
+
+Rows:
+- IngestFunction handler, in-process, every write fenced, on new records: with WAIT (the
+  default where the primary has replicas: each batch waits until one replica holds its writes)
+  and with WAIT off (`REDIS_WAIT_REPLICAS=0`);
 - the same handler on a replayed batch (every record a duplicate);
 - a naive consumer: decode, parse, one command per record in one redis-py pipeline (a
   ClusterPipeline on the cluster), no idempotence;
@@ -12,10 +17,13 @@ Rows, on a standalone server or (`--cluster`) a local 3-master cluster:
 - naive SET and naive ZINCRBY pipelines (prepared, as above), for the server's CPU per command;
 - `redis-benchmark -P 100` SET (`--cluster` on the cluster), the server's own ceiling,
   when redis-benchmark is installed;
-- a 100-record batch (the event source mapping's default batch size): per-invocation cost.
+- a 100-record batch (the event source mapping's default batch size), with WAIT and without:
+  per-invocation cost.
 
-Each row also has the server's CPU per record (user + system, `INFO cpu` deltas summed over
-the primaries, over all rounds), which is what ElastiCache Serverless bills as ECPUs.
+The handler's two settings, the naive and the pure-write pipelines run in turn within each
+round, so that a busy spell on a shared machine falls on all of them alike. Each row also has
+the server's CPU per record (user + system, `INFO cpu` deltas summed over the primaries, over
+all rounds), which is what ElastiCache Serverless bills as ECPUs.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import gc
 import io
 import json
 import os
@@ -42,6 +51,13 @@ from devkit import servers
 from devkit.generator import EventGenerator
 from devkit.sam import LocalContext, apply_environment, describe, load_handler
 
+PURE_WRITE = "pure-write pipeline, the same commands prepared"
+HANDLER_WAIT = "IngestFunction handler, new records, WAIT for 1 replica"
+HANDLER_NO_WAIT = "IngestFunction handler, new records, WAIT off"
+HANDLER_NO_REPLICA = "IngestFunction handler, new records, no replica (no WAIT)"
+HANDLERS = (HANDLER_WAIT, HANDLER_NO_WAIT, HANDLER_NO_REPLICA)
+SMALL_BATCH = "IngestFunction handler, 100-record batch"
+
 
 @dataclass
 class Row:
@@ -53,6 +69,16 @@ class Row:
     @property
     def per_second(self) -> float:
         return self.records / self.seconds
+
+
+@dataclass
+class Case:
+    """One path to time: `prepare` (untimed) makes its argument, `run` is timed."""
+
+    name: str
+    records: int
+    prepare: Callable[[], Any]
+    run: Callable[[Any], Any]
 
 
 class ServerCpu:
@@ -69,15 +95,175 @@ def measure(
     name: str, records: int, rounds: int, prepare: Callable[[], Any], run: Callable[[Any], Any], cpu: ServerCpu
 ) -> Row:
     """The median time of `rounds` runs, and the server CPU they used per record."""
-    times, used = [], 0.0
+    return measure_in_turn([Case(name, records, prepare, run)], rounds, cpu)[0]
+
+
+def measure_in_turn(cases: list[Case], rounds: int, cpu: ServerCpu) -> list[Row]:
+    """Each case once per round, one after the other, so that a busy spell hits them alike:
+    each one's median time and its server CPU per record."""
+    times: dict[str, list[float]] = {case.name: [] for case in cases}
+    used = dict.fromkeys(times, 0.0)
     for _ in range(rounds):
-        argument = prepare()
-        before = cpu.seconds()
-        start = time.perf_counter()
-        run(argument)
-        times.append(time.perf_counter() - start)
-        used += cpu.seconds() - before
-    return Row(name, records, statistics.median(times), used / (records * rounds) * 1e6)
+        for case in cases:
+            argument = case.prepare()
+            before = cpu.seconds()
+            start = time.perf_counter()
+            case.run(argument)
+            times[case.name].append(time.perf_counter() - start)
+            used[case.name] += cpu.seconds() - before
+    return [
+        Row(
+            case.name,
+            case.records,
+            statistics.median(times[case.name]),
+            used[case.name] / (case.records * rounds) * 1e6,
+        )
+        for case in cases
+    ]
+
+
+# --- the servers ------------------------------------------------------------------
+@dataclass
+class Target:
+    """The server(s) measured: where clients start, the primaries' ports, and each primary's replicas."""
+
+    url: str
+    primaries: list[int]
+    replicas: int
+    cluster: bool
+    stop: Callable[[], None]
+
+
+def start_target(cluster: bool, replicas: bool, binary: str | None = None) -> Target:
+    """A standalone primary, or a 3-primary cluster, each primary with one replica when `replicas`."""
+    started: list[servers.ServerProcess] = []
+
+    def stop() -> None:
+        for server in reversed(started):
+            server.remove()
+
+    try:
+        if not cluster:
+            # a replica's first sync starts at once, not after Valkey's 5 s wait for more replicas
+            primary = servers.start_server(binary, extra=["--repl-diskless-sync-delay", "0"])
+            started.append(primary)
+            if replicas:
+                extra = ["--replicaof", "127.0.0.1", str(primary.port)]
+                started.append(servers.start_server(primary.binary, extra=extra))
+                _wait_replicated([primary.port])
+            return Target(primary.url, [primary.port], int(replicas), False, stop)
+        local = servers.start_cluster(binary)
+        started += local.nodes
+        if replicas:
+            started += _add_cluster_replicas(local)
+        return Target(local.url, [node.port for node in local.nodes], int(replicas), True, stop)
+    except BaseException:
+        stop()
+        raise
+
+
+def _add_cluster_replicas(local: servers.LocalCluster) -> list[servers.ServerProcess]:
+    """One replica per primary (CLUSTER REPLICATE), returned once every node's CLUSTER SLOTS lists
+    it: clients learn a primary's replicas from there, and the handler waits where they are."""
+    added = []
+    for primary in local.nodes:
+        node = servers.start_server(
+            primary.binary, extra=["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
+        )
+        added.append(node)
+        admin = redis.Redis(port=primary.port, decode_responses=True)
+        admin.config_set("repl-diskless-sync-delay", "0")
+        primary_id = admin.execute_command("CLUSTER", "MYID")  # type: ignore[no-untyped-call]
+        joining = redis.Redis(port=node.port, decode_responses=True)
+        for other in local.nodes:
+            joining.execute_command("CLUSTER", "MEET", "127.0.0.1", str(other.port))  # type: ignore[no-untyped-call]
+        # the new node must know the primary (gossip) before it can follow it
+        _poll(
+            lambda joining=joining, primary_id=primary_id: joining.execute_command(  # type: ignore[misc]
+                "CLUSTER", "REPLICATE", primary_id
+            ),
+            "a new node replicating its primary",
+        )
+    every = [*local.nodes, *added]
+
+    def listed() -> bool:
+        for server in every:
+            ranges = redis.Redis(port=server.port).execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+            if not ranges or any(len(holders) < 4 for holders in ranges):  # start, end, primary, a replica
+                return False
+        return True
+
+    _poll(listed, "every node's CLUSTER SLOTS listing a replica per primary")
+    _wait_replicated([node.port for node in local.nodes])
+    return added
+
+
+def _wait_replicated(primaries: list[int]) -> None:
+    def online(port: int) -> bool:
+        info = redis.Redis(port=port, decode_responses=True).info("replication")
+        return any(isinstance(v, dict) and v.get("state") == "online" for k, v in info.items() if k.startswith("slave"))
+
+    _poll(lambda: all(online(port) for port in primaries), "a replica online on every primary")
+
+
+def _poll(condition: Callable[[], Any], what: str, timeout: float = 60.0) -> None:
+    """Until `condition` gives a true value without a Redis error (a generous deadline: a busy machine)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if condition():
+                return
+        except redis.exceptions.RedisError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def _waits(ports: list[int]) -> int:
+    """WAIT commands the primaries have run so far."""
+    stats = (redis.Redis(port=port).info("commandstats").get("cmdstat_wait", {}) for port in ports)
+    return sum(int(stat.get("calls", 0)) for stat in stats)
+
+
+def _check_waits(name: str, handler: Callable[[Any], Any], event: dict[str, Any], target: Target) -> None:
+    """The row's name says whether its batches wait for a replica: one batch must show it."""
+    before = _waits(target.primaries)
+    handler(event)
+    waited = _waits(target.primaries) - before
+    if (name == HANDLER_WAIT) != (waited > 0):
+        raise RuntimeError(f"{name}: a batch sent {waited} WAIT commands")
+
+
+# --- the handler --------------------------------------------------------------------
+def ingest_handler(url: str, cluster: bool, environment: dict[str, str] | None = None) -> Callable[[Any], Any]:
+    """IngestFunction's handler with the template's environment plus `environment`, as `sam local
+    invoke` runs it, called with the Lambda context; its EMF lines kept out of the output.
+
+    Each call loads the handler module anew (its own cached Ingestor, built on the first
+    invocation from the settings then in force), so handlers of different settings live side by
+    side: warm each one (invoke it once) before building the next."""
+    from cachesync import config
+
+    env = {
+        "REDIS_URL": url,
+        "REDIS_CLUSTER": str(cluster).lower(),
+        "POWERTOOLS_LOG_LEVEL": "WARNING",
+        "REDIS_WAIT_REPLICAS": "",  # unset: wait where the primary has replicas
+        **(environment or {}),
+    }
+    function = describe("IngestFunction", {"RedisUrl": url})
+    apply_environment(function, env)
+    config.settings.cache_clear()  # the settings are read once per process, on first use
+    with contextlib.redirect_stdout(io.StringIO()):
+        handler = load_handler(function)
+    context = LocalContext(function)
+
+    def invoke(event: dict[str, Any]) -> Any:
+        with contextlib.redirect_stdout(io.StringIO()):  # keep the EMF lines out of the table
+            return handler(event, context)
+
+    return invoke
 
 
 def _commands(event: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -119,20 +305,11 @@ def write(client: redis.Redis | RedisCluster, commands: list[tuple[Any, ...]]) -
     pipe.execute()
 
 
-def pure_writes(client: redis.Redis | RedisCluster, generator: EventGenerator, records: int) -> list[Row]:
-    """The batch's own commands prepared in advance, then SET only and ZINCRBY only, redis-py packing them."""
+def command_costs(client: redis.Redis | RedisCluster, generator: EventGenerator, records: int) -> list[Row]:
+    """SET only and ZINCRBY only, prepared in advance, redis-py packing them: each command's own server CPU."""
     cpu = ServerCpu(_ports(client))
     rounds = 5
-    rows = [
-        measure(
-            "pure-write pipeline, the same commands prepared",
-            records,
-            rounds,
-            lambda: _commands(generator.batch(records)),
-            lambda commands: write(client, commands),
-            cpu,
-        )
-    ]
+    rows = []
     value = b'{"ordertime":1497014222380,"orderid":18,"itemid":"Item_184","address":{"city":"Mountain View"}}'
     rows.append(
         measure(
@@ -187,45 +364,71 @@ def redis_benchmark_ceiling(port: int, cluster: bool = False, requests: int = 20
     return float(found[-1]) if found else None
 
 
-def run(records: int, rounds: int, cluster: bool) -> list[Row]:
-    target = servers.start_cluster() if cluster else servers.start_server()
-    url = target.url
-    env = {"REDIS_URL": url, "REDIS_CLUSTER": str(cluster).lower(), "POWERTOOLS_LOG_LEVEL": "WARNING"}
-    function = describe("IngestFunction", {"RedisUrl": url})
-    apply_environment(function, env)
-    with contextlib.redirect_stdout(io.StringIO()):
-        handler = load_handler(function)
-    context = LocalContext(function)
-    generator = EventGenerator(seed=1, partitions=6, stores=20, skus=2000)
+def run(records: int, rounds: int, cluster: bool, replicas: bool = True, freeze: bool = True) -> list[Row]:
+    target = start_target(cluster, replicas)
+    try:
+        return _run(target, records, rounds, freeze)
+    finally:
+        target.stop()
 
-    def invoke(event: dict[str, Any]) -> Any:
-        with contextlib.redirect_stdout(io.StringIO()):  # keep the EMF lines out of the table
-            return handler(event, context)
+
+def _run(target: Target, records: int, rounds: int, freeze: bool) -> list[Row]:
+    url, cluster = target.url, target.cluster
+    generator = EventGenerator(seed=1, partitions=6, stores=20, skus=2000)
+    describe("IngestFunction", {"RedisUrl": url})  # the SAM CLI's modules, imported before the freeze
+    if freeze:
+        # Objects alive now (the SAM CLI's template providers, the generator) are in no Lambda
+        # process; frozen, the collector's full passes skip them, as Lambda's never meet them.
+        # The handler's own modules and state, loaded below, are collected as in Lambda.
+        gc.collect()
+        gc.freeze()
+    handlers: dict[str, Callable[[Any], Any]] = {}
+    for name, environment in (
+        [(HANDLER_WAIT, {}), (HANDLER_NO_WAIT, {"REDIS_WAIT_REPLICAS": "0"})]
+        if target.replicas
+        else [(HANDLER_NO_REPLICA, {})]
+    ):
+        handlers[name] = ingest_handler(url, cluster, environment)
+        handlers[name](generator.batch(records))  # warm: client, script load, replicas seen
+    default = next(iter(handlers.values()))  # as deployed: WAIT where there are replicas
+    for name, handler in handlers.items():
+        _check_waits(name, handler, generator.batch(records), target)
 
     client: redis.Redis | RedisCluster = RedisCluster.from_url(url) if cluster else redis.Redis.from_url(url)
-    cpu = ServerCpu(_ports(client))
-    invoke(generator.batch(records))  # warm: client, script load
-    rows = [
-        measure("IngestFunction handler, new records", records, rounds, lambda: generator.batch(records), invoke, cpu)
-    ]
-    replay = generator.batch(records)
-    invoke(replay)
-    rows.append(measure("IngestFunction handler, replayed batch", records, rounds, lambda: replay, invoke, cpu))
+    cpu = ServerCpu(target.primaries)
     naive = naive_consumer(client)
     naive(generator.batch(records))  # warm: the cluster map, connections
-    name = "naive ClusterPipeline, one command per record" if cluster else "naive pipeline, one command per record"
-    rows.append(measure(name, records, rounds, lambda: generator.batch(records), naive, cpu))
-    rows += pure_writes(client, generator, records)
-    ceiling = redis_benchmark_ceiling(target.nodes[0].port if cluster else target.port, cluster)  # type: ignore[union-attr]
+    naive_name = (
+        "naive ClusterPipeline, one command per record" if cluster else "naive pipeline, one command per record"
+    )
+    cases = [Case(name, records, lambda: generator.batch(records), handler) for name, handler in handlers.items()]
+    cases += [
+        Case(naive_name, records, lambda: generator.batch(records), naive),
+        Case(PURE_WRITE, records, lambda: _commands(generator.batch(records)), lambda c: write(client, c)),
+    ]
+    rows = measure_in_turn(cases, rounds, cpu)
+    replay = generator.batch(records)
+    default(replay)
+    rows.append(measure("IngestFunction handler, replayed batch", records, rounds, lambda: replay, default, cpu))
+    rows += command_costs(client, generator, records)
+    ceiling = redis_benchmark_ceiling(target.primaries[0], cluster)
     if ceiling:
         rows.append(Row("redis-benchmark -P 100 SET (ceiling)", int(ceiling), 1.0))
     small = 100
-    rows.append(
-        measure(
-            "IngestFunction handler, 100-record batch", small, rounds * 20, lambda: generator.batch(small), invoke, cpu
-        )
+    rows += measure_in_turn(
+        [
+            Case(
+                f"{SMALL_BATCH}{name.removeprefix('IngestFunction handler, new records')}",
+                small,
+                lambda: generator.batch(small),
+                handler,
+            )
+            for name, handler in handlers.items()
+        ],
+        rounds * 20,
+        cpu,
     )
-    target.stop() if cluster else target.remove()  # type: ignore[union-attr]
+    client.close()
     return rows
 
 
@@ -254,9 +457,16 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cluster", action="store_true", help="against a local 3-master cluster")
+    parser.add_argument("--no-replicas", action="store_true", help="primaries without replicas (so no WAIT)")
+    parser.add_argument(
+        "--no-gc-freeze", action="store_true", help="leave the harness's own objects to the collector's full passes"
+    )
     args = parser.parse_args()
-    print(f"cpus={os.cpu_count()} records={args.records} rounds={args.rounds} cluster={args.cluster}")
-    print(table(run(args.records, args.rounds, args.cluster)))
+    print(
+        f"cpus={os.cpu_count()} records={args.records} rounds={args.rounds} cluster={args.cluster} "
+        f"replicas={not args.no_replicas} gc-freeze={not args.no_gc_freeze}"
+    )
+    print(table(run(args.records, args.rounds, args.cluster, not args.no_replicas, not args.no_gc_freeze)))
 
 
 if __name__ == "__main__":
