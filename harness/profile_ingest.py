@@ -1,0 +1,198 @@
+"""Where a batch's time goes in IngestFunction (a profile, not a test).
+
+    python -m harness.profile_ingest [--records 10000] [--rounds 5] [--cluster] [--top 15]
+
+The handler runs as in `make bench` (harness.bench_ingest: the template's environment, new
+records, a primary with one replica, so each batch ends with a WAIT). Two views:
+
+- the phases, timed around the handler's own functions with no profiler on: projection (the
+  event read and each record projected, `Ingestor._pending`, as the writer consumes them),
+  planning (`plan.steps_of`, `plan.pack`), transport (`Transport.send`, of which the WAIT),
+  results (the writer's count of what was applied) and the rest of the invocation (dead
+  letters, the operator's figures, metrics, the log line). The cyclic garbage collector's
+  passes fall inside those phases; their time is added up on its own too (`gc.callbacks`);
+- cProfile over one batch: the functions with the most time of their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import pstats
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from devkit.generator import EventGenerator
+from devkit.sam import describe
+from harness.bench_ingest import ingest_handler, start_target
+
+if TYPE_CHECKING:
+    from cachesync.writer import BatchWriter, WriteResult
+
+PHASES = ("projection", "steps_of", "pack", "send", "wait", "results", "rest")
+# timed around `BatchWriter.apply` as a whole, and the handler as a whole: the rest is derived
+MEASURED = (*PHASES, "apply", "handler")
+
+
+class PhaseClock:
+    """Wall and CPU time spent in each wrapped function, and the collector's, summed over the batches."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = dict.fromkeys(MEASURED, 0.0)
+        self.cpu_seconds: dict[str, float] = dict.fromkeys(MEASURED, 0.0)
+        self.gc_seconds = [0.0, 0.0, 0.0]  # per generation
+        self.gc_passes = [0, 0, 0]
+        self._gc_started = 0.0
+
+    def timed(self, phase: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start, cpu = time.perf_counter(), time.process_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.seconds[phase] += time.perf_counter() - start
+                self.cpu_seconds[phase] += time.process_time() - cpu
+
+        return wrapper
+
+    def on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            generation = info["generation"]
+            self.gc_seconds[generation] += time.perf_counter() - self._gc_started
+            self.gc_passes[generation] += 1
+
+
+@contextmanager
+def phases_timed(clock: PhaseClock) -> Iterator[None]:
+    """The writer's planning, sending and counting timed apart. The projection is the time the
+    writer takes to draw the records' mutations from the ingestor (`apply` draws them first);
+    results are what is left of `apply`."""
+    from cachesync import plan, transport, writer  # the layer's path comes with devkit
+
+    apply = writer.BatchWriter.apply
+
+    def drawn_first(self: BatchWriter, pending: Any, **options: Any) -> WriteResult:
+        return apply(self, clock.timed("projection", list)(pending), **options)
+
+    patches: list[tuple[Any, str, Any]] = [
+        (writer, "steps_of", clock.timed("steps_of", plan.steps_of)),  # the writer's own names for them
+        (writer, "pack", clock.timed("pack", plan.pack)),
+        (transport.Transport, "send", clock.timed("send", transport.Transport.send)),
+        (transport.Transport, "_wait", clock.timed("wait", transport.Transport._wait)),
+        (writer.BatchWriter, "apply", clock.timed("apply", drawn_first)),
+    ]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    for owner, name, wrapper in patches:
+        setattr(owner, name, wrapper)
+    gc.callbacks.append(clock.on_gc)
+    try:
+        yield
+    finally:
+        gc.callbacks.remove(clock.on_gc)
+        for owner, name, original in saved:
+            setattr(owner, name, original)
+
+
+def profile(records: int = 10_000, rounds: int = 5, cluster: bool = False, top: int = 15) -> dict[str, Any]:
+    """The phases in ms per batch (means over `rounds`), the collector's share, and cProfile's top functions."""
+    target = start_target(cluster, replicas=True)
+    try:
+        generator = EventGenerator(seed=1, partitions=6, stores=20, skus=2000)
+        describe("IngestFunction", {"RedisUrl": target.url})
+        gc.collect()
+        gc.freeze()  # the harness's own objects, as in harness.bench_ingest
+        handler = ingest_handler(target.url, cluster)
+        handler(generator.batch(records))  # warm
+        clock = PhaseClock()
+        timed_handler = clock.timed("handler", handler)
+        with phases_timed(clock):
+            for _ in range(rounds):
+                timed_handler(generator.batch(records))
+        per_batch = {
+            kind: _split(seconds, rounds) for kind, seconds in (("ms", clock.seconds), ("cpu_ms", clock.cpu_seconds))
+        }
+
+        profiler = cProfile.Profile()
+        event = generator.batch(records)
+        profiler.enable()
+        handler(event)
+        profiler.disable()
+        return {
+            "records": records,
+            "rounds": rounds,
+            "cluster": cluster,
+            "total_ms": per_batch["ms"]["handler"],
+            "total_cpu_ms": per_batch["cpu_ms"]["handler"],
+            "phases_ms": per_batch["ms"],
+            "phases_cpu_ms": per_batch["cpu_ms"],
+            "gc_ms": [seconds / rounds * 1000 for seconds in clock.gc_seconds],
+            "gc_passes": [passes / rounds for passes in clock.gc_passes],
+            "top": _top(profiler, top),
+        }
+    finally:
+        target.stop()
+
+
+def _split(seconds: dict[str, float], rounds: int) -> dict[str, float]:
+    """Each phase in ms per batch: the WAIT out of the send, the results out of apply, the rest out
+    of the handler."""
+    ms = {name: value / rounds * 1000 for name, value in seconds.items()}
+    ms["results"] = ms["apply"] - ms["projection"] - ms["steps_of"] - ms["pack"] - ms["send"]
+    ms["send"] -= ms["wait"]
+    ms["rest"] = ms["handler"] - ms["apply"]
+    return {phase: ms[phase] for phase in (*PHASES, "handler")}
+
+
+def _top(profiler: cProfile.Profile, count: int) -> list[dict[str, Any]]:
+    """The functions with the most time of their own: name, calls, own and cumulative ms."""
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    rows = []
+    for (path, line, name), (_, calls, own, cumulative, _) in stats.items():
+        where = path.split("/site-packages/")[-1].split("/layers/shared/")[-1]
+        label = f"{where}:{line}({name})" if line else name
+        rows.append({"function": label, "calls": calls, "own_ms": own * 1000, "cumulative_ms": cumulative * 1000})
+    rows.sort(key=lambda row: -row["own_ms"])
+    return rows[:count]
+
+
+def report(result: dict[str, Any]) -> str:
+    p, cpu = result["phases_ms"], result["phases_cpu_ms"]
+    gc_ms = result["gc_ms"]
+    lines = [
+        f"{result['records']:,} new records a batch, {'cluster' if result['cluster'] else 'standalone'}, "
+        f"WAIT for 1 replica, mean of {result['rounds']} batches: {result['total_ms']:.1f} ms a batch "
+        f"({result['total_cpu_ms']:.1f} ms of this process's CPU)",
+        "",
+        "| phase | ms a batch | CPU ms a batch |",
+        "| --- | ---: | ---: |",
+        *(f"| {phase} | {p[phase]:.1f} | {cpu[phase]:.1f} |" for phase in PHASES),
+        f"| (garbage collector, within the above: generations 0 / 1 / 2) | {sum(gc_ms):.1f} "
+        f"({gc_ms[0]:.1f} / {gc_ms[1]:.1f} / {gc_ms[2]:.1f}) | |",
+        "",
+        "| function | calls | own ms | cumulative ms |",
+        "| --- | ---: | ---: | ---: |",
+        *(
+            f"| {row['function']} | {row['calls']:,} | {row['own_ms']:.1f} | {row['cumulative_ms']:.1f} |"
+            for row in result["top"]
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--records", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--cluster", action="store_true")
+    parser.add_argument("--top", type=int, default=15)
+    args = parser.parse_args()
+    print(report(profile(args.records, args.rounds, args.cluster, args.top)))
+
+
+if __name__ == "__main__":
+    main()
