@@ -65,6 +65,8 @@ class Row:
     records: int
     seconds: float  # median over the rounds
     server_cpu_us: float | None = None  # server CPU per record, over all rounds
+    # this process's CPU per record, over all rounds: steadier than the time on a busy machine
+    client_cpu_us: float | None = None
 
     @property
     def per_second(self) -> float:
@@ -102,21 +104,24 @@ def measure_in_turn(cases: list[Case], rounds: int, cpu: ServerCpu) -> list[Row]
     """Each case once per round, one after the other, so that a busy spell hits them alike:
     each one's median time and its server CPU per record."""
     times: dict[str, list[float]] = {case.name: [] for case in cases}
-    used = dict.fromkeys(times, 0.0)
+    used, own = dict.fromkeys(times, 0.0), dict.fromkeys(times, 0.0)
     for _ in range(rounds):
         for case in cases:
             argument = case.prepare()
             before = cpu.seconds()
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             case.run(argument)
             times[case.name].append(time.perf_counter() - start)
+            own[case.name] += time.process_time() - start_cpu
             used[case.name] += cpu.seconds() - before
+    per_record = {name: 1e6 / (case.records * rounds) for name, case in zip(times, cases, strict=True)}
     return [
         Row(
             case.name,
             case.records,
             statistics.median(times[case.name]),
-            used[case.name] / (case.records * rounds) * 1e6,
+            used[case.name] * per_record[case.name],
+            own[case.name] * per_record[case.name],
         )
         for case in cases
     ]
@@ -437,17 +442,19 @@ def table(rows: list[Row]) -> str:
     pure = next((r for r in rows if r.name.startswith("pure-write")), None)
     ceiling = next((r for r in rows if r.name.startswith("redis-benchmark")), None)
     lines = [
-        "| path | records | median time | records/s | vs naive | vs pure-write | of the ceiling | server CPU/record |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| path | records | median time | records/s | vs naive | vs pure-write | of the ceiling | server CPU/record "
+        "| client CPU/record |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         ratio = f"{row.per_second / baseline.per_second:.2f}x" if baseline else "-"
         versus_pure = f"{row.per_second / pure.per_second:.2f}x" if pure else "-"
         fraction = f"{row.per_second / ceiling.per_second:.0%}" if ceiling else "-"
         cpu = f"{row.server_cpu_us:.2f} µs" if row.server_cpu_us is not None else "-"
+        client = f"{row.client_cpu_us:.2f} µs" if row.client_cpu_us is not None else "-"
         lines.append(
             f"| {row.name} | {row.records:,} | {row.seconds * 1000:.1f} ms | {row.per_second:,.0f} | {ratio} "
-            f"| {versus_pure} | {fraction} | {cpu} |"
+            f"| {versus_pure} | {fraction} | {cpu} | {client} |"
         )
     return "\n".join(lines)
 
