@@ -98,14 +98,17 @@ def phases_timed(clock: PhaseClock) -> Iterator[None]:
             setattr(owner, name, original)
 
 
-def profile(records: int = 10_000, rounds: int = 5, cluster: bool = False, top: int = 15) -> dict[str, Any]:
+def profile(
+    records: int = 10_000, rounds: int = 5, cluster: bool = False, top: int = 15, freeze: bool = True
+) -> dict[str, Any]:
     """The phases in ms per batch (means over `rounds`), the collector's share, and cProfile's top functions."""
     target = start_target(cluster, replicas=True)
     try:
         generator = EventGenerator(seed=1, partitions=6, stores=20, skus=2000)
         describe("IngestFunction", {"RedisUrl": target.url})
-        gc.collect()
-        gc.freeze()  # the harness's own objects, as in harness.bench_ingest
+        if freeze:  # the harness's own objects, as in harness.bench_ingest
+            gc.collect()
+            gc.freeze()
         handler = ingest_handler(target.url, cluster)
         handler(generator.batch(records))  # warm
         clock = PhaseClock()
@@ -126,6 +129,7 @@ def profile(records: int = 10_000, rounds: int = 5, cluster: bool = False, top: 
             "records": records,
             "rounds": rounds,
             "cluster": cluster,
+            "gc_freeze": freeze,
             "total_ms": per_batch["ms"]["handler"],
             "total_cpu_ms": per_batch["cpu_ms"]["handler"],
             "phases_ms": per_batch["ms"],
@@ -165,7 +169,8 @@ def report(result: dict[str, Any]) -> str:
     gc_ms = result["gc_ms"]
     lines = [
         f"{result['records']:,} new records a batch, {'cluster' if result['cluster'] else 'standalone'}, "
-        f"WAIT for 1 replica, mean of {result['rounds']} batches: {result['total_ms']:.1f} ms a batch "
+        f"WAIT for 1 replica, {'' if result['gc_freeze'] else 'no gc.freeze(), '}"
+        f"mean of {result['rounds']} batches: {result['total_ms']:.1f} ms a batch "
         f"({result['total_cpu_ms']:.1f} ms of this process's CPU)",
         "",
         "| phase | ms a batch | CPU ms a batch |",
@@ -190,8 +195,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cluster", action="store_true")
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument(
+        "--no-gc-freeze", action="store_true", help="leave the harness's own objects to the collector's full passes"
+    )
     args = parser.parse_args()
-    print(report(profile(args.records, args.rounds, args.cluster, args.top)))
+    print(report(profile(args.records, args.rounds, args.cluster, args.top, not args.no_gc_freeze)))
 
 
 if __name__ == "__main__":
