@@ -474,7 +474,7 @@ def _memory_rows(results: dict[str, dict[str, Any]]) -> list[list[str]]:
             what = f"{m['orders']:,} Datagen-like orders into a fresh server; its positions hashes as it keeps them"
         else:
             what = (
-                f"{m['orders']:,} Datagen-like orders after {m['after']:,} others (nearly every slot's hash made); "
+                f"{m['orders']:,} Datagen-like orders after {m['after']:,} others had made most slots' hashes; "
                 "positions hashes as hashtables (hash-max-listpack-entries 0), as each is past 512 fields"
             )
         rows.append(
@@ -507,75 +507,104 @@ PHASE_TEXT = {
 
 
 def time_section(results: dict[str, dict[str, Any]]) -> str:
-    """Where the handler's time goes, from this run's profile part, beside its ingest baselines."""
-    from harness.bench_ingest import HANDLER_WAIT, PURE_WRITE
-
-    profile = results.get("profile/standalone")
-    if not profile:
+    """Where the handler's time goes, from this run's profile parts, beside its ingest baselines."""
+    profiles = {
+        label: results[f"profile/{label}"] for label in ("standalone", "cluster") if f"profile/{label}" in results
+    }
+    if "standalone" not in profiles:
         return ""
-    ms, cpu, gc_ms = profile["phases_ms"], profile["phases_cpu_ms"], profile["gc_ms"]
+    header = " | ".join(f"{label} ms | {label} client CPU ms" for label in profiles)
     phases = "\n".join(
-        f"| {phase} | {text} | {ms[phase]:.1f} | {cpu[phase]:.1f} |" for phase, text in PHASE_TEXT.items()
+        f"| {phase} | {text} | "
+        + " | ".join(f"{p['phases_ms'][phase]:.1f} | {p['phases_cpu_ms'][phase]:.1f}" for p in profiles.values())
+        + " |"
+        for phase, text in PHASE_TEXT.items()
     )
+    gc_line = (
+        "| garbage collector | inside the phases above: generations 0 / 1 / 2 | "
+        + " | ".join(
+            f"{sum(p['gc_ms']):.1f} ({' / '.join(f'{g:.0f}' for g in p['gc_ms'])}) | " for p in profiles.values()
+        )
+        + "|"
+    )
+    totals = "; ".join(
+        f"{label}: {p['total_ms']:.0f} ms a batch, {p['total_cpu_ms']:.0f} ms of it this process's CPU, "
+        f"{p['calls']:,.0f} fence.lua calls"
+        for label, p in profiles.items()
+    )
+    standalone = profiles["standalone"]
     top = "\n".join(
         f"| `{row['function']}` | {row['calls']:,} | {row['own_ms']:.1f} | {row['cumulative_ms']:.1f} |"
-        for row in profile["top"]
+        for row in standalone["top"]
     )
-    ingest = {r["name"]: r for r in results.get("ingest/standalone", {}).get("rows", [])}
-    pure, handler = ingest.get(PURE_WRITE), ingest.get(HANDLER_WAIT)
-    naive = next((r for n, r in ingest.items() if n.startswith("naive") and "per record" in n), None)
-    before_sending = cpu["projection"] + cpu["steps_of"] + cpu["pack"]
-    findings = [
-        f"- Before the first byte is sent, the client spends {before_sending:.0f} ms of CPU a batch: "
-        f"{cpu['projection']:.0f} ms projecting, {cpu['steps_of'] + cpu['pack']:.0f} ms planning."
-        + (
-            f" The pure-write pipeline takes {pure['seconds'] * 1000:.0f} ms for its whole batch in this run's "
-            "ingest part (its commands prepared beforehand: no decoding, no parsing, no plan)"
-            + (
-                ": the handler's work before its first send alone takes longer than that."
-                if before_sending > pure["seconds"] * 1000
-                else "."
-            )
-            if pure
-            else ""
-        ),
-        f"- Sending takes {ms['send']:.0f} ms of which {cpu['send']:.0f} ms is client CPU: the rest is the "
-        "server running the calls."
-        + (
-            f" The fenced handler costs the server {handler['server_cpu_us']:.2f} µs of CPU per record against "
-            f"{naive['server_cpu_us']:.2f} µs for the naive pipeline's one command: a document's step is an "
-            "HGET of its position, the write and an HSET of the new position, inside a script that first "
-            "decodes its JSON plan."
-            if handler and naive and handler.get("server_cpu_us") and naive.get("server_cpu_us")
-            else ""
-        ),
-        f"- The WAIT takes {ms['wait']:.1f} ms a batch with the replica on the same machine.",
-        f"- The cyclic garbage collector runs inside those phases for {sum(gc_ms):.0f} ms a batch "
-        f"(generations 0 / 1 / 2: {gc_ms[0]:.0f} / {gc_ms[1]:.0f} / {gc_ms[2]:.0f} ms), set off by the "
-        "objects a batch allocates (the event's records, their mutations, steps and calls).",
-    ]
+    findings = [line for label, p in profiles.items() for line in _findings(results, label, p)]
+    gc_ms = standalone["gc_ms"]
+    findings.append(
+        f"- The cyclic garbage collector runs inside those phases for {sum(gc_ms):.0f} ms of a standalone batch "
+        f"(generations 0 / 1 / 2: {gc_ms[0]:.0f} / {gc_ms[1]:.0f} / {gc_ms[2]:.0f} ms), set off by the objects a "
+        "batch allocates (the event's records, their mutations, steps and calls). Without the harness's "
+        "`gc.freeze()` its full passes would also scan the SAM CLI's objects the benchmark process holds "
+        "(`python -m harness.profile_ingest --no-gc-freeze`)."
+    )
     return f"""## Where the time goes
 
-`.venv/bin/python -m harness.profile_ingest` (part of `make bench`; these are this run's numbers):
-IngestFunction on {profile["records"]:,} new records a batch, standalone, WAIT for 1 replica,
-mean of {profile["rounds"]} batches: {profile["total_ms"]:.0f} ms a batch, {profile["total_cpu_ms"]:.0f} ms
-of it this process's CPU. Each phase is timed around the handler's own functions with no
-profiler on; the time of a machine as busy as this one shows in the wall-clock column.
+`.venv/bin/python -m harness.profile_ingest [--cluster]` (part of `make bench`; these are this run's
+numbers): IngestFunction on {standalone["records"]:,} new records a batch, WAIT for 1 replica, mean of
+{standalone["rounds"]} batches. {totals}. Each phase is timed around the handler's own functions with
+no profiler on; the client CPU column is this process's CPU time, steadier than the wall time on
+a busy machine.
 
-| phase | what | ms a batch | client CPU ms |
-| --- | --- | ---: | ---: |
+| phase | what | {header} |
+| --- | --- |{" ---: | ---: |" * len(profiles)}
 {phases}
+{gc_line}
 
 {chr(10).join(findings)}
 
-cProfile over one batch, the functions with the most time of their own (profiling slows
-Python code more than the waits, so these are shares, not times):
+cProfile over one standalone batch, the functions with the most time of their own (profiling
+slows Python code more than the waits, so these are shares, not times):
 
 | function | calls | own ms | cumulative ms |
 | --- | ---: | ---: | ---: |
 {top}
 
 """
+
+
+def _findings(results: dict[str, dict[str, Any]], label: str, profile: dict[str, Any]) -> list[str]:
+    """What one topology's profile says beside the same run's ingest rows."""
+    from harness.bench_ingest import HANDLER_WAIT, PURE_WRITE
+
+    ms, cpu = profile["phases_ms"], profile["phases_cpu_ms"]
+    ingest = {r["name"]: r for r in results.get(f"ingest/{label}", {}).get("rows", [])}
+    pure, handler = ingest.get(PURE_WRITE), ingest.get(HANDLER_WAIT)
+    naive = next((r for n, r in ingest.items() if n.startswith("naive") and "per record" in n), None)
+    before_sending = cpu["projection"] + cpu["steps_of"] + cpu["pack"]
+    records = profile["records"]
+    lines = [
+        f"- {label.capitalize()}: before the first call is sent the client spends {before_sending:.0f} ms of "
+        f"CPU a batch ({cpu['projection']:.0f} ms projecting, {cpu['steps_of'] + cpu['pack']:.0f} ms planning), "
+        f"then waits {ms['send'] - cpu['send']:.0f} ms for the server to run {profile['calls']:,.0f} calls "
+        f"and {ms['wait']:.1f} ms for the WAIT."
+    ]
+    if pure and handler and handler.get("client_cpu_us") and pure.get("client_cpu_us") and naive:
+        handler_ms = (handler["client_cpu_us"] + handler["server_cpu_us"]) * records / 1000
+        lines.append(
+            f"  In the ingest rows, the handler costs {handler['client_cpu_us']:.1f} µs of client CPU and "
+            f"{handler['server_cpu_us']:.1f} µs of server CPU per record, one after the other (the plan is "
+            f"whole before the first call goes), {handler_ms:.0f} ms a batch against its "
+            f"{handler['seconds'] * 1000:.0f} ms; the pure-write pipeline costs {pure['client_cpu_us']:.1f} µs "
+            f"and {pure['server_cpu_us']:.1f} µs ({pure['seconds'] * 1000:.0f} ms a batch, its commands "
+            f"prepared beforehand). The server's share is {handler['server_cpu_us'] / naive['server_cpu_us']:.1f}x "
+            "the naive pipeline's: each step is an HGET of the key's position, the write and an HSET of the "
+            "new position, in a script that first decodes its JSON plan"
+            + (
+                "; on a cluster a call carries one slot's steps only, so nearly every key is a call of its own."
+                if label == "cluster"
+                else "."
+            )
+        )
+    return lines
 
 
 def table(rows: list[list[str]]) -> str:
@@ -724,7 +753,8 @@ def main(argv: list[str] | None = None) -> int:
             results[f"{name}/{label}"] = run_part(name, cluster, args.quick)
     results["kafka/standalone"] = run_part("kafka", False, args.quick)
     results["memory/standalone"] = run_part("memory", False, args.quick)
-    results["profile/standalone"] = run_part("profile", False, args.quick)
+    for cluster in (False,) if args.no_cluster else (False, True):
+        results[f"profile/{'cluster' if cluster else 'standalone'}"] = run_part("profile", cluster, args.quick)
     from harness.coldstart import artifact_sizes
 
     text = table(rows_for(results, artifact_sizes()))

@@ -45,7 +45,16 @@ class PhaseClock:
         self.cpu_seconds: dict[str, float] = dict.fromkeys(MEASURED, 0.0)
         self.gc_seconds = [0.0, 0.0, 0.0]  # per generation
         self.gc_passes = [0, 0, 0]
+        self.calls = 0  # fence.lua calls planned
         self._gc_started = 0.0
+
+    def counted(self, pack: Callable[..., list[Any]]) -> Callable[..., list[Any]]:
+        def wrapper(*args: Any, **kwargs: Any) -> list[Any]:
+            calls = pack(*args, **kwargs)
+            self.calls += len(calls)
+            return calls
+
+        return wrapper
 
     def timed(self, phase: str, function: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -81,7 +90,7 @@ def phases_timed(clock: PhaseClock) -> Iterator[None]:
 
     patches: list[tuple[Any, str, Any]] = [
         (writer, "steps_of", clock.timed("steps_of", plan.steps_of)),  # the writer's own names for them
-        (writer, "pack", clock.timed("pack", plan.pack)),
+        (writer, "pack", clock.timed("pack", clock.counted(plan.pack))),
         (transport.Transport, "send", clock.timed("send", transport.Transport.send)),
         (transport.Transport, "_wait", clock.timed("wait", transport.Transport._wait)),
         (writer.BatchWriter, "apply", clock.timed("apply", drawn_first)),
@@ -136,6 +145,7 @@ def profile(
             "phases_cpu_ms": per_batch["cpu_ms"],
             "gc_ms": [seconds / rounds * 1000 for seconds in clock.gc_seconds],
             "gc_passes": [passes / rounds for passes in clock.gc_passes],
+            "calls": clock.calls / rounds,
             "top": _top(profiler, top),
         }
     finally:
@@ -171,7 +181,7 @@ def report(result: dict[str, Any]) -> str:
         f"{result['records']:,} new records a batch, {'cluster' if result['cluster'] else 'standalone'}, "
         f"WAIT for 1 replica, {'' if result['gc_freeze'] else 'no gc.freeze(), '}"
         f"mean of {result['rounds']} batches: {result['total_ms']:.1f} ms a batch "
-        f"({result['total_cpu_ms']:.1f} ms of this process's CPU)",
+        f"({result['total_cpu_ms']:.1f} ms of this process's CPU), {result['calls']:,.0f} fence.lua calls a batch",
         "",
         "| phase | ms a batch | CPU ms a batch |",
         "| --- | ---: | ---: |",
