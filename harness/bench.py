@@ -664,7 +664,7 @@ Redis 7 when it is installed.
   better; for reads, the handler's cost relative to the bare command).
 - Ingest: `harness/bench_ingest.py`. The handler runs in-process as deployed, every
   write fenced, on 10,000-record batches of orders, products and stock movements.
-  The standalone server is a primary with one replica attached (`--replicaof`), the
+  The standalone server is a primary with one replica attached (REPLICAOF), the
   cluster 3 primaries with one replica each, so the handler's default waits
   (`WAIT 1` on each primary written, after the writes); its "WAIT off" rows set
   `REDIS_WAIT_REPLICAS=0` on the same servers. Its same-run baselines: the naive

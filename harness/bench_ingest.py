@@ -2,7 +2,7 @@
 
     python -m harness.bench_ingest [--records 10000] [--rounds 5] [--cluster] [--no-replicas]
 
-The server: a standalone primary with one replica attached (`--replicaof`), or (`--cluster`)
+The server: a standalone primary with one replica attached (REPLICAOF), or (`--cluster`)
 a local cluster of 3 primaries with one replica each; `--no-replicas` leaves the replicas out.
 
 Rows:
@@ -141,88 +141,39 @@ class Target:
 
 def start_target(cluster: bool, replicas: bool, binary: str | None = None) -> Target:
     """A standalone primary, or a 3-primary cluster, each primary with one replica when `replicas`."""
-    started: list[servers.ServerProcess] = []
+    if cluster:
+        local = servers.start_cluster(binary, replicas=int(replicas))
+        try:
+            if replicas:
+                what = "every node's CLUSTER SLOTS listing a replica per primary"
+                servers.wait_for(lambda: _replicas_listed(local), what, 60.0, errors=(redis.exceptions.RedisError,))
+        except BaseException:
+            local.stop()
+            raise
+        return Target(local.url, [node.port for node in local.nodes], int(replicas), True, local.stop)
+    primary = servers.start_server(binary)
+    started = [primary]
+    try:
+        if replicas:
+            started.append(servers.start_replica(primary))
+    except BaseException:
+        primary.remove()
+        raise
 
     def stop() -> None:
         for server in reversed(started):
             server.remove()
 
-    try:
-        if not cluster:
-            # a replica's first sync starts at once, not after Valkey's 5 s wait for more replicas
-            primary = servers.start_server(binary, extra=["--repl-diskless-sync-delay", "0"])
-            started.append(primary)
-            if replicas:
-                extra = ["--replicaof", "127.0.0.1", str(primary.port)]
-                started.append(servers.start_server(primary.binary, extra=extra))
-                _wait_replicated([primary.port])
-            return Target(primary.url, [primary.port], int(replicas), False, stop)
-        local = servers.start_cluster(binary)
-        started += local.nodes
-        if replicas:
-            started += _add_cluster_replicas(local)
-        return Target(local.url, [node.port for node in local.nodes], int(replicas), True, stop)
-    except BaseException:
-        stop()
-        raise
+    return Target(primary.url, [primary.port], int(replicas), False, stop)
 
 
-def _add_cluster_replicas(local: servers.LocalCluster) -> list[servers.ServerProcess]:
-    """One replica per primary (CLUSTER REPLICATE), returned once every node's CLUSTER SLOTS lists
-    it: clients learn a primary's replicas from there, and the handler waits where they are."""
-    added = []
-    for primary in local.nodes:
-        node = servers.start_server(
-            primary.binary, extra=["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
-        )
-        added.append(node)
-        admin = redis.Redis(port=primary.port, decode_responses=True)
-        admin.config_set("repl-diskless-sync-delay", "0")
-        primary_id = admin.execute_command("CLUSTER", "MYID")  # type: ignore[no-untyped-call]
-        joining = redis.Redis(port=node.port, decode_responses=True)
-        for other in local.nodes:
-            joining.execute_command("CLUSTER", "MEET", "127.0.0.1", str(other.port))  # type: ignore[no-untyped-call]
-        # the new node must know the primary (gossip) before it can follow it
-        _poll(
-            lambda joining=joining, primary_id=primary_id: joining.execute_command(  # type: ignore[misc]
-                "CLUSTER", "REPLICATE", primary_id
-            ),
-            "a new node replicating its primary",
-        )
-    every = [*local.nodes, *added]
-
-    def listed() -> bool:
-        for server in every:
-            ranges = redis.Redis(port=server.port).execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
-            if not ranges or any(len(holders) < 4 for holders in ranges):  # start, end, primary, a replica
-                return False
-        return True
-
-    _poll(listed, "every node's CLUSTER SLOTS listing a replica per primary")
-    _wait_replicated([node.port for node in local.nodes])
-    return added
-
-
-def _wait_replicated(primaries: list[int]) -> None:
-    def online(port: int) -> bool:
-        info = redis.Redis(port=port, decode_responses=True).info("replication")
-        return any(isinstance(v, dict) and v.get("state") == "online" for k, v in info.items() if k.startswith("slave"))
-
-    _poll(lambda: all(online(port) for port in primaries), "a replica online on every primary")
-
-
-def _poll(condition: Callable[[], Any], what: str, timeout: float = 60.0) -> None:
-    """Until `condition` gives a true value without a Redis error (a generous deadline: a busy machine)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if condition():
-                return
-        except redis.exceptions.RedisError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.05)
+def _replicas_listed(local: servers.LocalCluster) -> bool:
+    """Clients learn a primary's replicas from CLUSTER SLOTS, and the handler waits where they are."""
+    for node in local.members():
+        ranges = node.command("CLUSTER", "SLOTS")
+        if not ranges or any(len(holders) < 4 for holders in ranges):  # start, end, primary, a replica
+            return False
+    return True
 
 
 def _waits(ports: list[int]) -> int:
