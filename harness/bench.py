@@ -604,8 +604,9 @@ def _findings(results: dict[str, dict[str, Any]], label: str, profile: dict[str,
             )
         )
         lines.append(
-            f"  On CPU alone, which a busy machine does not stretch: {handler_cpu:.1f} µs a record (client and "
-            f"server, in series) against the pure-write pipeline's {pure_cpu:.1f} µs, so at most "
+            "  On CPU alone, which a busy machine stretches less than the time: "
+            f"{handler_cpu:.1f} µs a record (client and server, in series) against the pure-write pipeline's "
+            f"{pure_cpu:.1f} µs, so at most "
             f"{pure_cpu / handler_cpu:.2f}x its throughput where the target asks for "
             f"{TARGETS[f'ingest_vs_pure_write_{label}']:g}x."
         )
