@@ -7,6 +7,7 @@ batch; the retry converges because every write is applied once per offset.
 
 from __future__ import annotations
 
+import gc
 from functools import lru_cache
 from typing import Any
 
@@ -21,6 +22,10 @@ from cachesync.opstats import record_batch
 
 logger = Logger(service="cachesync-ingest")
 metrics = Metrics(namespace="CacheSync", service="cachesync-ingest")
+
+# The modules imported above live as long as the process: keep them out of the collector's
+# full passes, which a batch's many short-lived objects trigger.
+gc.freeze()
 
 
 @lru_cache(maxsize=1)
