@@ -22,9 +22,10 @@ import base64
 import json
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import redis
 from redis.cluster import RedisCluster
@@ -63,34 +64,44 @@ def forged_cursor(sort: str, below: int | None, score: float, sku: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def requests(ties: int) -> list[tuple[str, str]]:
-    """(what, target) of every public request shape worth measuring on the tie store."""
+class ReadRequest(NamedTuple):
+    what: str
+    target: str
+    items: int  # the most items (or keys) its answer may hold: the page size, in the cost's terms
+
+
+def requests(ties: int) -> list[ReadRequest]:
+    """Every public request shape worth measuring on the tie store."""
     middle, last = tie_sku(ties // 2), tie_sku(ties - 1)
     inventory = f"/stores/{STORE}/inventory"
+
+    def page(what: str, query: str, **cursor: Any) -> ReadRequest:
+        limit = 500 if "limit=500" in query else 50
+        if cursor:
+            query += "&cursor=" + forged_cursor(**cursor)
+        return ReadRequest(what, f"{inventory}?{query.lstrip('&')}", limit)
+
     return [
-        ("first page", inventory),
-        ("first page, limit 500", f"{inventory}?limit=500"),
-        ("low stock, first page", f"{inventory}?below=1"),
-        ("cursor at the tie group's start", f"{inventory}?cursor={forged_cursor('quantity', None, 0, tie_sku(0))}"),
-        ("cursor mid tie group", f"{inventory}?cursor={forged_cursor('quantity', None, 0, middle)}"),
-        ("cursor at the tie group's end", f"{inventory}?cursor={forged_cursor('quantity', None, 0, last)}"),
-        (
-            "cursor mid tie group, limit 500",
-            f"{inventory}?limit=500&cursor={forged_cursor('quantity', None, 0, middle)}",
-        ),
-        ("low stock, cursor at the end", f"{inventory}?below=1&cursor={forged_cursor('quantity', 1, 0, last)}"),
-        ("stale cursor (SKU gone)", f"{inventory}?cursor={forged_cursor('quantity', None, 0, middle + 'x')}"),
-        ("forged cursor after every tie", f"{inventory}?cursor={forged_cursor('quantity', None, 0, 'zzzz')}"),
-        ("forged cursor, score between", f"{inventory}?cursor={forged_cursor('quantity', None, 0.5, 'a')}"),
-        ("forged cursor, huge score", f"{inventory}?cursor={forged_cursor('quantity', None, 1e300, 'a')}"),
-        ("forged cursor, tiny score", f"{inventory}?cursor={forged_cursor('quantity', None, -1e300, 'zzzz')}"),
-        ("sort=sku", f"{inventory}?sort=sku"),
-        ("sort=sku, low stock", f"{inventory}?sort=sku&below=1"),
-        ("sort=sku, cursor", f"{inventory}?sort=sku&cursor={forged_cursor('sku', None, 0, middle)}"),
-        ("one item", f"{inventory}/{middle}"),
-        ("100 products", "/products?skus=" + ",".join(tie_sku(n) for n in range(100))),
-        ("one product", f"/products/{tie_sku(1)}"),
-        ("health", "/health"),
+        page("first page", ""),
+        page("first page, limit 500", "limit=500"),
+        page("low stock, first page", "below=1"),
+        page("cursor at the tie group's start", "", sort="quantity", below=None, score=0, sku=tie_sku(0)),
+        page("cursor mid tie group", "", sort="quantity", below=None, score=0, sku=middle),
+        page("cursor at the tie group's end", "", sort="quantity", below=None, score=0, sku=last),
+        page("cursor mid tie group, limit 500", "limit=500", sort="quantity", below=None, score=0, sku=middle),
+        page("low stock, cursor at the end", "below=1", sort="quantity", below=1, score=0, sku=last),
+        page("stale cursor (SKU gone)", "", sort="quantity", below=None, score=0, sku=middle + "x"),
+        page("forged cursor after every tie", "", sort="quantity", below=None, score=0, sku="zzzz"),
+        page("forged cursor, score between", "", sort="quantity", below=None, score=0.5, sku="a"),
+        page("forged cursor, huge score", "", sort="quantity", below=None, score=1e300, sku="a"),
+        page("forged cursor, tiny score", "", sort="quantity", below=None, score=-1e300, sku="zzzz"),
+        page("sort=sku", "sort=sku"),
+        page("sort=sku, low stock", "sort=sku&below=1"),
+        page("sort=sku, cursor", "sort=sku", sort="sku", below=None, score=0, sku=middle),
+        ReadRequest("one item", f"{inventory}/{middle}", 1),
+        ReadRequest("100 products", "/products?skus=" + ",".join(tie_sku(n) for n in range(100)), 100),
+        ReadRequest("one product", f"/products/{tie_sku(1)}", 1),
+        ReadRequest("health", "/health", 1),
     ]
 
 
@@ -101,6 +112,7 @@ class Cost:
     status: int
     commands: dict[str, int] = field(default_factory=dict)  # INFO commandstats deltas, scripts' included
     logged: list[tuple[int, str]] = field(default_factory=list)  # SLOWLOG: (µs, command) of the API's connection
+    watched: list[str] = field(default_factory=list)  # MONITOR: every command run for it, scripts' included
 
     @property
     def total_commands(self) -> int:
@@ -109,6 +121,42 @@ class Cost:
     @property
     def worst(self) -> tuple[int, str]:
         return max(self.logged, default=(0, ""))
+
+    @property
+    def entries(self) -> int | None:
+        """Sorted-set entries and keys the request's commands read at most (`entries_read`);
+        None when one of them may read without bound."""
+        counts = [entries_read(command) for command in self.watched]
+        return None if None in counts else sum(c for c in counts if c is not None)
+
+
+# Commands that read one entry or key after an O(log N) descent at most
+_SINGLE = frozenset({"EXISTS", "ZSCORE", "ZRANK", "ZCOUNT", "ZCARD", "ZLEXCOUNT", "GET", "PING"})
+
+
+def entries_read(command: str) -> int | None:
+    """An upper bound of the entries (or keys) one command reads beyond its O(log N) descent,
+    from its arguments as MONITOR shows them; None when the arguments do not bound it.
+    Raises for a command it has no model for, so a new command cannot slip past the tests."""
+    words = command.split(" ")
+    name = words[0].upper()
+    if name in ("EVALSHA", "EVAL"):
+        return 0  # what the script runs is watched command by command
+    if name in _SINGLE:
+        return 1
+    if name == "MGET":
+        return len(words) - 1
+    if name == "ZRANGE":
+        options = [w.upper() for w in words[4:]]
+        if "BYSCORE" in options or "BYLEX" in options:
+            if "LIMIT" not in options:
+                return None
+            at = 4 + options.index("LIMIT")
+            offset, count = int(words[at + 1]), int(words[at + 2])
+            return None if count < 0 else offset + count  # LIMIT walks its offset entry by entry
+        start, stop = int(words[2]), int(words[3])
+        return None if start < 0 or stop < 0 else max(0, stop - start + 1)
+    raise ValueError(f"no cost model for {name}: add it to entries_read")
 
 
 def _nodes(client: redis.Redis | RedisCluster) -> list[redis.Redis]:
@@ -125,48 +173,79 @@ def _calls(nodes: list[redis.Redis]) -> dict[str, int]:
     return totals
 
 
-@contextmanager
-def slowlog_everything(client: redis.Redis | RedisCluster) -> Iterator[None]:
-    """SLOWLOG records every command while inside; the server's setting put back after."""
-    nodes = _nodes(client)
-    saved = [str(node.config_get("slowlog-log-slower-than")["slowlog-log-slower-than"]) for node in nodes]
-    saved_len = [str(node.config_get("slowlog-max-len")["slowlog-max-len"]) for node in nodes]
-    try:
-        for node in nodes:
+# what the recorder itself sends, never counted as a request's
+_OWN_COMMANDS = frozenset({"info", "slowlog", "echo", "config", "monitor"})
+
+
+class Recorder:
+    """Records what Redis runs for each request: SLOWLOG with slowlog-log-slower-than 0 (the
+    durations Redis measured, for people to read), INFO commandstats deltas, and with
+    `watch` MONITOR (which slows the commands it shows: durations are taken without it)."""
+
+    def __init__(self, client: redis.Redis | RedisCluster, watch: bool = False):
+        self.nodes = _nodes(client)
+        self.watch = watch
+        self._monitors: list[Any] = []
+        self._saved: list[tuple[str, str]] = []
+
+    def __enter__(self) -> Recorder:
+        for node in self.nodes:
+            threshold = str(node.config_get("slowlog-log-slower-than")["slowlog-log-slower-than"])
+            self._saved.append((threshold, str(node.config_get("slowlog-max-len")["slowlog-max-len"])))
             node.config_set("slowlog-log-slower-than", 0)
             node.config_set("slowlog-max-len", 1024)
-        yield
-    finally:
-        for node, threshold, length in zip(nodes, saved, saved_len, strict=True):
+            if self.watch:
+                monitor = node.monitor()  # type: ignore[no-untyped-call]
+                monitor.__enter__()
+                self._monitors.append(monitor)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for monitor in self._monitors:
+            monitor.__exit__()
+        self._monitors.clear()
+        for node, (threshold, length) in zip(self.nodes, self._saved, strict=True):
             node.config_set("slowlog-log-slower-than", threshold)
             node.config_set("slowlog-max-len", length)
+        self._saved.clear()
 
+    def request(self, gateway: LocalGateway, what: str, target: str, headers: Iterable[tuple[str, str]] = ()) -> Cost:
+        """One GET through the gateway, with what Redis recorded for it."""
+        self._watched()  # whatever came before is not this request's
+        for node in self.nodes:
+            node.slowlog_reset()
+        before = _calls(self.nodes)
+        reply = gateway.request("GET", target, [("Host", "api.example"), *headers])
+        after = _calls(self.nodes)
+        commands = {
+            name.removeprefix("cmdstat_"): after[name] - before.get(name, 0)
+            for name in after
+            if after[name] != before.get(name, 0) and name.removeprefix("cmdstat_") not in _OWN_COMMANDS
+        }
+        logged = []
+        for node in self.nodes:
+            for entry in node.slowlog_get(1024):
+                if entry.get("client_name", b"") in (CLIENT_NAME, CLIENT_NAME.encode()):
+                    command = entry["command"]
+                    text = command.decode(errors="replace") if isinstance(command, bytes) else str(command)
+                    logged.append((int(entry["duration"]), _shorten(text)))
+        return Cost(what, target, reply.status, commands, logged, self._watched())
 
-def request_cost(
-    gateway: LocalGateway, client: redis.Redis | RedisCluster, what: str, target: str, headers: list[tuple[str, str]]
-) -> Cost:
-    """One request through the gateway, with what Redis recorded for it (inside `slowlog_everything`)."""
-    nodes = _nodes(client)
-    for node in nodes:
-        node.slowlog_reset()
-    before = _calls(nodes)
-    reply = gateway.request("GET", target, [("Host", "api.example"), *headers])
-    after = _calls(nodes)
-    # the measuring connection's own INFO calls are not the request's
-    commands = {
-        name.removeprefix("cmdstat_"): after[name] - before.get(name, 0)
-        for name in after
-        if after[name] != before.get(name, 0) and name not in ("cmdstat_info", "cmdstat_slowlog")
-    }
-    commands.pop("info", None)
-    logged = []
-    for node in nodes:
-        for entry in node.slowlog_get(1024):
-            if entry.get("client_name", b"") in (CLIENT_NAME, CLIENT_NAME.encode()):
-                command = entry["command"]
-                text = command.decode(errors="replace") if isinstance(command, bytes) else str(command)
-                logged.append((int(entry["duration"]), _shorten(text)))
-    return Cost(what, target, reply.status, commands, logged)
+    def _watched(self) -> list[str]:
+        """The commands each monitor showed since the last call, up to a marker sent now."""
+        seen: list[str] = []
+        if not self.watch:
+            return seen
+        for node, monitor in zip(self.nodes, self._monitors, strict=True):
+            marker = f"read-cost-marker-{uuid.uuid4().hex}"
+            node.echo(marker)
+            while True:
+                command = str(monitor.next_command()["command"])
+                if command == f"ECHO {marker}":
+                    break
+                if command.split(" ", 1)[0].lower() not in _OWN_COMMANDS:
+                    seen.append(command)
+        return seen
 
 
 def _shorten(command: str) -> str:
@@ -198,10 +277,14 @@ def measure(redis_url: str, cluster: bool, ties: int) -> list[Cost]:
     handler, function = load_api(redis_url, cluster)
     gateway = LocalGateway(handler, http_routes("ApiFunction"), lambda: LocalContext(function))
     cases = requests(ties)
-    for _, target in cases:  # connect and load the scripts before measuring
-        gateway.request("GET", target, [("Host", "api.example")])
-    with slowlog_everything(client):
-        return [request_cost(gateway, client, what, target, []) for what, target in cases]
+    for case in cases:  # connect and load the scripts before measuring
+        gateway.request("GET", case.target, [("Host", "api.example")])
+    with Recorder(client) as recorder:
+        costs = [recorder.request(gateway, case.what, case.target) for case in cases]
+    with Recorder(client, watch=True) as recorder:  # apart: MONITOR slows what it shows
+        for cost in costs:
+            cost.watched = recorder.request(gateway, cost.what, cost.target).watched
+    return costs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -224,10 +307,11 @@ def main(argv: list[str] | None = None) -> None:
             own.stop()
         elif own is not None:
             own.remove()
-    print(f"{'request':<36} {'status':>6} {'cmds':>5} {'worst µs':>9}  worst command")
+    print(f"{'request':<36} {'status':>6} {'cmds':>5} {'entries':>8} {'worst µs':>9}  worst command")
     for cost in costs:
         duration, command = cost.worst
-        print(f"{cost.what:<36} {cost.status:>6} {cost.total_commands:>5} {duration:>9}  {command}")
+        entries = "unbound" if cost.entries is None else str(cost.entries)
+        print(f"{cost.what:<36} {cost.status:>6} {cost.total_commands:>5} {entries:>8} {duration:>9}  {command}")
     duration, command = max(cost.worst for cost in costs)
     worst = next(c for c in costs if c.worst == (duration, command))
     print(f"\nworst: {duration} µs, {command!r} ({worst.what}: {worst.target[:120]})", file=sys.stderr)

@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from cachesync import keys
+from cachesync.reads import encode_cursor
 from devkit import servers
 from devkit.apigw import Route
 from devkit.sam import ROOT
@@ -179,7 +180,16 @@ def test_default_limit_and_its_bounds(api: Api, store: redis.Redis) -> None:
 
 @pytest.mark.parametrize(
     "query",
-    ["sort=price", "below=abc", "below=1e400", "cursor=***", "cursor=" + "A" * 600, "cursor=bm90LWpzb24"],
+    [
+        "sort=price",
+        "below=abc",
+        "below=1e400",
+        "cursor=***",
+        "cursor=" + "A" * 600,
+        "cursor=bm90LWpzb24",
+        "cursor=" + encode_cursor("quantity", None, 10**309, "a"),  # an integer beyond a double's range
+        "cursor=" + encode_cursor("quantity", None, 1, "{a}"),  # a SKU that is no identifier
+    ],
 )
 def test_bad_inventory_queries_are_400(api: Api, store: redis.Redis, query: str) -> None:
     stock(store, "store1", {"a": 1})
