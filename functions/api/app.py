@@ -4,7 +4,9 @@ Thin by design: the reads live in `cachesync.reads`; this module declares the
 routes for Powertools' resolver (which validates the input and generates the
 OpenAPI document) and maps failures to status codes. Every answer is JSON,
 errors too: 400 for bad input, 404 for absent data, 503 with Retry-After while
-Redis is unreachable (clients retry, and the next request reconnects by itself).
+Redis is unreachable (clients retry, and the next request reconnects by itself),
+500 when the cache refuses the function's credentials or permissions (no retry
+helps: an operator must act, and the CacheAuthFailed metric alarms).
 
 Authentication and CORS are the HTTP API's (template.yaml): its JWT authorizer
 admits a request to an order or to /admin/stats before this function runs, and
@@ -17,6 +19,7 @@ import time
 from functools import lru_cache
 from http import HTTPStatus
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import redis
 from aws_lambda_powertools import Logger, single_metric
@@ -46,7 +49,14 @@ INVENTORY_CACHE = "public, max-age=5"  # stock moves all the time
 # default), for the OpenAPI document: the gateway enforces them, not this function.
 PRIVATE_ROUTES = {"/orders/{orderId}": [], "/admin/stats": ["cachesync/admin"]}
 
-# Redis is unreachable or not serving yet: worth retrying, so 503 rather than 500.
+# Redis is unreachable or not serving yet: worth retrying, so 503 rather than 500. An
+# authentication or permission failure (a ConnectionError too, for redis-py) is not: see
+# `cache_auth_failure`.
+AUTH_FAILURES = (
+    redis.exceptions.AuthenticationError,  # WRONGPASS, NOAUTH
+    redis.exceptions.AuthorizationError,
+    redis.exceptions.NoPermissionError,  # NOPERM
+)
 UNAVAILABLE = (
     redis.exceptions.ConnectionError,  # includes BusyLoadingError and AuthenticationError
     redis.exceptions.TimeoutError,
@@ -157,6 +167,8 @@ def get_health() -> Response[Any]:
     try:
         latency = reader().ping_ms()
     except redis.exceptions.RedisError as error:
+        if cache_auth_failure(error) is not None:
+            raise  # not a 503 to wait out: cache_refused_us answers it
         logger.warning("redis unreachable", extra={"error": repr(error)})
         body = {"status": "unavailable", "redis": {"reachable": False, "latencyMs": None}}
         return Response(HTTPStatus.SERVICE_UNAVAILABLE, JSON, body, _retry_after())
@@ -228,6 +240,8 @@ def no_route(_: Exception) -> Response[Any]:
 
 @app.exception_handler(list(UNAVAILABLE))  # type: ignore[untyped-decorator]
 def unavailable(error: Exception) -> Response[Any]:
+    if cache_auth_failure(error) is not None:
+        return cache_refused_us(error)
     logger.warning("redis unreachable", extra={"error": repr(error)})
     with single_metric(name="CacheUnavailable", unit=MetricUnit.Count, value=1, namespace="CacheSync") as metric:
         metric.add_dimension(name="service", value="cachesync-api")
@@ -236,8 +250,53 @@ def unavailable(error: Exception) -> Response[Any]:
 
 @app.exception_handler(redis.exceptions.RedisError)  # type: ignore[untyped-decorator]
 def redis_refused(error: redis.exceptions.RedisError) -> Response[Any]:
+    if cache_auth_failure(error) is not None:
+        return cache_refused_us(error)
     logger.exception("redis refused a read")
     return problem(HTTPStatus.BAD_GATEWAY, "the cache refused the read")
+
+
+def cache_auth_failure(error: BaseException | None) -> BaseException | None:
+    """The WRONGPASS, NOAUTH or NOPERM behind `error`, if any: the cluster client wraps what
+    it met while connecting, and a script's denied call comes back as a plain ResponseError."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, AUTH_FAILURES):
+            return error
+        if isinstance(error, redis.exceptions.ResponseError) and any(m in str(error) for m in _DENIED_IN_SCRIPT):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+# what Redis 7 and Valkey answer when a script calls a command its user may not run
+_DENIED_IN_SCRIPT = ("user executing the script can't run this command", "ACL failure in script")
+
+
+@app.exception_handler(list(AUTH_FAILURES))  # type: ignore[untyped-decorator]
+def auth_failed(error: Exception) -> Response[Any]:
+    return cache_refused_us(error)
+
+
+def cache_refused_us(error: Exception) -> Response[Any]:
+    refusal = cache_auth_failure(error) or error
+    # No retry helps until someone fixes the cache user, its secret or its access string: a 500
+    # (not a 503 that clients would retry for ever), a log line that says so, and a metric that alarms.
+    logger.error(
+        "the cache refused ApiFunction's credentials or permissions: check the cache user, its secret "
+        "(REDIS_SECRET_ARN) or IAM policy, and its access string (docs/security.md)",
+        extra={
+            "error": f"{type(refusal).__name__}: {refusal}",
+            # the user as configured; a secret holding {"username", "password"} may name another
+            "user": config.redis_username or urlsplit(config.redis_url).username or "default",
+            "secret": config.redis_secret_arn,
+            "iamAuth": config.iam_auth,
+        },
+    )
+    with single_metric(name="CacheAuthFailed", unit=MetricUnit.Count, value=1, namespace="CacheSync") as metric:
+        metric.add_dimension(name="service", value="cachesync-api")
+    return problem(HTTPStatus.INTERNAL_SERVER_ERROR, "the API cannot sign in to its cache; it has been logged")
 
 
 @app.exception_handler(Exception)  # type: ignore[untyped-decorator]
