@@ -10,7 +10,8 @@ helps: an operator must act, and the CacheAuthFailed metric alarms).
 
 Authentication and CORS are the HTTP API's (template.yaml): its JWT authorizer
 admits a request to an order or to /admin/stats before this function runs, and
-API Gateway answers preflights and sets the CORS headers on every answer.
+API Gateway answers preflights and sets the CORS headers on every answer. Which
+order a token may read is decided here, on the order (cachesync.access).
 """
 
 # No `from __future__ import annotations`: the models and route signatures are read
@@ -30,6 +31,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cachesync import api_schema as schema
+from cachesync.access import Caller, Forbidden, OrderAccess, Unauthenticated
 from cachesync.config import settings
 from cachesync.connection import get_client
 from cachesync.opstats import operator_view
@@ -46,7 +48,8 @@ PRODUCT_CACHE = "public, max-age=60, stale-while-revalidate=300"  # descriptions
 INVENTORY_CACHE = "public, max-age=5"  # stock moves all the time
 
 # The routes the template's JWT authorizer guards, with the scopes it asks for (AdminScope's
-# default), for the OpenAPI document: the gateway enforces them, not this function.
+# default), for the OpenAPI document: the gateway enforces them. Which orders a token may read
+# is this function's (cachesync.access): any with the staff scope, else the deploy's owner rule.
 PRIVATE_ROUTES = {"/orders/{orderId}": [], "/admin/stats": ["cachesync/admin"]}
 
 # Redis is unreachable or not serving yet: worth retrying, so 503 rather than 500. An
@@ -96,6 +99,11 @@ def reader() -> Reader:
     return Reader(get_client(config), config)
 
 
+@lru_cache(maxsize=1)
+def order_access() -> OrderAccess:
+    return OrderAccess(config)
+
+
 def ok(body: str | bytes | dict[str, Any]) -> Response[Any]:
     return Response(HTTPStatus.OK, JSON, body)
 
@@ -113,12 +121,19 @@ def cached(value: bytes) -> Response[Any]:
 @app.get(
     "/orders/<orderId>",
     cache_control=ORDER_CACHE,
-    responses=schema.responses(schema.Order, private=True),
+    responses=schema.responses(schema.Order, private=True, forbidden=schema.ORDER_FORBIDDEN),
     tags=["orders"],
 )
 def get_order(orderId: schema.OrderId) -> Response[Any]:
-    """The order JSON exactly as the orders topic delivered it."""
-    return cached(reader().order(orderId))
+    """The order JSON exactly as the orders topic delivered it: any order for a token with the
+    staff scope; with the deploy's ownership rule, a shopper's own orders (another's answers 404)."""
+    caller = Caller.from_event(app.current_event.raw_event)
+    if not order_access().needs_order(caller):
+        return cached(reader().order(orderId))
+    order = reader().order(orderId)
+    if not order_access().owns(caller, order):
+        raise NotFound(f"order {orderId} not found")  # as a missing one: an id tells nothing
+    return cached(order)
 
 
 @app.get("/products/<sku>", cache_control=PRODUCT_CACHE, responses=schema.responses(schema.Product), tags=["products"])
@@ -231,6 +246,13 @@ def invalid_request(error: RequestValidationError) -> Response[Any]:
 @app.exception_handler([BadRequest, NotFound])  # type: ignore[untyped-decorator]
 def read_refused(error: BadRequest | NotFound) -> Response[Any]:
     return problem(HTTPStatus.NOT_FOUND if isinstance(error, NotFound) else HTTPStatus.BAD_REQUEST, error.message)
+
+
+@app.exception_handler([Unauthenticated, Forbidden])  # type: ignore[untyped-decorator]
+def refused(error: Unauthenticated | Forbidden) -> Response[Any]:
+    if isinstance(error, Unauthenticated):
+        return problem(HTTPStatus.UNAUTHORIZED, str(error))
+    return problem(HTTPStatus.FORBIDDEN, str(error))
 
 
 @app.not_found  # type: ignore[untyped-decorator]
