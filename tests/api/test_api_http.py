@@ -43,11 +43,16 @@ def shopper(run: LocalRun) -> dict[str, str]:
     return {"Authorization": f"Bearer {run.shopper_token}"}
 
 
+def staff(run: LocalRun) -> dict[str, str]:
+    """Reads any order: the generated orders carry no owner, so no ownership rule applies."""
+    return {"Authorization": f"Bearer {run.staff_token}"}
+
+
 def test_seeded_order_over_http_is_the_cached_bytes(run: LocalRun) -> None:
     assert run.redis_url and run.valkey is not None  # its own private Valkey
     cached = redis.Redis.from_url(run.redis_url).get(keys.order_key("18"))
     assert cached is not None
-    status, headers, body = fetch(f"{run.url}/orders/18", headers=shopper(run))
+    status, headers, body = fetch(f"{run.url}/orders/18", headers=staff(run))
     assert status == 200 and body == cached
     assert headers["content-type"] == "application/json"
     assert headers["content-length"] == str(len(cached))
@@ -89,9 +94,11 @@ def test_every_route_over_http(run: LocalRun) -> None:
     assert json.loads(answer("/health"))["status"] == "ok"
     assert "/orders/{orderId}" in json.loads(answer("/openapi.json"))["paths"]
     assert b"swagger-ui" in answer("/swagger")
-    status, _, body = fetch(f"{run.url}/orders/999999", headers=shopper(run))
+    status, _, body = fetch(f"{run.url}/orders/999999", headers=staff(run))
     assert status == 404 and json.loads(body)["statusCode"] == 404
-    status, _, body = fetch(f"{run.url}/orders/a%7Bb", headers=shopper(run))
+    status, _, body = fetch(f"{run.url}/orders/18", headers=shopper(run))
+    assert status == 403 and "cachesync/staff" in json.loads(body)["message"]  # no owner rule locally
+    status, _, body = fetch(f"{run.url}/orders/a%7Bb", headers=staff(run))
     assert status == 400 and "orderId" in json.loads(body)["message"]
 
 
@@ -103,7 +110,7 @@ def test_gateway_behaviour_over_http(run: LocalRun) -> None:
     origin = "http://localhost:5173"  # the template's default allow-list
     status, headers, _ = fetch(f"{run.url}/orders/18", headers={"Origin": origin})
     assert status == 401 and headers["access-control-allow-origin"] == origin  # the template's authorizer
-    status, headers, _ = fetch(f"{run.url}/orders/18", headers={"Origin": origin, **shopper(run)})
+    status, headers, _ = fetch(f"{run.url}/orders/18", headers={"Origin": origin, **staff(run)})
     assert status == 200 and headers["access-control-expose-headers"] == "retry-after"
     status, headers, _ = fetch(
         f"{run.url}/orders/18", method="OPTIONS", headers={"Origin": origin, "Access-Control-Request-Method": "GET"}
@@ -139,7 +146,7 @@ def test_live_stream_reaches_the_api() -> None:
             if client.exists(keys.order_key(str(next_order))):
                 break
             local._stop.wait(0.05)
-        status, _, body = fetch(f"{local.url}/orders/{next_order}", headers=shopper(local))
+        status, _, body = fetch(f"{local.url}/orders/{next_order}", headers=staff(local))
         assert status == 200 and json.loads(body)["orderid"] == next_order
         assert local.streamed > 0 and local.stream_errors == 0
     finally:
@@ -162,14 +169,15 @@ def test_make_run_command_starts_serves_and_stops_cleanly() -> None:
                 break
         text = "".join(banner)
         assert f"http://127.0.0.1:{port}" in text, text
-        order_url = re.search(r"curl -H \"Authorization: Bearer \$SHOPPER_TOKEN\" (http://\S+/orders/\d+)", text)
-        token = re.search(r"SHOPPER_TOKEN=(\S+)", text)
-        assert order_url and token, text
+        order_url = re.search(r"curl -H \"Authorization: Bearer \$STAFF_TOKEN\" (http://\S+/orders/\d+)", text)
+        token, shopper_token = re.search(r"STAFF_TOKEN=(\S+)", text), re.search(r"SHOPPER_TOKEN=(\S+)", text)
+        assert order_url and token and shopper_token, text
         redis_url = re.search(r"\(Redis (redis://\S+),", text)
         assert redis_url, text
         status, _, body = fetch(order_url.group(1), headers={"Authorization": f"Bearer {token.group(1)}"})
         assert status == 200 and "orderid" in json.loads(body)
         assert fetch(order_url.group(1))[0] == 401  # the template's authorizer, as deployed
+        assert fetch(order_url.group(1), headers={"Authorization": f"Bearer {shopper_token[1]}"})[0] == 403
         status, _, body = fetch(f"http://127.0.0.1:{port}/")
         assert status == 200 and b"cachesync shop" in body  # the storefront
         status, _, body = fetch(f"http://127.0.0.1:{port}/stores/store1/inventory?below=10")
@@ -207,7 +215,7 @@ def test_make_run_with_avro_values_serves_the_decoded_documents(registry: str | 
                 break
         assert "(avro values, Confluent's wire format)" in banner, banner
         assert (f"through the local schema registry ({registry})" in banner) == (registry is not None)
-        token = re.search(r"SHOPPER_TOKEN=(\S+)", banner)
+        token = re.search(r"STAFF_TOKEN=(\S+)", banner)
         assert token, banner
         status, _, body = fetch(f"http://127.0.0.1:{port}/orders/18", headers={"Authorization": f"Bearer {token[1]}"})
         order = json.loads(body)
