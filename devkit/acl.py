@@ -56,8 +56,9 @@ OPSTATS_READ_COMMANDS = ("xrevrange", "hgetall")
 MAINTENANCE_COMMANDS = ("scan", "del", "hget", "hset", "hdel", "hkeys", "hgetall", "hscan", "xlen")
 
 # The read API: GET/MGET documents, ZSCORE/ZRANGE inventory, EXISTS, and the paging
-# script (EVALSHA, EVAL on NOSCRIPT) whose inner commands are EXISTS and ZRANGE.
-API_COMMANDS = ("get", "mget", "zscore", "zrange", "exists", "evalsha", "eval")
+# scripts (EVALSHA, EVAL on NOSCRIPT) whose inner commands are EXISTS, ZRANGE, ZSCORE,
+# ZRANK, ZCOUNT and ZCARD (cachesync.reads).
+API_COMMANDS = ("get", "mget", "zscore", "zrank", "zcount", "zcard", "zrange", "exists", "evalsha", "eval")
 
 
 @dataclass(frozen=True)

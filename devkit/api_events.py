@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from devkit.apigw import LocalGateway, http_routes
-from devkit.sam import ROOT
+from devkit.sam import ROOT, describe
 
 ORIGIN = "http://localhost:5173"  # the template's default CORS origin
 # name -> (method, path and query)
@@ -58,8 +58,11 @@ def sample(method: str, target: str) -> dict[str, object]:
     event = gateway.event(method, target, headers, ip="203.0.113.7")
     assert event is not None, f"no ApiFunction route for {method} {target}"
     if route.authorizer:
-        scope = " ".join(route.scopes) if route.scopes else "openid"
-        claims = {**CLAIMS, "scope": scope}
+        scopes = list(route.scopes) or ["openid"]
+        if route.path == "/orders/{orderId}":
+            # a customer-service token, which reads any order: the template sets no ownership rule
+            scopes.append(describe("ApiFunction").environment["STAFF_SCOPE"])
+        claims = {**CLAIMS, "scope": " ".join(scopes)}
         event["requestContext"]["authorizer"] = {"jwt": {"claims": claims, "scopes": list(route.scopes) or None}}
     # fixed ids and times keep the files stable when they are written again
     event["headers"]["x-amzn-trace-id"] = "Root=1-65f0c2a0-0123456789abcdef01234567"

@@ -11,8 +11,8 @@
 5. the real ApiFunction handler behind http://127.0.0.1:PORT, each request
    turned into the API Gateway HTTP API (payload v2) event Lambda would get,
    after the template's CORS and JWT authorizer (devkit.apigw, devkit.localjwt);
-   the pages in web/ at / and /admin.html, and a shopper's and an operator's
-   token signed by the local issuer.
+   the pages in web/ at / and /admin.html, and a shopper's, a staff member's
+   and an operator's token signed by the local issuer.
 
 With KAFKA_BOOTSTRAP, or with REDIS_URL, nothing is produced unless
 `--produce` asks: it consumes what the topics hold (on the broker it starts
@@ -113,6 +113,7 @@ class LocalRun:
         self.ingest_function: LocalFunction | None = None
         self.low_stock: list[str] = []
         self.shopper_token = ""
+        self.staff_token = ""  # reads any order: the generated orders carry no owner
         self.admin_token = ""
         self._kafka_lock = threading.Lock()
         self._watermarks: Any = None  # a consumer that only reads end offsets
@@ -216,6 +217,7 @@ class LocalRun:
         routes = http_routes("ApiFunction", parameters)
         admin_scopes = next((r.scopes for r in routes if r.scopes), ())
         self.shopper_token = localjwt.mint(key, "shopper-1", email="shopper@example.com")
+        self.staff_token = localjwt.mint(key, "staff-1", scopes=[api_fn.environment["STAFF_SCOPE"]])
         self.admin_token = localjwt.mint(key, "operator-1", scopes=admin_scopes)
         return LocalGateway(
             self.api,
@@ -353,17 +355,20 @@ class LocalRun:
             + ("" if self.schema_registry is None else f" through the local schema registry ({self.schema_registry})"),
             "",
             f"open {base}/   (the storefront)",
-            f"     {base}/#access_token={self.shopper_token}",
-            "       (the storefront, signed in as a shopper: order lookup)",
+            f"     {base}/#access_token={self.staff_token}",
+            "       (the storefront, signed in as staff: order lookup; the generated orders have no owner,",
+            "        so a shopper's token reads none: docs/api.md, Who may read what)",
             f"     {base}/admin.html#access_token={self.admin_token}",
             "       (the operator's page, with the admin scope)",
             "",
             "tokens of the local issuer (the deployed API takes your OIDC provider's):",
             f"  SHOPPER_TOKEN={self.shopper_token}",
+            f"  STAFF_TOKEN={self.staff_token}",
             f"  ADMIN_TOKEN={self.admin_token}",
             "",
             "try:",
-            f'  curl -H "Authorization: Bearer $SHOPPER_TOKEN" {base}/orders/{order_id}',
+            f'  curl -H "Authorization: Bearer $STAFF_TOKEN" {base}/orders/{order_id}',
+            f'  curl -i -H "Authorization: Bearer $SHOPPER_TOKEN" {base}/orders/{order_id}   (403: no owner rule here)',
             f"  curl -i {base}/orders/{order_id}      (401: orders need a token)",
             f'  curl -H "Authorization: Bearer $ADMIN_TOKEN" {base}/admin/stats',
             f"  curl {base}/products/{g.skus[0]}",

@@ -43,7 +43,7 @@ def freshness(window: float, probes: int = 100, rate: float = 50.0) -> dict[str,
         assert run.feed is not None and run.server is not None
         address = urlsplit(run.url)
         connection = http.client.HTTPConnection(address.hostname or "127.0.0.1", address.port, timeout=5)
-        signed_in = {"Authorization": f"Bearer {run.shopper_token}"}  # orders need a shopper's token
+        signed_in = {"Authorization": f"Bearer {run.staff_token}"}  # orders need staff: they carry no owner
         for path in ("/orders/0", "/orders/1"):  # a 404 and a 200 first: a route's first request is cold start
             connection.request("GET", path, headers=signed_in)
             connection.getresponse().read()

@@ -163,7 +163,7 @@ def api_soak(seconds: float, workers: int, seed: int, say: Callable[[str], None]
             + ["/stores/store1/inventory?below=10", "/health"]
         )
         port = urlsplit(run.url).port
-        signed_in = {"Authorization": f"Bearer {run.shopper_token}"}
+        signed_in = {"Authorization": f"Bearer {run.staff_token}"}
         deadline = time.monotonic() + seconds
         say(f"read API: {workers} clients for {seconds:g} s against {run.url} while events stream in\n")
 
@@ -174,7 +174,7 @@ def api_soak(seconds: float, workers: int, seed: int, say: Callable[[str], None]
                 target = rng.choice(targets)
                 started = time.perf_counter()
                 try:
-                    # a shopper's token on every request: orders need one, the other routes ignore it
+                    # a staff token on every request: orders need one, the other routes ignore it
                     connection.request("GET", target, headers={"Host": "api.example", **signed_in})
                     response = connection.getresponse()
                     body = response.read()

@@ -239,7 +239,7 @@ function stockPage(store, query) {
   ).start();
 }
 
-// --- #/order : a signed-in shopper's order -----------------------------------------------------
+// --- #/order : a signed-in shopper's order (or any order, for staff) -------------------------------
 function signIn(reason) {
   const steps = CONFIG.signInUrl
     ? el("p", {}, el("a", { class: "button", href: CONFIG.signInUrl }, "Sign in"))
@@ -248,9 +248,20 @@ function signIn(reason) {
         {},
         "Sign in with your shop account to see your orders. Running locally? Open the storefront link that ",
         el("code", {}, "make run"),
-        " prints: it signs you in as a shopper.",
+        " prints: it signs you in as staff, who may read any order (the generated orders have no owner).",
       );
   return el("section", { class: "notice", "data-state": "signin", "aria-labelledby": "signin-title" }, el("h2", { id: "signin-title" }, "Sign in to look up an order"), reason ? el("p", {}, reason) : null, steps);
+}
+
+// a valid sign-in that may not read orders (no ownership rule here, and no staff scope)
+function forbidden(message) {
+  return el(
+    "section",
+    { class: "notice", "data-state": "forbidden", role: "alert" },
+    el("strong", {}, "This account cannot look up orders here."),
+    " ",
+    message,
+  );
 }
 
 function orderPage(query) {
@@ -279,7 +290,9 @@ function orderPage(query) {
           showWho();
           return show(result, signIn("Your sign-in has expired or is not valid here."));
         }
-        if (error.status === 404) return show(result, empty(`There is no order ${id}.`));
+        // the deploy's ownership rule answers another shopper's order as a missing one
+        if (error.status === 404) return show(result, empty(`There is no order ${id} for this account.`));
+        if (error.status === 403) return show(result, forbidden(error.message));
         return show(result, problem(error, state.retryIn));
       }
       const order = state.data;

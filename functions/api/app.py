@@ -4,11 +4,14 @@ Thin by design: the reads live in `cachesync.reads`; this module declares the
 routes for Powertools' resolver (which validates the input and generates the
 OpenAPI document) and maps failures to status codes. Every answer is JSON,
 errors too: 400 for bad input, 404 for absent data, 503 with Retry-After while
-Redis is unreachable (clients retry, and the next request reconnects by itself).
+Redis is unreachable (clients retry, and the next request reconnects by itself),
+500 when the cache refuses the function's credentials or permissions (no retry
+helps: an operator must act, and the CacheAuthFailed metric alarms).
 
 Authentication and CORS are the HTTP API's (template.yaml): its JWT authorizer
 admits a request to an order or to /admin/stats before this function runs, and
-API Gateway answers preflights and sets the CORS headers on every answer.
+API Gateway answers preflights and sets the CORS headers on every answer. Which
+order a token may read is decided here, on the order (cachesync.access).
 """
 
 # No `from __future__ import annotations`: the models and route signatures are read
@@ -17,6 +20,7 @@ import time
 from functools import lru_cache
 from http import HTTPStatus
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import redis
 from aws_lambda_powertools import Logger, single_metric
@@ -27,6 +31,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cachesync import api_schema as schema
+from cachesync.access import Caller, Forbidden, OrderAccess, Unauthenticated
 from cachesync.config import settings
 from cachesync.connection import get_client
 from cachesync.opstats import operator_view
@@ -43,10 +48,18 @@ PRODUCT_CACHE = "public, max-age=60, stale-while-revalidate=300"  # descriptions
 INVENTORY_CACHE = "public, max-age=5"  # stock moves all the time
 
 # The routes the template's JWT authorizer guards, with the scopes it asks for (AdminScope's
-# default), for the OpenAPI document: the gateway enforces them, not this function.
+# default), for the OpenAPI document: the gateway enforces them. Which orders a token may read
+# is this function's (cachesync.access): any with the staff scope, else the deploy's owner rule.
 PRIVATE_ROUTES = {"/orders/{orderId}": [], "/admin/stats": ["cachesync/admin"]}
 
-# Redis is unreachable or not serving yet: worth retrying, so 503 rather than 500.
+# Redis is unreachable or not serving yet: worth retrying, so 503 rather than 500. An
+# authentication or permission failure (a ConnectionError too, for redis-py) is not: see
+# `cache_auth_failure`.
+AUTH_FAILURES = (
+    redis.exceptions.AuthenticationError,  # WRONGPASS, NOAUTH
+    redis.exceptions.AuthorizationError,
+    redis.exceptions.NoPermissionError,  # NOPERM
+)
 UNAVAILABLE = (
     redis.exceptions.ConnectionError,  # includes BusyLoadingError and AuthenticationError
     redis.exceptions.TimeoutError,
@@ -86,6 +99,11 @@ def reader() -> Reader:
     return Reader(get_client(config), config)
 
 
+@lru_cache(maxsize=1)
+def order_access() -> OrderAccess:
+    return OrderAccess(config)
+
+
 def ok(body: str | bytes | dict[str, Any]) -> Response[Any]:
     return Response(HTTPStatus.OK, JSON, body)
 
@@ -103,12 +121,19 @@ def cached(value: bytes) -> Response[Any]:
 @app.get(
     "/orders/<orderId>",
     cache_control=ORDER_CACHE,
-    responses=schema.responses(schema.Order, private=True),
+    responses=schema.responses(schema.Order, private=True, forbidden=schema.ORDER_FORBIDDEN),
     tags=["orders"],
 )
 def get_order(orderId: schema.OrderId) -> Response[Any]:
-    """The order JSON exactly as the orders topic delivered it."""
-    return cached(reader().order(orderId))
+    """The order JSON exactly as the orders topic delivered it: any order for a token with the
+    staff scope; with the deploy's ownership rule, a shopper's own orders (another's answers 404)."""
+    caller = Caller.from_event(app.current_event.raw_event)
+    if not order_access().needs_order(caller):
+        return cached(reader().order(orderId))
+    order = reader().order(orderId)
+    if not order_access().owns(caller, order):
+        raise NotFound(f"order {orderId} not found")  # as a missing one: an id tells nothing
+    return cached(order)
 
 
 @app.get("/products/<sku>", cache_control=PRODUCT_CACHE, responses=schema.responses(schema.Product), tags=["products"])
@@ -157,6 +182,8 @@ def get_health() -> Response[Any]:
     try:
         latency = reader().ping_ms()
     except redis.exceptions.RedisError as error:
+        if cache_auth_failure(error) is not None:
+            raise  # not a 503 to wait out: cache_refused_us answers it
         logger.warning("redis unreachable", extra={"error": repr(error)})
         body = {"status": "unavailable", "redis": {"reachable": False, "latencyMs": None}}
         return Response(HTTPStatus.SERVICE_UNAVAILABLE, JSON, body, _retry_after())
@@ -221,6 +248,13 @@ def read_refused(error: BadRequest | NotFound) -> Response[Any]:
     return problem(HTTPStatus.NOT_FOUND if isinstance(error, NotFound) else HTTPStatus.BAD_REQUEST, error.message)
 
 
+@app.exception_handler([Unauthenticated, Forbidden])  # type: ignore[untyped-decorator]
+def refused(error: Unauthenticated | Forbidden) -> Response[Any]:
+    if isinstance(error, Unauthenticated):
+        return problem(HTTPStatus.UNAUTHORIZED, str(error))
+    return problem(HTTPStatus.FORBIDDEN, str(error))
+
+
 @app.not_found  # type: ignore[untyped-decorator]
 def no_route(_: Exception) -> Response[Any]:
     return problem(HTTPStatus.NOT_FOUND, f"no route for {app.current_event.http_method} {app.current_event.path[:200]}")
@@ -228,6 +262,8 @@ def no_route(_: Exception) -> Response[Any]:
 
 @app.exception_handler(list(UNAVAILABLE))  # type: ignore[untyped-decorator]
 def unavailable(error: Exception) -> Response[Any]:
+    if cache_auth_failure(error) is not None:
+        return cache_refused_us(error)
     logger.warning("redis unreachable", extra={"error": repr(error)})
     with single_metric(name="CacheUnavailable", unit=MetricUnit.Count, value=1, namespace="CacheSync") as metric:
         metric.add_dimension(name="service", value="cachesync-api")
@@ -236,8 +272,53 @@ def unavailable(error: Exception) -> Response[Any]:
 
 @app.exception_handler(redis.exceptions.RedisError)  # type: ignore[untyped-decorator]
 def redis_refused(error: redis.exceptions.RedisError) -> Response[Any]:
+    if cache_auth_failure(error) is not None:
+        return cache_refused_us(error)
     logger.exception("redis refused a read")
     return problem(HTTPStatus.BAD_GATEWAY, "the cache refused the read")
+
+
+def cache_auth_failure(error: BaseException | None) -> BaseException | None:
+    """The WRONGPASS, NOAUTH or NOPERM behind `error`, if any: the cluster client wraps what
+    it met while connecting, and a script's denied call comes back as a plain ResponseError."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, AUTH_FAILURES):
+            return error
+        if isinstance(error, redis.exceptions.ResponseError) and any(m in str(error) for m in _DENIED_IN_SCRIPT):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+# what Redis 7 and Valkey answer when a script calls a command its user may not run
+_DENIED_IN_SCRIPT = ("user executing the script can't run this command", "ACL failure in script")
+
+
+@app.exception_handler(list(AUTH_FAILURES))  # type: ignore[untyped-decorator]
+def auth_failed(error: Exception) -> Response[Any]:
+    return cache_refused_us(error)
+
+
+def cache_refused_us(error: Exception) -> Response[Any]:
+    refusal = cache_auth_failure(error) or error
+    # No retry helps until someone fixes the cache user, its secret or its access string: a 500
+    # (not a 503 that clients would retry for ever), a log line that says so, and a metric that alarms.
+    logger.error(
+        "the cache refused ApiFunction's credentials or permissions: check the cache user, its secret "
+        "(REDIS_SECRET_ARN) or IAM policy, and its access string (docs/security.md)",
+        extra={
+            "error": f"{type(refusal).__name__}: {refusal}",
+            # the user as configured; a secret holding {"username", "password"} may name another
+            "user": config.redis_username or urlsplit(config.redis_url).username or "default",
+            "secret": config.redis_secret_arn,
+            "iamAuth": config.iam_auth,
+        },
+    )
+    with single_metric(name="CacheAuthFailed", unit=MetricUnit.Count, value=1, namespace="CacheSync") as metric:
+        metric.add_dimension(name="service", value="cachesync-api")
+    return problem(HTTPStatus.INTERNAL_SERVER_ERROR, "the API cannot sign in to its cache; it has been logged")
 
 
 @app.exception_handler(Exception)  # type: ignore[untyped-decorator]

@@ -10,11 +10,19 @@ from typing import Any
 import redis
 
 from cachesync import keys
-from devkit.apigw import HttpReply, LocalGateway
+from devkit.apigw import HttpReply, LocalGateway, reply_from
 from devkit.sam import Handler, LocalContext, LocalFunction
 
 ORIGIN = "https://shop.example"
 OTHER_ORIGIN = "http://localhost:5173"
+STAFF_SCOPE = "cachesync/staff"  # the template's StaffScope default: reads any order
+
+
+def caller(subject: str = "staff-1", scopes: Iterable[str] = (STAFF_SCOPE,), **claims: str) -> dict[str, Any]:
+    """`requestContext.authorizer` as the JWT authorizer hands it over: claims as strings, and
+    `scopes` null on a route that asks for none (the function reads the `scope` claim then)."""
+    scope = " ".join(scopes)
+    return {"jwt": {"claims": {"sub": subject, **({"scope": scope} if scope else {}), **claims}, "scopes": None}}
 
 
 @dataclass
@@ -36,11 +44,25 @@ class Api:
     gateway: LocalGateway
     function: LocalFunction
 
-    def get(self, target: str, origin: str | None = None, method: str = "GET", **headers: str) -> Reply:
+    def get(
+        self,
+        target: str,
+        origin: str | None = None,
+        method: str = "GET",
+        authorizer: dict[str, Any] | None = None,
+        **headers: str,
+    ) -> Reply:
+        """The request through the gateway; with `authorizer` (see `caller`), as one whose token
+        the JWT authorizer has passed (this gateway runs no authorizer of its own)."""
         sent = [("Host", "api.example"), *((k.replace("_", "-"), v) for k, v in headers.items())]
         if origin:
             sent.append(("Origin", origin))
-        return _reply(self.gateway.request(method, target, sent))
+        if authorizer is None:
+            return _reply(self.gateway.request(method, target, sent))
+        event = self.gateway.event(method, target, sent)
+        assert event is not None, f"no route for {method} {target}"
+        event["requestContext"]["authorizer"] = authorizer
+        return _reply(reply_from(self.invoke(event)))
 
     def invoke(self, event: dict[str, Any]) -> dict[str, Any]:
         """The handler called directly with an event, as Lambda does."""

@@ -6,7 +6,7 @@ Gateway (devkit.apigw) that turns requests into payload v2 events.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import pytest
 import redis
@@ -38,8 +38,9 @@ def load_api(api_routes: list[Route]) -> Callable[..., Api]:
     environment is put back right after: other suites see the process unchanged.
     """
 
-    def load(redis_url: str, **env: str) -> Api:
-        function = describe("ApiFunction", {"RedisUrl": redis_url})
+    def load(redis_url: str, parameters: Mapping[str, str] | None = None, **env: str) -> Api:
+        """`parameters`: template parameters besides RedisUrl; `env`: variables over the template's."""
+        function = describe("ApiFunction", {"RedisUrl": redis_url, **(parameters or {})})
         saved = dict(os.environ)
         try:
             os.environ.update(function.environment)

@@ -10,7 +10,7 @@ from redis.cluster import RedisCluster, key_slot
 
 from cachesync import keys
 from devkit import servers
-from tests.api.apikit import Api, skus, walk
+from tests.api.apikit import Api, caller, skus, walk
 
 pytestmark = pytest.mark.cluster
 
@@ -42,7 +42,7 @@ def test_product_list_across_slots(on_cluster: Api) -> None:
 
 
 def test_every_route_on_a_cluster(on_cluster: Api) -> None:
-    assert on_cluster.get("/orders/18").body == b'{"orderid": 18}'
+    assert on_cluster.get("/orders/18", authorizer=caller()).body == b'{"orderid": 18}'
     assert on_cluster.get("/products/p7").json["price"] == 7
     assert on_cluster.get("/stores/store1/inventory/007").json == {"sku": "007", "quantity": 3}
     assert on_cluster.get("/health").json["redis"]["reachable"] is True

@@ -37,11 +37,16 @@ def shopper(run: LocalRun) -> dict[str, str]:
     return {"Authorization": f"Bearer {run.shopper_token}"}
 
 
+def staff(run: LocalRun) -> dict[str, str]:
+    """Reads any order: the generated orders carry no owner, so no ownership rule applies."""
+    return {"Authorization": f"Bearer {run.staff_token}"}
+
+
 def test_seeded_order_over_http_is_the_cached_bytes(run: LocalRun) -> None:
     assert run.redis_url and run.valkey is not None  # its own private Valkey
     cached = redis.Redis.from_url(run.redis_url).get(keys.order_key("18"))
     assert cached is not None
-    status, headers, body = fetch(f"{run.url}/orders/18", headers=shopper(run))
+    status, headers, body = fetch(f"{run.url}/orders/18", headers=staff(run))
     assert status == 200 and body == cached
     assert headers["content-type"] == "application/json"
     assert headers["content-length"] == str(len(cached))
@@ -83,9 +88,11 @@ def test_every_route_over_http(run: LocalRun) -> None:
     assert json.loads(answer("/health"))["status"] == "ok"
     assert "/orders/{orderId}" in json.loads(answer("/openapi.json"))["paths"]
     assert b"swagger-ui" in answer("/swagger")
-    status, _, body = fetch(f"{run.url}/orders/999999", headers=shopper(run))
+    status, _, body = fetch(f"{run.url}/orders/999999", headers=staff(run))
     assert status == 404 and json.loads(body)["statusCode"] == 404
-    status, _, body = fetch(f"{run.url}/orders/a%7Bb", headers=shopper(run))
+    status, _, body = fetch(f"{run.url}/orders/18", headers=shopper(run))
+    assert status == 403 and "cachesync/staff" in json.loads(body)["message"]  # no owner rule locally
+    status, _, body = fetch(f"{run.url}/orders/a%7Bb", headers=staff(run))
     assert status == 400 and "orderId" in json.loads(body)["message"]
 
 
@@ -97,7 +104,7 @@ def test_gateway_behaviour_over_http(run: LocalRun) -> None:
     origin = "http://localhost:5173"  # the template's default allow-list
     status, headers, _ = fetch(f"{run.url}/orders/18", headers={"Origin": origin})
     assert status == 401 and headers["access-control-allow-origin"] == origin  # the template's authorizer
-    status, headers, _ = fetch(f"{run.url}/orders/18", headers={"Origin": origin, **shopper(run)})
+    status, headers, _ = fetch(f"{run.url}/orders/18", headers={"Origin": origin, **staff(run)})
     assert status == 200 and headers["access-control-expose-headers"] == "retry-after"
     status, headers, _ = fetch(
         f"{run.url}/orders/18", method="OPTIONS", headers={"Origin": origin, "Access-Control-Request-Method": "GET"}
@@ -132,7 +139,7 @@ def test_live_stream_reaches_the_api() -> None:
         deadline = time.monotonic() + 240  # generous: a busy machine is slow, and it is left at once
         while not client.exists(keys.order_key(str(next_order))) and time.monotonic() < deadline:
             local._stop.wait(0.05)
-        status, _, body = fetch(f"{local.url}/orders/{next_order}", headers=shopper(local))
+        status, _, body = fetch(f"{local.url}/orders/{next_order}", headers=staff(local))
         assert status == 200 and json.loads(body)["orderid"] == next_order
         assert local.streamed > 0 and local.stream_errors == 0
     finally:

@@ -11,10 +11,13 @@ import pytest
 import redis
 
 from cachesync import keys
+from cachesync.reads import encode_cursor
 from devkit import servers
 from devkit.apigw import Route
 from devkit.sam import ROOT
-from tests.api.apikit import ORIGIN, Api, skus, stock, walk
+from tests.api.apikit import ORIGIN, Api, caller, skus, stock, walk
+
+STAFF = caller()  # a token with the staff scope: reads any order
 
 ORDER = b'{"ordertime": 1497014222380, "orderid": 18, "itemid": "Item_184", "orderunits": 2.5, "address": {"city": "Z\xc3\xbcrich", "state": "ZH", "zipcode": "8001"}}'  # noqa: E501
 
@@ -36,7 +39,7 @@ def product(sku: str, **extra: Any) -> bytes:
 # --- orders -------------------------------------------------------------------
 def test_order_is_returned_byte_for_byte_as_cached(api: Api, store: redis.Redis) -> None:
     store.set(keys.order_key("18"), ORDER)
-    reply = api.get("/orders/18")
+    reply = api.get("/orders/18", authorizer=STAFF)
     assert reply.status == 200
     assert reply.body == ORDER  # spacing, key order and UTF-8 as the topic delivered them
     assert reply.headers["content-type"] == "application/json"
@@ -44,9 +47,9 @@ def test_order_is_returned_byte_for_byte_as_cached(api: Api, store: redis.Redis)
 
 
 def test_missing_order_is_404(api: Api, store: redis.Redis) -> None:
-    body = problem(api.get("/orders/404404"), 404)
+    body = problem(api.get("/orders/404404", authorizer=STAFF), 404)
     assert "404404" in body["message"]
-    assert api.get("/orders/404404").headers["cache-control"] == "no-cache"
+    assert api.get("/orders/404404", authorizer=STAFF).headers["cache-control"] == "no-cache"
 
 
 def test_a_request_reads_redis_once_found_or_not(api: Api, store: redis.Redis) -> None:
@@ -57,7 +60,7 @@ def test_a_request_reads_redis_once_found_or_not(api: Api, store: redis.Redis) -
 
     for target, status in (("/orders/999", 404), ("/orders/18", 200)):
         before = gets()
-        assert api.get(target).status == status
+        assert api.get(target, authorizer=STAFF).status == status
         assert gets() - before == 1, target
 
 
@@ -68,7 +71,7 @@ def test_a_request_reads_redis_once_found_or_not(api: Api, store: redis.Redis) -
 def test_ids_that_could_name_another_key_are_400(api: Api, store: redis.Redis, order_id: str) -> None:
     store.set(keys.order_key("18"), ORDER)
     store.hset(keys.offsets_key(), "orders/0", 7)
-    body = problem(api.get(f"/orders/{order_id}"), 400)
+    body = problem(api.get(f"/orders/{order_id}", authorizer=STAFF), 400)
     assert "orderId" in body["message"]
     assert body["details"][0]["location"] == "path.orderId"
 
@@ -76,14 +79,14 @@ def test_ids_that_could_name_another_key_are_400(api: Api, store: redis.Redis, o
 def test_no_id_reaches_the_offsets_hashes(api: Api, store: redis.Redis) -> None:
     store.hset(keys.offsets_key(), "orders/0", 7)
     # every key the API reads starts with a data prefix, so this is orders:cachesync:offsets, absent
-    problem(api.get(f"/orders/{keys.offsets_key()}"), 404)
+    problem(api.get(f"/orders/{keys.offsets_key()}", authorizer=STAFF), 404)
     problem(api.get(f"/stores/{keys.offsets_key()}/inventory"), 404)
     assert keys.is_offsets_key(keys.offsets_key())
 
 
 def test_order_ids_may_use_the_whole_identifier_alphabet(api: Api, store: redis.Redis) -> None:
     store.set(keys.order_key("A-1.b_2:c"), b'{"orderid":"A-1.b_2:c"}')
-    assert api.get("/orders/A-1.b_2:c").body == b'{"orderid":"A-1.b_2:c"}'
+    assert api.get("/orders/A-1.b_2:c", authorizer=STAFF).body == b'{"orderid":"A-1.b_2:c"}'
 
 
 # --- products -----------------------------------------------------------------
@@ -179,7 +182,16 @@ def test_default_limit_and_its_bounds(api: Api, store: redis.Redis) -> None:
 
 @pytest.mark.parametrize(
     "query",
-    ["sort=price", "below=abc", "below=1e400", "cursor=***", "cursor=" + "A" * 600, "cursor=bm90LWpzb24"],
+    [
+        "sort=price",
+        "below=abc",
+        "below=1e400",
+        "cursor=***",
+        "cursor=" + "A" * 600,
+        "cursor=bm90LWpzb24",
+        "cursor=" + encode_cursor("quantity", None, 10**309, "a"),  # an integer beyond a double's range
+        "cursor=" + encode_cursor("quantity", None, 1, "{a}"),  # a SKU that is no identifier
+    ],
 )
 def test_bad_inventory_queries_are_400(api: Api, store: redis.Redis, query: str) -> None:
     stock(store, "store1", {"a": 1})
@@ -347,7 +359,7 @@ def test_the_seeds_order_ingested_as_printed_is_served_byte_for_byte(
     event = EventGenerator(seed=3).event([RawRecord("orders", b"18", seed)])
     outcome = build_ingestor(Settings.from_env({"REDIS_URL": api_valkey.url})).process(event)
     assert (outcome.applied, outcome.dead_lettered) == (1, 0)
-    reply = api.get("/orders/18")
+    reply = api.get("/orders/18", authorizer=STAFF)
     assert reply.status == 200 and reply.body == seed
 
 
@@ -355,6 +367,7 @@ def test_log_lines_carry_the_request_id_as_correlation_id(api: Api, store: redis
     event = api.gateway.event("GET", "/orders/18", [("Host", "api.example")])
     assert event is not None
     event["requestContext"]["requestId"] = "req-42"
+    event["requestContext"]["authorizer"] = STAFF
     assert api.invoke(event)["statusCode"] == 404
     logger = inspect.unwrap(api.handler).__globals__["logger"]
     assert logger.get_correlation_id() == "req-42"

@@ -21,6 +21,7 @@ from tests.api.apikit import ORIGIN, OTHER_ORIGIN, Api, Reply, _reply
 
 ORDER = b'{"ordertime":1497014222380,"orderid":18,"itemid":"Item_184"}'
 ADMIN_SCOPE = "cachesync/admin"  # the template's AdminScope default
+STAFF_SCOPE = "cachesync/staff"  # the template's StaffScope default
 PARAMETERS = {
     "JwtIssuer": localjwt.LOCAL_ISSUER,
     "JwtAudience": localjwt.LOCAL_AUDIENCE,
@@ -60,7 +61,7 @@ class Gateway:
 def make_gateway(load_api: Callable[..., Api], api_valkey: Any, key: Any) -> Callable[..., Gateway]:
     def make(redis_url: str | None = None, **parameters: str) -> Gateway:
         chosen = {**PARAMETERS, **parameters}
-        api = load_api(redis_url or api_valkey.url)
+        api = load_api(redis_url or api_valkey.url, parameters)
         return Gateway(api, HttpApiSettings.from_template(localjwt.jwks(key), chosen), chosen)
 
     return make
@@ -76,25 +77,29 @@ def order(store: redis.Redis) -> None:
     store.set(keys.order_key("18"), ORDER)
 
 
-def shopper(key: Any, **claims: Any) -> str:
-    return localjwt.mint(key, "shopper-1", **claims)
+def shopper(key: Any, subject: str = "shopper-1", **claims: Any) -> str:
+    return localjwt.mint(key, subject, **claims)
+
+
+def staff(key: Any, **claims: Any) -> str:
+    return localjwt.mint(key, "staff-1", scopes=["openid", STAFF_SCOPE], **claims)
 
 
 # --- the authorizer -------------------------------------------------------------------------
 def test_a_valid_token_reads_an_order_and_its_claims_reach_the_function(
     gateway: Gateway, key: Any, order: None
 ) -> None:
-    reply = gateway.get("/orders/18", token=shopper(key, email="a@example.com"))
+    reply = gateway.get("/orders/18", token=staff(key, email="a@example.com"))
     assert reply.status == 200 and reply.body == ORDER
     event = gateway.gateway.last_event
     assert event is not None
     claims = event["requestContext"]["authorizer"]["jwt"]["claims"]
-    assert claims["sub"] == "shopper-1" and claims["email"] == "a@example.com"
+    assert claims["sub"] == "staff-1" and claims["email"] == "a@example.com"
     assert claims["iss"] == localjwt.LOCAL_ISSUER and isinstance(claims["exp"], str)  # strings, as API Gateway sends
 
 
 def test_the_token_may_come_without_bearer(gateway: Gateway, key: Any, order: None) -> None:
-    reply = _reply(gateway.gateway.request("GET", "/orders/18", [("authorization", shopper(key))]))
+    reply = _reply(gateway.gateway.request("GET", "/orders/18", [("authorization", staff(key))]))
     assert (reply.status, reply.body) == (200, ORDER)
 
 
@@ -159,6 +164,7 @@ def test_the_operator_route_needs_the_admin_scope(gateway: Gateway, key: Any, st
 def test_cognito_access_tokens_match_on_client_id_when_there_is_no_aud(gateway: Gateway, key: Any, order: None) -> None:
     now = int(time.time())
     payload = {"iss": localjwt.LOCAL_ISSUER, "sub": "s", "token_use": "access", "iat": now, "exp": now + 600}
+    payload["scope"] = STAFF_SCOPE
     ours = gateway.get("/orders/18", token=_resign(key, {**payload, "client_id": localjwt.LOCAL_AUDIENCE}))
     assert (ours.status, ours.body) == (200, ORDER)
     theirs = gateway.get("/orders/18", token=_resign(key, {**payload, "client_id": "another-client"}))
@@ -188,12 +194,92 @@ def test_the_authorizer_comes_from_the_template_parameters(
         refused.status == 401
         and 'error_description="the token does not have a valid issuer"' in (refused.headers["www-authenticate"])
     )
-    accepted = elsewhere.get("/orders/18", token=localjwt.mint(key, "s", issuer="https://idp.example.com"))
+    accepted = elsewhere.get(
+        "/orders/18", token=localjwt.mint(key, "s", scopes=[STAFF_SCOPE], issuer="https://idp.example.com")
+    )
     assert (accepted.status, accepted.body) == (200, ORDER)
     event = elsewhere.gateway.last_event
     assert event is not None and event["requestContext"]["authorizer"]["jwt"]["claims"]["iss"] == (
         "https://idp.example.com"
     )
+
+
+# --- who reads which order ------------------------------------------------------------------
+OWNED = {
+    "101": b'{"orderid":101,"customer":{"id":"shopper-1"},"itemid":"Item_1"}',
+    "102": b'{"orderid":102,"customer":{"id":"shopper-2"},"itemid":"Item_2"}',
+    "103": b'{"orderid":103,"itemid":"Item_3"}',  # no owner: staff only
+    "104": b'{"orderid":104,"customer":{"id":42}}',  # a number, matched as its text
+    "105": b'{"orderid":105,"customer":{"id":true}}',  # not an id
+    "106": b'{"orderid":106,"customer":"shopper-1"}',  # no `id` under it
+}
+
+
+@pytest.fixture
+def owned_orders(store: redis.Redis) -> None:
+    store.mset({keys.order_key(order_id): value for order_id, value in OWNED.items()})
+    store.set(keys.order_key("18"), ORDER)
+
+
+def test_without_an_ownership_rule_orders_are_for_staff_only(
+    gateway: Gateway, key: Any, owned_orders: None, store: redis.Redis
+) -> None:
+    gets = lambda: int(store.info("commandstats").get("cmdstat_get", {}).get("calls", 0))  # noqa: E731
+    before = gets()
+    for token in (shopper(key), localjwt.mint(key, "op", scopes=[ADMIN_SCOPE])):
+        reply = gateway.get("/orders/101", token=token)
+        assert reply.status == 403, reply.body
+        assert reply.json["statusCode"] == 403 and STAFF_SCOPE in reply.json["message"]
+        assert reply.headers["cache-control"] == "no-cache"
+    assert gets() == before  # refused without reading the cache
+    for token in (staff(key), localjwt.mint(key, "cs-2", scp=[STAFF_SCOPE])):  # `scope`, or `scp` as a list
+        for order_id, value in OWNED.items():
+            reply = gateway.get(f"/orders/{order_id}", token=token)
+            assert reply.status == 200 and reply.body == value, order_id
+    assert gateway.get("/orders/999", token=staff(key)).status == 404
+
+
+def test_with_an_ownership_rule_a_shopper_reads_only_their_own_orders(
+    make_gateway: Callable[..., Gateway], key: Any, owned_orders: None
+) -> None:
+    rule = make_gateway(OrderOwnerField="customer.id")  # matched against `sub`, the default claim
+    assert rule.get("/orders/101", token=shopper(key, "shopper-1")).body == OWNED["101"]
+    assert rule.get("/orders/102", token=shopper(key, "shopper-2")).body == OWNED["102"]
+    assert rule.get("/orders/104", token=shopper(key, "42")).body == OWNED["104"]
+    missing = rule.get("/orders/999", token=shopper(key, "shopper-1"))
+    assert missing.status == 404
+    for order_id, subject in (("102", "shopper-1"), ("101", "shopper-2"), ("103", "shopper-1"), ("105", "true"),
+                              ("106", "shopper-1"), ("101", "SHOPPER-1"), ("18", "shopper-1")):  # fmt: skip
+        reply = rule.get(f"/orders/{order_id}", token=shopper(key, subject))
+        # another's order answers as a missing one: the same status and words, so an id tells nothing
+        assert reply.status == 404, (order_id, subject)
+        assert reply.json["message"] == missing.json["message"].replace("999", order_id)
+    for order_id, value in OWNED.items():  # staff still read every order
+        assert rule.get(f"/orders/{order_id}", token=staff(key)).body == value
+
+
+def test_the_ownership_claim_is_a_parameter_and_a_token_without_it_is_403(
+    make_gateway: Callable[..., Gateway], key: Any, owned_orders: None
+) -> None:
+    by_email = make_gateway(OrderOwnerField="customer.id", OrderOwnerClaim="email")
+    reply = by_email.get("/orders/101", token=shopper(key, "someone", email="shopper-1"))
+    assert reply.status == 200 and reply.body == OWNED["101"]
+    assert by_email.get("/orders/101", token=shopper(key, "shopper-1", email="x@example.com")).status == 404
+    refused = by_email.get("/orders/101", token=shopper(key, "shopper-1"))  # no email claim at all
+    assert refused.status == 403 and "email" in refused.json["message"]
+
+
+def test_the_staff_scope_is_a_parameter(make_gateway: Callable[..., Gateway], key: Any, owned_orders: None) -> None:
+    support = make_gateway(StaffScope="orders/read-any")
+    assert support.get("/orders/101", token=staff(key)).status == 403
+    assert support.get("/orders/101", token=localjwt.mint(key, "cs", scopes=["orders/read-any"])).status == 200
+
+
+def test_an_order_request_the_authorizer_did_not_pass_is_401(api: Api, store: redis.Redis) -> None:
+    # deployed, the route always has the authorizer; invoked without it, the function fails closed
+    store.set(keys.order_key("18"), ORDER)
+    reply = api.get("/orders/18")
+    assert reply.status == 401 and reply.json["statusCode"] == 401
 
 
 # --- CORS -----------------------------------------------------------------------------------
@@ -218,8 +304,9 @@ def test_every_answer_carries_the_cors_headers_and_exposes_retry_after(
     gateway: Gateway, make_gateway: Callable[..., Gateway], key: Any, order: None
 ) -> None:
     answers = [
-        gateway.get("/orders/18", token=shopper(key), Origin=ORIGIN),
+        gateway.get("/orders/18", token=staff(key), Origin=ORIGIN),
         gateway.get("/orders/18", Origin=ORIGIN),  # the authorizer's 401: the page must read it
+        gateway.get("/orders/18", token=shopper(key), Origin=ORIGIN),  # the function's 403
         gateway.get("/products/nope", Origin=ORIGIN),  # the function's 404
     ]
     # Redis unreachable: the 503's Retry-After must be readable cross-origin
@@ -229,7 +316,7 @@ def test_every_answer_carries_the_cors_headers_and_exposes_retry_after(
     for reply in [*answers, unavailable]:
         assert reply.headers["access-control-allow-origin"] == ORIGIN
         assert reply.headers["access-control-expose-headers"] == "retry-after"
-    assert [r.status for r in answers] == [200, 401, 404]
+    assert [r.status for r in answers] == [200, 401, 403, 404]
     stranger = gateway.get("/health", Origin="https://evil.example")
     assert stranger.status == 200 and not any(h.startswith("access-control-") for h in stranger.headers)
 

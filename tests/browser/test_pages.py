@@ -118,13 +118,20 @@ def test_the_order_lookup_asks_to_sign_in_without_a_token(page: Page, run: Local
     shown.locator('[data-state="signin"]').wait_for(timeout=TIMEOUT_MS)
     assert shown.get_by_role("heading", name="Sign in to look up an order").is_visible()
     assert not [url for url in asked if "/orders/" in url]  # no token, no call
-    # signed in (the link make run prints), the same lookup shows the order
-    sign_in(shown, run.url, run.shopper_token)
+    # signed in as staff (the link make run prints), the same lookup shows the order
+    sign_in(shown, run.url, run.staff_token)
     shown.goto(f"{run.url}/#/order?id=18")
     shown.wait_for_selector("#order", timeout=TIMEOUT_MS)
-    order = api_json(run, "/orders/18", token=run.shopper_token)
+    order = api_json(run, "/orders/18", token=run.staff_token)
     assert shown.locator("#order dd").first.inner_text() == str(order["orderid"])
     assert "#access_token" not in shown.url  # taken out of the address bar
+    # a shopper reads no order here (no ownership rule: the generated orders have no owner)
+    sign_in(shown, run.url, run.shopper_token)
+    shown.goto(f"{run.url}/#/order?id=20")  # not 18: the browser may answer that from its cache (max-age=5)
+    refused = shown.locator('[data-state="forbidden"]')
+    refused.wait_for(timeout=TIMEOUT_MS)
+    assert "cannot look up orders" in refused.inner_text() and "cachesync/staff" in refused.inner_text()
+    assert shown.locator("#order").count() == 0
     # a token that has expired since: back to the sign-in state
     expired = localjwt.mint(localjwt.signing_key(), "shopper-1", now=time.time() - 7200, lifetime_s=60)
     sign_in(shown, run.url, expired)
@@ -164,7 +171,7 @@ def test_the_pages_make_no_console_errors(page: Page, run: LocalRun) -> None:
         (f"/#/product/{sku}", "#stock tbody tr"),
         ("/#/stock/store1?below=10", "#inventory tbody tr"),
         ("/#/order", '[data-state="signin"]'),
-        (f"/#access_token={run.shopper_token}", "#products tbody tr"),
+        (f"/#access_token={run.staff_token}", "#products tbody tr"),
         ("/#/order?id=18", "#order"),
         (f"/admin.html#access_token={run.admin_token}", "#partition-table tbody tr"),
     ]

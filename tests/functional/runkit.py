@@ -126,8 +126,9 @@ class StackRun:
             self._spawn()
         raise AssertionError(f"exited with {self.process.returncode}:\n{self.stderr[-3000:]}")
 
-    def shopper(self) -> dict[str, str]:
-        token = re.search(r"SHOPPER_TOKEN=(\S+)", self.banner())
+    def staff(self) -> dict[str, str]:
+        """The token the run prints for staff: orders carry no owner, so only staff read them."""
+        token = re.search(r"STAFF_TOKEN=(\S+)", self.banner())
         assert token, self.banner()
         return {"Authorization": f"Bearer {token[1]}"}
 

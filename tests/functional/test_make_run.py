@@ -73,7 +73,7 @@ def test_make_run_serves_seed_and_stream_on_its_port_and_ctrl_c_stops_everything
     assert f"cachesync read API on {run.url}" in banner and "streaming 20 events/s" in banner
     kinds = sorted(entry.command.split()[0].rsplit("/", 1)[-1] for entry in run.servers())
     assert kinds == ["noida-db", "valkey-server"]  # a private Valkey and a broker of its own
-    status, order = fetch_json(f"{run.url}/orders/18", run.shopper())
+    status, order = fetch_json(f"{run.url}/orders/18", run.staff())
     assert status == 200 and order["orderid"] == 18
     assert fetch(f"{run.url}/orders/18")[0] == 401  # the template's authorizer, as deployed
     status, page = fetch(f"{run.url}/")
@@ -82,7 +82,7 @@ def test_make_run_serves_seed_and_stream_on_its_port_and_ctrl_c_stops_everything
     assert status == 200 and len(low["items"]) == LOW_STOCK_SKUS
     assert all(item["quantity"] < 10 for item in low["items"])
     # the live stream: orders after the 2,000 seeded ones reach the API
-    wait_for(lambda: fetch(f"{run.url}/orders/2001", run.shopper())[0] == 200, "a streamed order")
+    wait_for(lambda: fetch(f"{run.url}/orders/2001", run.staff())[0] == 200, "a streamed order")
 
     run.signal_group(signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground job
     run.wait_exit()
@@ -110,8 +110,8 @@ def test_make_run_with_redis_url_creates_the_topics_and_writes_only_what_it_cons
     }
     assert end_offsets(bootstrap) == {"orders": 0, "inventory": 0, "products": 0}  # empty: nothing produced
     produce(bootstrap, "orders", b"18", ORDER_18)  # as the banner's kcat line does
-    wait_for(lambda: fetch(f"{run.url}/orders/18", run.shopper())[0] == 200, "the produced order")
-    assert fetch(f"{run.url}/orders/18", run.shopper())[1] == ORDER_18
+    wait_for(lambda: fetch(f"{run.url}/orders/18", run.staff())[0] == 200, "the produced order")
+    assert fetch(f"{run.url}/orders/18", run.staff())[1] == ORDER_18
     assert mine.get("orders:18") == ORDER_18
     run.signal_group(signal.SIGINT)
     run.wait_exit()
@@ -128,9 +128,9 @@ def test_make_run_with_rate_0_produces_the_seed_and_nothing_after(runs: Any) -> 
     for _ in range(10):  # a second and more of serving, five ticks of a stream that would run
         assert fetch(f"{run.url}/health")[0] == 200
         time.sleep(0.1)
-    assert fetch_json(f"{run.url}/orders/2000", run.shopper())[0] == 200  # the last seeded order
+    assert fetch_json(f"{run.url}/orders/2000", run.staff())[0] == 200  # the last seeded order
     assert end_offsets(bootstrap) == seeded
-    assert fetch(f"{run.url}/orders/2001", run.shopper())[0] == 404  # and no order after it
+    assert fetch(f"{run.url}/orders/2001", run.staff())[0] == 404  # and no order after it
 
 
 @pytest.mark.parametrize(("values", "registry"), [("avro", None), ("avro", "JSON"), ("protobuf", None)])
@@ -155,7 +155,7 @@ def test_make_run_with_avro_or_protobuf_values_serves_the_decoded_documents(
         message = polled if polled is not None and polled.error() is None else None
     consumer.close()
     assert message is not None and message.value()[:1] == b"\0" and len(message.value()) > 5  # not JSON
-    status, order = fetch_json(f"{run.url}/orders/18", run.shopper())
+    status, order = fetch_json(f"{run.url}/orders/18", run.staff())
     assert status == 200 and order["orderid"] == 18
     assert set(order) == {"ordertime", "orderid", "itemid", "orderunits", "address"}
     assert set(order["address"]) == {"city", "state", "zipcode"}

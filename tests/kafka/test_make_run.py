@@ -106,8 +106,8 @@ def test_make_run_on_an_existing_broker_creates_nothing_produces_nothing_and_ser
     banner = run.banner()
     assert f"Kafka at {broker}:" in banner and "producing nothing" in banner
     assert [e.command.split()[0].rsplit("/", 1)[-1] for e in run.servers()] == ["valkey-server"]  # no broker
-    wait_for(lambda: fetch(f"{run.url}/orders/{order_id}", run.shopper())[0] == 200, "the order")
-    assert fetch(f"{run.url}/orders/{order_id}", run.shopper())[1] == produced[order_id]
+    wait_for(lambda: fetch(f"{run.url}/orders/{order_id}", run.staff())[0] == 200, "the order")
+    assert fetch(f"{run.url}/orders/{order_id}", run.staff())[1] == produced[order_id]
     assert topics_and_offsets(broker) == before  # no topic made, no record written
     run.signal_group(signal.SIGINT)
     run.wait_exit()
@@ -125,7 +125,7 @@ def test_two_runs_on_one_cluster_share_its_partitions_and_neither_is_fenced(runs
     orders = produce_orders(broker, unique_order_ids(60))
 
     def served_by(run: StackRun) -> set[int]:
-        return {o for o in orders if fetch(f"{run.url}/orders/{o}", run.shopper())[0] == 200}
+        return {o for o in orders if fetch(f"{run.url}/orders/{o}", run.staff())[0] == 200}
 
     served: dict[str, set[int]] = {}
 

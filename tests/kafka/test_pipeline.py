@@ -200,7 +200,7 @@ def test_make_run_on_an_existing_broker_serves_its_records_and_produces_nothing(
         deadline = time.monotonic() + 30
         while True:
             try:
-                signed_in = {"Authorization": f"Bearer {run.shopper_token}"}
+                signed_in = {"Authorization": f"Bearer {run.staff_token}"}
                 order = urllib.request.Request(f"{run.url}/orders/18", headers=signed_in)
                 with urllib.request.urlopen(order, timeout=5) as answer:
                     body = answer.read()

@@ -20,7 +20,7 @@ from cachesync.config import Settings
 from cachesync.connection import RedisClient, get_client
 from cachesync.ingest import build_ingestor
 from cachesync.opstats import operator_view, record_batch
-from cachesync.reads import Reader
+from cachesync.reads import Reader, encode_cursor
 from cachesync.transport import FENCE_SCRIPT
 from devkit import acl, servers
 from devkit.generator import EventGenerator
@@ -101,6 +101,8 @@ def test_each_path_works_with_its_own_user_and_nothing_is_denied(target: Any, us
     assert reader.inventory(store, limit=2, cursor=by_quantity.next_cursor).items
     assert reader.inventory(store, sort="sku", limit=3).items
     item = by_quantity.items[0]
+    stale = encode_cursor("quantity", 10**6, item.quantity, item.sku + "-gone")  # looked up in its tie group
+    assert reader.inventory(store, below=10**6, limit=2, cursor=stale).items
     assert reader.inventory_item(store, item.sku).quantity == item.quantity
     view = operator_view(get_client(api_settings), api_settings, int(time.time() * 1000))  # the admin route
     assert view["totals"]["applied"] == 400 and view["deadLetters"]["recent"][0]["offset"] == 10**6

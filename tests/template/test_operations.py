@@ -113,6 +113,7 @@ def test_alarms_watch_functions_mapping_freshness_and_the_cache_caps(
     assert ("AWS/Lambda", "OffsetLag", json.dumps(ref("IngestFunction"))) in watched
     assert ("CacheSync", "FreshnessLagMs", "cachesync-ingest") in watched
     assert ("CacheSync", "RecordsApplied", "cachesync-ingest") in watched  # AllSkippedAlarm
+    assert ("CacheSync", "CacheAuthFailed", "cachesync-api") in watched  # CacheAuthAlarm
     if creates_cache:
         cache = json.dumps(ref("Cache"))
         assert {
@@ -420,14 +421,16 @@ def emitted(valkey_server: servers.ServerProcess) -> set[tuple[str, str, tuple[t
     # the API with its cache unreachable: nothing listens on a free port
     request = json.loads((ROOT / "events/api-get-order.json").read_text())
     api = invoke("ApiFunction", request, {"REDIS_URL": f"redis://127.0.0.1:{servers.free_port()}/0"})
-    return metrics_of(ingest + failures + api)
+    # and with the cache refusing its credentials (WRONGPASS)
+    refused = invoke("ApiFunction", request, {"REDIS_URL": f"redis://nobody:wrong@127.0.0.1:{valkey_server.port}/15"})
+    return metrics_of(ingest + failures + api + refused)
 
 
 def test_the_functions_emit_every_metric_named_in_their_code(
     emitted: set[tuple[str, str, tuple[tuple[str, str], ...]]],
 ) -> None:
     in_code = emitted_in_code()
-    assert {"RecordsApplied", "FreshnessLagMs", "CacheUnavailable", "BatchesSkipped"} <= in_code
+    assert {"RecordsApplied", "FreshnessLagMs", "CacheUnavailable", "CacheAuthFailed", "BatchesSkipped"} <= in_code
     assert {name for _, name, _ in emitted} == in_code
 
 
@@ -447,8 +450,11 @@ def test_alarms_on_our_metrics_read_what_the_functions_emit(
 ) -> None:
     stack = Resolved(NOTIFY["silent"])
     for name, alarm in stack.of_type("AWS::CloudWatch::Alarm").items():
-        for query in alarm["Properties"].get("Metrics", []):
-            metric = query.get("MetricStat", {}).get("Metric")
+        properties = alarm["Properties"]
+        queries = [q.get("MetricStat", {}).get("Metric") for q in properties.get("Metrics", [])]
+        if "MetricName" in properties:  # an alarm on one metric
+            queries.append({k: properties[k] for k in ("Namespace", "MetricName", "Dimensions")})
+        for metric in queries:
             if metric is None or metric["Namespace"] != "CacheSync":
                 continue
             dimensions = tuple(sorted((d["Name"], d["Value"]) for d in metric["Dimensions"]))

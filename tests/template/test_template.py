@@ -19,7 +19,7 @@ from unittest.mock import MagicMock
 
 import pytest
 
-from cachesync.config import Settings
+from cachesync.config import ConfigError, Settings
 from tests.template.cfn import (
     REQUIRED,
     ROOT,
@@ -394,7 +394,7 @@ def _code_environment_names() -> set[str]:
     """Environment variable names the code reads (config.py)."""
     config = (ROOT / "layers/shared/cachesync/config.py").read_text()
     names = set(re.findall(r'env\.get\("([A-Z_]+)"', config))
-    names |= set(re.findall(r'_(?:number|bool)\(env, "([A-Z_]+)"', config))
+    names |= set(re.findall(r'_\w+\(env, "([A-Z_]+)"', config))  # _number(env, "NAME", ...) and the like
     table = tomllib.loads((ROOT / "layers/shared/cachesync/topics.toml").read_text())
     for entry in table["topic"]:
         upper = entry["name"].upper()
@@ -595,6 +595,28 @@ def test_the_authorizer_parameters_refuse_what_api_gateway_would() -> None:
         assert not re.fullmatch(issuer, bad), bad
     assert re.fullmatch(audience, REQUIRED["JwtAudience"])
     assert not re.fullmatch(audience, "") and not re.fullmatch(audience, "a,b")
+
+
+def test_the_order_ownership_rule_reaches_the_api_function_and_its_pattern_matches_the_settings() -> None:
+    defaults = Resolved(REQUIRED).props("ApiFunction")["Environment"]["Variables"]
+    assert (defaults["ORDER_OWNER_FIELD"], defaults["ORDER_OWNER_CLAIM"], defaults["STAFF_SCOPE"]) == (
+        "",
+        "sub",
+        "cachesync/staff",
+    )  # no rule: staff only
+    rule = {"OrderOwnerField": "customer.id", "OrderOwnerClaim": "custom:customer_id", "StaffScope": "shop/cs"}
+    variables = Resolved({**REQUIRED, **rule}).props("ApiFunction")["Environment"]["Variables"]
+    assert (variables["ORDER_OWNER_FIELD"], variables["ORDER_OWNER_CLAIM"], variables["STAFF_SCOPE"]) == tuple(
+        rule.values()
+    )
+    pattern = load()["Parameters"]["OrderOwnerField"]["AllowedPattern"]
+    for field in ("", "customerid", "customer.id", "a.b.c", "custom:owner"):
+        assert re.fullmatch(pattern, field), field
+        Settings.from_env({"ORDER_OWNER_FIELD": field})
+    for field in ("customer..id", ".id", "id.", "customer id"):
+        assert not re.fullmatch(pattern, field), field
+        with pytest.raises(ConfigError):
+            Settings.from_env({"ORDER_OWNER_FIELD": field})
 
 
 # ---------------------------------------------------------------------- IAM

@@ -137,6 +137,10 @@ def test_records_are_applied_in_partition_order_even_when_delivered_out_of_order
         ({"INVENTORY_KEY_PREFIX": "{inv}"}, "must not contain braces"),
         ({"REDIS_WAIT_REPLICAS": "-1"}, "REDIS_WAIT_REPLICAS must be at least 0"),
         ({"REDIS_WAIT_TIMEOUT_MS": "0"}, "REDIS_WAIT_TIMEOUT_MS must be at least 1"),
+        ({"ORDER_OWNER_FIELD": "customer..id"}, "ORDER_OWNER_FIELD must be a field name or a dotted path"),
+        ({"ORDER_OWNER_FIELD": "customer id"}, "ORDER_OWNER_FIELD must be a field name or a dotted path"),
+        ({"ORDER_OWNER_CLAIM": "custom: id"}, "ORDER_OWNER_CLAIM must be one word"),
+        ({"STAFF_SCOPE": "a b"}, "STAFF_SCOPE must be one word"),
     ],
 )
 def test_bad_configuration_is_refused_with_a_clear_message(env: dict[str, str], message: str) -> None:

@@ -160,9 +160,22 @@ AUTH_ERRORS: dict[int, OpenAPIResponse] = {
 }
 
 
-def responses(model: type[BaseModel], private: bool = False) -> dict[int, OpenAPIResponse]:
+# answered by ApiFunction for an order (cachesync.access); another shopper's order is a 404
+ORDER_FORBIDDEN = json_response(
+    Problem,
+    "A valid token that may not read orders: without the staff scope where the deploy has no ownership "
+    "rule, or without the claim the rule matches",
+)
+
+
+def responses(
+    model: type[BaseModel], private: bool = False, forbidden: OpenAPIResponse | None = None
+) -> dict[int, OpenAPIResponse]:
     """A route's documented answers: `model` when it succeeds, the error answers otherwise."""
-    return {200: json_response(model), **ERRORS, **(AUTH_ERRORS if private else {})}
+    answers = {200: json_response(model), **ERRORS, **(AUTH_ERRORS if private else {})}
+    if forbidden is not None:
+        answers[403] = forbidden
+    return answers
 
 
 HEALTH_RESPONSES: dict[int, OpenAPIResponse] = {200: json_response(Health), 503: ERRORS[503]}

@@ -117,6 +117,12 @@ class Settings:
     inventory_max_limit: int = 500
     inventory_sku_sort_max: int = 10_000  # sort=sku reads the whole set: refuse bigger stores
     retry_after_seconds: int = 1  # Retry-After on 503 while Redis is unreachable
+    # Who may read an order (cachesync.access): a token with `staff_scope` reads any; with an
+    # owner rule, a shopper reads the orders whose `order_owner_field` (a dotted path into the
+    # order's JSON) equals the token's `order_owner_claim`. No rule: staff only.
+    order_owner_field: str | None = None
+    order_owner_claim: str = "sub"
+    staff_scope: str = "cachesync/staff"
 
     def topic(self, name: str) -> TopicConfig | None:
         return self.topics_by_name.get(name)
@@ -170,6 +176,9 @@ class Settings:
             inventory_max_limit=_number(env, "INVENTORY_MAX_LIMIT", 500, int, minimum=1),
             inventory_sku_sort_max=_number(env, "INVENTORY_SKU_SORT_MAX", 10_000, int, minimum=1),
             retry_after_seconds=_number(env, "RETRY_AFTER_SECONDS", 1, int, minimum=1),
+            order_owner_field=_owner_field(env),
+            order_owner_claim=_single_word(env, "ORDER_OWNER_CLAIM", "sub"),
+            staff_scope=_single_word(env, "STAFF_SCOPE", "cachesync/staff"),
         )
 
 
@@ -314,6 +323,23 @@ def _script_batch_size(env: Mapping[str, str]) -> int:
             f"could exceed the {MAX_REQUEST_ARGUMENTS} arguments ElastiCache Serverless accepts in one request"
         )
     return size
+
+
+def _owner_field(env: Mapping[str, str]) -> str | None:
+    """ORDER_OWNER_FIELD: a field of the order, or a dotted path to one (`customer.id`)."""
+    raw = (env.get("ORDER_OWNER_FIELD") or "").strip()
+    if not raw:
+        return None
+    if any(c.isspace() for c in raw) or "" in raw.split("."):
+        raise ConfigError(f"ORDER_OWNER_FIELD must be a field name or a dotted path such as customer.id, got {raw!r}")
+    return raw
+
+
+def _single_word(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = (env.get(name) or "").strip() or default
+    if any(c.isspace() for c in raw):
+        raise ConfigError(f"{name} must be one word without spaces, got {raw!r}")
+    return raw
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:

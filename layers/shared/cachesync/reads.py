@@ -16,6 +16,12 @@ elsewhere in the set while a client pages do not shift the pages.
   returned exactly once; one whose quantity changes may move across the
   cursor and show up twice or not at all (it is listed where it was, or where
   it is now).
+
+What a request costs Redis is bounded whatever the client sends, since cursors
+are the client's to forge: a sort=quantity page is O(log N + page size) from
+any cursor (O(log² N) when the cursor's SKU moved or is not in the store), and
+sort=sku, which has to read the store, counts it first in O(log N) and refuses
+one of more than INVENTORY_SKU_SORT_MAX SKUs without reading it.
 """
 
 from __future__ import annotations
@@ -106,39 +112,76 @@ class ProductList:
         return b'{"items":[' + b",".join(self.documents) + b'],"missing":' + orjson.dumps(self.missing) + b"}"
 
 
-# Returns the entries after the cursor in (score, member) order, at most ARGV[5] + 1
-# of them (one more than a page, to know whether there is a next page), or false
-# when the store has no sorted set. Entries tied on the cursor's score come in
-# member order, so those up to the cursor's member are skipped here, on the server,
-# instead of by more round trips. Members are compared byte by byte, as Redis
-# orders them (Lua's `<` on strings follows the server's locale).
+# A page of the store in (quantity, member) order: at most ARGV[2] entries (one more than a
+# page, to know whether there is a next page) with scores below ARGV[1] ('' for no bound),
+# after the cursor's (score ARGV[3], member ARGV[4]) when there is one; false when the store
+# has no sorted set. Every step is O(log N) or reads the page itself, whatever the cursor:
+# - the cursor's member still holds its score (the usual case): the page starts after its
+#   rank (ZRANK), however many entries share that score;
+# - it moved, left, or was never there (a stale or forged cursor): where (score, member)
+#   would sit is found by bisecting its score's tie group by rank, one entry per probe.
+# Members are compared byte by byte, as Redis orders them (Lua's `<` on strings follows
+# the server's locale).
 _PAGE_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-local low, high, after, want = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[5]) + 1
-local after_score = tonumber(ARGV[4])
-local function beyond(member)
-  local n = math.min(#member, #after)
+local below, want = ARGV[1], tonumber(ARGV[2])
+local high = below == '' and '+inf' or '(' .. below
+if #ARGV < 4 then
+  return redis.call('ZRANGE', KEYS[1], '-inf', high, 'BYSCORE', 'LIMIT', 0, want, 'WITHSCORES')
+end
+local score, member = ARGV[3], ARGV[4]
+local function beyond(this, that)
+  local n = math.min(#this, #that)
   for i = 1, n do
-    local x, y = string.byte(member, i), string.byte(after, i)
+    local x, y = string.byte(this, i), string.byte(that, i)
     if x ~= y then return x > y end
   end
-  return #member > #after
+  return #this > #that
 end
-local out, offset = {}, 0
-while true do
-  local page = redis.call('ZRANGE', KEYS[1], low, high, 'BYSCORE', 'LIMIT', offset, want, 'WITHSCORES')
-  for i = 1, #page, 2 do
-    if after == '' or tonumber(page[i + 1]) > after_score or beyond(page[i]) then
-      out[#out + 1] = page[i]
-      out[#out + 1] = page[i + 1]
-      if #out == 2 * want then return out end
+local start
+local held = redis.call('ZSCORE', KEYS[1], member)
+if held and tonumber(held) == tonumber(score) then
+  start = redis.call('ZRANK', KEYS[1], member) + 1
+else
+  local low = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. score)
+  local high_rank = low + redis.call('ZCOUNT', KEYS[1], score, score)
+  while low < high_rank do
+    local middle = math.floor((low + high_rank) / 2)
+    if beyond(redis.call('ZRANGE', KEYS[1], middle, middle)[1], member) then
+      high_rank = middle
+    else
+      low = middle + 1
     end
   end
-  if #page < 2 * want then return out end
-  offset = offset + want
+  start = low
 end
+local page = redis.call('ZRANGE', KEYS[1], start, start + want - 1, 'WITHSCORES')
+if below == '' then return page end
+local limit = tonumber(below)
+for i = 2, #page, 2 do
+  if tonumber(page[i]) >= limit then
+    local kept = {}
+    for j = 1, i - 2 do kept[j] = page[j] end
+    return kept
+  end
+end
+return page
 """
 _PAGE_SHA = hashlib.sha1(_PAGE_SCRIPT.encode()).hexdigest()
+
+# sort=sku: the store's entries below ARGV[1] ('' for no bound), at most ARGV[2] of them, or
+# how many there are (a number) when there are more: counted in O(log N), never read; false
+# when the store has no sorted set (Redis deletes an emptied one).
+_SKU_SORT_SCRIPT = """
+local below, cap = ARGV[1], tonumber(ARGV[2])
+local total = redis.call('ZCARD', KEYS[1])
+if total == 0 then return false end
+local count = below == '' and total or redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. below)
+if count > cap then return count end
+return redis.call('ZRANGE', KEYS[1], '-inf', below == '' and '+inf' or '(' .. below, 'BYSCORE',
+                  'LIMIT', 0, cap, 'WITHSCORES')
+"""
+_SKU_SORT_SHA = hashlib.sha1(_SKU_SORT_SCRIPT.encode()).hexdigest()
 
 
 class Reader:
@@ -208,11 +251,10 @@ class Reader:
         if not 1 <= limit <= self._settings.inventory_max_limit:
             raise BadRequest(f"limit must be between 1 and {self._settings.inventory_max_limit}")
         after = decode_cursor(cursor, sort, below) if cursor else None
-        high = "+inf" if below is None else f"({below}"
         if sort == "quantity":
-            entries = self._by_quantity(key, high, after, limit)
+            entries = self._by_quantity(key, below, after, limit)
         else:
-            entries = self._by_sku(key, high, after, limit)
+            entries = self._by_sku(key, below, after, limit)
         if entries is None:
             raise NotFound(f"store {store} has no inventory")
         prefix, cut = _SKU_PREFIX, len(_SKU_PREFIX)
@@ -226,40 +268,38 @@ class Reader:
         return InventoryPage(store, sort, below, rows, next_cursor)
 
     def _by_quantity(
-        self, key: str, high: str, after: tuple[float, str] | None, limit: int
+        self, key: str, below: int | None, after: tuple[float, str] | None, limit: int
     ) -> list[tuple[bytes, float]] | None:
-        if after is None:
-            low, score, member = "-inf", "0", ""
-        else:
-            low, score, member = repr(after[0]), repr(after[0]), keys.sku_member(after[1])
-        args = (low, high, member, score, limit)
-        try:
-            reply = self._client.evalsha(_PAGE_SHA, 1, key, *args)
-        except redis.exceptions.NoScriptError:
-            reply = self._client.eval(_PAGE_SCRIPT, 1, key, *args)  # loads it for next time
+        args: tuple[str | int, ...] = ("" if below is None else str(below), limit + 1)
+        if after is not None:
+            args += (repr(after[0]), keys.sku_member(after[1]))
+        reply = self._script(_PAGE_SCRIPT, _PAGE_SHA, key, args)
         if reply is None:  # Lua false
             return None
         return [(m, float(s)) for m, s in zip(reply[0::2], reply[1::2], strict=True)]
 
     def _by_sku(
-        self, key: str, high: str, after: tuple[float, str] | None, limit: int
+        self, key: str, below: int | None, after: tuple[float, str] | None, limit: int
     ) -> list[tuple[bytes, float]] | None:
         # the set is ordered by quantity, so a SKU order means reading the (bounded) set
         cap = self._settings.inventory_sku_sort_max
-        pipe = self._client.pipeline(transaction=False)
-        pipe.exists(key)
-        pipe.zrange(key, "-inf", high, byscore=True, offset=0, num=cap + 1, withscores=True)
-        exists, entries = pipe.execute()
-        if not exists:
+        reply = self._script(_SKU_SORT_SCRIPT, _SKU_SORT_SHA, key, ("" if below is None else str(below), cap))
+        if reply is None:
             return None
-        if len(entries) > cap:
+        if isinstance(reply, int):
             raise BadRequest(f"this store holds more than {cap} SKUs: page it with sort=quantity")
-        entries.sort()
+        entries = sorted(zip(reply[0::2], reply[1::2], strict=True))
         if after is not None:
             # bytes compare like Redis orders members (memcmp)
             start = keys.sku_member(after[1]).encode()
             entries = [(m, s) for m, s in entries if m > start]
         return [(m, float(s)) for m, s in entries[: limit + 1]]
+
+    def _script(self, script: str, sha: str, key: str, args: tuple[str | int, ...]) -> Any:
+        try:
+            return self._client.evalsha(sha, 1, key, *args)
+        except redis.exceptions.NoScriptError:
+            return self._client.eval(script, 1, key, *args)  # loads it for next time
 
     # --- health ----------------------------------------------------------------
     def ping_ms(self) -> float:
@@ -287,17 +327,17 @@ def decode_cursor(cursor: str, sort: Sort, below: int | None) -> tuple[float, st
     if not (isinstance(decoded, list) and len(decoded) == 5 and decoded[0] == CURSOR_VERSION):
         raise invalid
     _, cursor_sort, cursor_below, score, sku = decoded
-    if (
-        isinstance(score, bool)
-        or not isinstance(score, int | float)
-        or not math.isfinite(score)
-        or not isinstance(sku, str)
-        or not keys.IDENTIFIER.fullmatch(sku)
-    ):
+    if isinstance(score, bool) or not isinstance(score, int | float) or not isinstance(sku, str):
+        raise invalid
+    try:
+        score = float(score)  # an integer beyond a double's range raises
+    except OverflowError:
+        raise invalid from None
+    if not math.isfinite(score) or not keys.IDENTIFIER.fullmatch(sku):
         raise invalid
     if cursor_sort != sort or cursor_below != below:
         raise BadRequest("cursor belongs to another query: keep sort and below as they were on the first page")
-    return float(score), sku
+    return score, sku
 
 
 def _identifier(value: str, what: str) -> str:
