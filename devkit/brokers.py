@@ -322,17 +322,29 @@ def fetch_kafka_jars() -> Path:
 
 
 def _listens(pid: int, port: int) -> bool:
-    """Whether process `pid` holds the socket listening on loopback `port` (True where /proc cannot tell)."""
+    """Whether process `pid` holds the socket listening on loopback `port` (True where /proc cannot tell).
+    A JVM listens on an IPv6 socket even for 127.0.0.1 (the IPv4-mapped address, in /proc/net/tcp6)."""
+    loopback = {
+        f"0100007F:{port:04X}",  # 127.0.0.1
+        f"00000000:{port:04X}",  # 0.0.0.0
+        f"0000000000000000FFFF00000100007F:{port:04X}",  # ::ffff:127.0.0.1
+        f"00000000000000000000000001000000:{port:04X}",  # ::1
+        f"00000000000000000000000000000000:{port:04X}",  # ::
+    }
     try:
-        table = Path("/proc/net/tcp").read_text().splitlines()[1:]
         descriptors = os.listdir(f"/proc/{pid}/fd")
+        rows = [
+            fields
+            for table in ("/proc/net/tcp", "/proc/net/tcp6")
+            if Path(table).exists()
+            for fields in map(str.split, Path(table).read_text().splitlines()[1:])
+        ]
     except OSError:
         return True
-    wanted = f"0100007F:{port:04X}"
-    inodes = {fields[9] for fields in map(str.split, table) if fields[1] == wanted and fields[3] == "0A"}
+    sockets = {f"socket:[{fields[9]}]" for fields in rows if fields[1] in loopback and fields[3] == "0A"}
     for descriptor in descriptors:
         with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/{pid}/fd/{descriptor}") in {f"socket:[{inode}]" for inode in inodes}:
+            if os.readlink(f"/proc/{pid}/fd/{descriptor}") in sockets:
                 return True
     return False
 

@@ -31,6 +31,7 @@ SEED_PARTITIONS = 6  # as the seed's `orders` topic
 
 def ensure_topics(settings: dict[str, Any], topics: Sequence[str], partitions: int = SEED_PARTITIONS) -> list[str]:
     """Creates the topics that do not exist yet; returns those it created."""
+    from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     admin = AdminClient(settings)
@@ -38,7 +39,11 @@ def ensure_topics(settings: dict[str, Any], topics: Sequence[str], partitions: i
     missing = [t for t in topics if t not in existing]
     if missing:
         for future in admin.create_topics([NewTopic(t, partitions, 1) for t in missing]).values():
-            future.result(30)
+            try:
+                future.result(30)
+            except KafkaException as error:  # created meanwhile by another client: it exists, as asked
+                if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
     return missing
 
 
