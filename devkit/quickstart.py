@@ -346,10 +346,19 @@ def _string(dumper: yaml.SafeDumper, text: str) -> yaml.Node:
 _Dumper.add_representer(str, _string)
 
 
+def _plain(node: Any) -> Any:
+    """Plain dicts and lists throughout (a parser may hand back OrderedDicts), for the safe dumper."""
+    if isinstance(node, dict):
+        return {key: _plain(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_plain(item) for item in node]
+    return node
+
+
 def render(template_text: str) -> str:
     from samtranslator.yaml_helper import yaml_parse
 
-    reduced = reduce_template(yaml_parse(template_text))
+    reduced = _plain(reduce_template(yaml_parse(template_text)))
     body: str = yaml.dump(reduced, Dumper=_Dumper, sort_keys=False, width=120, allow_unicode=True)
     return HEADER + body
 

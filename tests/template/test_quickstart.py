@@ -9,7 +9,9 @@ the linters, and describing exactly the resources template.yaml describes for th
 from __future__ import annotations
 
 import copy
+import json
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -75,8 +77,13 @@ def test_same_resources_and_outputs_as_template_yaml(answers: str) -> None:
     reduced = Resolved(overrides, sam_transform_of(expand(quick()), overrides))
 
     def comparable(entities: dict[str, Any]) -> dict[str, Any]:
-        # quickstart.yaml drops the conditions its fixed values settle; what exists is what counts
-        return {name: {k: v for k, v in e.items() if k != "Condition"} for name, e in entities.items()}
+        # quickstart.yaml drops the conditions its fixed values settle; what exists is what counts.
+        # SAM names ApiFunction's published version after the function's properties as written
+        # (a Ref in one template, its value in the other), so moving a stack between the two
+        # publishes a new version: the one logical id that differs.
+        text = json.dumps({name: {k: v for k, v in e.items() if k != "Condition"} for name, e in entities.items()})
+        result: dict[str, Any] = json.loads(re.sub(r"ApiFunctionVersion[0-9a-f]{10}", "ApiFunctionVersion", text))
+        return result
 
     assert comparable(reduced.resources) == comparable(full.resources)
     assert comparable(reduced.outputs) == comparable(full.outputs)

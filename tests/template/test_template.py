@@ -528,7 +528,8 @@ def test_http_api_routes_are_the_api_functions_routes() -> None:
     for path, methods in body["paths"].items():
         for method, operation in methods.items():
             uri = operation["x-amazon-apigateway-integration"]["uri"]["Fn::Sub"]
-            assert "${ApiFunction.Arn}" in uri, f"{method} {path} is not integrated with ApiFunction"
+            # the alias of its published versions (SnapStart), see test_snapstart.py
+            assert "${ApiFunctionAliaslive}" in uri, f"{method} {path} is not integrated with ApiFunction"
     expected, source = _api_function_routes()
     assert deployed == expected, (
         f"routes differ from {source}: only in template {deployed - expected}, only in code {expected - deployed}"
