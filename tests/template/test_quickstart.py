@@ -33,8 +33,10 @@ ANSWERS = {
     "required only": dict(REQUIRED),
     "everything answered": {
         **REQUIRED,
-        "KafkaStartingPosition": "LATEST",
         "AdminScope": "shop/ops",
+        "StaffScope": "shop/support",
+        "OrderOwnerField": "customer.id",
+        "OrderOwnerClaim": "email",
         "CorsAllowedOrigins": "https://shop.example.com",
         "CreatePagesHosting": "true",
         "AlarmEmail": "oncall@example.com",
