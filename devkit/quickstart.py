@@ -298,7 +298,8 @@ def reduce_template(template: Mapping[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for section, body in template.items():
         if section == "Parameters":
-            result[section] = {n: copy.deepcopy(spec) for n, spec in body.items() if n in kept}
+            # in the group's order, which is the order `sam deploy --guided` asks them in
+            result[section] = {n: copy.deepcopy(body[n]) for n in kept}
         elif section == "Rules":
             rules = _rules(body, reducer)
             if rules:
