@@ -189,6 +189,7 @@ def test_make_run_reads_the_template_once(monkeypatch: pytest.MonkeyPatch) -> No
 def test_make_invoke_reads_the_template_once(monkeypatch: pytest.MonkeyPatch, valkey: Any) -> None:
     from samcli.lib.providers.sam_stack_provider import SamLocalStackProvider
 
+    import devkit.sam
     from devkit.invoke import invoke
     from devkit.sam import ROOT
 
@@ -200,8 +201,11 @@ def test_make_invoke_reads_the_template_once(monkeypatch: pytest.MonkeyPatch, va
         return read(template_file, *args, **kwargs)
 
     monkeypatch.setattr(SamLocalStackProvider, "get_stacks", staticmethod(counted))
+    # `make invoke` is a process of its own: nothing read yet (another test of this process may
+    # have read the template with the same parameters, a server's URL on a port used again)
+    monkeypatch.setattr(devkit.sam, "_stacks_read", {})
     saved = dict(os.environ)
-    config.settings.cache_clear()  # read once per process: `make invoke` is a process of its own
+    config.settings.cache_clear()  # read once per process
     try:
         event = json.loads((ROOT / "events" / "kafka-orders.json").read_text())
         response = invoke("IngestFunction", event, {"REDIS_URL": valkey.url, "REDIS_CLUSTER": "false"})
