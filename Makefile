@@ -125,11 +125,13 @@ CHECKOV_VENV ?= $(VENV)/checkov
 build: dev
 	PATH="$(abspath $(VENV))/bin:$$PATH" PYTHON="$(abspath $(PY))" $(VENV)/bin/sam build
 
-# template checks: SAM's validator with cfn-lint, cfn-lint itself, and checkov
+# template checks: SAM's validator with cfn-lint, cfn-lint itself, and checkov, on template.yaml
+# and on quickstart.yaml (its first-deploy parameters only; make quickstart writes it)
 validate: dev checkov-venv
-	$(VENV)/bin/sam validate --lint
-	$(VENV)/bin/cfn-lint template.yaml
-	$(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download --framework cloudformation -f template.yaml
+	$(VENV)/bin/sam validate --lint --template-file template.yaml
+	$(VENV)/bin/sam validate --lint --template-file quickstart.yaml
+	$(VENV)/bin/cfn-lint template.yaml quickstart.yaml
+	$(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download --framework cloudformation -f template.yaml -f quickstart.yaml
 
 checkov: checkov-venv
 	$(CHECKOV_VENV)/bin/checkov --compact --skip-download --framework cloudformation -f template.yaml
@@ -175,3 +177,10 @@ $(AUDIT_VENV)/.installed: tests/security/requirements-audit.txt
 # so the template's per-topic lines (and the README's contract table) are written from it
 topics: dev
 	$(PY) -m devkit.topics
+	$(PY) -m devkit.quickstart
+
+# quickstart.yaml: template.yaml with its first-deploy parameters only (`sam deploy --guided` asks
+# for every parameter of the template it deploys); run after changing template.yaml
+.PHONY: quickstart
+quickstart: dev
+	$(PY) -m devkit.quickstart

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from devkit.apigw import LocalGateway, http_routes
 from devkit.sam import ROOT, describe
 
-ORIGIN = "http://localhost:5173"  # the template's default CORS origin
+ORIGIN = "http://localhost:5173"  # a local frontend's origin (make run and samconfig's dev environment allow it)
 # name -> (method, path and query)
 SAMPLES = {
     "api-get-order": ("GET", "/orders/18"),

@@ -53,6 +53,7 @@ LOCAL_REGISTRY_URI = "http://127.0.0.1/local-schema-registry"
 # Left as the user sets them; everything else comes from template.yaml.
 USER_SETTINGS = ("POWERTOOLS_LOG_LEVEL", "POWERTOOLS_METRICS_DISABLED")
 WEB_DIR = ROOT / "web"  # the storefront and the operator's page
+LOCAL_DEV_ORIGIN = "http://localhost:5173"  # a frontend dev server's origin, allowed locally only
 KAFKA_OFFSETS_PATH = "/_local/kafka-offsets"  # Kafka's end offsets, for the operator's page
 
 
@@ -201,12 +202,12 @@ class LocalRun:
             "RedisUrl": self.redis_url,
             "KafkaBootstrapServers": self.kafka_bootstrap,
             **registry_parameters(self.schema_registry),
-            # the API's: the local issuer, the origins asked for
+            # the API's: the local issuer, and the origins asked for or a frontend dev server's
+            # (the template allows no origin by default; the pages here are same-origin)
             "JwtIssuer": localjwt.LOCAL_ISSUER,
             "JwtAudience": localjwt.LOCAL_AUDIENCE,
+            "CorsAllowedOrigins": os.environ.get("CORS_ALLOWED_ORIGINS", LOCAL_DEV_ORIGIN),
         }
-        if os.environ.get("CORS_ALLOWED_ORIGINS") is not None:  # e.g. a frontend's dev server
-            parameters["CorsAllowedOrigins"] = os.environ["CORS_ALLOWED_ORIGINS"]
         return {**self.parameter_overrides, **parameters}
 
     def _gateway(self, api_fn: LocalFunction) -> LocalGateway:

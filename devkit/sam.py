@@ -35,6 +35,11 @@ class LocalFunction:
     timeout_s: int
 
 
+# What local runs give the template unless told otherwise: there is no ElastiCache here to sign
+# IAM tokens for (the template's default, iam), so the functions connect as the URL says.
+LOCAL_PARAMETERS = {"CacheAuthMode": "none"}
+
+
 def describe(logical_id: str, parameters: Mapping[str, str] | None = None, template: Path = TEMPLATE) -> LocalFunction:
     from samcli.lib.providers.sam_function_provider import SamFunctionProvider
 
@@ -64,6 +69,7 @@ def local_stacks(template: Path = TEMPLATE, parameters: Mapping[str, str] | None
     The SAM CLI reads a template file once per process for each set of parameters (a few hundred
     ms each time): the functions, the mappings and the gateway of one run ask with the same
     parameters and share that reading. Each caller gets a copy of its own to change."""
+    parameters = {**LOCAL_PARAMETERS, **(parameters or {})}
     path = Path(template).resolve()
     stat = path.stat()
     key = (str(path), stat.st_mtime_ns, stat.st_size, tuple(sorted((parameters or {}).items())))

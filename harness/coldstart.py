@@ -20,6 +20,11 @@ Lambda cannot write bytecode under /opt, so every cold start compiles what it
 imports). The built-layer runs need a CPython 3.13 on this machine; the Makefile
 looks for one and says when there is none.
 
+ApiFunction also as deployed with SnapStart: the import and the before-snapshot hooks run
+first (Lambda runs them once, when it publishes a version), then the after-restore hooks
+(`restore_ms`: reconnecting to the cache) and the first invocation, what a restored copy
+runs before answering. Lambda's own restore of the snapshot is not measurable here.
+
 Also the size of each built artifact (`sam build` output in .aws-sam/build):
 files, bytes unpacked, and bytes as the zip that gets uploaded.
 """
@@ -55,15 +60,32 @@ CASES = (
     ("ApiFunction", "api-get-order.json"),
     ("ApiFunction", "api-get-inventory-item.json"),
 )
+# ApiFunction as deployed, with SnapStart: the import and the before-snapshot hooks (priming
+# the routes, closing connections) happen once, when Lambda publishes a version; a cold start
+# is a restore, then the after-restore hooks (reconnecting), then the first invocation
+SNAPSTART_CASES = (("ApiFunction", "api-get-order.json"), ("ApiFunction", "api-get-inventory-item.json"))
 
-# runs in the fresh interpreter; writes its figures to argv[4] (stdout belongs to the handler's logs)
+# runs in the fresh interpreter; writes its figures to argv[4] (stdout belongs to the handler's logs);
+# argv[5], when given, is where snapshot_restore_py is (Lambda's runtime ships it): run as SnapStart does
 _CHILD = """
 import time
 started = time.perf_counter()
 import importlib, json, sys
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
+snapstart = len(sys.argv) > 5
+if snapstart:
+    sys.path.append(sys.argv[5])
 module = importlib.import_module("app")
 imported = time.perf_counter()
+restore_ms = None
+if snapstart:
+    import snapshot_restore_py
+    for function, args, kwargs in reversed(snapshot_restore_py.get_before_snapshot()):
+        function(*args, **kwargs)
+    restored = time.perf_counter()  # the snapshot would be taken here, and resumed later
+    for function, args, kwargs in snapshot_restore_py.get_after_restore():
+        function(*args, **kwargs)
+    restore_ms = (time.perf_counter() - restored) * 1000
 
 class Context:
     function_name = "cold"
@@ -83,7 +105,11 @@ result = module.lambda_handler(event, Context())
 done = time.perf_counter()
 status = result.get("statusCode", 200) if isinstance(result, dict) else 200
 with open(sys.argv[4], "w") as out:
-    json.dump({"import_ms": (imported - started) * 1000, "first_ms": (done - before) * 1000, "status": status}, out)
+    json.dump(
+        {"import_ms": (imported - started) * 1000, "first_ms": (done - before) * 1000, "status": status,
+         "restore_ms": restore_ms},
+        out,
+    )
 """
 
 
@@ -96,8 +122,11 @@ def cold_runs(
     layer_copy: Path | None = None,
     python: str = sys.executable,
     layout: str = "venv packages with bytecode",
+    snapstart: bool = False,
 ) -> dict[str, Any]:
-    """`layer_copy`: run on that layer (see built_layer) with `python` instead of on the venv's."""
+    """`layer_copy`: run on that layer (see built_layer) with `python` instead of on the venv's.
+    `snapstart`: import, run the before-snapshot hooks, then time the after-restore hooks and the
+    first invocation, as a copy resumed from the snapshot runs them."""
     function = describe(function_name, {"RedisUrl": redis_url})
     env = {**os.environ, **function.environment, "REDIS_URL": redis_url, "REDIS_CLUSTER": str(cluster).lower()}
     env.pop("PYTHONPATH", None)
@@ -113,8 +142,9 @@ def cold_runs(
             if function_name == "IngestFunction":
                 _flush(redis_url, cluster)
             started = time.perf_counter()
+            hooks = [_snapshot_restore_py_alone(Path(directory))] if snapstart else []
             subprocess.run(
-                [python, "-c", _CHILD, layer, str(function.code_dir), str(event), str(report)],
+                [python, "-c", _CHILD, layer, str(function.code_dir), str(event), str(report), *hooks],
                 env=env,
                 stdout=subprocess.DEVNULL,
                 check=True,
@@ -126,7 +156,9 @@ def cold_runs(
     return {
         "function": function_name,
         "event": event_name,
-        "layout": layout,
+        "layout": f"{layout}, SnapStart restore" if snapstart else layout,
+        "snapstart": snapstart,
+        "restore_ms": statistics.median(r["restore_ms"] for r in results) if snapstart else None,
         "python": _python_version(python),
         "runs": runs,
         "import_ms": statistics.median(r["import_ms"] for r in results),
@@ -135,6 +167,17 @@ def cold_runs(
         "process_ms": statistics.median(r["process_ms"] for r in results),
         "statuses": statuses,
     }
+
+
+def _snapshot_restore_py_alone(directory: Path) -> str:
+    """A directory holding only the SnapStart hooks library (Lambda's runtime has its own copy),
+    so the child finds nothing else of this venv."""
+    import snapshot_restore_py
+
+    target = directory / "runtime"
+    target.mkdir(exist_ok=True)
+    shutil.copy(snapshot_restore_py.__file__, target)
+    return str(target)
 
 
 def _flush(redis_url: str, cluster: bool) -> None:
@@ -196,6 +239,9 @@ def measure(runs: int = 5, cluster: bool = False, built: bool = True) -> list[di
     target = servers.start_cluster() if cluster else servers.start_server()
     try:
         results = [cold_runs(name, event, target.url, cluster, runs) for name, event in CASES]
+        results += [
+            cold_runs(name, event, target.url, cluster, runs, snapstart=True) for name, event in SNAPSTART_CASES
+        ]
         if built:
             with tempfile.TemporaryDirectory() as directory:
                 found = built_layer(Path(directory) / "built")
@@ -207,6 +253,12 @@ def measure(runs: int = 5, cluster: bool = False, built: bool = True) -> list[di
                             cold_runs(name, event, target.url, cluster, runs, copy, python, layout)
                             for name, event in CASES
                         ]
+                    results += [
+                        cold_runs(
+                            name, event, target.url, cluster, runs, layer, python, "layer as built, bytecode", True
+                        )
+                        for name, event in SNAPSTART_CASES
+                    ]
         return results
     finally:
         target.stop() if isinstance(target, servers.LocalCluster) else target.remove()

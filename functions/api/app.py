@@ -31,9 +31,10 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cachesync import api_schema as schema
+from cachesync import snapstart
 from cachesync.access import Caller, Forbidden, OrderAccess, Unauthenticated
 from cachesync.config import settings
-from cachesync.connection import get_client
+from cachesync.connection import RedisClient, get_client
 from cachesync.opstats import operator_view
 from cachesync.reads import BadRequest, NotFound, Reader
 
@@ -94,9 +95,14 @@ Limit = Annotated[
 ]
 
 
-@lru_cache(maxsize=1)
 def reader() -> Reader:
-    return Reader(get_client(config), config)
+    # the current client: after a SnapStart restore, connection.py has built a new one
+    return _reader_of(get_client(config))
+
+
+@lru_cache(maxsize=1)
+def _reader_of(client: RedisClient) -> Reader:
+    return Reader(client, config)
 
 
 @lru_cache(maxsize=1)
@@ -325,6 +331,37 @@ def cache_refused_us(error: Exception) -> Response[Any]:
 def internal(error: Exception) -> Response[Any]:
     logger.exception("unhandled error")
     return problem(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error; it has been logged")
+
+
+# --- SnapStart: what a first request would build, built once before the snapshot ---------
+# Requests that fail validation (no cache involved) set up each route's validation, and the
+# OpenAPI document is generated: every copy restored from the snapshot starts with them. The
+# cache client is made too, so that the restore hook (cachesync.connection) connects it again.
+PRIMING_PATHS = ("/orders/{x}", "/products/{x}", "/products", "/stores/{x}/inventory", "/stores/{x}/inventory/{x}")
+
+
+def prime_routes() -> None:
+    try:
+        reader()
+    except Exception as error:  # a cluster client maps the slots when made; the restore will retry
+        logger.warning("no cache client before the snapshot", extra={"error": repr(error)})
+    for path in PRIMING_PATHS:
+        app.resolve(
+            {
+                "version": "2.0",
+                "routeKey": "$default",
+                "rawPath": path,
+                "rawQueryString": "",
+                "headers": {},
+                "requestContext": {"http": {"method": "GET", "path": path}, "requestId": "prime", "stage": "$default"},
+                "isBase64Encoded": False,
+            },
+            None,  # type: ignore[arg-type]  # no invocation: the resolver does not read it
+        )
+    openapi_json()
+
+
+snapstart.register(before_snapshot=prime_routes)
 
 
 @logger.inject_lambda_context

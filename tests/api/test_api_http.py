@@ -101,7 +101,7 @@ def test_gateway_behaviour_over_http(run: LocalRun) -> None:
     assert status == 404 and json.loads(body) == {"message": "Not Found"}
     status, _, body = fetch(f"{run.url}/orders/18", method="POST")
     assert status == 404 and json.loads(body) == {"message": "Not Found"}  # no POST route, as in the template
-    origin = "http://localhost:5173"  # the template's default allow-list
+    origin = "http://localhost:5173"  # the origin make run allows (the template allows none by default)
     status, headers, _ = fetch(f"{run.url}/orders/18", headers={"Origin": origin})
     assert status == 401 and headers["access-control-allow-origin"] == origin  # the template's authorizer
     status, headers, _ = fetch(f"{run.url}/orders/18", headers={"Origin": origin, **staff(run)})

@@ -81,9 +81,13 @@ def load() -> dict[str, Any]:
 
 @cache
 def _transformed_cached(parameters: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    return sam_transform_of(load(), dict(parameters))
+
+
+def sam_transform_of(template: dict[str, Any], parameters: dict[str, str]) -> dict[str, Any]:
+    """What the SAM transform makes of a parsed template whose Fn::ForEach loops are expanded."""
     from samtranslator.translator.transform import transform as sam_transform
 
-    template = load()
     for resource in template["Resources"].values():
         properties = resource.get("Properties", {})
         for key in ("CodeUri", "ContentUri"):
@@ -209,6 +213,12 @@ class Resolved:
             if key == "Fn::Split":
                 separator, text = args[0], self._value(args[1])
                 return text.split(separator) if isinstance(text, str) else {key: [separator, text]}
+            if key == "Fn::FindInMap":
+                path = [self._value(arg) for arg in args]
+                if all(isinstance(part, str) for part in path):
+                    mapping, top, second = path
+                    return self.template["Mappings"][mapping][top][second]
+                return {key: path}
         resolved = {key: self._value(value) for key, value in node.items()}
         return {key: value for key, value in resolved.items() if value is not _NO_VALUE}
 

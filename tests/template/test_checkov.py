@@ -24,14 +24,14 @@ pytestmark = pytest.mark.slow
 CHECKOV = ROOT / ".venv/checkov/bin/checkov"
 
 
-@pytest.fixture(scope="module", params=["template", "transformed", "with-pages"])
+@pytest.fixture(scope="module", params=["template", "quickstart", "transformed", "with-pages"])
 def report(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     if not CHECKOV.exists():
         made = subprocess.run(
             ["make", "--no-print-directory", "checkov-venv"], cwd=ROOT, capture_output=True, text=True, timeout=900
         )
         assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
-    target = TEMPLATE
+    target = ROOT / "quickstart.yaml" if request.param == "quickstart" else TEMPLATE
     if request.param in ("transformed", "with-pages"):
         os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
         target = tmp_path_factory.mktemp("checkov") / f"{request.param}.json"

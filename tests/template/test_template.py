@@ -473,7 +473,8 @@ def test_local_invoke_resolves_redis_url_from_the_parameter() -> None:
         assert function.environment["REDIS_URL"] == "redis://127.0.0.1:6399/0"
         assert function.environment["REDIS_CLUSTER"] == "false"
         assert function.handler == "app.lambda_handler"
-        # the default CacheAuthMode (none): no IAM tokens, no secret, the default user
+        # local runs resolve the template with CacheAuthMode=none (devkit.sam): no IAM tokens,
+        # no secret, the URL's user
         for variable in ("REDIS_IAM_CACHE_NAME", "REDIS_USERNAME", "REDIS_SECRET_ARN"):
             assert function.environment.get(variable, "") == "", variable
         assert function.environment.get("REDIS_IAM_AUTH", "false") == "false"
@@ -527,11 +528,35 @@ def test_http_api_routes_are_the_api_functions_routes() -> None:
     for path, methods in body["paths"].items():
         for method, operation in methods.items():
             uri = operation["x-amazon-apigateway-integration"]["uri"]["Fn::Sub"]
-            assert "${ApiFunction.Arn}" in uri, f"{method} {path} is not integrated with ApiFunction"
+            # the alias of its published versions (SnapStart), see test_snapstart.py
+            assert "${ApiFunctionAliaslive}" in uri, f"{method} {path} is not integrated with ApiFunction"
     expected, source = _api_function_routes()
     assert deployed == expected, (
         f"routes differ from {source}: only in template {deployed - expected}, only in code {expected - deployed}"
     )
+
+
+def test_the_defaults_are_the_secure_settings() -> None:
+    """A deployment that gives only the required values gets a cache that needs IAM authentication,
+    with one least-privilege user per function and a default user that can do nothing, and an API
+    that answers no cross-origin request."""
+    stack = Resolved(dict(REQUIRED))
+    assert stack.props("Cache")["UserGroupId"] == ref("CacheUserGroup")
+    group = stack.props("CacheUserGroup")["UserIds"]
+    assert ref("DefaultCacheUser") in group and len(group) == 4
+    default = stack.props("DefaultCacheUser")
+    assert default["UserName"] == "default" and default["AccessString"] == "off -@all"
+    for user in ("IngestCacheUser", "ApiCacheUser", "MaintenanceCacheUser"):
+        props = stack.props(user)
+        assert props["AuthenticationMode"] == {"Type": "iam"}
+        assert "+@all" not in props["AccessString"] and "+flushall" not in props["AccessString"]
+    for name in FUNCTIONS:
+        assert stack.props(name)["Environment"]["Variables"]["REDIS_IAM_AUTH"] == "true"
+    assert "x-amazon-apigateway-cors" not in stack.props("HttpApi")["Body"]
+    assert load()["Parameters"]["CorsAllowedOrigins"]["Default"] == ""
+    # the local origin is the dev environment's own choice, never a default
+    dev = tomllib.loads((ROOT / "samconfig.toml").read_text())["dev"]["deploy"]["parameters"]
+    assert "CorsAllowedOrigins=http://localhost:5173" in dev["parameter_overrides"].split()
 
 
 def test_cors_origins_reject_wildcards() -> None:

@@ -9,12 +9,22 @@ Powertools Parameters, or ElastiCache IAM tokens (`cachesync.iam_auth`).
 Every call has explicit timeouts and a bounded, backed-off retry on connection
 errors, so a dead cache fails an invocation quickly instead of
 hanging until the Lambda timeout.
+
+Lambda SnapStart (ApiFunction) snapshots the initialized process and resumes copies
+of it later, elsewhere, possibly days later: a socket, a secret or an IAM token in
+the snapshot would be stale. The runtime hooks registered here drop every client
+(its connections, the cached secret and token with it) before the snapshot, and
+after a restore build them again with a secret fetched anew and a freshly signed
+token, and connect, so the first request finds a working connection.
 """
 
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+import logging
+import sys
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import redis
@@ -22,9 +32,12 @@ from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
+from cachesync import snapstart
 from cachesync.config import Settings
 
 RedisClient = redis.Redis | RedisCluster
+
+logger = logging.getLogger(__name__)
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
@@ -79,10 +92,69 @@ def credentials(settings: Settings) -> tuple[str | None, str | None]:
     return document.get("username") or settings.redis_username, document["password"]
 
 
-@lru_cache(maxsize=4)
+_CLIENTS_KEPT = 4  # a function uses one; tests and tools switch between a few servers
+_clients: OrderedDict[Settings, RedisClient] = OrderedDict()
+_clients_lock = threading.Lock()
+
+
 def get_client(settings: Settings) -> RedisClient:
     """The process-wide client for these settings (created on first use)."""
+    with _clients_lock:
+        client = _clients.get(settings)
+        if client is None:
+            client = _clients[settings] = _new_client(settings)
+            while len(_clients) > _CLIENTS_KEPT:
+                _clients.popitem(last=False)  # the least recently used: its sockets close with it
+        else:
+            _clients.move_to_end(settings)
+        return client
+
+
+def _new_client(settings: Settings) -> RedisClient:
     options = client_options(settings)
     if settings.cluster:
         return RedisCluster.from_url(settings.redis_url, **options)
     return redis.Redis.from_url(settings.redis_url, **options)
+
+
+def drop_clients() -> list[Settings]:
+    """Closes every client (their pooled connections) and forgets them, and the cached secrets
+    with them: the next `get_client` builds a client with credentials fetched or signed anew.
+    Returns the settings the clients were for."""
+    with _clients_lock:
+        dropped = list(_clients.items())
+        _clients.clear()
+    for _, client in dropped:
+        try:
+            client.close()
+        except redis.exceptions.RedisError as error:  # closing a dead connection may complain
+            logger.warning("closing a cache client failed", extra={"error": repr(error)})
+    if "aws_lambda_powertools.utilities.parameters" in sys.modules:  # only if a secret was read
+        from aws_lambda_powertools.utilities import parameters
+
+        parameters.clear_caches()  # type: ignore[no-untyped-call]
+    return [settings for settings, _ in dropped]
+
+
+# --- Lambda SnapStart runtime hooks ---------------------------------------------------
+_restore_after_snapshot: list[Settings] = []
+
+
+def before_snapshot() -> None:
+    """No connection, secret or token may go into the snapshot: close and forget them all."""
+    _restore_after_snapshot[:] = drop_clients()
+
+
+def after_restore() -> None:
+    """Build the clients the snapshot's process had again, with a fresh secret and IAM token, and
+    connect them now. Never raises: a cache that cannot be reached yet is the first request's
+    concern (its 503), not a failed restore."""
+    drop_clients()  # anything opened between the snapshot and now belongs to the old process
+    for settings in _restore_after_snapshot:
+        try:
+            get_client(settings).ping()
+        except Exception as error:  # a failing hook fails the restore; the request can say more
+            logger.warning("reconnecting to the cache after a restore failed", extra={"error": repr(error)})
+
+
+snapstart.register(before_snapshot=before_snapshot, after_restore=after_restore)
