@@ -100,10 +100,6 @@ class Transport:
     _wait_unsupported: bool = False
     _told_no_role: bool = False
 
-    @property
-    def cluster(self) -> bool:
-        return isinstance(self.client, RedisCluster)
-
     def send(self, calls: list[Call], deadline: float) -> list[Any]:
         """Each call's reply (its result or the error it ended with), every call having run at most once
         in effect; then the WAIT. Raises NotReplicated when the WAIT falls short."""
@@ -130,8 +126,6 @@ class Transport:
             refresh = lost = False
             for i in pending:
                 answer = answers[i]
-                if isinstance(answer, redis.exceptions.ReadOnlyError):
-                    lost = True  # a failover under way, or an endpoint at a replica: within the retries
                 replies[i] = answer
                 if isinstance(answer, redis.exceptions.AskError) and not isinstance(
                     answer, redis.exceptions.MovedError
@@ -142,6 +136,8 @@ class Transport:
                 asks.pop(i, None)
                 if isinstance(answer, redis.exceptions.MovedError | redis.exceptions.ReadOnlyError):
                     refresh = True
+                    # READONLY: a failover under way, or an endpoint at a replica: within the retries
+                    lost = lost or isinstance(answer, redis.exceptions.ReadOnlyError)
                     redo.append(i)
                 elif isinstance(answer, _WAIT_AND_RESEND) or _is_gap(answer):
                     refresh = refresh or isinstance(answer, redis.exceptions.ClusterDownError)
@@ -170,7 +166,7 @@ class Transport:
             time.sleep(max(0.0, min(BACKOFF_FIRST_S * 2**attempt, BACKOFF_CAP_S, deadline - time.monotonic())))
             attempt += 1
             pending = redo
-        if not any(_is_error(reply) for reply in replies):
+        if not any(isinstance(reply, BaseException) for reply in replies):
             self._wait(list(nodes.values()), deadline)
 
     # --- one round: every pending call sent once -----------------------------------------
@@ -339,10 +335,6 @@ class Transport:
 
 def _is_gap(reply: Any) -> bool:
     return isinstance(reply, redis.exceptions.ResponseError) and str(reply).startswith("CACHESYNC_GAP")
-
-
-def _is_error(reply: Any) -> bool:
-    return isinstance(reply, BaseException)
 
 
 def _is_final(reply: Any) -> bool:

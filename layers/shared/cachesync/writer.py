@@ -57,7 +57,6 @@ class BatchWriter:
         wait_timeout_ms: int = 1000,
         transport: Transport | None = None,
     ):
-        self._client = client
         self._cross_slot = not isinstance(client, RedisCluster)
         self._batch_size = min(script_batch_size, MAX_SCRIPT_BATCH_SIZE)
         self.transport = transport or Transport(client, retries, wait_replicas, wait_timeout_ms)
