@@ -223,6 +223,24 @@ def event(records: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return {"eventSource": "SelfManagedKafka", "records": records}
 
 
+def one_partition(
+    topic: str,
+    records: list[tuple[bytes | None, bytes | None]],
+    partition: int = 0,
+    headers: Any = (),
+    timestamp: int = 1_700_000_000_000,
+) -> dict[str, Any]:
+    """A batch of one partition's records, (record key, value) each, from offset 0."""
+    return event(
+        {
+            f"{topic}-{partition}": [
+                kafka_record(topic, partition, offset, RawRecord(topic, key, value, headers), timestamp)
+                for offset, (key, value) in enumerate(records)
+            ]
+        }
+    )
+
+
 def whole(log: dict[tuple[str, int], list[dict[str, Any]]]) -> dict[str, Any]:
     return event({f"{t}-{p}": records for (t, p), records in log.items()})
 

@@ -21,7 +21,7 @@ from cachesync.ingest import Ingestor, build_ingestor
 from devkit import debezium
 from devkit.generator import RawRecord, kafka_record
 from harness.model_kinds import KindsModel, redis_expiring, redis_kinds_state
-from tests.integration.kindslog import TABLE, KindsLog, event, log_of, use_table, whole
+from tests.integration.kindslog import TABLE, KindsLog, event, log_of, one_partition, use_table, whole
 from tests.integration.midbatch import mid_batch_writer
 from tests.integration.test_exactly_once import deliveries
 
@@ -88,25 +88,14 @@ def test_a_crash_mid_batch_then_the_retry_gives_the_model(target: Any, table: Pa
     assert len(model.poison) > 0
 
 
-def _one(topic: str, records: list[tuple[bytes | None, bytes | None]], partition: int = 0, headers: Any = ()) -> Any:
-    return event(
-        {
-            f"{topic}-{partition}": [
-                kafka_record(topic, partition, offset, RawRecord(topic, key, value, headers), 1_700_000_000_000)
-                for offset, (key, value) in enumerate(records)
-            ]
-        }
-    )
-
-
 def test_merge_keeps_other_fields_and_replace_leaves_exactly_the_new_ones(target: Any, table: Path) -> None:
     ingest = build_ingestor(target.settings())
     rows = [
         (b"1", b'{"id": 1, "name": "Anne", "score": 3, "tags": ["a"], "address": {"city": "Oslo"}}'),
         (b"1", b'{"id": 1, "score": 4, "name": null, "active": true}'),
     ]
-    ingest.process(_one("t.people", rows))
-    ingest.process(_one("t.profiles", rows))
+    ingest.process(one_partition("t.people", rows))
+    ingest.process(one_partition("t.profiles", rows))
     client = target.client()
     assert client.hgetall("people:1") == {b"id": b"1", b"score": b"4", b"active": b"true"}
     assert client.hgetall("profiles:1") == {
@@ -131,7 +120,7 @@ def test_debezium_create_update_delete_and_tombstone_with_and_without_the_wrappe
             (key, debezium.change_event("mysql", "customers", "u", anne, marie, 2, 2, schemas)),
         ]
         ingest = build_ingestor(target.settings())
-        first = ingest.process(_one(topic, events))
+        first = ingest.process(one_partition(topic, events))
         assert (first.applied, first.dead_lettered, first.key_mismatches) == (2, 0, 0)
         assert client.hgetall("customers:1004") == {
             b"id": b"1004",
@@ -144,10 +133,10 @@ def test_debezium_create_update_delete_and_tombstone_with_and_without_the_wrappe
             (key, debezium.change_event("mysql", "customers", "d", marie, None, 3, 3, schemas)),
             (key, None),  # the tombstone Debezium writes after a delete
         ]
-        second = ingest.process(_one(topic, deleted))
+        second = ingest.process(one_partition(topic, deleted))
         assert (second.applied, second.duplicates, second.dead_lettered) == (2, 2, 0)
         assert client.exists("customers:1004") == 0
-        assert ingest.process(_one(topic, deleted)).applied == 0  # replayed: nothing comes back
+        assert ingest.process(one_partition(topic, deleted)).applied == 0  # replayed: nothing comes back
 
 
 def test_a_postgres_delete_with_only_the_key_in_before_and_a_row_without_its_key(target: Any, table: Path) -> None:
@@ -159,13 +148,13 @@ def test_a_postgres_delete_with_only_the_key_in_before_and_a_row_without_its_key
         (key, debezium.change_event("postgresql", "accounts", "c", None, {"id": 7, "balance": 5}, 3, 3, False)),
     ]
     ingest = build_ingestor(target.settings())
-    ingest.process(_one(topic, events[:1]))
+    ingest.process(one_partition(topic, events[:1]))
     client = target.client()
     assert json.loads(client.get("accounts:7")) == {"balance": 10}  # keyed by the record key
     assert 0 < client.ttl("accounts:7") <= 600
-    ingest.process(_one(topic, events[:2]))
+    ingest.process(one_partition(topic, events[:2]))
     assert client.exists("accounts:7") == 0
-    ingest.process(_one(topic, events))
+    ingest.process(one_partition(topic, events))
     assert json.loads(client.get("accounts:7")) == {"id": 7, "balance": 5}
 
 
@@ -176,7 +165,7 @@ def test_streams_append_once_in_partition_order_and_trim(target: Any, tmp_path: 
     try:
         ingest = build_ingestor(target.settings(SCRIPT_BATCH_SIZE="64"))
         values = [json.dumps({"user": "u1", "n": n}).encode() for n in range(500)]
-        batch = _one("t.activity", [(b"u1", v) for v in values])
+        batch = one_partition("t.activity", [(b"u1", v) for v in values])
         assert ingest.process(batch).applied == 500
         assert ingest.process(batch).applied == 0  # a replayed batch appends nothing
         entries = target.client().xrange("activity:u1")
@@ -189,7 +178,7 @@ def test_streams_append_once_in_partition_order_and_trim(target: Any, tmp_path: 
 def test_a_ttl_header_sets_the_keys_ttl(target: Any, table: Path) -> None:
     ingest = build_ingestor(target.settings())
     row = b'{"id": 5, "name": "x"}'
-    ingest.process(_one("t.profiles", [(b"5", row)], headers=(("ttl", b"120"),)))
+    ingest.process(one_partition("t.profiles", [(b"5", row)], headers=(("ttl", b"120"),)))
     client = target.client()
     assert 0 < client.ttl("profiles:5") <= 120
     outcome = ingest.process(
@@ -255,7 +244,7 @@ def test_wrong_shaped_values_are_dead_lettered_with_a_reason_and_the_rest_applie
 def test_a_value_of_more_fields_than_one_request_holds_is_dead_lettered(valkey: Any, table: Path) -> None:
     wide = json.dumps({"id": 1, **{f"f{n}": n for n in range(config.MAX_RECORD_FIELDS)}}).encode()
     fits = json.dumps({"id": 2, **{f"f{n}": n for n in range(config.MAX_RECORD_FIELDS - 1)}}).encode()
-    outcome = build_ingestor(valkey.settings()).process(_one("t.people", [(b"1", wide), (b"2", fits)]))
+    outcome = build_ingestor(valkey.settings()).process(one_partition("t.people", [(b"1", wide), (b"2", fits)]))
     assert (outcome.applied, outcome.dead_lettered) == (1, 1)
     assert "fit one request" in outcome.reasons[0]
     assert valkey.client().hlen("people:2") == config.MAX_RECORD_FIELDS
@@ -359,7 +348,7 @@ def test_debezium_events_in_avro_decode_as_any_topics_values(target: Any, tmp_pa
             write({"before": None, "after": None, "source": source, "op": "t", "ts_ms": 4}),
         ]
         topic = debezium.topic("mysql", "customers")
-        outcome = build_ingestor(target.settings()).process(_one(topic, [(None, v) for v in values]))
+        outcome = build_ingestor(target.settings()).process(one_partition(topic, [(None, v) for v in values]))
         assert (outcome.applied, outcome.dead_lettered) == (3, 1)
         client = target.client()
         assert client.exists("customers:1004") == 0

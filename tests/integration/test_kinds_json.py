@@ -19,11 +19,10 @@ from cachesync import config
 from cachesync.deadletter import RedisStreamSink
 from cachesync.ingest import Ingestor, build_ingestor
 from devkit import debezium, servers
-from devkit.generator import RawRecord, kafka_record
 from harness.json_server import json_module, start_json_cluster, start_json_server
 from harness.model_kinds import KindsModel, redis_expiring, redis_kinds_state
 from tests.conftest import Target
-from tests.integration.kindslog import JSON_TABLE, KindsLog, event, log_of, use_table, whole
+from tests.integration.kindslog import JSON_TABLE, KindsLog, log_of, one_partition, use_table, whole
 from tests.integration.midbatch import mid_batch_writer
 from tests.integration.test_exactly_once import deliveries
 
@@ -116,25 +115,14 @@ def test_a_crash_mid_batch_then_the_retry_gives_the_model(json_target: Target, t
     check(json_target, table, [r for records in log.values() for r in records])
 
 
-def _one(topic: str, records: list[tuple[bytes | None, bytes | None]], headers: Any = ()) -> dict[str, Any]:
-    return event(
-        {
-            f"{topic}-0": [
-                kafka_record(topic, 0, offset, RawRecord(topic, key, value, headers), 1)
-                for offset, (key, value) in enumerate(records)
-            ]
-        }
-    )
-
-
 def test_merge_patches_and_replace_sets(json_target: Target, table: Path) -> None:
     ingest = build_ingestor(json_target.settings())
     rows = [
         (b"1", b'{"id": 1, "cart": {"a": 1, "b": 2}, "note": "x", "n": 19.99}'),
         (b"1", b'{"id": 1, "cart": {"a": null, "c": 3}, "note": null, "tags": ["k"]}'),
     ]
-    ingest.process(_one("t.carts", rows, headers=(("ttl", b"300"),)))
-    ingest.process(_one("t.settings", rows))
+    ingest.process(one_partition("t.carts", rows, headers=(("ttl", b"300"),), timestamp=1))
+    ingest.process(one_partition("t.settings", rows, timestamp=1))
     client = json_target.client()
     assert json.loads(client.execute_command("JSON.GET", "carts:1")) == json.loads(rows[1][1])
     assert 0 < client.ttl("carts:1") <= 300
@@ -145,7 +133,7 @@ def test_merge_patches_and_replace_sets(json_target: Target, table: Path) -> Non
         "tags": ["k"],
     }
     # a merge into no document merges into {}: its nulls leave nothing behind
-    ingest.process(_one("t.settings", [(b"2", b'{"id": 2, "a": {"b": null}, "c": null}')]))
+    ingest.process(one_partition("t.settings", [(b"2", b'{"id": 2, "a": {"b": null}, "c": null}')], timestamp=1))
     assert json.loads(client.execute_command("JSON.GET", "settings:2")) == {"id": 2, "a": {}}
 
 
@@ -158,7 +146,7 @@ def test_debezium_events_delete_and_tombstone(json_target: Target, table: Path) 
         (key, debezium.change_event("postgresql", "orders", "u", {"id": 9}, order | {"status": "PAID"}, 2, 2, True)),
     ]
     ingest = build_ingestor(json_target.settings())
-    assert ingest.process(_one(topic, events)).applied == 2
+    assert ingest.process(one_partition(topic, events, timestamp=1)).applied == 2
     client = json_target.client()
     assert json.loads(client.execute_command("JSON.GET", "pgorders:9"))["status"] == "PAID"
     gone = [
@@ -166,7 +154,7 @@ def test_debezium_events_delete_and_tombstone(json_target: Target, table: Path) 
         (key, debezium.change_event("postgresql", "orders", "d", {"id": 9}, None, 3, 3, True)),
         (key, None),
     ]
-    assert ingest.process(_one(topic, gone)).applied == 2
+    assert ingest.process(one_partition(topic, gone, timestamp=1)).applied == 2
     assert client.exists("pgorders:9") == 0
 
 
@@ -175,7 +163,7 @@ def test_values_the_server_refuses_are_dead_lettered_and_the_old_document_kept(
 ) -> None:
     client = json_target.client()
     client.set("carts:3", "a string")  # another type under the key
-    batch = _one(
+    batch = one_partition(
         "t.carts",
         [
             (b"1", b'{"id": 1, "v": 1}'),
@@ -183,6 +171,7 @@ def test_values_the_server_refuses_are_dead_lettered_and_the_old_document_kept(
             (b"3", b'{"id": 3}'),
             (b"2", b'{"id": 2, "v": 2}'),
         ],
+        timestamp=1,
     )
     outcome = build_ingestor(json_target.settings()).process(batch)
     assert (outcome.applied, outcome.dead_lettered) == (2, 2)
