@@ -18,6 +18,7 @@ import pytest
 from cachesync import config
 from devkit import debezium
 from devkit.generator import RawRecord, kafka_record, partition_for
+from harness.model_kinds import KindsModel, redis_expiring, redis_kinds_state
 
 PARTITIONS = 3
 
@@ -208,6 +209,16 @@ class KindsLog:
             else:
                 out.append(self.plain(choice))
         return out
+
+
+def check(target: Any, table: Path, records: list[dict[str, Any]]) -> KindsModel:
+    """Asserts the target's Redis holds exactly what the reference model makes of `records`."""
+    model = KindsModel(table).apply_all(records)
+    client = target.client()
+    state = redis_kinds_state(client)
+    assert state == model.state
+    assert redis_expiring(client, state) == model.expiring
+    return model
 
 
 def log_of(raws: list[RawRecord]) -> dict[tuple[str, int], list[dict[str, Any]]]:

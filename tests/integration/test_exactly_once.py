@@ -9,10 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cachesync.ingest import build_ingestor
-from devkit.generator import EventGenerator, RawRecord, kafka_record, partition_for
+from devkit.generator import EventGenerator, RawRecord
 from harness.model import model_state, redis_state
-
-PARTITIONS = 3
+from tests.integration.kindslog import PARTITIONS, log_of
 
 
 def topic_log(seed: int, size: int) -> dict[tuple[str, int], list[dict[str, Any]]]:
@@ -31,12 +30,7 @@ def topic_log(seed: int, size: int) -> dict[tuple[str, int], list[dict[str, Any]
             g.next_order_id = g.random.randint(1, 6)  # reuse order ids: rewrites and tombstones collide
             order = g.order()
             raws.append(order if g.random.random() < 0.75 else RawRecord("orders", order.key, None))
-    log: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for n, raw in enumerate(raws):
-        partition = partition_for(raw.key, PARTITIONS, n)
-        records = log.setdefault((raw.topic, partition), [])
-        records.append(kafka_record(raw.topic, partition, len(records), raw, 1_700_000_000_000 + n))
-    return log
+    return log_of(raws)
 
 
 def deliveries(log: dict[tuple[str, int], list[dict[str, Any]]], draw: Any) -> list[dict[str, Any]]:

@@ -20,8 +20,8 @@ from cachesync.deadletter import RedisStreamSink
 from cachesync.ingest import Ingestor, build_ingestor
 from devkit import debezium
 from devkit.generator import RawRecord, kafka_record
-from harness.model_kinds import KindsModel, redis_expiring, redis_kinds_state
-from tests.integration.kindslog import TABLE, KindsLog, event, log_of, one_partition, use_table, whole
+from harness.model_kinds import KindsModel, redis_kinds_state
+from tests.integration.kindslog import TABLE, KindsLog, check, event, log_of, one_partition, use_table, whole
 from tests.integration.midbatch import mid_batch_writer
 from tests.integration.test_exactly_once import deliveries
 
@@ -35,15 +35,6 @@ def table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 def letters(client: Any) -> list[dict[str, str]]:
     return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in client.xrange("deadletter:ingest")]
-
-
-def check(target: Any, table: Path, records: list[dict[str, Any]]) -> KindsModel:
-    model = KindsModel(table).apply_all(records)
-    client = target.client()
-    state = redis_kinds_state(client)
-    assert state == model.state
-    assert redis_expiring(client, state) == model.expiring
-    return model
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -9,7 +9,6 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,9 +19,9 @@ from cachesync.deadletter import RedisStreamSink
 from cachesync.ingest import Ingestor, build_ingestor
 from devkit import debezium, servers
 from harness.json_server import json_module, start_json_cluster, start_json_server
-from harness.model_kinds import KindsModel, redis_expiring, redis_kinds_state
+from harness.model_kinds import KindsModel, redis_kinds_state
 from tests.conftest import Target
-from tests.integration.kindslog import JSON_TABLE, KindsLog, log_of, one_partition, use_table, whole
+from tests.integration.kindslog import JSON_TABLE, KindsLog, check, log_of, one_partition, use_table, whole
 from tests.integration.midbatch import mid_batch_writer
 from tests.integration.test_exactly_once import deliveries
 
@@ -71,15 +70,6 @@ def json_target(request: pytest.FixtureRequest, json_servers: dict[str, Target])
 def table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     yield use_table(monkeypatch, tmp_path / "topics.toml", JSON_TABLE)
     config.topic_entries.cache_clear()
-
-
-def check(target: Target, table: Path, records: list[dict[str, Any]]) -> KindsModel:
-    model = KindsModel(table).apply_all(records)
-    client = target.client()
-    state = redis_kinds_state(client)
-    assert state == model.state
-    assert redis_expiring(client, state) == model.expiring
-    return model
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
