@@ -163,11 +163,9 @@ def test_make_run_with_avro_or_protobuf_values_serves_the_decoded_documents(
     assert status == 200 and len(low["items"]) == LOW_STOCK_SKUS
 
 
-def test_make_run_reads_the_template_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Its functions, mappings and gateway share one reading of the template by the SAM CLI."""
+def template_readings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The template files the SAM CLI reads from now on, one entry per reading."""
     from samcli.lib.providers.sam_stack_provider import SamLocalStackProvider
-
-    from devkit.localrun import LocalRun
 
     readings: list[str] = []
     read = SamLocalStackProvider.get_stacks
@@ -177,6 +175,14 @@ def test_make_run_reads_the_template_once(monkeypatch: pytest.MonkeyPatch) -> No
         return read(template_file, *args, **kwargs)
 
     monkeypatch.setattr(SamLocalStackProvider, "get_stacks", staticmethod(counted))
+    return readings
+
+
+def test_make_run_reads_the_template_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its functions, mappings and gateway share one reading of the template by the SAM CLI."""
+    from devkit.localrun import LocalRun
+
+    readings = template_readings(monkeypatch)
     run = LocalRun(port=0, rate=0, orders=5, movements=5).start()
     try:
         assert len(readings) == 1, readings
@@ -187,20 +193,11 @@ def test_make_run_reads_the_template_once(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_make_invoke_reads_the_template_once(monkeypatch: pytest.MonkeyPatch, valkey: Any) -> None:
-    from samcli.lib.providers.sam_stack_provider import SamLocalStackProvider
-
     import devkit.sam
     from devkit.invoke import invoke
     from devkit.sam import ROOT
 
-    readings: list[str] = []
-    read = SamLocalStackProvider.get_stacks
-
-    def counted(template_file: str, *args: Any, **kwargs: Any) -> Any:
-        readings.append(template_file)
-        return read(template_file, *args, **kwargs)
-
-    monkeypatch.setattr(SamLocalStackProvider, "get_stacks", staticmethod(counted))
+    readings = template_readings(monkeypatch)
     # `make invoke` is a process of its own: nothing read yet (another test of this process may
     # have read the template with the same parameters, a server's URL on a port used again)
     monkeypatch.setattr(devkit.sam, "_stacks_read", {})
