@@ -110,6 +110,14 @@ def valkey(valkey_server: servers.ServerProcess) -> Target:
 
 
 @pytest.fixture
+def aws_test_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A region and made-up credentials: botocore signs with them; moto or a refusing port answers."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+
+
+@pytest.fixture
 def valkey_proxy() -> Iterator[tuple[servers.ServerProcess, StallingProxy]]:
     """A private Valkey behind a proxy that can stall, as a network that stops answering."""
     server = servers.start_server()

@@ -95,14 +95,8 @@ def test_the_snapshot_holds_no_connection_and_a_restored_handler_reconnects(
 
 
 def test_a_restored_handler_fetches_a_rotated_password(
-    valkey: servers.ServerProcess, load_api: Any, monkeypatch: pytest.MonkeyPatch
+    valkey: servers.ServerProcess, load_api: Any, aws_test_credentials: None
 ) -> None:
-    for name, value in {
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-    }.items():
-        monkeypatch.setenv(name, value)
     admin = valkey.admin()
     admin.execute_command("ACL", "SETUSER", "api", "on", ">before-snapshot", "~*", "+@all")
     _seed(valkey)

@@ -90,14 +90,8 @@ def test_unreachable_redis_fails_fast_with_a_connection_error() -> None:
 
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def aws(aws_test_credentials: None) -> Iterator[None]:
     """moto stands in for the AWS APIs (no account is reached)."""
-    for name, value in {
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-    }.items():
-        monkeypatch.setenv(name, value)
     with mock_aws():
         yield
 
@@ -175,16 +169,10 @@ def test_a_large_key_headers_and_value_are_trimmed_to_fit_one_message(aws: None)
 
 
 def test_an_unreachable_queue_fails_fast_and_the_letters_go_to_the_redis_stream(
-    valkey: Any, monkeypatch: pytest.MonkeyPatch
+    valkey: Any, aws_test_credentials: None
 ) -> None:
     from cachesync.deadletter import DeadLetter, FallbackSink, RedisStreamSink, sqs_client
 
-    for name, value in {
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "x",
-        "AWS_SECRET_ACCESS_KEY": "x",
-    }.items():
-        monkeypatch.setenv(name, value)
     port = servers.free_port()  # nothing listens there: every attempt is refused
     url = f"http://127.0.0.1:{port}/123456789012/cachesync-dlq"
     client = get_client(valkey.settings())
