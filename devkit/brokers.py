@@ -28,13 +28,12 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devkit.children import spawn
+from devkit.children import scratch_directory, spawn
 from devkit.servers import BIND_ATTEMPTS, PortTaken, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,7 +182,7 @@ def start_broker(kind: str = "embedded", timeout: float = 60.0, sasl_users: dict
     for attempt in range(BIND_ATTEMPTS):
         port = free_port()
         sasl_port = free_port() if sasl_users else None
-        directory = Path(tempfile.mkdtemp(prefix=f"cachesync-kafka-{kind}-"))
+        directory = scratch_directory(f"kafka-{kind}")
         try:
             if kind == "embedded":
                 command = _embedded_command(port, directory)

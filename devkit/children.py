@@ -8,6 +8,9 @@ reaches its clean-up, takes its servers with it. The kernel sends that signal
 when the parent *thread* that forked the child ends, so every child is forked
 by one thread that lives as long as the process.
 
+A server's scratch directory (`scratch_directory()`) names the process that made it, so a run
+that was SIGKILLed before its clean-up leaves a directory the next run removes.
+
 When `CACHESYNC_SERVER_LEDGER` names a file (or several, separated by
 os.pathsep), each server started appends a line to each (pid, its start time,
 the command), in whichever process started it: the test suite checks at its
@@ -19,9 +22,11 @@ from __future__ import annotations
 import ctypes
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 LEDGER_VARIABLE = "CACHESYNC_SERVER_LEDGER"
+SCRATCH_PREFIX = "cachesync-"
+OWNER_FILE = ".owner"  # in a scratch directory: the pid and start time of the process that made it
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 _jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
@@ -178,3 +185,30 @@ def _start_time(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
         return "?"
+
+
+# --- scratch directories -----------------------------------------------------------
+
+
+def scratch_directory(kind: str) -> Path:
+    """A fresh directory for a server's files, after removing those whose owner has gone."""
+    remove_orphaned_scratch()
+    directory = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{kind}-"))
+    (directory / OWNER_FILE).write_text(f"{os.getpid()}\t{_start_time(os.getpid())}\n")
+    return directory
+
+
+def remove_orphaned_scratch(parent: Path | None = None) -> list[Path]:
+    """Removes the scratch directories whose owner no longer runs; returns them. A directory
+    without an owner file is left alone: it may be another program's, or one being made."""
+    removed = []
+    for directory in (parent or Path(tempfile.gettempdir())).glob(SCRATCH_PREFIX + "*"):
+        try:
+            pid, start_time = (directory / OWNER_FILE).read_text().split()
+            owner = Started(int(pid), start_time, "")
+        except (OSError, ValueError):
+            continue
+        if not running(owner):
+            shutil.rmtree(directory, ignore_errors=True)
+            removed.append(directory)
+    return removed

@@ -28,7 +28,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from devkit.children import spawn
+from devkit.children import scratch_directory, spawn
 
 BIND_ATTEMPTS = 20  # ports tried before giving up, when each one is taken before the server binds it
 _NO_RETRY = Retry(NoBackoff(), 0)
@@ -161,7 +160,7 @@ class PortTaken(RuntimeError):
 def start_server(binary: str | None = None, port: int | None = None, extra: list[str] | None = None) -> ServerProcess:
     """A server on `port`, or on a free port (another one when that is taken before the server binds it)."""
     binary = binary or valkey_binary()
-    directory = Path(tempfile.mkdtemp(prefix="cachesync-redis-"))
+    directory = scratch_directory("redis")
     args = list(extra or [])
     for attempt in range(1 if port else BIND_ATTEMPTS):
         chosen = port or free_port()

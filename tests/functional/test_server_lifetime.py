@@ -28,7 +28,7 @@ thread = threading.Thread(target=lambda: started.update(broker=brokers.start_bro
 thread.start()
 thread.join()
 valkey = servers.start_server()
-print(started["broker"].process.pid, valkey.process.pid, flush=True)
+print(started["broker"].process.pid, valkey.process.pid, started["broker"].directory, valkey.directory, flush=True)
 time.sleep(600)
 """
 
@@ -41,13 +41,18 @@ def test_servers_die_with_a_parent_killed_with_sigkill(tmp_path: Path) -> None:
     )
     try:
         assert parent.stdout is not None
-        broker_pid, valkey_pid = map(int, parent.stdout.readline().split())
+        broker, valkey, *scratch = parent.stdout.readline().split()
+        broker_pid, valkey_pid = int(broker), int(valkey)
         listed = {entry.pid: entry for entry in children.started(ledger)}
         assert set(listed) == {broker_pid, valkey_pid}  # the ledger names what a child process started
         assert all(children.running(entry) for entry in listed.values())  # alive after their thread ended
         parent.kill()  # no clean-up of any kind runs
         parent.wait()
         wait_for(lambda: not any(children.running(entry) for entry in listed.values()), "the servers to die")
+        # their files outlive them (no clean-up ran) until a later server's start removes them
+        assert all(Path(directory).is_dir() for directory in scratch)
+        servers.start_server().remove()
+        assert not any(Path(directory).exists() for directory in scratch)
     finally:
         if parent.poll() is None:
             parent.kill()
