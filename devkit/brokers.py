@@ -297,27 +297,35 @@ def _jars_present() -> bool:
 
 def fetch_kafka_jars() -> Path:
     """Apache Kafka's jars, fetched once by Maven into `.local/kafka/lib` (never into git)."""
-    if _jars_present():
-        return KAFKA_LIB
+    return fetch_jars(KAFKA_POM, KAFKA_LIB, "kafka_2.13-*.jar", "Apache Kafka")
+
+
+def fetch_jars(pom: Path, lib: Path, marker: str, what: str) -> Path:
+    """The runtime dependencies of `pom` (a pom-packaged list of dependencies), copied once by Maven
+    into `lib`; fetched already when `lib` holds a jar matching `marker`. Maven's own cache is
+    KAFKA_REPO, which the broker's jars and others share."""
+    pom, lib = pom.resolve(), lib.resolve()  # Maven reads a relative path from the pom's folder
+    if lib.is_dir() and any(lib.glob(marker)):
+        return lib
     mvn = shutil.which("mvn")
     if mvn is None:
-        raise BrokerUnavailable("Apache Kafka's jars are not fetched and Maven (mvn) is not on PATH")
-    KAFKA_LIB.mkdir(parents=True, exist_ok=True)
+        raise BrokerUnavailable(f"{what}'s jars are not fetched and Maven (mvn) is not on PATH")
+    lib.mkdir(parents=True, exist_ok=True)
     fetched = subprocess.run(
         [
-            mvn, "-q", "-B", "-f", str(KAFKA_POM),
+            mvn, "-q", "-B", "-f", str(pom),
             f"-Dmaven.repo.local={KAFKA_REPO}",
             "dependency:copy-dependencies",
-            f"-DoutputDirectory={KAFKA_LIB}",
+            f"-DoutputDirectory={lib}",
             "-DincludeScope=runtime",
         ],
         capture_output=True,
         text=True,
         check=False,
     )  # fmt: skip
-    if fetched.returncode != 0 or not _jars_present():
-        raise RuntimeError(f"Maven could not fetch Apache Kafka: {(fetched.stdout + fetched.stderr).strip()[-800:]}")
-    return KAFKA_LIB
+    if fetched.returncode != 0 or not any(lib.glob(marker)):
+        raise RuntimeError(f"Maven could not fetch {what}: {(fetched.stdout + fetched.stderr).strip()[-800:]}")
+    return lib
 
 
 def _listens(pid: int, port: int) -> bool:
