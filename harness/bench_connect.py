@@ -1,27 +1,32 @@
-"""Our path beside a peer sink, on the same broker, the same Valkey and the same records.
+"""Our path beside the Kafka Connect Redis sink, on the same broker, the same Valkey and the same records.
 
     python -m harness.bench_connect [--records 50000] [--kill-records 30000] [--kill-rate 1000] \\
-        [--kills 10] [--probes 200] [--broker apache|embedded] [--no-maven] [--output docs/performance.md]
+        [--kills 10] [--probes 300] [--rate 50] [--broker apache|embedded] [--peer-source DIR] \\
+        [--output docs/performance.md]
 
-The peer would be Kafka Connect with a Redis sink connector. Maven Central serves
-`org.apache.kafka:connect-runtime` but no Redis sink connector (each run asks
-Maven again and reports what it found), so the peer is what such a sink task
-does, without Connect: `harness.sink_peer`, a confluent-kafka consumer that
-writes each batch to Redis in one pipeline and commits after the write.
+The peer is the connector of the original design, `jcustenborder/kafka-connect-redis`,
+built from its source (harness.connect_peer: `--peer-source`, `$CONNECT_REDIS_SOURCE`
+or `../shared/peers/kafka-connect-redis`) and run by Apache Kafka's standalone Connect
+worker (connect-runtime 4.4 from Maven Central). Without that source it is
+harness.sink_peer, a hand-written consumer doing what a sink task does, and the
+output says so.
 
-Both run as worker processes of their own: ours is `python -m devkit.esm` (the
-template's mappings into IngestFunction, batching window 0), the peer
-`python -m harness.sink_peer`. For each:
+Ours is `python -m devkit.esm` (the template's mappings, batching window 0) into
+Redis database 0; the peer writes to database 1 of the same server. The records
+are Datagen-shaped orders keyed `orders:<orderid>`: the connector SETs the record
+key as it is, ours names the key from the value's `orderid`.
 
-- throughput: records produced as fast as the producer goes, from the first
-  send to the worker's group committing the last offset;
-- freshness: probe orders produced one at a time under a live stream, from the
-  record's produce timestamp to `GET orders:<id>` returning it from Redis;
-- a kill test: records produced at a steady rate while the worker is SIGKILLed
-  `--kills` times mid-stream and restarted; once it has caught up, what Redis
-  holds is compared with the reference model (`harness.model`: each record
-  applied once, in partition order). The peer runs it twice: committing after
-  each batch, and every few seconds as Connect commits a sink's offsets.
+- catch-up: a backlog produced before either starts; each system in turn, alone,
+  from its first write to Redis to its last (every partition's last order
+  readable), and to its commit of the last offset;
+- freshness: both running at once and consuming the same live stream of orders
+  at `--rate` a second; probe orders produced one at a time, each timed from its
+  produce timestamp to `GET orders:<id>` returning it, in each database;
+- a kill test: orders (new ones and updates of recent ones), stock movements and
+  products produced at a steady rate while the worker is SIGKILLed `--kills`
+  times mid-stream and restarted; once it has caught up, what Redis holds is
+  compared with the reference model (`harness.model`: each record applied once,
+  in partition order), so each order with its last record's value.
 """
 
 from __future__ import annotations
@@ -31,8 +36,6 @@ import contextlib
 import json
 import os
 import random
-import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -40,7 +43,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -52,43 +55,52 @@ from devkit import brokers, servers
 from devkit.children import spawn
 from devkit.datagen import KafkaFeed, ensure_topics
 from devkit.esm.payload import lambda_record
-from devkit.generator import TOPICS, EventGenerator, RawRecord
+from devkit.generator import TOPICS, EventGenerator, RawRecord, partition_for
+from harness import connect_peer
 
 if TYPE_CHECKING:
     from harness.model import State
 
 ROOT = Path(__file__).resolve().parent.parent
-PATHS = ("cachesync", "peer")
-PERIODIC = 5.0  # seconds between the periodic peer's commits (Connect's offset.flush.interval.ms; default 60 s)
-CONNECTORS = (
-    "org.apache.kafka:connect-runtime:4.4.0",
-    "com.redis:redis-kafka-connect:0.9.1",
-    "com.github.jcustenborder.kafka.connect:kafka-connect-redis:0.0.2.17",
-    "com.github.jcustenborder.kafka.connect:kafka-connect-redis:0.0.2.2",
-    "io.github.jaredpetersen:kafka-connect-redis:1.2.3",
-)
+PARTITIONS = 6
+OURS_DB, PEER_DB = 0, 1  # the connector's redis.database defaults to 1
+PERIODIC = 5.0  # seconds between the periodic hand-written peer's commits
 SECTION_START = "<!-- bench-connect:start -->"
 SECTION_END = "<!-- bench-connect:end -->"
-SEED_TOPICS = ("orders", "inventory", "products")  # the Datagen-shaped streams both sinks take
-WARM_UP = 60  # records applied before a measurement: the worker has joined its groups
+KILL_TOPICS = ("orders", "inventory", "products")  # the kill test's streams; the connector takes orders
+WARM_UP = 60  # orders applied before a measurement: the worker has joined its group
+OFFSET_KEY_PREFIX = "__kafka.offset."  # the connector's own offsets, in its database
 
 
 @dataclass
 class Stack:
     bootstrap: str
-    redis_url: str
+    redis_port: int
     broker_kind: str
+    peer: connect_peer.PeerSource
+    plugins: Path | None = None  # the connector's plugin.path, once built
+
+    def url(self, database: int) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/{database}"
+
+    def client(self, database: int) -> redis.Redis:
+        return redis.Redis(port=self.redis_port, db=database)
+
+    @property
+    def peer_path(self) -> str:
+        return "connector" if self.peer.path is not None else "peer"
 
 
 @dataclass
 class Worker:
-    """One path's worker process; `groups` maps each topic to the consumer group that commits it."""
+    """One system's worker process; `groups` maps each topic it consumes to the group that commits it."""
 
     name: str
     command: list[str]
     env: dict[str, str]
     groups: dict[str, str]
     log: Path
+    database: int
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     started: float = 0.0
     start_retries: int = 0
@@ -132,23 +144,35 @@ class Worker:
 
 
 def worker(path: str, stack: Stack, names: dict[str, str], logs: Path) -> Worker:
+    """`path`: cachesync (ours), connector (Kafka Connect), peer or peer-periodic (hand-written)."""
     tag = names["orders"]
+    log = logs / f"{path}-{tag}.log"
     if path == "cachesync":
         prefix = f"cachesync-{tag}"
         parameters = [f"{kind.capitalize()}Topic={name}" for kind, name in names.items()]
         command = [sys.executable, "-m", "devkit.esm", "--bootstrap", stack.bootstrap, "--batching-window", "0"]
         command += ["--parameter-overrides", *parameters, f"KafkaConsumerGroupId={prefix}"]
         quiet = {"POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": "ERROR"}
-        env = {"REDIS_URL": stack.redis_url, "REDIS_CLUSTER": "false", **quiet}
+        env = {"REDIS_URL": stack.url(OURS_DB), "REDIS_CLUSTER": "false", **quiet}
         groups = {name: f"{prefix}-{kind}" for kind, name in names.items()}
-    else:  # "peer", or "peer-periodic": committing every PERIODIC seconds
-        group = f"{path}-{tag}"
-        command = [sys.executable, "-m", "harness.sink_peer", "--bootstrap", stack.bootstrap]
-        command += ["--redis", stack.redis_url, "--group", group]
-        command += ["--commit-interval", str(PERIODIC if path == "peer-periodic" else 0)]
-        command += [f"--topic={kind}={names[kind]}" for kind in SEED_TOPICS]
-        env, groups = {}, {names[kind]: group for kind in SEED_TOPICS}
-    return Worker(path, command, env, groups, logs / f"{path}-{tag}.log")
+        return Worker(path, command, env, groups, log, OURS_DB)
+    if path == "connector":
+        assert stack.plugins is not None, "the connector is not built"
+        directory = logs / f"connect-{tag}"
+        directory.mkdir(exist_ok=True)
+        name = f"redis-sink-{tag}"
+        properties = connect_peer.worker_properties(
+            stack.bootstrap, directory, stack.plugins, servers.free_port(), f"{name}-worker"
+        )
+        connector = connect_peer.connector_properties(name, names["orders"], stack.redis_port, PEER_DB)
+        command = connect_peer.standalone_command(directory, properties, connector)
+        return Worker(path, command, {}, {names["orders"]: connect_peer.group_of(name)}, log, PEER_DB)
+    group = f"{path}-{tag}"  # "peer", or "peer-periodic": committing every PERIODIC seconds
+    command = [sys.executable, "-m", "harness.sink_peer", "--bootstrap", stack.bootstrap]
+    command += ["--redis", stack.url(PEER_DB), "--group", group]
+    command += ["--commit-interval", str(PERIODIC if path == "peer-periodic" else 0)]
+    command += [f"--topic={kind}={names[kind]}" for kind in KILL_TOPICS]
+    return Worker(path, command, {}, {names[kind]: group for kind in KILL_TOPICS}, log, PEER_DB)
 
 
 class Progress:
@@ -185,137 +209,220 @@ class Progress:
             return []
 
     def caught_up(self, last_offsets: dict[tuple[str, int], int]) -> bool:
-        committed = self.committed(list(last_offsets))
-        return all(committed.get(tp, 0) > offset for tp, offset in last_offsets.items())
+        """Whether the worker has committed past the last offsets of the topics it consumes."""
+        mine = {tp: offset for tp, offset in last_offsets.items() if tp[0] in self.groups}
+        committed = self.committed(list(mine))
+        return all(committed.get(tp, 0) > offset for tp, offset in mine.items())
 
-    def records_committed(self, names: dict[str, str], partitions: int = 6) -> int:
+    def records_committed(self) -> int:
         """Records behind the commits: offsets start at 0 in these fresh topics."""
-        return sum(self.committed([(t, p) for t in names.values() for p in range(partitions)]).values())
+        return sum(self.committed([(t, p) for t in self.groups for p in range(PARTITIONS)]).values())
 
     def close(self) -> None:
         for consumer in self.consumers.values():
             consumer.close()
 
 
+# --- the records -----------------------------------------------------------------------------------
+def keyed(order: RawRecord) -> RawRecord:
+    """An order keyed by the Redis key it names (`orders:<orderid>`), as the connector needs."""
+    identifier = json.loads(order.value or b"{}")["orderid"]
+    return RawRecord("orders", f"orders:{identifier}".encode(), order.value, order.headers, order.timestamp)
+
+
+def new_orders(generator: EventGenerator, count: int) -> list[RawRecord]:
+    return [keyed(generator.order()) for _ in range(count)]
+
+
+def order_stream(generator: EventGenerator, count: int, topics: Sequence[str] = KILL_TOPICS) -> list[RawRecord]:
+    """Orders (half of them updates of one of the last 500 orders: their key's last value changes),
+    and stock movements and products in between when `topics` name them."""
+    pick = random.Random(generator.random.random())
+    records: list[RawRecord] = []
+    for _ in range(count):
+        kind = pick.choice(topics)
+        if kind != "orders":
+            records.append(generator.record(kind))
+            continue
+        order = generator.order()
+        if generator.next_order_id > 2 and pick.random() < 0.5:  # an update of a recent order
+            value = json.loads(order.value or b"{}")
+            value["orderid"] = pick.randint(max(1, generator.next_order_id - 500), generator.next_order_id - 1)
+            order = RawRecord("orders", None, json.dumps(value, separators=(",", ":")).encode())
+        records.append(keyed(order))
+    return records
+
+
+def last_per_partition(records: Sequence[RawRecord], partitions: int = PARTITIONS) -> dict[bytes, bytes]:
+    """Each partition's last order (its key and value) as Kafka's default partitioner places it: once
+    a database holds all of them, a system that writes in partition order has written every order."""
+    last: dict[int, tuple[bytes, bytes]] = {}
+    for raw in records:
+        if raw.topic == "orders" and raw.key is not None and raw.value is not None:
+            last[partition_for(raw.key, partitions, 0)] = (raw.key, raw.value)
+    return dict(last.values())
+
+
+def holds(client: redis.Redis, expected: dict[bytes, bytes]) -> bool:
+    keys = list(expected)
+    return [expected[k] for k in keys] == client.mget(keys)
+
+
 def fresh_topics(bootstrap: str) -> dict[str, str]:
     suffix = uuid.uuid4().hex[:6]
     names = {kind: f"{kind}-{suffix}" for kind in TOPICS}
-    ensure_topics({"bootstrap.servers": bootstrap}, list(names.values()), partitions=6)
+    ensure_topics({"bootstrap.servers": bootstrap}, list(names.values()), partitions=PARTITIONS)
     return names
 
 
-def wait_until(done: Callable[[], bool], running: Worker, progress: Progress, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        running.check()
-        if time.monotonic() > deadline:
-            why = f" (last error reading the commits: {progress.last_error})" if progress.last_error else ""
-            raise RuntimeError(f"the {running.name} worker: {what} not within {timeout:.0f} s{why}")
-        time.sleep(0.005)
-
-
-@contextlib.contextmanager
-def started_worker(path: str, stack: Stack, names: dict[str, str], logs: Path) -> Iterator[tuple[Worker, Progress]]:
-    """The worker, running and past its group join (a few warm-up records applied); stopped after."""
-    redis.Redis.from_url(stack.redis_url).flushall()
-    running = worker(path, stack, names, logs).start()
-    progress = Progress(stack.bootstrap, running.groups)
-    try:
-        feed = KafkaFeed({"bootstrap.servers": stack.bootstrap}, names)
-        feed.produce(EventGenerator(seed=3, partitions=6, first_order_id=900_000_000).records(WARM_UP, SEED_TOPICS))
-        feed.flush(60)
-        wait_until(lambda: progress.caught_up(feed.last_offsets), running, progress, 120, "warm-up records committed")
-        yield running, progress
-    finally:
-        running.stop()
-        progress.close()
-
-
-# --- the three measurements --------------------------------------------------------------------
 def feed_of(stack: Stack, names: dict[str, str]) -> KafkaFeed:
     return KafkaFeed({"bootstrap.servers": stack.bootstrap}, names)
 
 
-def throughput(path: str, stack: Stack, records: int, logs: Path) -> dict[str, Any]:
-    names = fresh_topics(stack.bootstrap)
-    with started_worker(path, stack, names, logs) as (running, progress):
+def wait_until(done: Callable[[], bool], running: Sequence[Worker], progress: Progress | None, timeout: float,
+               what: str, poll: float = 0.005) -> None:  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while not done():
+        for one in running:
+            one.check()
+        if time.monotonic() > deadline:
+            why = (
+                f" (last error reading the commits: {progress.last_error})" if progress and progress.last_error else ""
+            )
+            names = " and ".join(one.name for one in running)
+            raise RuntimeError(f"the {names} worker: {what} not within {timeout:.0f} s{why}")
+        time.sleep(poll)
+
+
+@contextlib.contextmanager
+def started_workers(paths: Sequence[str], stack: Stack, names: dict[str, str], logs: Path) -> Iterator[list[Worker]]:
+    """The workers, running and past their group join (a few warm-up orders readable); stopped after."""
+    running = [worker(path, stack, names, logs) for path in paths]
+    for one in running:
+        stack.client(one.database).flushdb()
+        one.start()
+    try:
         feed = feed_of(stack, names)
-        generated = EventGenerator(seed=9, partitions=6).records(records, SEED_TOPICS)
-        started = time.perf_counter()
-        feed.produce(generated)
-        feed.flush(120)
-        wait_until(lambda: progress.caught_up(feed.last_offsets), running, progress, 600, "every record committed")
-        seconds = time.perf_counter() - started
-    return {"records": records, "seconds": seconds, "per_second": records / seconds}
+        warm_up = new_orders(EventGenerator(seed=3, partitions=PARTITIONS, first_order_id=900_000_000), WARM_UP)
+        feed.produce(warm_up)
+        feed.flush(60)
+        last = last_per_partition(warm_up)
+        clients = [stack.client(one.database) for one in running]
+        wait_until(lambda: all(holds(c, last) for c in clients), running, None, 180, "warm-up orders readable")
+        yield running
+    finally:
+        for one in running:
+            one.stop()
 
 
-def freshness(path: str, stack: Stack, probes: int, logs: Path, rate: float = 50.0) -> dict[str, Any]:
+# --- the three measurements ----------------------------------------------------------------------
+def catch_up(path: str, stack: Stack, names: dict[str, str], backlog: list[RawRecord], last_offsets: dict[
+        tuple[str, int], int], logs: Path) -> dict[str, Any]:  # fmt: skip
+    """One system alone on the backlog, from its first write to its last, and to its last commit."""
+    running = worker(path, stack, names, logs)
+    client = stack.client(running.database)
+    client.flushdb()
+    last = last_per_partition(backlog)
+    progress = Progress(stack.bootstrap, running.groups)
+    running.start()
+    try:
+        wait_until(lambda: int(client.dbsize()) > 0, [running], None, 300, "a first write", poll=0.001)
+        first = time.perf_counter()
+        wait_until(lambda: holds(client, last), [running], None, 600, "every order readable", poll=0.002)
+        written = time.perf_counter()
+        wait_until(lambda: progress.caught_up(last_offsets), [running], progress, 600, "every offset committed")
+        committed = time.perf_counter()
+    finally:
+        running.stop()
+        progress.close()
+    records = len(backlog)
+    return {
+        "records": records,
+        "seconds": written - first,
+        "per_second": records / (written - first),
+        "to_commit_seconds": committed - first,
+        "per_second_to_commit": records / (committed - first),
+    }
+
+
+def throughput(paths: Sequence[str], stack: Stack, records: int, logs: Path) -> dict[str, dict[str, Any]]:
     names = fresh_topics(stack.bootstrap)
-    client = redis.Redis.from_url(stack.redis_url)
+    backlog = new_orders(EventGenerator(seed=9, partitions=PARTITIONS), records)
+    feed = feed_of(stack, names)
+    feed.produce(backlog)
+    feed.flush(120)
+    return {path: catch_up(path, stack, names, backlog, feed.last_offsets, logs) for path in paths}
+
+
+def freshness(paths: Sequence[str], stack: Stack, probes: int, logs: Path, rate: float) -> dict[str, dict[str, Any]]:
+    """Both systems at once on the same stream; each probe timed in each system's database."""
+    names = fresh_topics(stack.bootstrap)
     stop = threading.Event()
 
-    def live_stream() -> None:  # the background events the probes queue behind
+    def live_stream() -> None:  # the background orders the probes queue behind
         feed = feed_of(stack, names)
-        generator = EventGenerator(seed=5, partitions=6, first_order_id=1)
+        generator = EventGenerator(seed=5, partitions=PARTITIONS, first_order_id=1)
         while not stop.wait(1 / rate):
-            feed.produce(generator.records(1, SEED_TOPICS))
+            feed.produce(new_orders(generator, 1))
         feed.flush(30)
 
-    samples: list[float] = []
-    with started_worker(path, stack, names, logs) as (running, _):
+    samples: dict[str, list[float]] = {path: [] for path in paths}
+    with started_workers(paths, stack, names, logs) as running:
+        clients = {one.name: stack.client(one.database) for one in running}
         stream = threading.Thread(target=live_stream, daemon=True)
         stream.start()
         try:
             feed = feed_of(stack, names)
-            generator = EventGenerator(seed=6, partitions=6, first_order_id=800_000_000)
+            generator = EventGenerator(seed=6, partitions=PARTITIONS, first_order_id=800_000_000)
             for probe in range(-1, probes):  # probe -1 warms the producer up (its first metadata): not counted
-                order = generator.order()
+                order = keyed(generator.order())
                 assert order.key is not None
                 produced_ms = int(time.time() * 1000)
                 feed.produce([RawRecord(order.topic, order.key, order.value, timestamp=produced_ms)])
                 feed.flush()
-                key = f"orders:{order.key.decode()}"
-                deadline = time.monotonic() + 10
-                while client.get(key) is None:
+                waiting = dict(clients)
+                deadline = time.monotonic() + 30
+                while waiting:
+                    for path, client in list(waiting.items()):
+                        if client.exists(order.key):
+                            del waiting[path]
+                            if probe >= 0:
+                                samples[path].append(time.time() * 1000 - produced_ms)
                     if time.monotonic() > deadline:
-                        running.check()
-                        raise RuntimeError(f"{key} never became readable through the {path} worker")
+                        for one in running:
+                            one.check()
+                        raise RuntimeError(f"{order.key!r} never became readable through {', '.join(waiting)}")
                     time.sleep(0.0005)
-                if probe >= 0:
-                    samples.append(time.time() * 1000 - produced_ms)
                 time.sleep(0.01)
         finally:
             stop.set()
             stream.join(30)
+    return {path: {"rate": rate, **percentiles(found)} for path, found in samples.items()}
+
+
+def percentiles(samples: list[float]) -> dict[str, Any]:
     ordered = sorted(samples)
 
     def at(q: float) -> float:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
-    slowest = sorted(range(len(samples)), key=samples.__getitem__)[-3:]
-    return {
-        "probes": len(samples),
-        "rate": rate,
-        "p50_ms": at(0.5),
-        "p99_ms": at(0.99),
-        "max_ms": ordered[-1],
-        "slowest": [(i, round(samples[i], 1)) for i in slowest],  # (probe number, ms)
-    }
+    return {"probes": len(samples), "p50_ms": at(0.5), "p99_ms": at(0.99), "max_ms": ordered[-1]}
 
 
 def kill_test(path: str, stack: Stack, records: int, kills: int, logs: Path, rate: float) -> dict[str, Any]:
     """`records` produced at `rate` a second; the worker SIGKILLed `kills` times, each a random moment
     (up to 0.2 s) after Redis holds evenly spaced fractions of the new orders, and restarted half a
-    second later; at the end, what Redis holds against the model."""
+    second later; at the end, what Redis holds against the model of the topics it consumes."""
     from harness.model import model_state, redis_state
 
     names = fresh_topics(stack.bootstrap)
-    generated = EventGenerator(seed=13, partitions=6).records(records, SEED_TOPICS)
+    generated = order_stream(EventGenerator(seed=13, partitions=PARTITIONS), records)
     jitter = random.Random(13)
     killed_at: list[int] = []
-    client = redis.Redis.from_url(stack.redis_url)
-    orders = sum(1 for raw in generated if raw.topic == "orders")  # each a new key
-    with started_worker(path, stack, names, logs) as (running, progress):
+    orders = len({raw.key for raw in generated if raw.topic == "orders"})  # each a new key
+    with started_workers([path], stack, names, logs) as (running,):
+        client = stack.client(running.database)
+        progress = Progress(stack.bootstrap, running.groups)
         feed, base = feed_of(stack, names), client.dbsize()
 
         def produce() -> None:
@@ -324,31 +431,44 @@ def kill_test(path: str, stack: Stack, records: int, kills: int, logs: Path, rat
                 time.sleep(100 / rate)
             feed.flush(120)
 
-        producer = threading.Thread(target=produce, daemon=True)
-        producer.start()
-        for n in range(1, kills + 1):
-            # progress as Redis shows it (new order keys), not as the commits do: a sink that commits
-            # seldom is killed mid-stream all the same; no kill once the stream is over and applied
-            mark = max(base + orders * n // (kills + 1), int(client.dbsize()) + 1)  # and some since a restart
-            over = partial(_stream_over, producer, progress, feed)
-            wait_until(partial(_holds, client, mark, over), running, progress, 300, f"{mark} keys in Redis")
-            if over():
-                break
-            time.sleep(jitter.uniform(0, 0.2))  # anywhere in the worker's loop
-            running.kill()
-            killed_at.append(progress.records_committed(names))
-            time.sleep(0.5)
-            running.start()
-        producer.join(300)
-        wait_until(lambda: progress.caught_up(feed.last_offsets), running, progress, 600, "every record committed")
+        try:
+            producer = threading.Thread(target=produce, daemon=True)
+            producer.start()
+            for n in range(1, kills + 1):
+                # progress as Redis shows it (new order keys), not as the commits do: a sink that commits
+                # seldom is killed mid-stream all the same; no kill once the stream is over and applied
+                mark = max(base + orders * n // (kills + 1), int(client.dbsize()) + 1)  # and some since a restart
+                over = partial(_stream_over, producer, progress, feed)
+                wait_until(partial(_holds_keys, client, mark, over), [running], progress, 300, f"{mark} keys")
+                if over():
+                    break
+                time.sleep(jitter.uniform(0, 0.2))  # anywhere in the worker's loop
+                running.kill()
+                killed_at.append(progress.records_committed())
+                time.sleep(0.5)
+                running.start()
+            producer.join(300)
+            wait_until(lambda: progress.caught_up(feed.last_offsets), [running], progress, 600, "every commit")
+        finally:
+            progress.close()
+    consumed = {kind: name for kind, name in names.items() if name in running.groups}
     renamed = {f"TOPIC_{kind.upper()}": name for kind, name in names.items()}  # as the worker's functions read it
-    expected = model_state(renamed, read_back(stack.bootstrap, names))
-    actual = redis_state(redis.Redis.from_url(stack.redis_url))
+    expected = model_state(renamed, read_back(stack.bootstrap, consumed))
+    actual = {
+        k: v for k, v in redis_state(stack.client(running.database)).items() if not k.startswith(OFFSET_KEY_PREFIX)
+    }
     summary = {"records": records, "rate": rate, "kills": len(killed_at), "committed_at_kills": killed_at}
-    return {**summary, **compare(expected, actual)}
+    summary["offsets_read_from_redis"] = _requested_offsets(running.log) if path == "connector" else None
+    return {**summary, **compare(expected, actual, documents_prefix="orders:")}
 
 
-def _holds(client: redis.Redis, keys: int, over: Callable[[], bool]) -> bool:
+def _requested_offsets(log: Path) -> int:
+    """How often the connector's task asked Connect to seek to an offset it keeps in Redis
+    (RedisSinkTask.start logs "Requesting offset"): its own offsets in use after a restart."""
+    return log.read_text(errors="replace").count("Requesting offset")
+
+
+def _holds_keys(client: redis.Redis, keys: int, over: Callable[[], bool]) -> bool:
     return int(client.dbsize()) >= keys or over()
 
 
@@ -388,9 +508,14 @@ def read_back(bootstrap: str, names: dict[str, str], partitions: int = 6) -> lis
         consumer.close()
 
 
-def compare(expected: State, actual: State) -> dict[str, Any]:
-    """How far Redis is from the model: documents (strings) and stock entries (sorted set members)."""
-    documents = {k for k in expected.keys() | actual.keys() if not isinstance(expected.get(k, actual.get(k)), dict)}
+def compare(expected: State, actual: State, documents_prefix: str = "") -> dict[str, Any]:
+    """How far Redis is from the model: documents (strings whose key starts with `documents_prefix`)
+    and stock entries (sorted set members)."""
+    documents = {
+        k
+        for k in expected.keys() | actual.keys()
+        if k.startswith(documents_prefix) and not isinstance(expected.get(k, actual.get(k)), dict)
+    }
     stock: dict[tuple[str, str], tuple[float, float]] = {}
     for key in expected.keys() | actual.keys():
         want, got = expected.get(key, {}), actual.get(key, {})
@@ -408,122 +533,128 @@ def compare(expected: State, actual: State) -> dict[str, Any]:
     }
 
 
-# --- Kafka Connect's connectors on Maven Central ------------------------------------------------
-def probe_connectors(repository: Path = ROOT / ".local" / "connect" / "m2") -> list[dict[str, str]]:
-    """Whether Maven resolves each artifact from Maven Central, and Maven's own words when not."""
-    mvn = shutil.which("mvn")
-    found = []
-    for artifact in CONNECTORS:
-        if mvn is None:
-            found.append({"artifact": artifact, "served": "unknown", "why": "mvn is not on PATH"})
-            continue
-        command = [
-            mvn,
-            "-B",
-            "-U",
-            "-Dstyle.color=never",
-            "dependency:get",
-            f"-Dartifact={artifact}",
-            "-Dtransitive=false",
-        ]
-        result = subprocess.run(
-            [*command, f"-Dmaven.repo.local={repository}"], capture_output=True, text=True, timeout=300, check=False
-        )
-        text = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)
-        errors = [line for line in text.splitlines() if "Could not find artifact" in line]
-        why = re.sub(r".*?(Could not find artifact \S+ in \S+).*", r"\1", errors[0]) if errors else ""
-        if result.returncode != 0 and not why:
-            why = (text.strip().splitlines() or ["Maven failed"])[-1]
-        found.append({"artifact": artifact, "served": "yes" if result.returncode == 0 else "no", "why": why})
-    return found
-
-
 # --- the report ----------------------------------------------------------------------------------
-def section(result: dict[str, Any], command: str) -> str:
-    paths = result["paths"]
-    ours, peer = paths["cachesync"], paths["peer"]
+def ratio(ours: float, theirs: float) -> str:
+    return f"{ours / theirs:.2f}x" if theirs else "n/a"
 
-    def kill_row(k: dict[str, Any]) -> str:
+
+def section(result: dict[str, Any], command: str) -> str:
+    peer_path = result["peer_path"]
+    connector = peer_path == "connector"
+    t, f, k = result["throughput"], result["freshness"], result["kill"]
+    ours_t, peer_t = t["cachesync"], t[peer_path]
+    ours_f, peer_f = f["cachesync"], f[peer_path]
+    ours_k, peer_k = k["cachesync"], k[peer_path]
+    peer_name = "the connector" if connector else "peer (commit after each batch)"
+
+    def documents(kill: dict[str, Any]) -> str:
+        return f"{kill['kills']} kills: {kill['documents_wrong']} of {kill['documents']:,} orders wrong"
+
+    def stock(kill: dict[str, Any]) -> str:
         return (
-            f"{k['kills']} kills: {k['documents_wrong']} of {k['documents']:,} documents wrong; "
-            f"{k['stock_entries_wrong']} of {k['stock_entries']:,} stock entries wrong "
-            f"({k['stock_units_off']:,.0f} units off, net {k['stock_units_net']:+,.0f})"
+            f"{kill['stock_entries_wrong']} of {kill['stock_entries']:,} entries wrong "
+            f"({kill['stock_units_off']:,.0f} units off, net {kill['stock_units_net']:+,.0f})"
         )
 
-    def fresh(f: dict[str, Any]) -> str:
-        return f"{f['p50_ms']:.1f} ms / {f['p99_ms']:.1f} ms ({f['max_ms']:.1f} ms)"
+    def fresh(x: dict[str, Any]) -> str:
+        return f"{x['p50_ms']:.1f} / {x['p99_ms']:.1f} ms ({x['max_ms']:.1f})"
 
-    t, f, k = ours["throughput"], ours["freshness"], ours["kill"]
-    pt, pf, pk = peer["throughput"], peer["freshness"], peer["kill"]
-    periodic = paths["peer-periodic"]["kill"]
     rows = [
-        "| measure | cachesync | peer (commit after each batch) | cachesync / peer |",
+        f"| measure | cachesync | {peer_name} | cachesync / {'connector' if connector else 'peer'} |",
         "| --- | --- | --- | --- |",
-        f"| throughput, {t['records']:,} records produced as fast as the producer goes, first send to last commit "
-        f"| {t['per_second']:,.0f} records/s | {pt['per_second']:,.0f} records/s "
-        f"| {t['per_second'] / pt['per_second']:.2f}x |",
-        f"| freshness, produce timestamp to readable in Redis: p50 / p99 (max), {f['probes']} probe orders "
-        f"with {f['rate']:.0f} live events/s | {fresh(f)} | {fresh(pf)} | p99 {f['p99_ms'] / pf['p99_ms']:.2f}x |",
-        f"| after SIGKILLs mid-stream and restarts ({k['records']:,} records at {k['rate']:,.0f}/s), "
-        f"Redis against the reference model | {kill_row(k)} | {kill_row(pk)} | |",
-        f"| the same, the peer committing every {PERIODIC:g} s as Connect does (default 60 s) "
-        f"| | {kill_row(periodic)} | |",
+        f"| catch-up of a {ours_t['records']:,}-order backlog ({PARTITIONS} partitions), first write to last "
+        f"| {ours_t['per_second']:,.0f} orders/s | {peer_t['per_second']:,.0f} orders/s "
+        f"| {ratio(ours_t['per_second'], peer_t['per_second'])} |",
+        f"| the same, first write to the last offset committed "
+        f"| {ours_t['per_second_to_commit']:,.0f} orders/s | {peer_t['per_second_to_commit']:,.0f} orders/s "
+        f"| {ratio(ours_t['per_second_to_commit'], peer_t['per_second_to_commit'])} |",
+        f"| freshness, produce timestamp to readable: p50 / p99 (max), {ours_f['probes']} probe orders, "
+        f"both at once on {ours_f['rate']:.0f} live orders/s | {fresh(ours_f)} | {fresh(peer_f)} "
+        f"| p50 {ratio(ours_f['p50_ms'], peer_f['p50_ms'])}, p99 {ratio(ours_f['p99_ms'], peer_f['p99_ms'])} |",
+        f"| orders after SIGKILLs mid-stream and restarts ({ours_k['records']:,} records at "
+        f"{ours_k['rate']:,.0f}/s), against the last record per key | {documents(ours_k)} | {documents(peer_k)} | |",
+        f"| stock counts (sorted sets of deltas) after the same | {stock(ours_k)} "
+        + ("| cannot: it writes SET and DEL only (no ZINCRBY) | |" if connector else f"| {stock(peer_k)} | |"),
     ]
-    probes = [
-        f"- `{p['artifact']}`: " + ("served" if p["served"] == "yes" else f"not served ({p['why'] or p['served']})")
-        for p in result["maven"]
-    ]
-    lines = [
+    if not connector:
+        periodic = k["peer-periodic"]
+        rows.append(
+            f"| the same, the peer committing every {PERIODIC:g} s as Connect does (default 60 s) "
+            f"| | {documents(periodic)}; stock {stock(periodic)} | |"
+        )
+    header = [
         SECTION_START,
-        "## Beside a peer: Kafka Connect's place, a plain at-least-once sink",
+        "## Beside the Kafka Connect Redis sink",
         "",
         f"The latest `{command}` run: {result['date']}, {result['broker']} broker, commit {result['commit']};",
-        f"load average (1 min) {result['load']} (2 CPUs, shared).",
+        f"load average (1 min) {result['load']} (2 CPUs, shared with other work: read the ratios, not the",
+        "absolute figures).",
         "",
-        "The peer we meant to run is Kafka Connect (standalone, on the same broker) with a Redis sink",
-        "connector. Maven Central, the only Java registry here, serves the runtime but no Redis sink",
-        "connector; the run asked Maven (`mvn dependency:get`) for each of these:",
-        "",
-        *probes,
-        "",
-        "So the peer is what a Redis sink task does, without Connect (`harness/sink_peer.py`): a",
-        "confluent-kafka consumer that writes each batch (up to 500 records) to Redis in one pipeline",
-        "and then commits its offsets synchronously. That is the most a sink can do for at-least-once.",
-        "Connect itself commits a sink's offsets every `offset.flush.interval.ms` (60 s by default), so",
-        f"a killed Connect worker replays more: the last row runs the peer committing every {PERIODIC:g} s.",
-        "Both workers use static group membership, so a restarted one gets its partitions back at once.",
-        "",
-        "Same broker, same Valkey, same generated Datagen-shaped records (orders, inventory movements,",
-        "products). Each worker is its own process: ours is `python -m devkit.esm` (the template's",
-        "mappings, batching window 0, three pollers, into IngestFunction in-process), the peer",
-        "`python -m harness.sink_peer` (one consumer of the three topics).",
-        "",
-        *rows,
-        "",
-        "What the peer can and cannot do, so the comparison stays fair:",
-        "",
-        "- Documents (`orders:<id>`, `products:<sku>`) are `SET` as produced, like a Redis sink",
-        "  writing the record value under its key. A replay writes the same values again in",
-        "  partition order, so documents converge after a crash.",
-        "- Stock is a sorted set changed by deltas (`ZINCRBY` for shipments and purchases, `ZADD` for",
-        "  a stock take). No Redis sink connector offers `ZINCRBY`; the closest they offer is a stream",
-        "  entry (`XADD`) or a `SET` of the last event per key, neither of which is the stock count.",
-        "  The peer sends the same commands as ours so that the results compare; what a crash",
-        "  between its write and its commit replays is applied again: stock counted twice.",
-        "- Ours checks every mutation against its partition's applied offset in the same Lua call",
-        "  (exactly once), so a replay after a kill skips what was applied.",
-        "- The peer does less per record (no offset check, no dead-lettering, no key-rule metric,",
-        "  no Lambda payload), which its throughput shows. The local mapping also builds Lambda's",
-        "  JSON payload in the same Python process, work Lambda's pollers do elsewhere, and the",
-        "  function writes its EMF metrics for each invocation to the worker's log, as in Lambda.",
-        "- Freshness polls `GET orders:<id>` on Redis itself (not the API), the same way for both.",
-        "- A kill lands at a random moment (up to 0.2 s after Redis holds evenly spaced fractions",
-        "  of the stream's new orders). The peer committing after each batch double-counts only what a kill",
-        "  catches between its write and its commit, so its count varies from run to run; the",
-        "  periodic one replays everything since its last commit. Ours must show 0 every time.",
-        "",
-        SECTION_END,
     ]
+    if connector:
+        peer_text = [
+            "The peer is the connector of the original design, `jcustenborder/kafka-connect-redis`",
+            "(`com.github.jcustenborder.kafka.connect.redis.RedisSinkConnector`, one task), built from its",
+            "source with Maven and run by Apache Kafka's standalone Connect worker",
+            "(`org.apache.kafka.connect.cli.ConnectStandalone`, connect-runtime 4.4.0 from Maven Central, Java",
+            f"17) into Redis database {PEER_DB} (its default); ours is `python -m devkit.esm` (the template's",
+            f"mappings, batching window 0, into IngestFunction in-process) into database {OURS_DB} of the same",
+            "Valkey. Same broker, same records: Datagen-shaped orders keyed `orders:<orderid>`, since the",
+            "connector SETs the record key as it is; ours names the key from the value's `orderid` (and counts",
+            "each such record key as a keying mismatch, a metric, writing it all the same).",
+            "",
+            "The worker: `StringConverter` keys, `ByteArrayConverter` values, static group membership (as our",
+            f"mappings use), `offset.flush.interval.ms={connect_peer.FLUSH_INTERVAL_MS}` (its default is 60 000;",
+            "it bounds how long after its last write the worker commits, and what a crash replays).",
+            "",
+            "Catch-up: the backlog is produced first, then each system runs alone on it, timed from its first",
+            "write to Redis to its last (every partition's last order readable), so neither start-up (the JVM,",
+            "the group join) is counted; the second row runs to the group's commit of the last offset, which",
+            "Connect makes on its flush interval. Freshness: both run at once on the same live stream; each",
+            "probe is polled in both databases. Kill test: each system alone, SIGKILLed at random moments",
+            "(up to 0.2 s after Redis holds evenly spaced fractions of the stream's new orders) and restarted;",
+            "half the orders update one of the last 500, so a key's last value matters; the stream also has",
+            "stock movements and products, which ours applies and the connector does not consume.",
+        ]
+    else:
+        peer_text = [
+            f"**No connector source was found** ({result['peer_note']}).",
+            "",
+            "So the peer is `harness/sink_peer.py`, what a Redis sink task does without Connect: a",
+            "confluent-kafka consumer that writes each batch (up to 500 records) to Redis in one pipeline",
+            "and then commits its offsets synchronously, into database 1 of the same Valkey; ours is",
+            "`python -m devkit.esm` (the template's mappings, batching window 0) into database 0. The last",
+            f"row runs it committing every {PERIODIC:g} s, closer to Connect (every `offset.flush.interval.ms`).",
+        ]
+    verified = (
+        [
+            "",
+            "What the connector guarantees, from its source (`RedisSinkTask`, `SinkOperation`) and this run:",
+            "",
+            "- At least once. `put()` writes each batch with `MSET` (a run of null values with `DEL`) and",
+            "  nothing else; its offsets are written by `flush()`, after the data and only when Connect commits",
+            "  (every `offset.flush.interval.ms`), as `__kafka.offset.<topic>.<partition>` keys, then Connect",
+            "  commits the same offsets to Kafka (group `connect-<name>`).",
+            "- After a crash Connect resumes from the group's offsets in Kafka: the task reads its Redis",
+            "  offsets only in `start()`, when nothing is assigned yet, so it never seeks to them"
+            + (
+                f' ("Requesting offset" logged {peer_k["offsets_read_from_redis"]} times in the kill test).'
+                if peer_k.get("offsets_read_from_redis") is not None
+                else "."
+            ),
+            "  Everything since the last commit is written again: until the replay has passed a key, a",
+            "  reader sees it back at an older value (a late write replacing a newer one), though the",
+            "  last record per key wins in the end, as the kill test's orders show.",
+            "- Strings only: no sorted sets, so no stock counts (`ZINCRBY`), and no TTL, no dead letters (a",
+            "  record with a null key or a non-string value fails the task), no check of the value.",
+            "- Ours applies each record once: every write is checked against its partition's applied offset",
+            "  in the same Lua call, so a replay after a kill skips what was applied and a key never goes",
+            "  back to an older value.",
+        ]
+        if connector
+        else []
+    )
+    lines = [*header, *peer_text, "", *rows, *verified, "", SECTION_END]
     return "\n".join(lines) + "\n"
 
 
@@ -545,36 +676,45 @@ def carried_over(previous: str, document: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--records", type=int, default=50_000, help="records for the throughput run")
+    parser.add_argument("--records", type=int, default=50_000, help="orders in the catch-up backlog")
     parser.add_argument("--kill-records", type=int, default=30_000, help="records for the kill test")
     parser.add_argument("--kill-rate", type=float, default=1000, help="records/s produced during the kill test")
     parser.add_argument("--kills", type=int, default=10)
-    parser.add_argument("--probes", type=int, default=200)
+    parser.add_argument("--probes", type=int, default=300)
+    parser.add_argument("--rate", type=float, default=50, help="live orders/s under the freshness probes")
     default_broker = "apache" if brokers.available("apache") is None else "embedded"
     parser.add_argument("--broker", choices=brokers.BROKER_KINDS, default=default_broker)
-    parser.add_argument("--no-maven", action="store_true", help="do not ask Maven for the connectors")
+    parser.add_argument(
+        "--peer-source",
+        help=f"the connector's source (else ${connect_peer.SOURCE_VARIABLE}, else ../shared/peers/kafka-connect-redis)",
+    )
     parser.add_argument("--output", help="write the section into this document (e.g. docs/performance.md)")
     parser.add_argument("--command", default="python -m harness.bench_connect", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    maven = [] if args.no_maven else probe_connectors()
+    try:
+        peer = connect_peer.find_source(args.peer_source)
+    except connect_peer.PeerSourceMissing as error:
+        parser.error(str(error))
+    print(f"peer: {peer.note}", file=sys.stderr, flush=True)
+    plugins = None
+    if peer.path is not None:
+        plugins = connect_peer.build_plugin(peer.path)
+        connect_peer.fetch_runtime()
     load_before = os.getloadavg()[0]
     broker = brokers.start_broker(args.broker)
     valkey = servers.start_server()
     logs = Path(tempfile.mkdtemp(prefix="cachesync-bench-connect-"))
-    stack = Stack(broker.bootstrap, valkey.url, args.broker)
-    paths: dict[str, dict[str, Any]] = {}
+    stack = Stack(broker.bootstrap, valkey.port, args.broker, peer, plugins)
+    paths = ("cachesync", stack.peer_path)
     try:
-        for path in PATHS:
-            print(f"{path}: throughput, freshness, kill test...", file=sys.stderr, flush=True)
-            paths[path] = {
-                "throughput": throughput(path, stack, args.records, logs),
-                "freshness": freshness(path, stack, args.probes, logs),
-                "kill": kill_test(path, stack, args.kill_records, args.kills, logs, args.kill_rate),
-            }
-        print("peer-periodic: kill test...", file=sys.stderr, flush=True)
-        paths["peer-periodic"] = {
-            "kill": kill_test("peer-periodic", stack, args.kill_records, args.kills, logs, args.kill_rate)
-        }
+        print(f"catch-up of {args.records:,} orders, each alone...", file=sys.stderr, flush=True)
+        caught_up = throughput(paths, stack, args.records, logs)
+        print(f"freshness, {args.probes} probes, both at once...", file=sys.stderr, flush=True)
+        fresh = freshness(paths, stack, args.probes, logs, args.rate)
+        kills: dict[str, dict[str, Any]] = {}
+        for path in paths if stack.peer_path == "connector" else (*paths, "peer-periodic"):
+            print(f"{path}: kill test...", file=sys.stderr, flush=True)
+            kills[path] = kill_test(path, stack, args.kill_records, args.kills, logs, args.kill_rate)
     finally:
         broker.remove()
         valkey.remove()
@@ -584,16 +724,35 @@ def main(argv: list[str] | None = None) -> int:
         "broker": {"apache": "Apache Kafka 4.4 (KRaft)", "embedded": "embedded (noida-db)"}[args.broker],
         "commit": commit.stdout.strip(),
         "load": f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end",
-        "maven": maven,
-        "paths": paths,
+        "peer_path": stack.peer_path,
+        "peer_note": peer.note,
+        "throughput": caught_up,
+        "freshness": fresh,
+        "kill": kills,
     }
     print(json.dumps(result, indent=2))
+    print(summary(result), file=sys.stderr)
     if args.output:
         target = Path(args.output)
         existing = target.read_text() if target.exists() else ""
         target.write_text(with_section(existing, section(result, args.command)))
         print(f"wrote {args.output}; worker logs in {logs}", file=sys.stderr)
     return 0
+
+
+def summary(result: dict[str, Any]) -> str:
+    """The ratios, ours over the peer's, one a line."""
+    peer = result["peer_path"]
+    t, f = result["throughput"], result["freshness"]
+    return "\n".join(
+        [
+            f"peer: {result['peer_note']}",
+            f"catch-up, first write to last: cachesync / {peer} "
+            f"{ratio(t['cachesync']['per_second'], t[peer]['per_second'])}",
+            f"freshness p50: {ratio(f['cachesync']['p50_ms'], f[peer]['p50_ms'])}, "
+            f"p99: {ratio(f['cachesync']['p99_ms'], f[peer]['p99_ms'])} (lower is fresher)",
+        ]
+    )
 
 
 if __name__ == "__main__":
