@@ -104,6 +104,8 @@ bench: dev
 bench-kinds: dev
 	$(PY) -m harness.bench_kinds --both --output docs/performance-kinds.md
 
+# the Kafka Connect Redis sink beside our mappings; its source: ../shared/peers/kafka-connect-redis or
+# $CONNECT_REDIS_SOURCE (built with Maven into .local/connect/), else a hand-written consumer stands in
 bench-connect: dev
 	$(PY) -m harness.bench_connect --output docs/performance.md --command "make bench-connect"
 

@@ -151,8 +151,9 @@ def worker(path: str, stack: Stack, names: dict[str, str], logs: Path) -> Worker
         prefix = f"cachesync-{tag}"
         parameters = [f"{kind.capitalize()}Topic={name}" for kind, name in names.items()]
         command = [sys.executable, "-m", "devkit.esm", "--bootstrap", stack.bootstrap, "--batching-window", "0"]
-        command += ["--parameter-overrides", *parameters, f"KafkaConsumerGroupId={prefix}"]
-        quiet = {"POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": "ERROR"}
+        # as quiet as make run's: the template's environment (LogLevel) overrides the worker's own
+        command += ["--parameter-overrides", *parameters, f"KafkaConsumerGroupId={prefix}", "LogLevel=WARNING"]
+        quiet = {"POWERTOOLS_METRICS_DISABLED": "true"}
         env = {"REDIS_URL": stack.url(OURS_DB), "REDIS_CLUSTER": "false", **quiet}
         groups = {name: f"{prefix}-{kind}" for kind, name in names.items()}
         return Worker(path, command, env, groups, log, OURS_DB)
@@ -598,7 +599,8 @@ def section(result: dict[str, Any], command: str) -> str:
             "source with Maven and run by Apache Kafka's standalone Connect worker",
             "(`org.apache.kafka.connect.cli.ConnectStandalone`, connect-runtime 4.4.0 from Maven Central, Java",
             f"17) into Redis database {PEER_DB} (its default); ours is `python -m devkit.esm` (the template's",
-            f"mappings, batching window 0, into IngestFunction in-process) into database {OURS_DB} of the same",
+            "mappings, batching window 0, logs at WARNING and metrics off as `make run` has them, into",
+            f"IngestFunction in-process) into database {OURS_DB} of the same",
             "Valkey. Same broker, same records: Datagen-shaped orders keyed `orders:<orderid>`, since the",
             "connector SETs the record key as it is; ours names the key from the value's `orderid` (and counts",
             "each such record key as a keying mismatch, a metric, writing it all the same).",
@@ -654,7 +656,18 @@ def section(result: dict[str, Any], command: str) -> str:
         if connector
         else []
     )
-    lines = [*header, *peer_text, "", *rows, *verified, "", SECTION_END]
+    source = [
+        "",
+        "The connector's source: `--peer-source DIR`, else `$CONNECT_REDIS_SOURCE`, else",
+        "`../shared/peers/kafka-connect-redis` beside the repository. To get it, clone",
+        f"{connect_peer.UPSTREAM} there (or anywhere, and pass its path) with a `pom.xml`",
+        "that builds from Maven Central alone: the project's own pom needs a repository that is not Maven",
+        "Central, so replace it with a minimal one (`connect-api` provided, `lettuce-core`, `connect-utils`,",
+        "`connect-utils-jackson`, and `maven-dependency-plugin` copying the runtime dependencies to",
+        "`target/lib`). The bench builds it into `.local/connect/` and fetches Connect's runtime there too;",
+        "without a source it falls back to `harness/sink_peer.py` and says so.",
+    ]
+    lines = [*header, *peer_text, "", *rows, *verified, *source, "", SECTION_END]
     return "\n".join(lines) + "\n"
 
 
