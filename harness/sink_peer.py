@@ -1,4 +1,5 @@
-"""The peer our path is compared with: a plain at-least-once Redis sink, one process.
+"""A plain at-least-once Redis sink, one process: the peer of `make bench-connect` where the Kafka
+Connect Redis sink's source is absent (harness.connect_peer).
 
     python -m harness.sink_peer --bootstrap 127.0.0.1:9092 --redis redis://127.0.0.1:6379/0 \\
         --group peer --topic orders=orders --topic inventory=inventory --topic products=products
