@@ -35,6 +35,7 @@ import argparse
 import contextlib
 import json
 import os
+import queue
 import random
 import signal
 import subprocess
@@ -358,48 +359,63 @@ def throughput(paths: Sequence[str], stack: Stack, records: int, logs: Path) -> 
 
 
 def freshness(paths: Sequence[str], stack: Stack, probes: int, logs: Path, rate: float) -> dict[str, dict[str, Any]]:
-    """Both systems at once on the same stream; each probe timed in each system's database."""
+    """Both systems at once on the same live stream: every order of it a probe, produced at `rate` a
+    second at random moments (exponential gaps, so no probe waits for the previous one and none
+    lines up with a worker's poll loop), each timed from its produce timestamp to readable in each
+    system's database."""
     names = fresh_topics(stack.bootstrap)
-    stop = threading.Event()
+    sent: queue.SimpleQueue[tuple[bytes, int] | None] = queue.SimpleQueue()
 
-    def live_stream() -> None:  # the background orders the probes queue behind
+    def live_stream() -> None:
         feed = feed_of(stack, names)
-        generator = EventGenerator(seed=5, partitions=PARTITIONS, first_order_id=1)
-        while not stop.wait(1 / rate):
-            feed.produce(new_orders(generator, 1))
-        feed.flush(30)
+        generator = EventGenerator(seed=6, partitions=PARTITIONS, first_order_id=800_000_000)
+        gaps = random.Random(6)
+        for _ in range(probes):
+            order = keyed(generator.order())
+            assert order.key is not None
+            produced_ms = int(time.time() * 1000)
+            feed.produce([RawRecord(order.topic, order.key, order.value, timestamp=produced_ms)])
+            feed.flush()
+            sent.put((order.key, produced_ms))
+            time.sleep(gaps.expovariate(rate))
+        sent.put(None)
 
     samples: dict[str, list[float]] = {path: [] for path in paths}
     with started_workers(paths, stack, names, logs) as running:
         clients = {one.name: stack.client(one.database) for one in running}
+        pending: dict[str, dict[bytes, int]] = {path: {} for path in paths}
         stream = threading.Thread(target=live_stream, daemon=True)
         stream.start()
-        try:
-            feed = feed_of(stack, names)
-            generator = EventGenerator(seed=6, partitions=PARTITIONS, first_order_id=800_000_000)
-            for probe in range(-1, probes):  # probe -1 warms the producer up (its first metadata): not counted
-                order = keyed(generator.order())
-                assert order.key is not None
-                produced_ms = int(time.time() * 1000)
-                feed.produce([RawRecord(order.topic, order.key, order.value, timestamp=produced_ms)])
-                feed.flush()
-                waiting = dict(clients)
-                deadline = time.monotonic() + 30
-                while waiting:
-                    for path, client in list(waiting.items()):
-                        if client.exists(order.key):
-                            del waiting[path]
-                            if probe >= 0:
-                                samples[path].append(time.time() * 1000 - produced_ms)
-                    if time.monotonic() > deadline:
-                        for one in running:
-                            one.check()
-                        raise RuntimeError(f"{order.key!r} never became readable through {', '.join(waiting)}")
-                    time.sleep(0.0005)
-                time.sleep(0.01)
-        finally:
-            stop.set()
-            stream.join(30)
+        streaming, deadline = True, time.monotonic() + probes / rate + 120
+        while streaming or any(pending.values()):
+            while streaming:
+                try:
+                    item = sent.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    streaming = False
+                    break
+                for waiting in pending.values():
+                    waiting[item[0]] = item[1]
+            for path, waiting in pending.items():
+                if not waiting:
+                    continue
+                keys = list(waiting)
+                pipe = clients[path].pipeline(transaction=False)
+                for key in keys:
+                    pipe.exists(key)
+                now_ms = time.time() * 1000
+                for key, found in zip(keys, pipe.execute(), strict=True):
+                    if found:
+                        samples[path].append(now_ms - waiting.pop(key))
+            if time.monotonic() > deadline:
+                for one in running:
+                    one.check()
+                late = {path: len(waiting) for path, waiting in pending.items() if waiting}
+                raise RuntimeError(f"probes never became readable: {late}")
+            time.sleep(0.0005)
+        stream.join(30)
     return {path: {"rate": rate, **percentiles(found)} for path, found in samples.items()}
 
 
@@ -571,8 +587,8 @@ def section(result: dict[str, Any], command: str) -> str:
         f"| the same, first write to the last offset committed "
         f"| {ours_t['per_second_to_commit']:,.0f} orders/s | {peer_t['per_second_to_commit']:,.0f} orders/s "
         f"| {ratio(ours_t['per_second_to_commit'], peer_t['per_second_to_commit'])} |",
-        f"| freshness, produce timestamp to readable: p50 / p99 (max), {ours_f['probes']} probe orders, "
-        f"both at once on {ours_f['rate']:.0f} live orders/s | {fresh(ours_f)} | {fresh(peer_f)} "
+        f"| freshness, produce timestamp to readable: p50 / p99 (max), both at once on a live stream of "
+        f"{ours_f['probes']:,} orders at {ours_f['rate']:.0f}/s | {fresh(ours_f)} | {fresh(peer_f)} "
         f"| p50 {ratio(ours_f['p50_ms'], peer_f['p50_ms'])}, p99 {ratio(ours_f['p99_ms'], peer_f['p99_ms'])} |",
         f"| orders after SIGKILLs mid-stream and restarts ({ours_k['records']:,} records at "
         f"{ours_k['rate']:,.0f}/s), against the last record per key | {documents(ours_k)} | {documents(peer_k)} | |",
@@ -614,8 +630,10 @@ def section(result: dict[str, Any], command: str) -> str:
             "Catch-up: the backlog is produced first, then each system runs alone on it, timed from its first",
             "write to Redis to its last (every partition's last order readable), so neither start-up (the JVM,",
             "the group join) is counted; the second row runs to the group's commit of the last offset, which",
-            "Connect makes on its flush interval. Freshness: both run at once on the same live stream; each",
-            "probe is polled in both databases. Kill test: each system alone, SIGKILLed at random moments",
+            "Connect makes on its flush interval. Freshness: both run at once on the same live stream, every",
+            "order of it a probe polled in both databases, produced at random moments (exponential gaps), so",
+            "none waits for the one before or lines up with a poll loop. Kill test: each system alone,",
+            "SIGKILLed at random moments",
             "(up to 0.2 s after Redis holds evenly spaced fractions of the stream's new orders) and restarted;",
             "half the orders update one of the last 500, so a key's last value matters; the stream also has",
             "stock movements and products, which ours applies and the connector does not consume.",
@@ -695,8 +713,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-records", type=int, default=30_000, help="records for the kill test")
     parser.add_argument("--kill-rate", type=float, default=1000, help="records/s produced during the kill test")
     parser.add_argument("--kills", type=int, default=10)
-    parser.add_argument("--probes", type=int, default=300)
-    parser.add_argument("--rate", type=float, default=50, help="live orders/s under the freshness probes")
+    parser.add_argument("--probes", type=int, default=1000, help="orders of the live stream, each a probe")
+    parser.add_argument("--rate", type=float, default=50, help="the live stream's orders/s")
     default_broker = "apache" if brokers.available("apache") is None else "embedded"
     parser.add_argument("--broker", choices=brokers.BROKER_KINDS, default=default_broker)
     parser.add_argument(
