@@ -618,14 +618,14 @@ def section(result: dict[str, Any], command: str) -> str:
             "(`org.apache.kafka.connect.cli.ConnectStandalone`, connect-runtime 4.4.0 from Maven Central, Java",
             f"17) into Redis database {PEER_DB} (its default); ours is `python -m devkit.esm` (the template's",
             "mappings, batching window 0, metrics off, logs at ERROR, into IngestFunction in-process) into",
-            f"database {OURS_DB} of the same",
-            "Valkey. Same broker, same records: Datagen-shaped orders keyed `orders:<orderid>`, since the",
-            "connector SETs the record key as it is; ours names the key from the value's `orderid` and counts",
-            "such a record key as a keying mismatch (a metric, and a warning a batch, which ERROR silences).",
+            f"database {OURS_DB} of the same Valkey. Same broker, same records: Datagen-shaped orders keyed",
+            "`orders:<orderid>`, since the connector SETs the record key as it is; ours names the key from",
+            "the value's `orderid` and counts such a record key as a keying mismatch (a metric, and a",
+            "warning a batch, which ERROR silences).",
             "",
-            "The worker: `StringConverter` keys, `ByteArrayConverter` values, static group membership (as our",
-            f"mappings use), `offset.flush.interval.ms={connect_peer.FLUSH_INTERVAL_MS}` (its default is 60 000;",
-            "it bounds how long after its last write the worker commits, and what a crash replays).",
+            "The worker: `StringConverter` keys, `ByteArrayConverter` values, static group membership (as",
+            f"our mappings use), `offset.flush.interval.ms={connect_peer.FLUSH_INTERVAL_MS}` (its default is",
+            "60 000; it bounds how long after its last write the worker commits, and what a crash replays).",
             "",
             "Catch-up: the backlog is produced first, then each system runs alone on it, timed from its first",
             "write to Redis to its last (every partition's last order readable), so neither start-up (the JVM,",
@@ -633,8 +633,8 @@ def section(result: dict[str, Any], command: str) -> str:
             "Connect makes on its flush interval. Freshness: both run at once on the same live stream, every",
             "order of it a probe polled in both databases, produced at random moments (exponential gaps), so",
             "none waits for the one before or lines up with a poll loop. Kill test: each system alone,",
-            "SIGKILLed at random moments",
-            "(up to 0.2 s after Redis holds evenly spaced fractions of the stream's new orders) and restarted;",
+            "SIGKILLed at random moments (up to 0.2 s after Redis holds evenly spaced fractions of the",
+            "stream's new orders) and restarted, but not once the stream is over and applied;",
             "half the orders update one of the last 500, so a key's last value matters; the stream also has",
             "stock movements and products, which ours applies and the connector does not consume.",
         ]
@@ -654,13 +654,14 @@ def section(result: dict[str, Any], command: str) -> str:
             "What the connector guarantees, from its source (`RedisSinkTask`, `SinkOperation`) and this run:",
             "",
             "- At least once. `put()` writes each batch with `MSET` (a run of null values with `DEL`) and",
-            "  nothing else; its offsets are written by `flush()`, after the data and only when Connect commits",
-            "  (every `offset.flush.interval.ms`), as `__kafka.offset.<topic>.<partition>` keys, then Connect",
-            "  commits the same offsets to Kafka (group `connect-<name>`).",
+            "  nothing else; its offsets are written by `flush()`, after the data and only when Connect",
+            "  commits (every `offset.flush.interval.ms`, and on a clean stop), as",
+            "  `__kafka.offset.<topic>.<partition>` keys; then Connect commits the same offsets to Kafka",
+            "  (group `connect-<name>`).",
             "- After a crash Connect resumes from the group's offsets in Kafka: the task reads its Redis",
             "  offsets only in `start()`, when nothing is assigned yet, so it never seeks to them"
             + (
-                f' ("Requesting offset" logged {peer_k["offsets_read_from_redis"]} times in the kill test).'
+                f'\n  ("Requesting offset" logged {peer_k["offsets_read_from_redis"]} times in the kill test).'
                 if peer_k.get("offsets_read_from_redis") is not None
                 else "."
             ),
@@ -680,12 +681,12 @@ def section(result: dict[str, Any], command: str) -> str:
         "",
         "The connector's source: `--peer-source DIR`, else `$CONNECT_REDIS_SOURCE`, else",
         "`../shared/peers/kafka-connect-redis` beside the repository. To get it, clone",
-        f"{connect_peer.UPSTREAM} there (or anywhere, and pass its path) with a `pom.xml`",
-        "that builds from Maven Central alone: the project's own pom needs a repository that is not Maven",
-        "Central, so replace it with a minimal one (`connect-api` provided, `lettuce-core`, `connect-utils`,",
-        "`connect-utils-jackson`, and `maven-dependency-plugin` copying the runtime dependencies to",
-        "`target/lib`). The bench builds it into `.local/connect/` and fetches Connect's runtime there too;",
-        "without a source it falls back to `harness/sink_peer.py` and says so.",
+        f"{connect_peer.UPSTREAM} there (or anywhere, and pass its path)",
+        "with a `pom.xml` that builds from Maven Central alone: the project's own pom needs a repository",
+        "that is not Maven Central, so replace it with a minimal one (`connect-api` provided,",
+        "`lettuce-core`, `connect-utils`, `connect-utils-jackson`, and `maven-dependency-plugin` copying",
+        "the runtime dependencies to `target/lib`). The bench builds it into `.local/connect/` and fetches",
+        "Connect's runtime there too; without a source it falls back to `harness/sink_peer.py` and says so.",
     ]
     lines = [*header, *peer_text, "", *rows, *verified, *source, "", SECTION_END]
     return "\n".join(lines) + "\n"
