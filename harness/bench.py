@@ -110,7 +110,7 @@ def part_reads(cluster: bool, quick: bool) -> dict[str, Any]:
         http = []
         try:
             for case in bench_api.read_cases(stack):
-                result = loadgen.load(url + case.target, HTTP_CONNECTIONS, 2 if quick else 4)
+                result = loadgen.load(url + case.target, HTTP_CONNECTIONS, 2 if quick else 4, headers=stack.headers)
                 http.append({"route": case.route, **asdict(result)})
         finally:
             stop.set()

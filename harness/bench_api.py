@@ -32,8 +32,8 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
-from devkit import servers
-from devkit.apigw import HttpApiServer, LocalGateway, http_routes
+from devkit import localjwt, servers
+from devkit.apigw import HttpApiServer, HttpApiSettings, LocalGateway, http_routes
 from devkit.generator import EventGenerator, RawRecord
 from devkit.sam import Handler, LocalContext, LocalFunction, describe, load_handler
 
@@ -67,7 +67,9 @@ class ReadStack:
             redis_url = self.target.url
         self.url = redis_url
         self.generator = EventGenerator(seed=seed, partitions=3, stores=5, skus=200)
-        parameters = {"RedisUrl": redis_url}
+        # the API behind its JWT authorizer, trusting the local issuer; requests carry a staff token
+        # (orders need the staff scope: the generated orders carry no owner)
+        parameters = {"RedisUrl": redis_url, "JwtIssuer": localjwt.LOCAL_ISSUER, "JwtAudience": localjwt.LOCAL_AUDIENCE}
         self.ingest_fn: LocalFunction = describe("IngestFunction", parameters)
         self.api_fn: LocalFunction = describe("ApiFunction", parameters)
         os.environ.update({**self.ingest_fn.environment, **self.api_fn.environment})
@@ -86,7 +88,15 @@ class ReadStack:
         self.bare: redis.Redis | RedisCluster = (
             RedisCluster.from_url(redis_url) if cluster else redis.Redis.from_url(redis_url)
         )
-        self.gateway = LocalGateway(self.api, http_routes("ApiFunction"), lambda: LocalContext(self.api_fn))
+        key = localjwt.signing_key()
+        staff = localjwt.mint(key, "staff-1", scopes=[self.api_fn.environment["STAFF_SCOPE"]])
+        self.headers = {"Authorization": f"Bearer {staff}"}
+        self.gateway = LocalGateway(
+            self.api,
+            http_routes("ApiFunction", parameters),
+            lambda: LocalContext(self.api_fn),
+            api=HttpApiSettings.from_template(localjwt.jwks(key), parameters),
+        )
         self.server: HttpApiServer | None = None
 
     def apply(self, event: dict[str, Any]) -> dict[str, Any]:
@@ -153,13 +163,15 @@ def read_cases(stack: ReadStack) -> list[ReadCase]:
 
 def compare(stack: ReadStack, case: ReadCase, requests: int, warmup: int) -> dict[str, Any]:
     """Handler and bare command interleaved one for one; percentiles in µs."""
-    event = stack.gateway.event("GET", case.target, [("Host", "api.example")])
+    # the event API Gateway passes on once its authorizer has verified the staff token
+    reply = stack.gateway.request("GET", case.target, [("Host", "api.example"), *stack.headers.items()])
+    if reply.status != 200:
+        raise RuntimeError(f"{case.target} answered {reply.status}: {reply.body[:300]!r}")
+    event = stack.gateway.last_event
     assert event is not None, case.target
     context = LocalContext(stack.api_fn)
     api = stack.api
     first = api(event, context)
-    if first["statusCode"] != 200:
-        raise RuntimeError(f"{case.target} answered {first['statusCode']}: {first.get('body')}")
     handler_times: list[float] = []
     bare_times: list[float] = []
     bare = case.bare

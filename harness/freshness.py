@@ -60,7 +60,7 @@ def measure(
         streamed += len(live)
         path = f"/orders/{probe.key.decode()}"
         while True:
-            connection.request("GET", path)
+            connection.request("GET", path, headers=stack.headers)
             response = connection.getresponse()
             response.read()
             if response.status == 200:

@@ -1,6 +1,7 @@
 """HTTP load against the local server: `wrk` when installed, else a thread-pool client.
 
-    python -m harness.loadgen http://127.0.0.1:3000/orders/18 --connections 16 --seconds 5
+    python -m harness.loadgen http://127.0.0.1:3000/orders/18 --connections 16 --seconds 5 \
+        --header "Authorization: Bearer $STAFF_TOKEN"
 
 Both keep connections alive and report requests/s, latency p50/p99 and errors
 (connection or socket errors, and every answer that is not 2xx or 3xx).
@@ -18,6 +19,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -56,14 +58,18 @@ def wrk_binary() -> str | None:
     return shutil.which("wrk")
 
 
-def run_wrk(url: str, connections: int, seconds: float, threads: int = 2) -> LoadResult:
+def run_wrk(
+    url: str, connections: int, seconds: float, threads: int = 2, headers: Mapping[str, str] | None = None
+) -> LoadResult:
     binary = wrk_binary()
     assert binary is not None
     with tempfile.TemporaryDirectory() as directory:
         script = Path(directory) / "report.lua"
         script.write_text(_WRK_REPORT)
         command = [binary, "-t", str(min(threads, connections)), "-c", str(connections)]
-        command += ["-d", f"{max(1, round(seconds))}s", "--timeout", "5s", "-s", str(script), url]
+        command += ["-d", f"{max(1, round(seconds))}s", "--timeout", "5s", "-s", str(script)]
+        command += [arg for name, value in (headers or {}).items() for arg in ("-H", f"{name}: {value}")]
+        command.append(url)
         output = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60).stdout
     line = next((x for x in output.splitlines() if x.startswith("WRKJSON ")), None)
     if line is None:
@@ -72,7 +78,7 @@ def run_wrk(url: str, connections: int, seconds: float, threads: int = 2) -> Loa
     return LoadResult("wrk", url, connections, **data)
 
 
-def run_threads(url: str, connections: int, seconds: float) -> LoadResult:
+def run_threads(url: str, connections: int, seconds: float, headers: Mapping[str, str] | None = None) -> LoadResult:
     """The fallback: one thread and one keep-alive connection per simulated client."""
     parts = urlsplit(url)
     target = parts.path + (f"?{parts.query}" if parts.query else "")
@@ -88,7 +94,7 @@ def run_threads(url: str, connections: int, seconds: float) -> LoadResult:
             try:
                 if connection is None:
                     connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=5)
-                connection.request("GET", target)
+                connection.request("GET", target, headers=dict(headers or {}))
                 response = connection.getresponse()
                 response.read()
             except (OSError, http.client.HTTPException):
@@ -124,10 +130,10 @@ def run_threads(url: str, connections: int, seconds: float) -> LoadResult:
     )  # fmt: skip
 
 
-def load(url: str, connections: int = 16, seconds: float = 5.0) -> LoadResult:
+def load(url: str, connections: int = 16, seconds: float = 5.0, headers: Mapping[str, str] | None = None) -> LoadResult:
     if wrk_binary():
-        return run_wrk(url, connections, seconds)
-    return run_threads(url, connections, seconds)
+        return run_wrk(url, connections, seconds, headers=headers)
+    return run_threads(url, connections, seconds, headers=headers)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,9 +142,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--threads", action="store_true", help="use the Python client even when wrk is installed")
+    parser.add_argument("--header", action="append", default=[], help="'Name: value', sent with every request")
     args = parser.parse_args(argv)
+    headers = {}
+    for header in args.header:
+        name, separator, value = header.partition(":")
+        if not separator or not name.strip():
+            parser.error(f"--header {header!r}: expected 'Name: value'")
+        headers[name.strip()] = value.strip()
     run = run_threads if args.threads else load
-    print(json.dumps(asdict(run(args.url, args.connections, args.seconds)), indent=2))
+    print(json.dumps(asdict(run(args.url, args.connections, args.seconds, headers=headers)), indent=2))
     return 0
 
 
