@@ -1,0 +1,248 @@
+"""Our local event source mappings catching up a backlog, and `make rebuild` replaying one (a profile, not a test).
+
+    python -m harness.bench_esm [--records 50000] [--rebuild-records 100000] [--broker apache|embedded] \\
+        [--py-spy PATH] [--top 20]
+
+- catch-up: `--records` orders already in a fresh 6-partition topic, then the worker
+  `make bench-connect` runs (`python -m devkit.esm`, the template's mappings, batching window
+  0) starts; records/s from the first key in Valkey to the group committing the last offset;
+- rebuild: `--rebuild-records` orders in a fresh 6-partition topic, then
+  `python -m devkit.ops rebuild --topic <it>`: the command's wall time, and the replay's
+  (from "replaying from the start" to "rebuilt from").
+
+With `--py-spy` (the py-spy binary: `pip install --target DIR py-spy` leaves it in DIR/bin)
+the catch-up's worker is sampled while it catches up, and the functions with the most
+samples of their own (and the most samples under them) are listed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from devkit import brokers, servers
+from devkit.children import spawn
+from devkit.datagen import KafkaFeed, ensure_topics
+from devkit.generator import EventGenerator
+from harness.bench_connect import ROOT, Progress, Stack, fresh_topics, worker
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user and system) of a process and its living descendants so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, seconds)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+                stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks)
+    total, family = 0.0, {pid}
+    for _ in range(4):  # children, grandchildren, ...
+        family |= {p for p, (parent, _) in stats.items() if parent in family}
+    for member in family:
+        total += stats.get(member, (0, 0.0))[1]
+    return total
+
+
+def backlog(stack: Stack, topic: str, records: int) -> KafkaFeed:
+    """`records` orders written to `topic` (6 partitions) and flushed."""
+    ensure_topics({"bootstrap.servers": stack.bootstrap}, [topic], partitions=6)
+    feed = KafkaFeed({"bootstrap.servers": stack.bootstrap}, {"orders": topic})
+    generator = EventGenerator(seed=9, partitions=6)
+    for start in range(0, records, 10_000):
+        feed.produce(generator.records(min(10_000, records - start), ("orders",)))
+    feed.flush(300)
+    return feed
+
+
+def catch_up(
+    stack: Stack, records: int, logs: Path, spy: str | None = None, top: int = 20, pids: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """`pids`: the servers whose CPU time during the catch-up is reported beside the worker's."""
+    names = fresh_topics(stack.bootstrap)
+    feed = backlog(stack, names["orders"], records)
+    client = redis.Redis.from_url(stack.redis_url)
+    client.flushall()
+    running = worker("cachesync", stack, names, logs).start()
+    assert running.process is not None
+    progress = Progress(stack.bootstrap, running.groups)
+    sampler: subprocess.Popen[bytes] | None = None
+    samples = logs / f"py-spy-{names['orders']}.txt"
+    try:
+        deadline = time.monotonic() + 120
+        while client.dbsize() == 0:
+            running.check()
+            if time.monotonic() > deadline:
+                raise RuntimeError("the worker wrote nothing within 120 s")
+            time.sleep(0.002)
+        started = time.perf_counter()
+        watched = {"worker": running.process.pid, **(pids or {})}
+        cpu_before = {name: tree_cpu_seconds(pid) for name, pid in watched.items()}
+        if spy:  # from the first write on: the catch-up, not the worker's start-up
+            sampler = spawn(
+                [spy, "record", "--pid", str(running.process.pid), "--rate", "250", "--format", "raw",
+                 "--output", str(samples), "--nonblocking", "--subprocesses"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        deadline = time.monotonic() + 600
+        while not progress.caught_up(feed.last_offsets):
+            running.check()
+            if time.monotonic() > deadline:
+                raise RuntimeError("the worker did not commit the backlog within 600 s")
+            time.sleep(0.02)
+        seconds = time.perf_counter() - started
+        cpu = {name: tree_cpu_seconds(pid) - cpu_before[name] for name, pid in watched.items()}
+    finally:
+        if sampler is not None:
+            sampler.send_signal(signal.SIGINT)  # py-spy writes its samples when interrupted
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                sampler.wait(30)
+        running.stop()
+        progress.close()
+        feed.close()
+    result: dict[str, Any] = {"records": records, "seconds": seconds, "per_second": records / seconds, "cpu": cpu}
+    if sampler is not None and samples.exists():
+        result["profile"] = folded_top(samples.read_text(), top)
+    return result
+
+
+def rebuild(stack: Stack, records: int, logs: Path) -> dict[str, Any]:
+    names = fresh_topics(stack.bootstrap)  # every mapping's topic: the command checks them all
+    topic = names["orders"]
+    backlog(stack, topic, records).close()
+    redis.Redis.from_url(stack.redis_url).flushall()
+    command = [sys.executable, "-m", "devkit.ops", "rebuild", "--topic", topic, "--bootstrap", stack.bootstrap]
+    command += ["--parameter-overrides", *(f"{kind.capitalize()}Topic={name}" for kind, name in names.items())]
+    command += [f"KafkaConsumerGroupId=rebuild-{topic}"]
+    env = {**os.environ, "REDIS_URL": stack.redis_url, "REDIS_CLUSTER": "false"}
+    marks: dict[str, float] = {}
+    started = time.perf_counter()
+    process = spawn(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert process.stderr is not None
+    seen = b""
+    while chunk := process.stderr.read1(4096):  # type: ignore[attr-defined]
+        seen = (seen + chunk)[-4096:]
+        now = time.perf_counter()
+        if b"replaying from the start" in seen and "replay" not in marks:
+            marks["replay"] = now
+        if b"rebuilt from" in seen and "done" not in marks:
+            marks["done"] = now
+    code = process.wait(60)
+    wall = time.perf_counter() - started
+    if code != 0 or "done" not in marks:
+        raise RuntimeError(f"rebuild exited with {code}: {seen.decode(errors='replace')[-800:]}")
+    replay = marks["done"] - marks["replay"]
+    return {"records": records, "wall_seconds": wall, "replay_seconds": replay, "per_second": records / replay}
+
+
+# frames under every thread's work: they say nothing about where it goes
+_EVERY_THREAD = {
+    "_bootstrap (threading.py:1002)",
+    "_bootstrap_inner (threading.py:1045)",
+    "run (threading.py:982)",
+    "_run_module_as_main (<frozen runpy>:198)",
+    "_run_code (<frozen runpy>:88)",
+}
+
+
+def folded_top(text: str, count: int = 20) -> dict[str, list[tuple[str, float]]]:
+    """py-spy's raw (folded) stacks as shares of all samples: by the frame that ran (own) and by
+    every frame on the stack (under)."""
+    own: Counter[str] = Counter()
+    under: Counter[str] = Counter()
+    total = 0
+    for line in text.splitlines():
+        stack, _, number = line.rpartition(" ")
+        if not stack or not number.isdigit():
+            continue
+        samples = int(number)
+        frames = [_short(frame) for frame in stack.split(";")]
+        total += samples
+        own[frames[-1]] += samples
+        for frame in set(frames) - _EVERY_THREAD:
+            under[frame] += samples
+    if not total:
+        return {"own": [], "under": []}
+    return {
+        "own": [(name, n / total) for name, n in own.most_common(count)],
+        "under": [(name, n / total) for name, n in under.most_common(count)],
+    }
+
+
+def _short(frame: str) -> str:
+    """`function (path:line)` with the path from the project or site-packages on."""
+    name, _, path = frame.partition(" (")
+    for marker in ("/site-packages/", "/layers/shared/", f"{ROOT}/"):
+        if marker in path:
+            return f"{name} ({path.split(marker, 1)[1]}"
+    return frame
+
+
+def report(result: dict[str, Any]) -> str:
+    lines = []
+    if "catch_up" in result:
+        c = result["catch_up"]
+        lines.append(f"catch-up: {c['records']:,} orders in {c['seconds']:.2f} s: {c['per_second']:,.0f} records/s")
+        lines.append(
+            "  CPU µs a record: "
+            + ", ".join(f"{name} {seconds / c['records'] * 1e6:.1f}" for name, seconds in c["cpu"].items())
+        )
+        for view in ("own", "under"):
+            for name, share in c.get("profile", {}).get(view, []):
+                lines.append(f"  {view:5} {share * 100:5.1f}%  {name}")
+    if "rebuild" in result:
+        r = result["rebuild"]
+        lines.append(
+            f"rebuild: {r['records']:,} orders, replay {r['replay_seconds']:.2f} s ({r['per_second']:,.0f} records/s), "
+            f"command {r['wall_seconds']:.2f} s"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--records", type=int, default=50_000, help="the catch-up's backlog (0: none)")
+    parser.add_argument("--rebuild-records", type=int, default=100_000, help="the rebuild's topic (0: no rebuild)")
+    default_broker = "apache" if brokers.available("apache") is None else "embedded"
+    parser.add_argument("--broker", choices=brokers.BROKER_KINDS, default=default_broker)
+    parser.add_argument("--py-spy", help="the py-spy binary: sample the catch-up's worker")
+    parser.add_argument("--top", type=int, default=20)
+    args = parser.parse_args(argv)
+    broker = brokers.start_broker(args.broker)
+    valkey = servers.start_server()
+    logs = Path(tempfile.mkdtemp(prefix="cachesync-bench-esm-"))
+    result: dict[str, Any] = {}
+    try:
+        stack = Stack(broker.bootstrap, valkey.url, args.broker)
+        assert broker.process is not None
+        broker_pid = broker.process.pid
+        if args.records:
+            result["catch_up"] = catch_up(
+                stack, args.records, logs, args.py_spy, args.top, {"valkey": valkey.process.pid, "broker": broker_pid}
+            )
+        if args.rebuild_records:
+            result["rebuild"] = rebuild(stack, args.rebuild_records, logs)
+    finally:
+        valkey.stop()
+        broker.stop()
+    print(report(result))
+    print(f"(worker logs in {logs})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "bench-esm"
+    sys.exit(main())
