@@ -67,6 +67,12 @@ DEFAULT_CONCURRENCY = 10
 # how long stop() lets the invocations in flight finish (and commit) before it leaves them running
 STOP_GRACE_SECONDS = 5.0
 _BUSY_POLL = 0.01  # seconds between polls while invocations run: a finished one is seen this soon
+# A lane holding this many fetched records (at least two batches), or this many bytes of them,
+# stops fetching until it is down to half: memory stays bounded, and the half it keeps lasts
+# while the broker sends a resumed partition's records again (a few hundred ms), where
+# resuming an empty lane stalled it that long each time.
+PAUSE_RECORDS = 10_000
+PAUSE_BYTES = 2 * payload.MAX_PAYLOAD_BYTES
 TIMED_OUT = "Unhandled"  # Lambda reports a timeout as an unhandled function error
 
 
@@ -121,6 +127,7 @@ class _Invocation:
 @dataclass
 class _Lane:
     pending: deque[Record] = field(default_factory=deque)  # fetched, not yet in a batch
+    pending_bytes: int = 0  # their size in a payload
     opened: float | None = None  # when the oldest pending record arrived: the batching window's start
     parts: deque[_Part] = field(default_factory=deque)  # bisected halves waiting their turn
     carry: _Part | None = None  # the retry count of a polled batch that failed, for its re-poll
@@ -480,6 +487,7 @@ class _Poller:
         abandoned = 0
         for lane in self._lanes.values():
             lane.pending = deque(r for r in lane.pending if r.partition_key not in revoked)
+            lane.pending_bytes = sum(r.size for r in lane.pending)
             if not lane.pending:
                 lane.opened = None
             invocation = lane.in_flight
@@ -509,7 +517,7 @@ class _Poller:
         from confluent_kafka import KafkaError
 
         messages = self._consumer.consume(1000, wait)
-        backlog = max(2 * self.config.batch_size, 1000)
+        backlog = max(2 * self.config.batch_size, PAUSE_RECORDS)
         now = time.monotonic()
         for message in messages:
             error = message.error()
@@ -526,11 +534,12 @@ class _Poller:
             if not lane.pending:
                 lane.opened = now
             lane.pending.append(record)
+            lane.pending_bytes += record.size
         # a lane far behind stops fetching until it has caught up by half: memory stays bounded
         for number, lane in self._lanes.items():
-            if not lane.paused and len(lane.pending) >= backlog:
+            if not lane.paused and (len(lane.pending) >= backlog or lane.pending_bytes >= PAUSE_BYTES):
                 self._pause(number, lane, True)
-            elif lane.paused and len(lane.pending) < backlog // 2:
+            elif lane.paused and len(lane.pending) < backlog // 2 and lane.pending_bytes < PAUSE_BYTES // 2:
                 self._pause(number, lane, False)
 
     def _pause(self, number: int, lane: _Lane, pause: bool) -> None:
@@ -573,6 +582,7 @@ class _Poller:
             return None
         for _ in batch:
             lane.pending.popleft()
+        lane.pending_bytes -= sum(record.size for record in batch)
         lane.opened = now if lane.pending else None
         return batch
 
@@ -725,6 +735,7 @@ class _Poller:
         if not first:
             return
         lane.pending = deque(r for r in lane.pending if r.partition_key not in first)
+        lane.pending_bytes = sum(r.size for r in lane.pending)
         if not lane.pending:
             lane.opened = None
         for record in first.values():
