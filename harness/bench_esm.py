@@ -93,7 +93,7 @@ def catch_up(
         if spy:  # from the first write on: the catch-up, not the worker's start-up
             sampler = spawn(
                 [spy, "record", "--pid", str(running.process.pid), "--rate", "250", "--format", "raw",
-                 "--output", str(samples), "--nonblocking", "--subprocesses"],
+                 "--output", str(samples), "--nonblocking", "--subprocesses", "--function"],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )  # fmt: skip

@@ -516,7 +516,10 @@ class _Poller:
     def _fetch(self, wait: float) -> None:
         from confluent_kafka import KafkaError
 
-        messages = self._consumer.consume(1000, wait)
+        # poll() returns with the first record; consume() would wait out its timeout unless a
+        # thousand came. What is fetched already is then taken without waiting.
+        first = self._consumer.poll(wait)
+        messages = [] if first is None else [first, *self._consumer.consume(999, 0)]
         backlog = max(2 * self.config.batch_size, PAUSE_RECORDS)
         now = time.monotonic()
         for message in messages:
