@@ -24,7 +24,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -68,9 +67,16 @@ def backlog(stack: Stack, topic: str, records: int) -> KafkaFeed:
 
 
 def catch_up(
-    stack: Stack, records: int, logs: Path, spy: str | None = None, top: int = 20, pids: dict[str, int] | None = None
+    stack: Stack,
+    records: int,
+    logs: Path,
+    spy: str | None = None,
+    top: int = 20,
+    pids: dict[str, int] | None = None,
+    gil: bool = False,
 ) -> dict[str, Any]:
-    """`pids`: the servers whose CPU time during the catch-up is reported beside the worker's."""
+    """`pids`: the servers whose CPU time during the catch-up is reported beside the worker's; `gil`:
+    py-spy samples only the threads holding the GIL (where the worker's CPU goes, not its waits)."""
     names = fresh_topics(stack.bootstrap)
     feed = backlog(stack, names["orders"], records)
     client = redis.Redis.from_url(stack.redis_url)
@@ -93,7 +99,8 @@ def catch_up(
         if spy:  # from the first write on: the catch-up, not the worker's start-up
             sampler = spawn(
                 [spy, "record", "--pid", str(running.process.pid), "--rate", "250", "--format", "raw",
-                 "--output", str(samples), "--nonblocking", "--subprocesses", "--function"],
+                 "--output", str(samples), "--nonblocking", "--subprocesses", "--function",
+                 *(["--gil"] if gil else [])],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )  # fmt: skip
@@ -220,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--broker", choices=brokers.BROKER_KINDS, default=default_broker)
     parser.add_argument("--py-spy", help="the py-spy binary: sample the catch-up's worker")
     parser.add_argument("--top", type=int, default=20)
+    parser.add_argument("--gil", action="store_true", help="sample only the threads holding the GIL")
     args = parser.parse_args(argv)
     broker = brokers.start_broker(args.broker)
     valkey = servers.start_server()
@@ -231,7 +239,13 @@ def main(argv: list[str] | None = None) -> int:
         broker_pid = broker.process.pid
         if args.records:
             result["catch_up"] = catch_up(
-                stack, args.records, logs, args.py_spy, args.top, {"valkey": valkey.process.pid, "broker": broker_pid}
+                stack,
+                args.records,
+                logs,
+                args.py_spy,
+                args.top,
+                {"valkey": valkey.process.pid, "broker": broker_pid},
+                args.gil,
             )
         if args.rebuild_records:
             result["rebuild"] = rebuild(stack, args.rebuild_records, logs)
@@ -244,5 +258,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    threading.current_thread().name = "bench-esm"
     sys.exit(main())

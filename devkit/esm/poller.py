@@ -328,6 +328,7 @@ class _Poller:
         self.requests: deque[str] = deque()  # "rebalance", "kill": served by the poller's own thread
         self._lanes: dict[int, _Lane] = {}
         self._finished: deque[_Invocation] = deque()
+        self._uncommitted: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset, to commit
         self._errors = ErrorLog()
         self._consumer: Any = None
         self.thread = threading.Thread(
@@ -381,6 +382,7 @@ class _Poller:
                 self._expire()
                 if mapping._hold is None or mapping._hold.is_set():
                     self._dispatch()
+                self._send_commits()  # after the dispatch: the lanes are at work meanwhile
                 refused = self._errors.authentication()
                 if refused is not None:
                     raise MappingError(f"Kafka refused the mapping's credentials: {refused.str()}")
@@ -434,6 +436,7 @@ class _Poller:
         while any(lane.in_flight is not None for lane in self._lanes.values()) and time.monotonic() < deadline:
             self._consumer.poll(_BUSY_POLL)
             self._collect(stopping=True)
+            self._send_commits()
         self._abandon_all()
 
     def _abandon_all(self) -> None:
@@ -448,7 +451,11 @@ class _Poller:
 
     # --- assignment ----------------------------------------------------------------
     def _lane(self, partition: int) -> _Lane:
-        return self._lanes.setdefault(partition % self.mapping.concurrency, _Lane())
+        number = partition % self.mapping.concurrency
+        lane = self._lanes.get(number)
+        if lane is None:
+            lane = self._lanes[number] = _Lane()
+        return lane
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         self.assignment |= {f"{tp.topic}-{tp.partition}" for tp in partitions}
@@ -559,16 +566,15 @@ class _Poller:
         """The lane's next batch from what is fetched, or None while its window is open."""
         if not lane.pending:
             return None
-        servers = self.config.bootstrap_servers
         batch: list[Record] = []
-        size = payload.payload_size([], servers)
+        size = empty = payload.payload_size([], self.config.bootstrap_servers)
         partitions: set[str] = set()
         full = False
         for record in lane.pending:
             if len(batch) >= self.config.batch_size:
                 full = True
                 break
-            if payload.payload_size([record], servers) > payload.MAX_PAYLOAD_BYTES:
+            if empty + payload.partition_bytes(record.partition_key) + record.size > payload.MAX_PAYLOAD_BYTES:
                 full = True  # deliver what came before it first; then it goes alone (to be refused)
                 if not batch:
                     batch.append(record)
@@ -797,14 +803,26 @@ class _Poller:
         self._commit(records)
 
     def _commit(self, records: Sequence[Record]) -> None:
-        from confluent_kafka import KafkaException, TopicPartition
-
-        positions: dict[tuple[str, int], int] = {}
+        """Marks the records done; the loop commits what its round marked at once (`_send_commits`),
+        before it polls again, so no revocation comes between."""
+        last: dict[str, Record] = {}  # each partition's record of the highest offset
         for record in records:
-            if record.partition_key not in self.assignment:
+            known = last.get(record.partition_key)
+            if known is None or record.offset > known.offset:
+                last[record.partition_key] = record
+        positions = self._uncommitted
+        for name, record in last.items():
+            if name not in self.assignment:
                 continue  # revoked: its new owner commits it
             key = (record.topic, record.partition)
             positions[key] = max(positions.get(key, -1), record.offset + 1)
+
+    def _send_commits(self) -> None:
+        """One synchronous commit for every partition done since the last: a round trip to the broker
+        per round of the loop rather than per invocation."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        positions, self._uncommitted = self._uncommitted, {}
         if not positions:
             return
         offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in positions.items()]
