@@ -66,7 +66,7 @@ Invoke = Callable[[dict[str, Any]], Any]
 DEFAULT_CONCURRENCY = 10
 # how long stop() lets the invocations in flight finish (and commit) before it leaves them running
 STOP_GRACE_SECONDS = 5.0
-_BUSY_POLL = 0.01  # seconds between polls while invocations run: a finished one is seen this soon
+_BUSY_POLL = 0.002  # seconds between polls while invocations run: a finished one is seen this soon
 # A lane holding this many fetched records (at least two batches), or this many bytes of them,
 # stops fetching until it is down to half: memory stays bounded, and the half it keeps lasts
 # while the broker sends a resumed partition's records again (a few hundred ms), where
