@@ -1,7 +1,7 @@
 """Our local event source mappings catching up a backlog, and `make rebuild` replaying one (a profile, not a test).
 
     python -m harness.bench_esm [--records 50000] [--rebuild-records 100000] [--broker apache|embedded] \\
-        [--py-spy PATH] [--top 20]
+        [--py-spy PATH [--gil]] [--top 20] [--baseline DIR [--rounds 3]]
 
 - catch-up: `--records` orders already in a fresh 6-partition topic, then the worker
   `make bench-connect` runs (`python -m devkit.esm`, the template's mappings, batching window
@@ -13,6 +13,10 @@
 With `--py-spy` (the py-spy binary: `pip install --target DIR py-spy` leaves it in DIR/bin)
 the catch-up's worker is sampled while it catches up, and the functions with the most
 samples of their own (and the most samples under them) are listed.
+
+With `--baseline DIR` (another checkout, e.g. `git worktree add DIR main`) both run on the
+same broker and Valkey, alternately for `--rounds` rounds, and the medians are compared: on
+a shared machine only such same-run ratios mean anything.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import argparse
 import contextlib
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -67,6 +72,7 @@ def backlog(stack: Stack, topic: str, records: int) -> KafkaFeed:
 
 
 def catch_up(
+    code: Path,
     stack: Stack,
     records: int,
     logs: Path,
@@ -81,7 +87,11 @@ def catch_up(
     feed = backlog(stack, names["orders"], records)
     client = redis.Redis.from_url(stack.redis_url)
     client.flushall()
-    running = worker("cachesync", stack, names, logs).start()
+    running = worker("cachesync", stack, names, logs)
+    if code != ROOT:  # the same worker from the other checkout: its packages first on the path
+        running.command[1:3] = ["-c", f"import runpy, sys; sys.path.insert(0, {str(code)!r}); "
+                                      "runpy.run_module('devkit.esm', run_name='__main__')"]  # fmt: skip
+    running.start()
     assert running.process is not None
     progress = Progress(stack.bootstrap, running.groups)
     sampler: subprocess.Popen[bytes] | None = None
@@ -126,7 +136,7 @@ def catch_up(
     return result
 
 
-def rebuild(stack: Stack, records: int, logs: Path) -> dict[str, Any]:
+def rebuild(code: Path, stack: Stack, records: int) -> dict[str, Any]:
     names = fresh_topics(stack.bootstrap)  # every mapping's topic: the command checks them all
     topic = names["orders"]
     backlog(stack, topic, records).close()
@@ -137,7 +147,7 @@ def rebuild(stack: Stack, records: int, logs: Path) -> dict[str, Any]:
     env = {**os.environ, "REDIS_URL": stack.redis_url, "REDIS_CLUSTER": "false"}
     marks: dict[str, float] = {}
     started = time.perf_counter()
-    process = spawn(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = spawn(command, cwd=code, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert process.stderr is not None
     seen = b""
     while chunk := process.stderr.read1(4096):  # type: ignore[attr-defined]
@@ -147,10 +157,10 @@ def rebuild(stack: Stack, records: int, logs: Path) -> dict[str, Any]:
             marks["replay"] = now
         if b"rebuilt from" in seen and "done" not in marks:
             marks["done"] = now
-    code = process.wait(60)
+    status = process.wait(60)
     wall = time.perf_counter() - started
-    if code != 0 or "done" not in marks:
-        raise RuntimeError(f"rebuild exited with {code}: {seen.decode(errors='replace')[-800:]}")
+    if status != 0 or "done" not in marks:
+        raise RuntimeError(f"rebuild exited with {status}: {seen.decode(errors='replace')[-800:]}")
     replay = marks["done"] - marks["replay"]
     return {"records": records, "wall_seconds": wall, "replay_seconds": replay, "per_second": records / replay}
 
@@ -199,7 +209,7 @@ def _short(frame: str) -> str:
 
 
 def report(result: dict[str, Any]) -> str:
-    lines = []
+    lines = [f"{result['code']}:"]
     if "catch_up" in result:
         c = result["catch_up"]
         lines.append(f"catch-up: {c['records']:,} orders in {c['seconds']:.2f} s: {c['per_second']:,.0f} records/s")
@@ -228,33 +238,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--py-spy", help="the py-spy binary: sample the catch-up's worker")
     parser.add_argument("--top", type=int, default=20)
     parser.add_argument("--gil", action="store_true", help="sample only the threads holding the GIL")
+    parser.add_argument("--baseline", type=Path, help="another checkout to measure alternately with this one")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of each checkout")
     args = parser.parse_args(argv)
+    codes = [args.baseline.resolve(), ROOT] if args.baseline else [ROOT]
     broker = brokers.start_broker(args.broker)
     valkey = servers.start_server()
     logs = Path(tempfile.mkdtemp(prefix="cachesync-bench-esm-"))
-    result: dict[str, Any] = {}
+    results: dict[Path, list[dict[str, Any]]] = {code: [] for code in codes}
     try:
         stack = Stack(broker.bootstrap, valkey.url, args.broker)
         assert broker.process is not None
-        broker_pid = broker.process.pid
-        if args.records:
-            result["catch_up"] = catch_up(
-                stack,
-                args.records,
-                logs,
-                args.py_spy,
-                args.top,
-                {"valkey": valkey.process.pid, "broker": broker_pid},
-                args.gil,
-            )
-        if args.rebuild_records:
-            result["rebuild"] = rebuild(stack, args.rebuild_records, logs)
+        servers_pids = {"valkey": valkey.process.pid, "broker": broker.process.pid}
+        for _ in range(args.rounds):
+            for code in codes:
+                result: dict[str, Any] = {"code": code}
+                if args.records:
+                    result["catch_up"] = catch_up(
+                        code, stack, args.records, logs, args.py_spy, args.top, servers_pids, args.gil
+                    )
+                if args.rebuild_records:
+                    result["rebuild"] = rebuild(code, stack, args.rebuild_records)
+                print(report(result), flush=True)
+                results[code].append(result)
     finally:
         valkey.stop()
         broker.stop()
-    print(report(result))
+    if args.baseline:
+        print(compare(results[codes[0]], results[ROOT]))
     print(f"(worker logs in {logs})", file=sys.stderr)
     return 0
+
+
+def compare(baseline: list[dict[str, Any]], ours: list[dict[str, Any]]) -> str:
+    """The medians of both checkouts and this one's ratio to the baseline."""
+    lines = []
+    for name, field in (("catch-up records/s", "catch_up"), ("rebuild replay records/s", "rebuild")):
+        if baseline and field in baseline[0]:
+            before = statistics.median(r[field]["per_second"] for r in baseline)
+            after = statistics.median(r[field]["per_second"] for r in ours)
+            lines.append(f"{name}: baseline {before:,.0f}, this {after:,.0f}: {after / before:.2f}x")
+    if baseline and "rebuild" in baseline[0]:
+        before = statistics.median(r["rebuild"]["wall_seconds"] for r in baseline)
+        after = statistics.median(r["rebuild"]["wall_seconds"] for r in ours)
+        lines.append(f"rebuild command seconds: baseline {before:.2f}, this {after:.2f}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
