@@ -1,14 +1,16 @@
 """Our local event source mappings catching up a backlog, and `make rebuild` replaying one (a profile, not a test).
 
-    python -m harness.bench_esm [--records 50000] [--rebuild-records 100000] [--broker apache|embedded] \\
-        [--py-spy PATH [--gil]] [--top 20] [--baseline DIR [--rounds 3]]
+    python -m harness.bench_esm [--records 50000] [--rebuild-records 100000] [--probes 0] \\
+        [--broker apache|embedded] [--py-spy PATH [--gil]] [--top 20] [--baseline DIR [--rounds 3]]
 
 - catch-up: `--records` orders already in a fresh 6-partition topic, then the worker
   `make bench-connect` runs (`python -m devkit.esm`, the template's mappings, batching window
   0) starts; records/s from the first key in Valkey to the group committing the last offset;
 - rebuild: `--rebuild-records` orders in a fresh 6-partition topic, then
   `python -m devkit.ops rebuild --topic <it>`: the command's wall time, and the replay's
-  (from "replaying from the start" to "rebuilt from").
+  (from "replaying from the start" to "rebuilt from");
+- freshness, with `--probes`: harness.bench_connect's (probe orders under a live stream of
+  50 orders/s, produce to readable in Valkey).
 
 With `--py-spy` (the py-spy binary: `pip install --target DIR py-spy` leaves it in DIR/bin)
 the catch-up's worker is sampled while it catches up, and the functions with the most
@@ -31,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +43,8 @@ from devkit import brokers, servers
 from devkit.children import spawn
 from devkit.datagen import KafkaFeed, ensure_topics
 from devkit.generator import EventGenerator
-from harness.bench_connect import ROOT, Progress, Stack, fresh_topics, worker
+from harness import bench_connect
+from harness.bench_connect import ROOT, Progress, Stack, Worker, fresh_topics, worker
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -87,11 +91,7 @@ def catch_up(
     feed = backlog(stack, names["orders"], records)
     client = redis.Redis.from_url(stack.redis_url)
     client.flushall()
-    running = worker("cachesync", stack, names, logs)
-    if code != ROOT:  # the same worker from the other checkout: its packages first on the path
-        running.command[1:3] = ["-c", f"import runpy, sys; sys.path.insert(0, {str(code)!r}); "
-                                      "runpy.run_module('devkit.esm', run_name='__main__')"]  # fmt: skip
-    running.start()
+    running = worker_of(code, "cachesync", stack, names, logs).start()
     assert running.process is not None
     progress = Progress(stack.bootstrap, running.groups)
     sampler: subprocess.Popen[bytes] | None = None
@@ -134,6 +134,26 @@ def catch_up(
     if sampler is not None and samples.exists():
         result["profile"] = folded_top(samples.read_text(), top)
     return result
+
+
+def worker_of(code: Path, path: str, stack: Stack, names: dict[str, str], logs: Path) -> Worker:
+    """harness.bench_connect's worker, run from the checkout `code`."""
+    running = worker(path, stack, names, logs)
+    if code != ROOT:  # its packages first on the path (python -m would put this checkout first)
+        running.command[1:3] = ["-c", f"import runpy, sys; sys.path.insert(0, {str(code)!r}); "
+                                      "runpy.run_module('devkit.esm', run_name='__main__')"]  # fmt: skip
+    return running
+
+
+def freshness(code: Path, stack: Stack, probes: int, logs: Path) -> dict[str, Any]:
+    """harness.bench_connect's freshness measurement (probes under a live stream of 50 orders/s)
+    of the worker from the checkout `code`."""
+    original = bench_connect.worker
+    bench_connect.worker = partial(worker_of, code)  # type: ignore[assignment]
+    try:
+        return bench_connect.freshness("cachesync", stack, probes, logs)
+    finally:
+        bench_connect.worker = original
 
 
 def rebuild(code: Path, stack: Stack, records: int) -> dict[str, Any]:
@@ -220,6 +240,9 @@ def report(result: dict[str, Any]) -> str:
         for view in ("own", "under"):
             for name, share in c.get("profile", {}).get(view, []):
                 lines.append(f"  {view:5} {share * 100:5.1f}%  {name}")
+    if "freshness" in result:
+        f = result["freshness"]
+        lines.append(f"freshness: {f['probes']} probes, p50 {f['p50_ms']:.1f} ms, p99 {f['p99_ms']:.1f} ms")
     if "rebuild" in result:
         r = result["rebuild"]
         lines.append(
@@ -240,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gil", action="store_true", help="sample only the threads holding the GIL")
     parser.add_argument("--baseline", type=Path, help="another checkout to measure alternately with this one")
     parser.add_argument("--rounds", type=int, default=1, help="rounds of each checkout")
+    parser.add_argument("--probes", type=int, default=0, help="freshness probes (harness.bench_connect's; 0: none)")
     args = parser.parse_args(argv)
     codes = [args.baseline.resolve(), ROOT] if args.baseline else [ROOT]
     broker = brokers.start_broker(args.broker)
@@ -259,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 if args.rebuild_records:
                     result["rebuild"] = rebuild(code, stack, args.rebuild_records)
+                if args.probes:
+                    result["freshness"] = freshness(code, stack, args.probes, logs)
                 print(report(result), flush=True)
                 results[code].append(result)
     finally:
@@ -278,6 +304,11 @@ def compare(baseline: list[dict[str, Any]], ours: list[dict[str, Any]]) -> str:
             before = statistics.median(r[field]["per_second"] for r in baseline)
             after = statistics.median(r[field]["per_second"] for r in ours)
             lines.append(f"{name}: baseline {before:,.0f}, this {after:,.0f}: {after / before:.2f}x")
+    if baseline and "freshness" in baseline[0]:
+        for quantile in ("p50_ms", "p99_ms"):
+            before = statistics.median(r["freshness"][quantile] for r in baseline)
+            after = statistics.median(r["freshness"][quantile] for r in ours)
+            lines.append(f"freshness {quantile}: baseline {before:.1f}, this {after:.1f}")
     if baseline and "rebuild" in baseline[0]:
         before = statistics.median(r["rebuild"]["wall_seconds"] for r in baseline)
         after = statistics.median(r["rebuild"]["wall_seconds"] for r in ours)
