@@ -37,14 +37,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from devkit import brokers, servers
 from devkit.children import spawn
 from devkit.datagen import KafkaFeed, ensure_topics
 from devkit.generator import EventGenerator
-from harness import bench_connect
-from harness.bench_connect import ROOT, Progress, Stack, Worker, fresh_topics, worker
+from harness import bench_connect, connect_peer
+from harness.bench_connect import OURS_DB, ROOT, Progress, Stack, Worker, fresh_topics, worker
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -89,7 +87,7 @@ def catch_up(
     py-spy samples only the threads holding the GIL (where the worker's CPU goes, not its waits)."""
     names = fresh_topics(stack.bootstrap)
     feed = backlog(stack, names["orders"], records)
-    client = redis.Redis.from_url(stack.redis_url)
+    client = stack.client(OURS_DB)
     client.flushall()
     running = worker_of(code, "cachesync", stack, names, logs).start()
     assert running.process is not None
@@ -151,7 +149,7 @@ def freshness(code: Path, stack: Stack, probes: int, logs: Path) -> dict[str, An
     original = bench_connect.worker
     bench_connect.worker = partial(worker_of, code)  # type: ignore[assignment]
     try:
-        return bench_connect.freshness("cachesync", stack, probes, logs)
+        return bench_connect.freshness(["cachesync"], stack, probes, logs, rate=50.0)["cachesync"]
     finally:
         bench_connect.worker = original
 
@@ -160,11 +158,11 @@ def rebuild(code: Path, stack: Stack, records: int) -> dict[str, Any]:
     names = fresh_topics(stack.bootstrap)  # every mapping's topic: the command checks them all
     topic = names["orders"]
     backlog(stack, topic, records).close()
-    redis.Redis.from_url(stack.redis_url).flushall()
+    stack.client(OURS_DB).flushall()
     command = [sys.executable, "-m", "devkit.ops", "rebuild", "--topic", topic, "--bootstrap", stack.bootstrap]
     command += ["--parameter-overrides", *(f"{kind.capitalize()}Topic={name}" for kind, name in names.items())]
     command += [f"KafkaConsumerGroupId=rebuild-{topic}"]
-    env = {**os.environ, "REDIS_URL": stack.redis_url, "REDIS_CLUSTER": "false"}
+    env = {**os.environ, "REDIS_URL": stack.url(OURS_DB), "REDIS_CLUSTER": "false"}
     marks: dict[str, float] = {}
     started = time.perf_counter()
     process = spawn(command, cwd=code, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -271,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     logs = Path(tempfile.mkdtemp(prefix="cachesync-bench-esm-"))
     results: dict[Path, list[dict[str, Any]]] = {code: [] for code in codes}
     try:
-        stack = Stack(broker.bootstrap, valkey.url, args.broker)
+        no_peer = connect_peer.PeerSource(None, "default", "no peer: this bench runs ours alone")
+        stack = Stack(broker.bootstrap, valkey.port, args.broker, no_peer)
         assert broker.process is not None
         servers_pids = {"valkey": valkey.process.pid, "broker": broker.process.pid}
         for _ in range(args.rounds):
