@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 from confluent_kafka import Message
 from hypothesis import given
@@ -69,7 +70,7 @@ def test_a_fetched_record_is_what_lambda_sends_with_its_size(
         headers=headers,
         timestamp=(kind, timestamp),
     )
-    expected: dict = {
+    expected: dict[str, Any] = {
         "topic": topic,
         "partition": partition,
         "offset": offset,
