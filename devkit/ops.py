@@ -36,7 +36,7 @@ from devkit import localredis
 from devkit.esm.kafka import MappingError, check_topics, client_settings, credentials
 from devkit.esm.mapping import MappingConfig, read_mappings
 from devkit.esm.poller import LocalEventSourceMapping
-from devkit.esm.runner import InProcessFunction
+from devkit.esm.runner import InProcessFunction, tune_collector
 from devkit.sam import describe, parameter_overrides
 
 
@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         if not chosen:
             parser.error("name the topics to rebuild with --topic, or --all")
         ingest = InProcessFunction(function)
+        tune_collector()
         for config in chosen:
             rebuild(client, settings, config, kafka, ingest, args.partial_history, say=_say)
     except MappingError as error:

@@ -26,7 +26,7 @@ from devkit import localredis
 from devkit.esm.kafka import MappingError
 from devkit.esm.mapping import STARTING_POSITIONS, TemplateError
 from devkit.esm.poller import DEFAULT_CONCURRENCY
-from devkit.esm.runner import LocalMappings
+from devkit.esm.runner import LocalMappings, tune_collector
 from devkit.sam import TEMPLATE, parameter_overrides
 
 
@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         mappings.apply_environment({"REDIS_URL": redis_url})
         mappings.start()
+        tune_collector()
         signal.signal(signal.SIGUSR1, lambda signum, frame: mappings.rebalance())
     except (MappingError, TemplateError) as error:
         print(f"error: {error}", file=sys.stderr)

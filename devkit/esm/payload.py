@@ -16,10 +16,10 @@
 
 from __future__ import annotations
 
-import base64
+import binascii
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -33,23 +33,38 @@ TIMESTAMP_TYPES = {1: "CREATE_TIME", 2: "LOG_APPEND_TIME"}
 _EVENT_OVERHEAD = 69
 
 
-@dataclass(frozen=True)
 class Record:
-    """One Kafka record as Lambda delivers it, with its encoded size in the payload."""
+    """One Kafka record as Lambda delivers it, with its encoded size in the payload.
 
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int  # epoch ms
-    body: dict[str, Any]  # the record's JSON object in the payload
-    size: int  # bytes of that object in the payload, separator included
-    # why Lambda keeps it from the function (a schema registry's DESERIALIZATION_ERROR or
-    # SCHEMA_NOT_FOUND): it goes to the on-failure destination instead
-    rejected: str | None = None
+    A plain class with slots, its partition's name made once: the poller makes one for every
+    record it fetches and reads the name several times over (a frozen dataclass's __init__
+    and a property cost as much as the rest of the record's way to the function)."""
 
-    @property
-    def partition_key(self) -> str:
-        return f"{self.topic}-{self.partition}"
+    __slots__ = ("body", "offset", "partition", "partition_key", "rejected", "size", "timestamp", "topic")
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        timestamp: int,  # epoch ms
+        body: dict[str, Any],  # the record's JSON object in the payload
+        size: int,  # bytes of that object in the payload, separator included
+        # why Lambda keeps it from the function (a schema registry's DESERIALIZATION_ERROR or
+        # SCHEMA_NOT_FOUND): it goes to the on-failure destination instead
+        rejected: str | None = None,
+    ):
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.timestamp = timestamp
+        self.body = body
+        self.size = size
+        self.rejected = rejected
+        self.partition_key = f"{topic}-{partition}"  # the payload's name for its partition
+
+    def __repr__(self) -> str:
+        return f"Record({self.partition_key}@{self.offset}, {self.size} bytes)"
 
 
 def lambda_record(
@@ -70,10 +85,13 @@ def lambda_record(
         "timestampType": timestamp_type,
     }
     if key is not None:
-        record["key"] = base64.b64encode(key).decode()
-    record["value"] = None if value is None else base64.b64encode(value).decode()
-    record["headers"] = [{name: signed_bytes(data or b"")} for name, data in headers or ()]
+        record["key"] = _base64(key, newline=False).decode()
+    record["value"] = None if value is None else _base64(value, newline=False).decode()
+    record["headers"] = [{name: signed_bytes(data or b"")} for name, data in headers] if headers else []
     return record
+
+
+_base64 = binascii.b2a_base64  # base64.b64encode's own encoder, without its checks
 
 
 def signed_bytes(data: bytes) -> list[int]:
@@ -83,29 +101,43 @@ def signed_bytes(data: bytes) -> list[int]:
 def from_message(message: Any, registry: SchemaRegistry | None = None) -> Record:
     """A confluent_kafka.Message as Lambda's payload carries it (through the mapping's schema registry)."""
     kind, timestamp = message.timestamp()
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    headers = message.headers()
     body = lambda_record(
-        topic=message.topic(),
-        partition=message.partition(),
-        offset=message.offset(),
-        timestamp=timestamp,
-        key=message.key(),
-        value=message.value(),
-        headers=message.headers(),
-        timestamp_type=TIMESTAMP_TYPES.get(kind, "CREATE_TIME"),
+        topic,
+        partition,
+        offset,
+        timestamp,
+        message.key(),
+        message.value(),
+        headers,
+        TIMESTAMP_TYPES.get(kind, "CREATE_TIME"),
     )
-    rejected = None
     if registry is not None:
         from devkit.esm import registry as schema_registry
 
         rejected = schema_registry.apply(registry, body)
-    return Record(body["topic"], body["partition"], body["offset"], timestamp, body, encoded_size(body), rejected)
+        return Record(topic, partition, offset, timestamp, body, encoded_size(body), rejected)
+    if headers:
+        return Record(topic, partition, offset, timestamp, body, encoded_size(body))
+    # encoded_size's sum for a record with no headers and no schema metadata, in one expression
+    key, value = body.get("key"), body["value"]
+    size = _fixed_size(topic, body["timestampType"]) + len(str(partition)) + len(str(offset)) + len(str(timestamp))
+    size += (0 if key is None else 9 + len(key)) + (4 if value is None else 2 + len(value))
+    return Record(topic, partition, offset, timestamp, body, size)
+
+
+@lru_cache(maxsize=256)
+def _fixed_size(topic: str, timestamp_type: str) -> int:
+    """What encoded_size counts for a record's names and empty headers, whatever its numbers and bytes."""
+    return 94 + len(json.dumps(topic)) + len(timestamp_type)
 
 
 def encoded_size(body: dict[str, Any]) -> int:
     """Bytes of the record's compact JSON in the payload, separator included, never fewer, without
     encoding the values: base64 and numbers are ASCII; only the names go through JSON."""
-    size = 94 + len(json.dumps(body["topic"])) + len(str(body["partition"])) + len(str(body["offset"]))
-    size += len(str(body["timestamp"])) + len(body["timestampType"])
+    size = _fixed_size(body["topic"], body["timestampType"])
+    size += len(str(body["partition"])) + len(str(body["offset"])) + len(str(body["timestamp"]))
     if "key" in body:
         size += 9 + len(body["key"])
     value = body["value"]
@@ -129,6 +161,16 @@ def event(records: Iterable[Record], bootstrap_servers: Sequence[str]) -> dict[s
 
 def payload_size(records: Sequence[Record], bootstrap_servers: Sequence[str]) -> int:
     partitions = {record.partition_key for record in records}
-    overhead = _EVENT_OVERHEAD + len(json.dumps(",".join(bootstrap_servers))) - 2
-    overhead += sum(len(json.dumps(p)) + 4 for p in partitions)  # "<topic>-<n>":[...],
+    overhead = _servers_bytes(tuple(bootstrap_servers)) + sum(partition_bytes(p) for p in partitions)
     return overhead + sum(record.size for record in records)
+
+
+@lru_cache(maxsize=1024)
+def partition_bytes(partition_key: str) -> int:
+    """What a partition's list costs an event around its records: "<topic>-<n>":[...],"""
+    return len(json.dumps(partition_key)) + 4
+
+
+@lru_cache(maxsize=64)
+def _servers_bytes(bootstrap_servers: tuple[str, ...]) -> int:
+    return _EVENT_OVERHEAD + len(json.dumps(",".join(bootstrap_servers))) - 2

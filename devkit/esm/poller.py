@@ -66,7 +66,13 @@ Invoke = Callable[[dict[str, Any]], Any]
 DEFAULT_CONCURRENCY = 10
 # how long stop() lets the invocations in flight finish (and commit) before it leaves them running
 STOP_GRACE_SECONDS = 5.0
-_BUSY_POLL = 0.01  # seconds between polls while invocations run: a finished one is seen this soon
+_BUSY_POLL = 0.002  # seconds between polls while invocations run: a finished one is seen this soon
+# A lane holding this many fetched records (at least two batches), or this many bytes of them,
+# stops fetching until it is down to half: memory stays bounded, and the half it keeps lasts
+# while the broker sends a resumed partition's records again (a few hundred ms), where
+# resuming an empty lane stalled it that long each time.
+PAUSE_RECORDS = 10_000
+PAUSE_BYTES = 2 * payload.MAX_PAYLOAD_BYTES
 TIMED_OUT = "Unhandled"  # Lambda reports a timeout as an unhandled function error
 
 
@@ -121,6 +127,7 @@ class _Invocation:
 @dataclass
 class _Lane:
     pending: deque[Record] = field(default_factory=deque)  # fetched, not yet in a batch
+    pending_bytes: int = 0  # their size in a payload
     opened: float | None = None  # when the oldest pending record arrived: the batching window's start
     parts: deque[_Part] = field(default_factory=deque)  # bisected halves waiting their turn
     carry: _Part | None = None  # the retry count of a polled batch that failed, for its re-poll
@@ -321,6 +328,7 @@ class _Poller:
         self.requests: deque[str] = deque()  # "rebalance", "kill": served by the poller's own thread
         self._lanes: dict[int, _Lane] = {}
         self._finished: deque[_Invocation] = deque()
+        self._uncommitted: dict[tuple[str, int], int] = {}  # (topic, partition) -> next offset, to commit
         self._errors = ErrorLog()
         self._consumer: Any = None
         self.thread = threading.Thread(
@@ -374,6 +382,7 @@ class _Poller:
                 self._expire()
                 if mapping._hold is None or mapping._hold.is_set():
                     self._dispatch()
+                self._send_commits()  # after the dispatch: the lanes are at work meanwhile
                 refused = self._errors.authentication()
                 if refused is not None:
                     raise MappingError(f"Kafka refused the mapping's credentials: {refused.str()}")
@@ -427,6 +436,7 @@ class _Poller:
         while any(lane.in_flight is not None for lane in self._lanes.values()) and time.monotonic() < deadline:
             self._consumer.poll(_BUSY_POLL)
             self._collect(stopping=True)
+            self._send_commits()
         self._abandon_all()
 
     def _abandon_all(self) -> None:
@@ -441,7 +451,11 @@ class _Poller:
 
     # --- assignment ----------------------------------------------------------------
     def _lane(self, partition: int) -> _Lane:
-        return self._lanes.setdefault(partition % self.mapping.concurrency, _Lane())
+        number = partition % self.mapping.concurrency
+        lane = self._lanes.get(number)
+        if lane is None:
+            lane = self._lanes[number] = _Lane()
+        return lane
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         self.assignment |= {f"{tp.topic}-{tp.partition}" for tp in partitions}
@@ -480,6 +494,7 @@ class _Poller:
         abandoned = 0
         for lane in self._lanes.values():
             lane.pending = deque(r for r in lane.pending if r.partition_key not in revoked)
+            lane.pending_bytes = sum(r.size for r in lane.pending)
             if not lane.pending:
                 lane.opened = None
             invocation = lane.in_flight
@@ -508,8 +523,11 @@ class _Poller:
     def _fetch(self, wait: float) -> None:
         from confluent_kafka import KafkaError
 
-        messages = self._consumer.consume(1000, wait)
-        backlog = max(2 * self.config.batch_size, 1000)
+        # poll() returns with the first record; consume() would wait out its timeout unless a
+        # thousand came. What is fetched already is then taken without waiting.
+        first = self._consumer.poll(wait)
+        messages = [] if first is None else [first, *self._consumer.consume(999, 0)]
+        backlog = max(2 * self.config.batch_size, PAUSE_RECORDS)
         now = time.monotonic()
         for message in messages:
             error = message.error()
@@ -526,11 +544,12 @@ class _Poller:
             if not lane.pending:
                 lane.opened = now
             lane.pending.append(record)
+            lane.pending_bytes += record.size
         # a lane far behind stops fetching until it has caught up by half: memory stays bounded
         for number, lane in self._lanes.items():
-            if not lane.paused and len(lane.pending) >= backlog:
+            if not lane.paused and (len(lane.pending) >= backlog or lane.pending_bytes >= PAUSE_BYTES):
                 self._pause(number, lane, True)
-            elif lane.paused and len(lane.pending) < backlog // 2:
+            elif lane.paused and len(lane.pending) < backlog // 2 and lane.pending_bytes < PAUSE_BYTES // 2:
                 self._pause(number, lane, False)
 
     def _pause(self, number: int, lane: _Lane, pause: bool) -> None:
@@ -547,16 +566,15 @@ class _Poller:
         """The lane's next batch from what is fetched, or None while its window is open."""
         if not lane.pending:
             return None
-        servers = self.config.bootstrap_servers
         batch: list[Record] = []
-        size = payload.payload_size([], servers)
+        size = empty = payload.payload_size([], self.config.bootstrap_servers)
         partitions: set[str] = set()
         full = False
         for record in lane.pending:
             if len(batch) >= self.config.batch_size:
                 full = True
                 break
-            if payload.payload_size([record], servers) > payload.MAX_PAYLOAD_BYTES:
+            if empty + payload.partition_bytes(record.partition_key) + record.size > payload.MAX_PAYLOAD_BYTES:
                 full = True  # deliver what came before it first; then it goes alone (to be refused)
                 if not batch:
                     batch.append(record)
@@ -573,6 +591,7 @@ class _Poller:
             return None
         for _ in batch:
             lane.pending.popleft()
+        lane.pending_bytes -= sum(record.size for record in batch)
         lane.opened = now if lane.pending else None
         return batch
 
@@ -725,6 +744,7 @@ class _Poller:
         if not first:
             return
         lane.pending = deque(r for r in lane.pending if r.partition_key not in first)
+        lane.pending_bytes = sum(r.size for r in lane.pending)
         if not lane.pending:
             lane.opened = None
         for record in first.values():
@@ -783,14 +803,26 @@ class _Poller:
         self._commit(records)
 
     def _commit(self, records: Sequence[Record]) -> None:
-        from confluent_kafka import KafkaException, TopicPartition
-
-        positions: dict[tuple[str, int], int] = {}
+        """Marks the records done; the loop commits what its round marked at once (`_send_commits`),
+        before it polls again, so no revocation comes between."""
+        last: dict[str, Record] = {}  # each partition's record of the highest offset
         for record in records:
-            if record.partition_key not in self.assignment:
+            known = last.get(record.partition_key)
+            if known is None or record.offset > known.offset:
+                last[record.partition_key] = record
+        positions = self._uncommitted
+        for name, record in last.items():
+            if name not in self.assignment:
                 continue  # revoked: its new owner commits it
             key = (record.topic, record.partition)
             positions[key] = max(positions.get(key, -1), record.offset + 1)
+
+    def _send_commits(self) -> None:
+        """One synchronous commit for every partition done since the last: a round trip to the broker
+        per round of the loop rather than per invocation."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        positions, self._uncommitted = self._uncommitted, {}
         if not positions:
             return
         offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in positions.items()]
