@@ -41,7 +41,7 @@ from devkit.brokers import Broker, start_broker
 from devkit.datagen import SEED_PARTITIONS, KafkaFeed, ensure_topics, seed_records
 from devkit.esm.kafka import MappingError, client_settings, credentials
 from devkit.esm.mapping import TemplateError, read_mappings
-from devkit.esm.runner import InProcessFunction, LocalMappings
+from devkit.esm.runner import InProcessFunction, LocalMappings, tune_collector
 from devkit.generator import TOPICS, EventGenerator
 from devkit.registry import VALUE_FORMATS, function_environment
 from devkit.sam import ROOT, Handler, LocalContext, LocalFunction, describe, load_handler, parameter_overrides
@@ -496,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         run.start()
+        tune_collector()  # this process is the stack's: what it loaded stays out of the collector's passes
         print(run.banner(), flush=True)
         while not (run.mappings and run.mappings.failed()):
             time.sleep(1)
