@@ -6,8 +6,9 @@ The handler runs as in `make bench` (harness.bench_ingest: the template's enviro
 records, a primary with one replica, so each batch ends with a WAIT). Two views:
 
 - the phases, timed around the handler's own functions with no profiler on: projection (the
-  event read and each record projected, `Ingestor._pending`, as the writer consumes them),
-  planning (`plan.steps_of`, `plan.pack`), transport (`Transport.send`, of which the WAIT),
+  event read and each record projected, `Ingestor._pending`, as the writer draws each chunk),
+  planning (`Planner.steps`, `plan.pack`), transport (`Transport.submit` and `finish`, of which
+  the WAIT),
   results (the writer's count of what was applied) and the rest of the invocation (dead
   letters, the operator's figures, metrics, the log line). The cyclic garbage collector's
   passes fall inside those phases; their CPU time is added up on its own too (`gc.callbacks`);
@@ -23,14 +24,12 @@ import pstats
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from itertools import islice
+from typing import Any
 
 from devkit.generator import EventGenerator
 from devkit.sam import describe
 from harness.bench_ingest import ingest_handler, start_target
-
-if TYPE_CHECKING:
-    from cachesync.writer import BatchWriter, WriteResult
 
 PHASES = ("projection", "steps_of", "pack", "send", "wait", "results", "rest")
 # timed around `BatchWriter.apply` as a whole, and the handler as a whole: the rest is derived
@@ -79,22 +78,23 @@ class PhaseClock:
 
 @contextmanager
 def phases_timed(clock: PhaseClock) -> Iterator[None]:
-    """The writer's planning, sending and counting timed apart. The projection is the time the
-    writer takes to draw the records' mutations from the ingestor (`apply` draws them first);
-    results are what is left of `apply`."""
+    """The writer's planning, sending and counting timed apart. The writer draws, plans and sends
+    a batch a chunk at a time: the projection is the time it takes to draw each chunk's mutations
+    from the ingestor, the send is the time in the transport (its first writes, the replies read
+    and what is sent again), results are what is left of `apply`."""
     from cachesync import plan, transport, writer  # the layer's path comes with devkit
 
-    apply = writer.BatchWriter.apply
-
-    def drawn_first(self: BatchWriter, pending: Any, **options: Any) -> WriteResult:
-        return apply(self, clock.timed("projection", list)(pending), **options)
+    def drawn(mutations: Iterator[Any], count: int) -> list[Any]:
+        return list(islice(mutations, count))
 
     patches: list[tuple[Any, str, Any]] = [
-        (writer, "steps_of", clock.timed("steps_of", plan.steps_of)),  # the writer's own names for them
-        (writer, "pack", clock.timed("pack", clock.counted(plan.pack))),
-        (transport.Transport, "send", clock.timed("send", transport.Transport.send)),
+        (writer, "islice", clock.timed("projection", drawn)),  # the writer's own name for it
+        (plan.Planner, "steps", clock.timed("steps_of", plan.Planner.steps)),
+        (plan, "pack", clock.timed("pack", clock.counted(plan.pack))),
+        (transport.Transport, "submit", clock.timed("send", transport.Transport.submit)),
+        (transport.Transport, "finish", clock.timed("send", transport.Transport.finish)),
         (transport.Transport, "_wait", clock.timed("wait", transport.Transport._wait)),
-        (writer.BatchWriter, "apply", clock.timed("apply", drawn_first)),
+        (writer.BatchWriter, "apply", clock.timed("apply", writer.BatchWriter.apply)),
     ]
     saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
     for owner, name, wrapper in patches:

@@ -7,25 +7,29 @@ from collections.abc import Callable
 from typing import Any
 
 from cachesync.plan import Call
-from cachesync.transport import Transport
+from cachesync.transport import Batch, Transport
 from cachesync.writer import BatchWriter
 
 
 class MidBatchTransport(Transport):
-    """Sends the first half of a batch's calls, runs `halfway()` once, then sends the rest."""
+    """Sends the first half of a batch's calls and reads their replies, runs `halfway()` once, then
+    sends the rest. The writer streams a batch in chunks: the first chunk of two calls or more is
+    cut in half, or else the batch is cut between two chunks."""
 
     def __init__(self, halfway: Callable[[], Any], *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.halfway, self.done = halfway, False
 
-    def send(self, calls: list[Call], deadline: float) -> list[Any]:
-        if self.done or len(calls) < 2:
-            return super().send(calls, deadline)
+    def submit(self, batch: Batch, calls: list[Call]) -> list[int]:
+        if self.done or (not batch.calls and len(calls) < 2):
+            return super().submit(batch, calls)
         self.done = True
-        half = len(calls) // 2
-        first = super().send(calls[:half], deadline)
+        half = 0 if batch.calls else len(calls) // 2
+        read = super().submit(batch, calls[:half]) if half else []
+        unread, batch.unread = batch.unread, []
+        read += self._read_all(batch, unread)  # the first half answered before `halfway`
         self.halfway()
-        return first + super().send(calls[half:], deadline)
+        return read + super().submit(batch, calls[half:])
 
 
 def mid_batch_writer(halfway: Callable[[], Any], client: Any, script_batch_size: int, **options: Any) -> BatchWriter:

@@ -22,7 +22,7 @@ from cachesync.connection import RedisClient
 from cachesync.deadletter import RedisStreamSink
 from cachesync.ingest import Ingestor
 from cachesync.plan import Call
-from cachesync.transport import FENCE_SCRIPT, Transport
+from cachesync.transport import FENCE_SCRIPT, Batch, Transport
 from cachesync.writer import BatchWriter
 from devkit.generator import RawRecord, kafka_record, partition_for
 from harness.model import model_state, redis_state
@@ -98,12 +98,26 @@ class HoldingTransport(Transport):
     def __init__(self, late: list[Call], hold: Any, *args: Any):
         super().__init__(*args)
         self.late, self.hold = late, hold
+        self.holding = False
 
-    def send(self, calls: list[Call], deadline: float) -> list[Any]:
+    def start(self, deadline: float) -> Batch:
+        self.holding = False
+        return super().start(deadline)
+
+    def submit(self, batch: Batch, calls: list[Call]) -> list[int]:
+        if self.holding:  # everything after the stall
+            self.late.extend(calls)
+            return []
         cut = next((i for i in range(len(calls)) if self.hold()), len(calls))
-        replies = super().send(calls[:cut], deadline)
+        read = super().submit(batch, calls[:cut]) if cut else []
         if cut < len(calls):
+            self.holding = True
             self.late.extend(calls[cut:])
+        return read
+
+    def finish(self, batch: Batch) -> list[Any]:
+        replies = super().finish(batch)
+        if self.holding:
             raise redis.exceptions.TimeoutError("INJECTED: no reply before the socket timeout")
         return replies
 

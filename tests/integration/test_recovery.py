@@ -13,7 +13,7 @@ from redis.cluster import RedisCluster
 from cachesync.connection import get_client
 from cachesync.deadletter import RedisStreamSink
 from cachesync.ingest import Ingestor, build_ingestor
-from cachesync.plan import Call, Pending
+from cachesync.plan import Call, Pending, Planner
 from cachesync.transport import Transport
 from cachesync.writer import BatchWriter
 from devkit import servers
@@ -25,18 +25,25 @@ from tests.integration.test_ingest import records_of
 
 
 class FailingLaterCalls(BatchWriter):
-    """Every call that does not write `spared` fails in the script (its plan is not JSON)."""
+    """Every call that does not write `spared` fails in the script (its plan cannot be read)."""
 
     def __init__(self, spared: str, *args: Any):
         super().__init__(*args)
         self.spared = spared
 
-    def plan(self, pending: list[Pending]) -> tuple[list[Call], int]:
-        calls, repeated = super().plan(pending)
-        for call in calls:
-            if self.spared not in call.keys:
-                call.args = lambda call=call: (1, call.keys[0], b"INJECTED failure")  # type: ignore[method-assign]
-        return calls, repeated
+    def planner(self) -> Planner:
+        spared, planner = self.spared, super().planner()
+        plan = planner.plan
+
+        def failing_later(pending: list[Pending], first: int) -> list[Call]:
+            calls = plan(pending, first)
+            for call in calls:
+                if spared not in call.keys:
+                    call.args = lambda call=call: (1, call.keys[0], b"INJECTED failure")  # type: ignore[method-assign]
+            return calls
+
+        planner.plan = failing_later  # type: ignore[method-assign]
+        return planner
 
 
 def test_a_refused_write_keeps_its_dead_letter_when_a_later_call_fails(target: Any) -> None:

@@ -3,12 +3,12 @@ cluster's calls stay in one hash slot, and a key's mutations split over calls ar
 
 from __future__ import annotations
 
-import orjson
 from redis.crc import key_slot
 
 from cachesync.config import MAX_REQUEST_ARGUMENTS, MAX_SCRIPT_BATCH_SIZE, Settings
-from cachesync.plan import Call, pack, steps_of
+from cachesync.plan import Call, Planner, pack, steps_of
 from cachesync.projections import DELETE, INCREMENT, SET, Mutation
+from tests.unit.flatplan import entries
 
 
 def _widest(n: int) -> list[tuple[Mutation, str, int, int]]:
@@ -27,8 +27,9 @@ def test_the_largest_allowed_batch_size_stays_within_the_argument_limit() -> Non
     sizes = [_request_size(call) for call in calls]
     assert max(sizes) <= MAX_REQUEST_ARGUMENTS
     assert sum(call.mutations for call in calls) == 5000
-    # full calls: 3 arguments per new key (its slot's positions hash, the key, the value) at most
-    assert len(calls) <= 5000 * 3 // (MAX_REQUEST_ARGUMENTS - 4) + 1
+    # full calls: 8 arguments per new key at most (its slot's positions hash, the key, the field, the op
+    # count; the op's code, offset, TTL and value)
+    assert len(calls) <= 5000 * 8 // (MAX_REQUEST_ARGUMENTS - 4) + 1
 
 
 def test_cluster_calls_hold_the_keys_of_one_slot_and_its_positions_hash() -> None:
@@ -41,11 +42,12 @@ def test_a_long_ledger_splits_into_chained_calls() -> None:
     deltas = [(Mutation("inventory:s", INCREMENT, "sku:1", "1"), "inventory", 3, i) for i in range(5000)]
     steps, _ = steps_of(deltas)
     calls = pack(steps, cross_slot=True, max_mutations=1997, max_arguments=MAX_REQUEST_ARGUMENTS)
-    assert [call.mutations for call in calls] == [1997, 1997, 1006]
-    entries = [orjson.loads(call.args()[-1])[0] for call in calls]  # no values: the plan is last
+    # 4 arguments a delta (code, offset, member, delta): the request's limit cuts first
+    assert [call.mutations for call in calls] == [997] * 5 + [15]
+    firsts = [entries(call)[0] for call in calls]
     # each call carries `after`: the offset the key's position must have reached (the last before)
-    assert [entry[3] for entry in entries] == [-1, 1996, 3993]
-    assert all(entry[2] == "inventory:s#3" for entry in entries)
+    assert [entry.after for entry in firsts] == [-1, 996, 1993, 2990, 3987, 4984]
+    assert all(entry.field == "inventory:s#3" for entry in firsts)
 
 
 def test_a_repeated_record_is_planned_once_and_overwrites_collapse() -> None:
@@ -59,6 +61,26 @@ def test_a_repeated_record_is_planned_once_and_overwrites_collapse() -> None:
     steps, repeated = steps_of(pending)
     assert repeated == 1
     ledger, order = steps
-    assert [op[0] for op in ledger.ops] == [7]
-    assert order.ops == [[9, SET, b"b", 0]]  # only the last overwrite is sent
+    assert [op[1] for op in ledger.ops] == [7]  # (code, offset, ...)
+    assert order.ops == [(SET, 9, b"b")]  # only the last overwrite is sent
     assert order.sources[0] == [2, 3, 4]  # it stands for all three records
+
+
+def test_a_key_planned_again_in_a_later_chunk_checks_the_end_of_its_earlier_step() -> None:
+    planner = Planner(cross_slot=True, max_mutations=1000, max_arguments=MAX_REQUEST_ARGUMENTS)
+    first = [(Mutation("inventory:s", INCREMENT, "sku:1", "1"), "inventory", 2, i) for i in range(5)]
+    second = [
+        (Mutation("inventory:s", INCREMENT, "sku:1", "1"), "inventory", 2, 4),  # repeats the first chunk's last
+        (Mutation("inventory:s", INCREMENT, "sku:1", "1"), "inventory", 2, 5),
+        (Mutation("orders:1", SET, argument=b"a"), "orders", 2, 6),
+    ]
+    (early,) = planner.plan(first, 0)
+    (late,) = planner.plan(second, len(first))
+    assert [entry.after for entry in entries(early)] == [-1]
+    by_key = {entry.key: entry for entry in entries(late)}
+    # a later call can run first (a resend): it waits until the earlier one has moved the position
+    assert by_key["inventory:s"].after == 4 and by_key["orders:1"].after == -1
+    assert [op[1] for op in by_key["inventory:s"].ops] == [5]
+    assert planner.repeated == 1
+    # the sources are positions in the whole batch
+    assert sorted(step.sources for step, _, _ in late.steps) == [[[6]], [[7]]]

@@ -3,11 +3,10 @@ arguments, and that a call never takes more arguments than one request holds."""
 
 from __future__ import annotations
 
-import orjson
-
 from cachesync.config import MAX_RECORD_FIELDS, MAX_REQUEST_ARGUMENTS
 from cachesync.plan import Call, pack, steps_of
 from cachesync.projections import DELETE, HASH_MERGE, HASH_REPLACE, JSON_MERGE, JSON_SET, STREAM_ADD, Mutation
+from tests.unit.flatplan import entries
 
 
 def _calls(pending: list[tuple[Mutation, str, int, int]], max_mutations: int = 1000) -> list[Call]:
@@ -30,18 +29,14 @@ def test_hash_replaces_collapse_and_merges_appends_and_json_sets_do_not() -> Non
         (Mutation("n:1", JSON_MERGE, argument=b"{}"), "n", 0, 0),
     ]
     (call,) = _calls(pending)
-    plan = orjson.loads(call.args()[1 + len(call.keys)])
-    ops = {call.keys[entry[1] - 1]: entry[4] for entry in plan}
-    values = call.args()[2 + len(call.keys) :]
-    # ARGV[1] is the plan; values from ARGV[2]: an op's index minus 2 is its place in `values`
-    assert ops["h:1"] == [[2, "H", 2, 1, 5]]  # only the last replace, its fields and TTL
-    assert values[0:2] == (b"b", b"2")
-    assert [op[1] for op in ops["m:1"]] == ["M", "M"]
-    first_merge = ops["m:1"][0]
-    assert first_merge[3:5] == [1, 1] and values[first_merge[2] - 2 : first_merge[2] + 1] == (b"a", b"1", b"z")
-    assert [op[1] for op in ops["s:1"]] == ["X", "X"] and ops["s:1"][0][4] == 100
-    assert [op[1] for op in ops["j:1"]] == ["J", "J"]
-    assert len(values) == 2 + 3 + 2 + 2 + 2 + 2 + 1
+    ops = {entry.key: entry.ops for entry in entries(call)}
+    # (code, offset, ttl, then the code's arguments: counts, fields and values as received)
+    assert ops["h:1"] == [("H", 2, 5, 1, b"b", b"2")]  # only the last replace, its fields and TTL
+    assert [op[0] for op in ops["m:1"]] == ["M", "M"]
+    assert ops["m:1"][0][3:] == (1, 1, b"a", b"1", b"z")  # one pair set, one field removed
+    assert [op[0] for op in ops["s:1"]] == ["X", "X"] and ops["s:1"][0][3] == 100  # MAXLEN ~ 100
+    assert ops["j:1"] == [("J", 0, 0, b"{}"), ("J", 1, 0, b'{"a":1}')]
+    assert ops["n:1"] == [("N", 0, 0, b"{}")]
 
 
 def test_wide_writes_are_counted_argument_by_argument() -> None:

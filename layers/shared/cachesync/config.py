@@ -53,9 +53,10 @@ TOPICS_FILE = Path(__file__).with_name("topics.toml")
 MAX_REQUEST_ARGUMENTS = 3999
 MAX_SCRIPT_BATCH_SIZE = (MAX_REQUEST_ARGUMENTS - 5) // 2
 # A hash or a stream entry travels field by field, two arguments each, and one record's fields
-# cannot be split across requests: a call of one key and its positions hash (4 arguments of its
-# own, 2 keys) carries at most this many.
-MAX_RECORD_FIELDS = (MAX_REQUEST_ARGUMENTS - 6) // 2
+# cannot be split across requests: a call of one key carries at most this many, after the call's
+# own 4 arguments, the entry's 4 (its positions hash, key, field, op count), an `after` check's 3
+# and the op's at most 5 (code, offset, TTL and its counts) (cachesync.plan).
+MAX_RECORD_FIELDS = (MAX_REQUEST_ARGUMENTS - 16) // 2
 
 
 @dataclass(frozen=True)

@@ -7,26 +7,29 @@
 -- applied before (a replay, an overlapping invocation, a call that arrived late)
 -- and is skipped. Data and positions change in one atomic step.
 --
--- KEYS: the position hashes and the data keys, in any order.
--- ARGV[1]: JSON [[hash, key, field, after, [op, ...]], ...], one entry per key and
---          partition: hash and key index KEYS; field is the key's position field;
---          after is the offset the position must have reached (-1: none), since an
---          earlier call carried this key's mutations before these; each op is one of
---            [offset, "S", value, ttl?]           SET key ARGV[value] (EX ttl)
---            [offset, "D"]                        DEL key
---            [offset, "I", member, delta, ttl?]   ZINCRBY (then EXPIRE ttl)
---            [offset, "Z", member, score, ttl?]   ZADD (then EXPIRE ttl)
---            [offset, "R", member]                ZREM
---            [offset, "H", first, n, ttl?]        DEL, HSET key <n field/value pairs from ARGV[first]>
---            [offset, "M", first, n, m, ttl?]     HSET the n pairs from ARGV[first], HDEL the m
---                                                 fields after them (a merge: the others kept)
---            [offset, "J", value, ttl?]           JSON.SET key $ ARGV[value] (PERSIST without ttl)
---            [offset, "N", value, ttl?]           JSON.MERGE key $ ARGV[value], into {} if no key
---            [offset, "X", first, n, maxlen, ttl?] XADD key [MAXLEN ~ maxlen] * <n pairs>
---          a ttl is EXPIRE'd after the write (SET takes EX); without one, a replace (S, H, J)
---          leaves the key without a TTL and the other writes keep the key's.
--- ARGV[2..]: the values to SET and JSON.SET, and the fields of hashes and stream entries, as
---          received: they never pass through JSON.
+-- The plan is flat: the script walks ARGV with a cursor and reads numbers with
+-- tonumber, so no JSON is decoded and no table is built per mutation.
+--
+-- KEYS: two per entry (one entry per key and partition): KEYS[2e-1] the position
+--       hash of its slot, KEYS[2e] the data key. Entries of one hash come together.
+-- ARGV[1]: how many entries carry an `after`, then that many (entry, field, after):
+--       the offset the entry's position must have reached (an earlier call carried
+--       this key's mutations before these).
+-- Then per entry: its position field, its op count n, and n ops, each
+--       code, offset[, ttl], then by code:
+--         S value                  SET key value (EX ttl)
+--         D                        DEL key
+--         I member delta           ZINCRBY (then EXPIRE ttl)
+--         Z member score           ZADD (then EXPIRE ttl)
+--         R member                 ZREM
+--         H n <n field/value pairs>            DEL, HSET key <pairs>
+--         M n m <n pairs> <m fields>           HSET the pairs, HDEL the m fields (a merge)
+--         J value                  JSON.SET key $ value (PERSIST without ttl)
+--         N value                  JSON.MERGE key $ value, into {} if no key
+--         X maxlen n <n pairs>     XADD key [MAXLEN ~ maxlen] * <pairs>
+--       a lower-case code carries the ttl, EXPIRE'd after the write (SET takes EX);
+--       without one, a replace (S, H, J) leaves the key without a TTL and the other
+--       writes keep the key's. Values and fields are the arguments as received.
 --
 -- If any entry's position is short of its `after`, nothing is written and the
 -- reply is a CACHESYNC_GAP error: the call before it did not run (yet).
@@ -36,69 +39,109 @@
 -- Returns {positions, errors}: the position read per entry (-1: none), and
 -- {entry, op, error, ...} for mutations Redis refused (e.g. WRONGTYPE); a refused
 -- mutation counts as handled (the caller dead-letters it) and moves the position.
--- A call that changes nothing else sets one position to its own value, so it is
--- still a write: WAIT on its connection then covers every earlier write of it.
-local plan = cjson.decode(ARGV[1])
+-- Each hash gets one HSET with the new positions of its entries. A call that
+-- changes nothing else sets one position to its own value, so it is still a
+-- write: WAIT on its connection then covers every earlier write of it.
+local tonumber, unpack = tonumber, unpack
 local positions, errors = {}, {}
+local read = {}  -- entry -> the position string its `after` check read
 
-for i, entry in ipairs(plan) do
-  local position = tonumber(redis.call('HGET', KEYS[entry[1]], entry[3]) or '-1')
-  if position < entry[4] then
-    return redis.error_reply('CACHESYNC_GAP ' .. KEYS[entry[2]] .. ' is at offset ' ..
-      string.format('%.0f', position) .. ', before ' .. string.format('%.0f', entry[4]) ..
-      ': an earlier call of this batch has not run; nothing written')
+local p = 2
+for _ = 1, tonumber(ARGV[1]) do
+  local e, after = tonumber(ARGV[p]), tonumber(ARGV[p + 2])
+  local raw = redis.call('HGET', KEYS[2 * e - 1], ARGV[p + 1]) or '-1'
+  local position = tonumber(raw)
+  if position < after then
+    return redis.error_reply('CACHESYNC_GAP ' .. KEYS[2 * e] .. ' is at offset ' .. raw ..
+      ', before ' .. ARGV[p + 2] .. ': an earlier call of this batch has not run; nothing written')
   end
-  positions[i] = position
+  read[e] = raw
+  p = p + 3
 end
 
+local WITH_TTL = {s = 'S', i = 'I', z = 'Z', h = 'H', m = 'M', j = 'J', n = 'N', x = 'X'}
+local run_hash, run = nil, {}  -- the hash whose new positions are being gathered, and them
 local wrote = false
-for i, entry in ipairs(plan) do
-  local key, position, last = KEYS[entry[2]], positions[i], nil
+local first_field, first_raw
+local e = 0
+local argc = #ARGV
+while p <= argc do
+  e = e + 1
+  local hash, key, field, count = KEYS[2 * e - 1], KEYS[2 * e], ARGV[p], tonumber(ARGV[p + 1])
+  p = p + 2
+  if hash ~= run_hash then
+    if #run > 0 then
+      redis.call('HSET', run_hash, unpack(run))
+      run = {}
+    end
+    run_hash = hash
+  end
+  local raw = read[e] or redis.call('HGET', hash, field) or '-1'
+  local position = tonumber(raw)
+  positions[e] = position
+  if e == 1 then first_field, first_raw = field, raw end
+  local last = nil
   -- what this entry's JSON writes know of the key: a document there, no TTL on it (saves an
   -- EXISTS per merge and a PERSIST per replace after the first)
   local is_json, no_ttl = false, false
-  for j, op in ipairs(entry[5]) do
-    local offset = op[1]
-    if offset > position then
-      local code, result, ttl = op[2], nil, 0
-      if code == 'S' then
-        ttl = op[4] or 0
+  for j = 1, count do
+    local code, offset_text, ttl = ARGV[p], ARGV[p + 1], 0
+    p = p + 2
+    local upper = WITH_TTL[code]
+    if upper then
+      code, ttl = upper, tonumber(ARGV[p])
+      p = p + 1
+    end
+    local apply = tonumber(offset_text) > position
+    local result = nil
+    if code == 'S' then
+      if apply then
         if ttl > 0 then
-          result = redis.pcall('SET', key, ARGV[op[3]], 'EX', ttl)
+          result = redis.pcall('SET', key, ARGV[p], 'EX', ttl)
         else
-          result = redis.pcall('SET', key, ARGV[op[3]])
+          result = redis.pcall('SET', key, ARGV[p])
         end
-        ttl = 0
-      elseif code == 'D' then
+      end
+      ttl = 0
+      p = p + 1
+    elseif code == 'D' then
+      if apply then
         result = redis.pcall('DEL', key)
         is_json, no_ttl = false, false
-      elseif code == 'I' then
-        ttl = op[5] or 0
-        result = redis.pcall('ZINCRBY', key, op[4], op[3])
-      elseif code == 'Z' then
-        ttl = op[5] or 0
-        result = redis.pcall('ZADD', key, op[4], op[3])
-      elseif code == 'R' then
-        result = redis.pcall('ZREM', key, op[3])
-      elseif code == 'H' then
-        ttl = op[5] or 0
+      end
+    elseif code == 'I' then
+      if apply then result = redis.pcall('ZINCRBY', key, ARGV[p + 1], ARGV[p]) end
+      p = p + 2
+    elseif code == 'Z' then
+      if apply then result = redis.pcall('ZADD', key, ARGV[p + 1], ARGV[p]) end
+      p = p + 2
+    elseif code == 'R' then
+      if apply then result = redis.pcall('ZREM', key, ARGV[p]) end
+      p = p + 1
+    elseif code == 'H' then
+      local n = tonumber(ARGV[p])
+      if apply then
         redis.call('DEL', key)
-        if op[4] > 0 then
-          result = redis.pcall('HSET', key, unpack(ARGV, op[3], op[3] + 2 * op[4] - 1))
+        if n > 0 then
+          result = redis.pcall('HSET', key, unpack(ARGV, p + 1, p + 2 * n))
         end
-      elseif code == 'M' then
-        ttl = op[6] or 0
-        if op[4] > 0 then
-          result = redis.pcall('HSET', key, unpack(ARGV, op[3], op[3] + 2 * op[4] - 1))
+      end
+      p = p + 1 + 2 * n
+    elseif code == 'M' then
+      local n, m = tonumber(ARGV[p]), tonumber(ARGV[p + 1])
+      if apply then
+        if n > 0 then
+          result = redis.pcall('HSET', key, unpack(ARGV, p + 2, p + 1 + 2 * n))
         end
-        if op[5] > 0 and not (type(result) == 'table' and result.err) then
-          local first = op[3] + 2 * op[4]
-          result = redis.pcall('HDEL', key, unpack(ARGV, first, first + op[5] - 1))
+        if m > 0 and not (type(result) == 'table' and result.err) then
+          result = redis.pcall('HDEL', key, unpack(ARGV, p + 2 + 2 * n, p + 1 + 2 * n + m))
         end
-      elseif code == 'J' then
-        ttl = op[4] or 0
+      end
+      p = p + 2 + 2 * n + m
+    elseif code == 'J' then
+      if apply then
         -- in place, not DEL first: a value the server refuses leaves the old document
-        result = redis.pcall('JSON.SET', key, '$', ARGV[op[3]])
+        result = redis.pcall('JSON.SET', key, '$', ARGV[p])
         if not (type(result) == 'table' and result.err) then
           is_json = true
           if ttl == 0 and not no_ttl then
@@ -106,51 +149,67 @@ for i, entry in ipairs(plan) do
             no_ttl = true
           end
         end
-      elseif code == 'N' then
-        ttl = op[4] or 0
+      end
+      p = p + 1
+    elseif code == 'N' then
+      if apply then
         -- a merge into no document merges into {} (RFC 7396): JSON.MERGE alone would keep the nulls
         local created = not is_json and redis.call('EXISTS', key) == 0
         if created then
           redis.call('JSON.SET', key, '$', '{}')
         end
-        result = redis.pcall('JSON.MERGE', key, '$', ARGV[op[3]])
+        result = redis.pcall('JSON.MERGE', key, '$', ARGV[p])
         if type(result) == 'table' and result.err then
           if created then redis.call('DEL', key) end  -- a refused merge leaves no {} behind
         else
           is_json = true
         end
-      elseif code == 'X' then
-        ttl = op[6] or 0
-        local first, last = op[3], op[3] + 2 * op[4] - 1
-        if op[5] > 0 then
-          result = redis.pcall('XADD', key, 'MAXLEN', '~', op[5], '*', unpack(ARGV, first, last))
-        else
-          result = redis.pcall('XADD', key, '*', unpack(ARGV, first, last))
-        end
-      else
-        result = {err = 'unknown mutation code ' .. tostring(code)}
       end
+      p = p + 1
+    elseif code == 'X' then
+      local maxlen, n = tonumber(ARGV[p]), tonumber(ARGV[p + 1])
+      if apply then
+        if maxlen > 0 then
+          result = redis.pcall('XADD', key, 'MAXLEN', '~', maxlen, '*', unpack(ARGV, p + 2, p + 1 + 2 * n))
+        else
+          result = redis.pcall('XADD', key, '*', unpack(ARGV, p + 2, p + 1 + 2 * n))
+        end
+      end
+      p = p + 2 + 2 * n
+    else
+      -- the planner sends none: the rest of the plan cannot be read, so the call stops here with
+      -- the positions of what it wrote (the batch fails on this error)
+      if last then
+        run[#run + 1] = field
+        run[#run + 1] = last
+      end
+      if #run > 0 then redis.call('HSET', run_hash, unpack(run)) end
+      return redis.error_reply('CACHESYNC_PLAN unknown mutation code ' .. tostring(code))
+    end
+    if apply then
       if type(result) == 'table' and result.err then
-        errors[#errors + 1] = i
+        errors[#errors + 1] = e
         errors[#errors + 1] = j
         errors[#errors + 1] = result.err
       elseif ttl > 0 then
         redis.call('EXPIRE', key, ttl)
         no_ttl = false
       end
-      last = offset
+      last = offset_text
     end
   end
   if last then
-    -- %.0f prints the integer exactly (offsets are exact in Lua numbers up to 2^53)
-    redis.call('HSET', KEYS[entry[1]], entry[3], string.format('%.0f', last))
+    run[#run + 1] = field
+    run[#run + 1] = last
     wrote = true
   end
 end
+if #run > 0 then
+  redis.call('HSET', run_hash, unpack(run))
+end
 
 if not wrote then
-  local entry = plan[1]
-  redis.call('HSET', KEYS[entry[1]], entry[3], string.format('%.0f', positions[1]))
+  redis.call('HSET', KEYS[1], first_field, first_raw)
 end
 
 return {positions, errors}

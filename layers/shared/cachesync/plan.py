@@ -14,24 +14,25 @@ changes nothing: the position already says newer.
   its record says, TTL included (SET, DEL, a hash's DEL + HSET); merges, stream
   appends and stock events never collapse, nor does JSON.SET, which the server may
   refuse for a value it cannot hold (the key must then keep the write before it).
-- Values travel as arguments of their own, never inside the plan's JSON: a SET's
-  or a JSON document's value is one, a hash write or a stream entry takes two per
-  field (and a merge one more per field it removes). Each call's arguments are
-  counted against the request limit.
+- The plan is flat: every op is a few arguments of the call (its code, offset,
+  TTL if any, then its member, value or fields as received), which fence.lua walks
+  in order; nothing is encoded as JSON. Each call's arguments are counted against
+  the request limit.
 - The steps of one slot go out in calls of that slot only, so a cluster can run
   them (`cross_slot=False`); a standalone server takes any mix (`cross_slot=True`).
   Both topologies plan the same steps; only their packing differs.
 - A step too long for one call continues in the next, which checks that the key's
   position reached the end of the part before (`after`): calls run independently,
   and a refused call (out of memory) must stop the rest of its key's mutations.
+- A batch can be planned in chunks (`Planner`), each sent while the next is planned:
+  a key's step in a later chunk checks the end of its step in the chunk before in
+  the same way, so no call can move a key past mutations an earlier call carries.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from redis.crc import key_slot
 
 from cachesync import keys
@@ -56,109 +57,139 @@ Pending = tuple[Mutation, str, int, int]
 # JSON_SET is no overwrite here: the server may refuse a value (a number out of RedisJSON's range),
 # and a refused write must leave the key as the records before it made it
 OVERWRITES = (SET, DELETE, HASH_REPLACE)
-# ops whose value is one argument of the call (op[2] before packing)
-ONE_VALUE = (SET, JSON_SET, JSON_MERGE)
-# ops whose fields are arguments of the call, two per field (op[2] before packing)
-FIELD_OPS = (HASH_REPLACE, HASH_MERGE, STREAM_ADD)
+# an op's code in lower case carries a TTL (fence.lua)
+_WITH_TTL = {code: code.lower() for code in (SET, INCREMENT, ASSIGN, HASH_REPLACE, HASH_MERGE, JSON_SET, JSON_MERGE)}
+_WITH_TTL[STREAM_ADD] = STREAM_ADD.lower()
+_OVERWRITE_CODES = frozenset({*OVERWRITES, *(_WITH_TTL[code] for code in OVERWRITES if code in _WITH_TTL)})
 
-# Arguments a call spends before its keys and values: EVALSHA, the hash, numkeys, the plan.
+# Arguments a call spends before its keys and plan: EVALSHA, the hash, numkeys, the count of `after` checks.
 CALL_OVERHEAD_ARGUMENTS = 4
+# Arguments of an entry besides its ops: its positions hash and key (KEYS), its field and op count.
+ENTRY_ARGUMENTS = 4
+# and when it carries an `after` check: the entry, its field and the offset
+AFTER_ARGUMENTS = 3
+
+# One op as fence.lua reads it: code (lower case: a TTL follows), offset[, ttl], then the code's own
+# arguments (member, value, fields). A tuple: one is built for every record.
+Op = tuple[Any, ...]
 
 
 class Step:
     """One key's mutations from one partition, in offset order."""
 
-    __slots__ = ("key", "last", "ops", "position", "slot", "sources")
+    __slots__ = ("after", "key", "last", "ops", "position", "slot", "sources")
 
-    def __init__(self, slot: int, key: str, position: str):
+    def __init__(self, slot: int, key: str, position: str, after: int = -1):
         self.slot = slot
         self.key = key
         self.position = position  # the key's position field for this partition
-        # [offset, code, a, b, ttl]; values and fields become ARGV indexes when packed (_add)
-        self.ops: list[list[Any]] = []
+        self.ops: list[Op] = []
         # per op, the pending positions it stands for (several for collapsed overwrites)
         self.sources: list[list[int]] = []
         self.last = -1  # the offset of its last record
+        # the offset the key's position must have reached first: the end of this key's step in an
+        # earlier chunk of the batch (-1: none)
+        self.after = after
 
 
-@dataclass
 class Call:
     """One fence.lua call: steps of one slot (cluster) or of any slots (standalone)."""
 
-    slot: int  # the slot of its first step: where a cluster sends it
-    keys: list[str] = field(default_factory=list)
-    values: list[bytes | str] = field(default_factory=list)
-    entries: list[list[Any]] = field(default_factory=list)  # [hash index, key index, field, after, ops]
-    steps: list[tuple[Step, int, int]] = field(default_factory=list)  # (step, first op, end op) carried here
-    mutations: int = 0
-    _index: dict[str, int] = field(default_factory=dict)
-
-    def key_index(self, name: str) -> int:
-        index = self._index.get(name)
-        if index is None:
-            self.keys.append(name)
-            index = self._index[name] = len(self.keys)
-        return index
-
-    @property
-    def arguments(self) -> int:
-        return CALL_OVERHEAD_ARGUMENTS + len(self.keys) + len(self.values)
+    def __init__(self, slot: int):
+        self.slot = slot  # the slot of its first step: where a cluster sends it
+        self.keys: list[str] = []  # per entry, its positions hash and its key
+        self.afters: list[Any] = []  # (entry, field, after) of the entries that check an `after`
+        self.argv: list[Any] = []  # per entry, its field, op count and ops
+        self.steps: list[tuple[Step, int, int]] = []  # (step, first op, end op) carried here
+        self.mutations = 0
+        self.arguments = CALL_OVERHEAD_ARGUMENTS
 
     def args(self) -> tuple[Any, ...]:
-        """numkeys, the keys, the plan and the values: what follows EVAL <script> or EVALSHA <hash>."""
-        return (len(self.keys), *self.keys, orjson.dumps(self.entries), *self.values)
+        """numkeys, the keys and the plan: what follows EVAL <script> or EVALSHA <hash>."""
+        return (len(self.keys), *self.keys, len(self.afters) // 3, *self.afters, *self.argv)
 
 
 def steps_of(pending: list[Pending]) -> tuple[list[Step], int]:
-    """The batch's steps in first-seen order, and how many records repeated one already seen.
-
-    A partition's records come in offset order, so a record at or below its step's last
-    offset repeats one (the same topic, partition and offset is the same record, so the
-    same key)."""
-    steps: dict[tuple[str, int], Step] = {}
-    repeated = 0
-    for position, (mutation, _, partition, offset) in enumerate(pending):
-        key = mutation.key
-        step = steps.get((key, partition))
-        if step is None:
-            step = steps[(key, partition)] = Step(key_slot(key.encode()), key, keys.position_field(key, partition))
-        elif offset <= step.last:
-            repeated += 1
-            continue
-        step.last = offset
-        op = _op(mutation, offset)
-        if op[1] in OVERWRITES and step.ops and step.ops[-1][1] in OVERWRITES:
-            step.ops[-1] = op  # the later overwrite wins within the call: the earlier is never sent
-            step.sources[-1].append(position)
-        else:
-            step.ops.append(op)
-            step.sources.append([position])
-    return list(steps.values()), repeated
+    """The batch's steps in first-seen order, and how many records repeated one already seen."""
+    planner = Planner(cross_slot=True, max_mutations=1, max_arguments=1)
+    return planner.steps(pending, 0), planner.repeated
 
 
-def _op(m: Mutation, offset: int) -> list[Any]:
-    code = m.code
-    if code in ONE_VALUE or code == HASH_REPLACE:
-        return [offset, code, m.argument, m.ttl]  # the value (fields) become ARGV indexes when packed
+class Planner:
+    """Plans a batch chunk by chunk: each chunk's calls can go out while the next is planned."""
+
+    def __init__(self, *, cross_slot: bool, max_mutations: int, max_arguments: int):
+        self.cross_slot, self.max_mutations, self.max_arguments = cross_slot, max_mutations, max_arguments
+        self.repeated = 0  # records that repeated one already seen
+        self._lasts: dict[tuple[str, int], int] = {}  # (key, partition) -> its last offset in earlier chunks
+
+    def plan(self, pending: list[Pending], first: int) -> list[Call]:
+        """The calls of one chunk; `first` is the position of its first record in the whole batch."""
+        return pack(
+            self.steps(pending, first),
+            cross_slot=self.cross_slot,
+            max_mutations=self.max_mutations,
+            max_arguments=self.max_arguments,
+        )
+
+    def steps(self, pending: list[Pending], first: int) -> list[Step]:
+        """One chunk's steps in first-seen order.
+
+        A partition's records come in offset order, so a record at or below the last offset
+        planned for its key and partition repeats one (the same topic, partition and offset is
+        the same record, so the same key)."""
+        steps: dict[tuple[str, int], Step] = {}
+        lasts = self._lasts
+        for position, (mutation, _, partition, offset) in enumerate(pending, first):
+            key = mutation.key
+            step = steps.get((key, partition))
+            if step is None:
+                earlier = lasts.get((key, partition), -1)
+                if offset <= earlier:
+                    self.repeated += 1
+                    continue
+                step = steps[(key, partition)] = Step(
+                    key_slot(key.encode()), key, keys.position_field(key, partition), earlier
+                )
+            elif offset <= step.last:
+                self.repeated += 1
+                continue
+            step.last = offset
+            op = _op(mutation, offset)
+            if op[0] in _OVERWRITE_CODES and step.ops and step.ops[-1][0] in _OVERWRITE_CODES:
+                step.ops[-1] = op  # the later overwrite wins within the call: the earlier is never sent
+                step.sources[-1].append(position)
+            else:
+                step.ops.append(op)
+                step.sources.append([position])
+        for (key, partition), step in steps.items():
+            lasts[(key, partition)] = step.last
+        return list(steps.values())
+
+
+def _op(m: Mutation, offset: int) -> Op:
+    code, ttl = m.code, m.ttl
+    if code in (SET, JSON_SET, JSON_MERGE):
+        return (_WITH_TTL[code], offset, ttl, m.argument) if ttl else (code, offset, m.argument)
+    if code == DELETE:
+        return (code, offset)
     if code in (INCREMENT, ASSIGN):
-        return [offset, code, m.member, m.argument, m.ttl]
+        return (_WITH_TTL[code], offset, ttl, m.member, m.argument) if ttl else (code, offset, m.member, m.argument)
     if code == REMOVE:
-        return [offset, code, m.member]
-    if code == HASH_MERGE:
-        return [offset, code, m.argument, m.ttl, m.removed]
-    if code == STREAM_ADD:
-        return [offset, code, m.argument, m.ttl, m.max_length]
-    return [offset, code]
-
-
-def _cost(op: list[Any]) -> int:
-    """The arguments an op's values take in its call."""
-    code = op[1]
-    if code in ONE_VALUE:
-        return 1
-    if code in FIELD_OPS:
-        return len(op[2]) + (len(op[4]) if code == HASH_MERGE else 0)
-    return 0
+        return (code, offset, m.member)
+    fields: Any = m.argument
+    if code == HASH_REPLACE:
+        head: Op = (code, offset, len(fields) // 2)
+    elif code == HASH_MERGE:
+        head = (code, offset, len(fields) // 2, len(m.removed))
+        fields = (*fields, *m.removed)
+    elif code == STREAM_ADD:
+        head = (code, offset, m.max_length, len(fields) // 2)
+    else:
+        raise ValueError(f"unknown mutation code {code!r}")
+    if ttl:
+        head = (_WITH_TTL[code], offset, ttl, *head[2:])
+    return (*head, *fields)
 
 
 def pack(steps: list[Step], *, cross_slot: bool, max_mutations: int, max_arguments: int) -> list[Call]:
@@ -178,40 +209,39 @@ def pack(steps: list[Step], *, cross_slot: bool, max_mutations: int, max_argumen
             if call is None:
                 call = Call(slot)
             # most steps are one key's few ops: all of them into this call when they fit
-            values = sum(_cost(op) for op in ops)
-            if call.mutations + len(ops) <= max_mutations and call.arguments + 2 + values <= max_arguments:
-                _add(call, step, positions, 0, len(ops), -1)
+            width = ENTRY_ARGUMENTS + (AFTER_ARGUMENTS if step.after >= 0 else 0) + sum(map(len, ops))
+            if call.mutations + len(ops) <= max_mutations and call.arguments + width <= max_arguments:
+                _add(call, step, positions, 0, len(ops), step.after)
                 continue
-            start, after = 0, -1
+            start, after = 0, step.after
             while start < len(ops):
                 if call is None:
                     call = Call(slot)
-                room = _room(call, step, positions, start, max_mutations, max_arguments)
+                room = _room(call, step, start, after, max_mutations, max_arguments)
                 if room == 0:
                     calls.append(call)
                     call = None
                     continue
                 end = start + room
                 _add(call, step, positions, start, end, after)
-                after = ops[end - 1][0]
+                after = ops[end - 1][1]
                 start = end
     if call is not None:
         calls.append(call)
     return calls
 
 
-def _room(call: Call, step: Step, positions: str, start: int, max_mutations: int, max_arguments: int) -> int:
+def _room(call: Call, step: Step, start: int, after: int, max_mutations: int, max_arguments: int) -> int:
     """How many of the step's ops from `start` fit in the call (0: none)."""
     free_mutations = max_mutations - call.mutations
-    # a new call always takes at least one op, so a step always makes progress
-    new_keys = (positions not in call._index) + (step.key not in call._index)
-    free_arguments = max_arguments - call.arguments - new_keys
+    entry = ENTRY_ARGUMENTS + (AFTER_ARGUMENTS if after >= 0 else 0)
+    free_arguments = max_arguments - call.arguments - entry
     if free_mutations <= 0 or free_arguments <= 0:
         return 0
     room = 0
     for op in step.ops[start:]:
-        cost = _cost(op)
-        if cost > max_arguments - CALL_OVERHEAD_ARGUMENTS - 2:
+        cost = len(op)
+        if cost > max_arguments - CALL_OVERHEAD_ARGUMENTS - ENTRY_ARGUMENTS - AFTER_ARGUMENTS:
             # never fits any call: the projections keep a record's fields below this (MAX_RECORD_FIELDS)
             raise ValueError(f"a mutation of {step.key} takes {cost} arguments, more than one request holds")
         if room == free_mutations or cost > free_arguments:
@@ -222,32 +252,16 @@ def _room(call: Call, step: Step, positions: str, start: int, max_mutations: int
 
 
 def _add(call: Call, step: Step, positions: str, start: int, end: int, after: int) -> None:
-    hash_index = call.key_index(positions)
-    key_index = call.key_index(step.key)
-    ops: list[list[Any]] = []
-    values = call.values
+    entry = len(call.steps) + 1  # fence.lua counts from 1
+    call.keys += (positions, step.key)
+    argv = call.argv
+    width = len(argv)
+    if after >= 0:
+        call.afters += (entry, step.position, after)
+        call.arguments += AFTER_ARGUMENTS
+    argv += (step.position, end - start)
     for op in step.ops[start:end] if start or end < len(step.ops) else step.ops:
-        code = op[1]
-        if code == SET or code in ONE_VALUE:
-            values.append(op[2])
-            # fence.lua reads ARGV: the plan is ARGV[1], values from ARGV[2]
-            ops.append([op[0], code, len(values) + 1, op[3]] if op[3] else [op[0], code, len(values) + 1])
-        elif code in FIELD_OPS:
-            first, fields = len(values) + 2, op[2]
-            values.extend(fields)
-            packed = [op[0], code, first, len(fields) // 2]
-            if code == HASH_MERGE:
-                values.extend(op[4])
-                packed.append(len(op[4]))
-            elif code == STREAM_ADD:
-                packed.append(op[4])
-            if op[3]:
-                packed.append(op[3])
-            ops.append(packed)
-        elif len(op) == 5 and not op[4]:
-            ops.append(op[:4])  # a sorted-set op without a TTL: leave it out
-        else:
-            ops.append(op)
-    call.entries.append([hash_index, key_index, step.position, after, ops])
+        argv += op
+    call.arguments += 2 + len(argv) - width
     call.steps.append((step, start, end))
     call.mutations += end - start

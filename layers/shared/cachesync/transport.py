@@ -1,7 +1,10 @@
 """The writer's Redis transport: the one place that sends fenced calls and knows the topology.
 
 - Each node's calls go out in one write on one connection, the replies read
-  after all writes (a pipeline per node, overlapped across nodes).
+  after all writes (a pipeline per node, overlapped across nodes). A batch can be
+  streamed (`start`, `submit`, `finish`): each chunk's calls are written as soon
+  as they are planned, and the replies of the chunk before are read after that
+  write, so the server runs one chunk while the client plans the next.
 - Whatever the server turns away without running the call is sent again:
   MOVED (the map is learnt again), ASK (to the named node, after ASKING on the
   same connection), TRYAGAIN, CLUSTERDOWN, LOADING, READONLY and MASTERDOWN
@@ -25,6 +28,7 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +92,30 @@ class _Node:
 
 
 @dataclass
+class _Sent:
+    """Calls written to a node in one write, whose replies are still to be read there."""
+
+    node: _Node
+    connection: Any  # the connection written to: if the node's has changed since, it was lost
+    indexes: list[int]
+    load: bool  # SCRIPT LOAD went first
+    widths: list[int]  # replies per call: 2 after ASKING
+
+
+@dataclass
+class Batch:
+    """One batch's calls and their replies, as its chunks are submitted."""
+
+    deadline: float
+    calls: list[Call] = field(default_factory=list)
+    replies: list[Any] = field(default_factory=list)
+    nodes: dict[str, _Node] = field(default_factory=dict)
+    asks: dict[int, tuple[str, int]] = field(default_factory=dict)  # call -> the node an ASK named
+    unread: list[_Sent] = field(default_factory=list)  # the last submit's writes
+    counted: set[int] = field(default_factory=set)  # calls whose results the writer has taken
+
+
+@dataclass
 class Transport:
     client: redis.Redis | RedisCluster
     retries: int = 3
@@ -103,37 +131,75 @@ class Transport:
     def send(self, calls: list[Call], deadline: float) -> list[Any]:
         """Each call's reply (its result or the error it ended with), every call having run at most once
         in effect; then the WAIT. Raises NotReplicated when the WAIT falls short."""
-        replies: list[Any] = [None] * len(calls)
-        nodes: dict[str, _Node] = {}
+        batch = self.start(deadline)
+        try:
+            self.submit(batch, calls)
+        except BaseException:
+            self.close(batch)
+            raise
+        return self.finish(batch)
+
+    # --- a batch streamed: its calls sent as they are planned -----------------------------
+    def start(self, deadline: float) -> Batch:
+        """A batch whose calls `submit` sends as they come; `finish` (or `close`) ends it."""
+        return Batch(deadline)
+
+    def submit(self, batch: Batch, calls: list[Call]) -> list[int]:
+        """Sends these calls now, then reads the replies of the calls submitted before them (the server
+        ran those while the caller planned these). Returns the indexes (in the whole batch) of the calls
+        whose replies were read: one that is no error is final, nothing sends it again."""
+        first = len(batch.calls)
+        batch.calls += calls
+        batch.replies += [None] * len(calls)
+        answers: dict[int, Any] = {}
+        sent = self._write(batch, range(first, len(batch.calls)), answers)
+        for i, answer in answers.items():
+            batch.replies[i] = answer
+        earlier, batch.unread = batch.unread, sent
+        return self._read_all(batch, earlier)
+
+    def finish(self, batch: Batch) -> list[Any]:
+        """Reads what is still unread, sends again what the cache turned away, then the WAIT: each call's
+        reply, as `send`."""
         try:
             try:
-                self._send(calls, replies, nodes, deadline)
+                unread, batch.unread = batch.unread, []
+                self._read_all(batch, unread)
+                self._settle(batch)
             except BatchNotDone as error:
-                error.replies = replies
+                error.replies = batch.replies
                 raise
         finally:
-            for node in nodes.values():
-                _release(node)
-        return replies
+            self.close(batch)
+        return batch.replies
 
-    def _send(self, calls: list[Call], replies: list[Any], nodes: dict[str, _Node], deadline: float) -> None:
-        asks: dict[int, tuple[str, int]] = {}  # call -> the node an ASK named
-        pending = list(range(len(calls)))
+    def close(self, batch: Batch) -> None:
+        """Gives the batch's connections back; one with replies still unread is closed instead."""
+        for sent in batch.unread:
+            if sent.node.connection is sent.connection:
+                _drop(sent.node)
+        batch.unread = []
+        for node in batch.nodes.values():
+            _release(node)
+
+    def _settle(self, batch: Batch) -> None:
+        """Every call answered once: those the cache turned away are sent again until they ran, the
+        batch failed, or the deadline; then the WAIT."""
+        replies, deadline = batch.replies, batch.deadline
+        pending = list(range(len(batch.calls)))
         lost_rounds = attempt = 0
         while pending:
-            answers = self._round(calls, pending, nodes, asks)
             redo: list[int] = []
             refresh = lost = False
             for i in pending:
-                answer = answers[i]
-                replies[i] = answer
+                answer = replies[i]
                 if isinstance(answer, redis.exceptions.AskError) and not isinstance(
                     answer, redis.exceptions.MovedError
                 ):
-                    asks[i] = (answer.host, int(answer.port))
+                    batch.asks[i] = (answer.host, int(answer.port))
                     redo.append(i)
                     continue
-                asks.pop(i, None)
+                batch.asks.pop(i, None)
                 if isinstance(answer, redis.exceptions.MovedError | redis.exceptions.ReadOnlyError):
                     refresh = True
                     # READONLY: a failover under way, or an endpoint at a replica: within the retries
@@ -162,20 +228,24 @@ class Transport:
                     f"the cache turned {len(redo)} calls away until the invocation's deadline, last with {error!r}"
                 ) from (error if isinstance(error, BaseException) else None)
             if refresh:
-                self.refresh(nodes)
+                self.refresh(batch.nodes)
             time.sleep(max(0.0, min(BACKOFF_FIRST_S * 2**attempt, BACKOFF_CAP_S, deadline - time.monotonic())))
             attempt += 1
+            answers: dict[int, Any] = {}
+            self._read_all(batch, self._write(batch, redo, answers))
+            for i, answer in answers.items():
+                replies[i] = answer
             pending = redo
         if not any(isinstance(reply, BaseException) for reply in replies):
-            self._wait(list(nodes.values()), deadline)
+            self._wait(list(batch.nodes.values()), deadline)
 
-    # --- one round: every pending call sent once -----------------------------------------
-    def _round(
-        self, calls: list[Call], pending: list[int], nodes: dict[str, _Node], asks: dict[int, tuple[str, int]]
-    ) -> dict[int, Any]:
-        answers: dict[int, Any] = {}
+    # --- one round: calls written per node, their replies read after --------------------
+    def _write(self, batch: Batch, indexes: Iterable[int], answers: dict[int, Any]) -> list[_Sent]:
+        """Writes each call once to the node of its slot (or the one its ASK named): one write per
+        node. Calls that could not be written get their error in `answers`."""
+        calls, nodes, asks = batch.calls, batch.nodes, batch.asks
         by_node: dict[str, list[int]] = {}
-        for i in pending:
+        for i in indexes:
             try:
                 node = self._node(nodes, calls[i].slot, asks.get(i))
             except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as error:
@@ -183,15 +253,16 @@ class Transport:
                 answers[i] = redis.exceptions.ClusterDownError(str(error))
                 continue
             by_node.setdefault(node.name, []).append(i)
-        sent: list[tuple[_Node, list[int], list[int]]] = []  # node, calls, how many replies each takes
-        for name, indexes in by_node.items():
+        sent: list[_Sent] = []
+        for name, node_indexes in by_node.items():
             node = nodes[name]
             commands: list[tuple[Any, ...]] = []
             load = name not in self._loaded
             if load:
                 commands.append(("SCRIPT", "LOAD", FENCE_SCRIPT))
+                self._loaded.add(name)  # the calls behind it find it; a NOSCRIPT reply unlearns it
             widths = []
-            for i in indexes:
+            for i in node_indexes:
                 if i in asks:
                     commands.append(("ASKING",))
                 commands.append(("EVALSHA", FENCE_SHA, *calls[i].args()))
@@ -202,28 +273,43 @@ class Transport:
                 node.connection.send_packed_command(_pack(node.connection, commands))
             except _LOST as error:
                 _drop(node)
-                for i in indexes:
+                self._loaded.discard(name)
+                for i in node_indexes:
                     answers[i] = error
                 continue
-            sent.append((node, indexes, [int(load), *widths]))
-        for node, indexes, widths in sent:
+            sent.append(_Sent(node, node.connection, node_indexes, load, widths))
+        return sent
+
+    def _read_all(self, batch: Batch, sent: list[_Sent]) -> list[int]:
+        """The replies of these writes into `batch.replies`, in the order written; the indexes read."""
+        read: list[int] = []
+        for one in sent:
+            node = one.node
+            if node.connection is not one.connection:  # lost while an earlier write was read
+                error = redis.exceptions.ConnectionError(f"the connection to {node.name} was lost before the reply")
+                for i in one.indexes:
+                    batch.replies[i] = error
+                read += one.indexes
+                continue
+            done = 0
             try:
-                if widths[0]:
+                if one.load:
                     _read(node.connection)  # SCRIPT LOAD's reply: the hash
-                    self._loaded.add(node.name)
-                for i, width in zip(indexes, widths[1:], strict=True):
+                for i, width in zip(one.indexes, one.widths, strict=True):
                     if width == 2:
                         _read(node.connection)  # ASKING's OK
-                    answer = answers[i] = _read(node.connection)
+                    answer = batch.replies[i] = _read(node.connection)
+                    done += 1
                     if not isinstance(answer, BaseException):
                         node.wrote = True
                     elif isinstance(answer, redis.exceptions.NoScriptError):
                         self._loaded.discard(node.name)
             except _LOST as error:
                 _drop(node)
-                for i in indexes:
-                    answers.setdefault(i, error)
-        return answers
+                for i in one.indexes[done:]:
+                    batch.replies[i] = error
+            read += one.indexes
+        return read
 
     def _node(self, nodes: dict[str, _Node], slot: int, ask: tuple[str, int] | None) -> _Node:
         if isinstance(self.client, RedisCluster):

@@ -20,18 +20,22 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
 
 from cachesync.config import MAX_REQUEST_ARGUMENTS, MAX_SCRIPT_BATCH_SIZE
-from cachesync.plan import Call, Pending, pack, steps_of
-from cachesync.transport import BatchNotDone, Transport
+from cachesync.plan import Call, Pending, Planner
+from cachesync.transport import Batch, BatchNotDone, Transport
 
 # How long a batch may keep resending what the cache turns away (slots moving, a failover)
 # when the caller names no deadline; IngestFunction derives its own from the time it has left.
 DEFAULT_DEADLINE_SECONDS = 30.0
+# Records drawn and planned before their calls are sent: small enough that the server starts early and
+# runs one chunk while the next is planned, large enough that a chunk fills calls on a standalone server.
+CHUNK_RECORDS = 1000
 
 __all__ = ["BatchWriter", "Pending", "WriteResult"]
 
@@ -56,48 +60,78 @@ class BatchWriter:
         wait_replicas: int | None = None,
         wait_timeout_ms: int = 1000,
         transport: Transport | None = None,
+        chunk_records: int = CHUNK_RECORDS,
     ):
         self._cross_slot = not isinstance(client, RedisCluster)
         self._batch_size = min(script_batch_size, MAX_SCRIPT_BATCH_SIZE)
+        self._chunk_records = chunk_records
         self.transport = transport or Transport(client, retries, wait_replicas, wait_timeout_ms)
+
+    def planner(self) -> Planner:
+        return Planner(cross_slot=self._cross_slot, max_mutations=self._batch_size, max_arguments=MAX_REQUEST_ARGUMENTS)
 
     def plan(self, pending: list[Pending]) -> tuple[list[Call], int]:
         """The calls for these mutations, and how many repeated a record (topic, partition, offset) already seen."""
-        steps, repeated = steps_of(pending)
-        calls = pack(
-            steps, cross_slot=self._cross_slot, max_mutations=self._batch_size, max_arguments=MAX_REQUEST_ARGUMENTS
-        )
-        return calls, repeated
+        planner = self.planner()
+        calls = planner.plan(pending, 0)
+        return calls, planner.repeated
 
     def apply(self, pending: Iterable[Pending], *, partial: bool = False, deadline: float | None = None) -> WriteResult:
         """Apply the mutations in order. `deadline` (time.monotonic()) bounds the resends.
 
-        A call that failed raises its error, after the others were read. With
-        `partial`, the result is returned instead with the error in `error`, so the
-        caller can still report what the calls that ran refused (a retry would skip
-        those mutations as applied and never report them again).
+        The mutations are drawn and planned a chunk at a time, each chunk's calls sent before
+        the next is drawn, so the server runs them while the next chunk is projected and planned.
+        A call that failed raises its error, after the others were read. With `partial`, the
+        result is returned instead with the error in `error`, so the caller can still report what
+        the calls that ran refused (a retry would skip those mutations as applied and never report
+        them again).
         """
-        pending = list(pending)
-        calls, repeated = self.plan(pending)
-        result = WriteResult(skipped=repeated)
         if deadline is None:
             deadline = time.monotonic() + DEFAULT_DEADLINE_SECONDS
+        records: list[Pending] = []
+        result = WriteResult()
+        planner = self.planner()
+        batch = self.transport.start(deadline)
+        planned = False  # a call was submitted: the batch must be finished
         try:
-            replies = self.transport.send(calls, deadline) if calls else []
+            mutations = iter(pending)
+            while chunk := list(islice(mutations, self._chunk_records)):
+                first = len(records)
+                records += chunk
+                calls = planner.plan(chunk, first)
+                if calls:
+                    planned = True
+                    read = self.transport.submit(batch, calls)
+                    _count_done(batch, read, result, records)
+        except BaseException:
+            self.transport.close(batch)  # the calls sent are fenced: the retry sends them again harmlessly
+            raise
+        result.skipped += planner.repeated
+        try:
+            replies = self.transport.finish(batch) if planned else []
         except (redis.exceptions.RedisError, OSError) as error:
             result.error = error
             # what the calls answered before the batch failed: their refusals still count
-            replies = error.replies if isinstance(error, BatchNotDone) else []
-        for call, reply in zip(calls, replies, strict=False):
+            replies = error.replies if isinstance(error, BatchNotDone) else batch.replies
+        for i, reply in enumerate(replies):
             if isinstance(reply, BaseException):
                 result.error = result.error or reply
-            elif reply is None:
-                continue  # never answered: the batch failed before it
+            elif reply is None or i in batch.counted:
+                continue  # never answered (the batch failed before it), or counted as it came
             else:
-                _count(call, reply, result, pending)
+                _count(batch.calls[i], reply, result, records)
         if result.error is not None and not partial:
             raise result.error
         return result
+
+
+def _count_done(batch: Batch, read: list[int], result: WriteResult, records: list[Pending]) -> None:
+    """Counts the calls just read that ran: their replies are final."""
+    for i in read:
+        reply = batch.replies[i]
+        if reply is not None and not isinstance(reply, BaseException):
+            _count(batch.calls[i], reply, result, records)
+            batch.counted.add(i)
 
 
 def _count(call: Call, reply: list[Any], result: WriteResult, pending: list[Pending]) -> None:

@@ -1,0 +1,57 @@
+"""Reads a fence.lua call's flat plan back, as the script walks it (fence.lua's header), so the
+planning tests can name what each entry carries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cachesync.plan import Call
+
+# arguments after code, offset and TTL, by code: a fixed count, or a function of the next ones
+_FIXED = {"S": 1, "D": 0, "I": 2, "Z": 2, "R": 1, "J": 1, "N": 1}
+
+
+@dataclass
+class Entry:
+    hash: str
+    key: str
+    field: str
+    after: int  # -1: none
+    ops: list[tuple[Any, ...]]  # (code upper case, offset, ttl, arguments...)
+
+
+def entries(call: Call) -> list[Entry]:
+    args = list(call.args())
+    numkeys = args[0]
+    keys, plan = args[1 : 1 + numkeys], args[1 + numkeys :]
+    checks, p = int(plan[0]), 1
+    afters: dict[int, int] = {}
+    for _ in range(checks):
+        afters[int(plan[p])] = int(plan[p + 2])
+        p += 3
+    found: list[Entry] = []
+    while p < len(plan):
+        e = len(found) + 1
+        field, count = plan[p], int(plan[p + 1])
+        p += 2
+        ops = []
+        for _ in range(count):
+            code, offset = plan[p], int(plan[p + 1])
+            p += 2
+            ttl = 0
+            if code.islower():
+                code, ttl = code.upper(), int(plan[p])
+                p += 1
+            if code in _FIXED:
+                width = _FIXED[code]
+            elif code == "H":
+                width = 1 + 2 * int(plan[p])
+            elif code == "M":
+                width = 2 + 2 * int(plan[p]) + int(plan[p + 1])
+            else:  # X: maxlen, n, pairs
+                width = 2 + 2 * int(plan[p + 1])
+            ops.append((code, offset, ttl, *plan[p : p + width]))
+            p += width
+        found.append(Entry(keys[2 * e - 2], keys[2 * e - 1], field, afters.get(e, -1), ops))
+    return found
