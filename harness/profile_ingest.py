@@ -12,6 +12,8 @@ records, a primary with one replica, so each batch ends with a WAIT). Two views:
   results (the writer's count of what was applied) and the rest of the invocation (dead
   letters, the operator's figures, metrics, the log line). The cyclic garbage collector's
   passes fall inside those phases; their CPU time is added up on its own too (`gc.callbacks`);
+- the server's side: its CPU per record over the timed batches, and INFO commandstats (fence.lua's
+  EVALSHA, and the commands it runs inside);
 - cProfile over one batch: the functions with the most time of their own.
 """
 
@@ -26,6 +28,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from itertools import islice
 from typing import Any
+
+import redis
 
 from devkit.generator import EventGenerator
 from devkit.sam import describe
@@ -123,9 +127,15 @@ def profile(
         handler(generator.batch(records))  # warm
         clock = PhaseClock()
         timed_handler = clock.timed("handler", handler)
+        primaries = [redis.Redis(port=port) for port in target.primaries]
+        for primary in primaries:
+            primary.config_resetstat()
+        cpu_before = _server_cpu(primaries)
         with phases_timed(clock):
             for _ in range(rounds):
                 timed_handler(generator.batch(records))
+        server_cpu_us = (_server_cpu(primaries) - cpu_before) * 1e6 / (records * rounds)
+        server = _commands(primaries, records * rounds)
         per_batch = {
             kind: _split(seconds, rounds) for kind, seconds in (("ms", clock.seconds), ("cpu_ms", clock.cpu_seconds))
         }
@@ -148,9 +158,34 @@ def profile(
             "gc_passes": [passes / rounds for passes in clock.gc_passes],
             "calls": clock.calls / rounds,
             "top": _top(profiler, top),
+            "server_cpu_us": server_cpu_us,
+            "server": server,
         }
     finally:
         target.stop()
+
+
+def _server_cpu(primaries: list[redis.Redis]) -> float:
+    return sum(float(i["used_cpu_user"]) + float(i["used_cpu_sys"]) for i in (p.info("cpu") for p in primaries))
+
+
+def _commands(primaries: list[redis.Redis], records: int) -> list[dict[str, Any]]:
+    """The primaries' INFO commandstats over the timed batches: each command's calls and time per record.
+    fence.lua's own commands count on their own and again inside EVALSHA's time; the time is the
+    server's clock around each command, which a busy machine stretches too."""
+    totals: dict[str, list[float]] = {}
+    for primary in primaries:
+        for name, stat in primary.info("commandstats").items():
+            if name in ("cmdstat_info", "cmdstat_config|resetstat"):
+                continue
+            total = totals.setdefault(name.removeprefix("cmdstat_"), [0, 0.0])
+            total[0] += int(stat["calls"])
+            total[1] += float(stat["usec"])
+    ranked = sorted(totals.items(), key=lambda item: -item[1][1])
+    return [
+        {"command": name, "calls_per_record": calls / records, "us_per_record": usec / records}
+        for name, (calls, usec) in ranked
+    ]
 
 
 def _split(seconds: dict[str, float], rounds: int) -> dict[str, float]:
@@ -189,6 +224,15 @@ def report(result: dict[str, Any]) -> str:
         *(f"| {phase} | {p[phase]:.1f} | {cpu[phase]:.1f} |" for phase in PHASES),
         f"| (garbage collector, within the above: generations 0 / 1 / 2) | | {sum(gc_ms):.1f} "
         f"({gc_ms[0]:.1f} / {gc_ms[1]:.1f} / {gc_ms[2]:.1f}) |",
+        "",
+        f"server CPU {result['server_cpu_us']:.2f} µs a record (INFO cpu, the primaries); INFO commandstats:",
+        "",
+        "| command | calls a record | µs a record |",
+        "| --- | ---: | ---: |",
+        *(
+            f"| {row['command']} | {row['calls_per_record']:.3f} | {row['us_per_record']:.3f} |"
+            for row in result["server"][:8]
+        ),
         "",
         "| function | calls | own ms | cumulative ms |",
         "| --- | ---: | ---: | ---: |",

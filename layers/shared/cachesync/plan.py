@@ -77,7 +77,7 @@ Op = tuple[Any, ...]
 class Step:
     """One key's mutations from one partition, in offset order."""
 
-    __slots__ = ("after", "key", "last", "ops", "position", "slot", "sources")
+    __slots__ = ("after", "key", "last", "ops", "position", "records", "slot", "sources")
 
     def __init__(self, slot: int, key: str, position: str, after: int = -1):
         self.slot = slot
@@ -87,6 +87,7 @@ class Step:
         # per op, the pending positions it stands for (several for collapsed overwrites)
         self.sources: list[list[int]] = []
         self.last = -1  # the offset of its last record
+        self.records = 0  # the records its ops stand for
         # the offset the key's position must have reached first: the end of this key's step in an
         # earlier chunk of the batch (-1: none)
         self.after = after
@@ -140,30 +141,31 @@ class Planner:
         the same record, so the same key)."""
         steps: dict[tuple[str, int], Step] = {}
         lasts = self._lasts
+        overwrites = _OVERWRITE_CODES
         for position, (mutation, _, partition, offset) in enumerate(pending, first):
             key = mutation.key
-            step = steps.get((key, partition))
+            step = steps.get(at := (key, partition))
             if step is None:
-                earlier = lasts.get((key, partition), -1)
+                earlier = lasts.get(at, -1)
                 if offset <= earlier:
                     self.repeated += 1
                     continue
-                step = steps[(key, partition)] = Step(
-                    key_slot(key.encode()), key, keys.position_field(key, partition), earlier
-                )
+                step = steps[at] = Step(key_slot(key.encode()), key, keys.position_field(key, partition), earlier)
             elif offset <= step.last:
                 self.repeated += 1
                 continue
             step.last = offset
+            step.records += 1
             op = _op(mutation, offset)
-            if op[0] in _OVERWRITE_CODES and step.ops and step.ops[-1][0] in _OVERWRITE_CODES:
-                step.ops[-1] = op  # the later overwrite wins within the call: the earlier is never sent
+            ops = step.ops
+            if ops and op[0] in overwrites and ops[-1][0] in overwrites:
+                ops[-1] = op  # the later overwrite wins within the call: the earlier is never sent
                 step.sources[-1].append(position)
             else:
-                step.ops.append(op)
+                ops.append(op)
                 step.sources.append([position])
-        for (key, partition), step in steps.items():
-            lasts[(key, partition)] = step.last
+        for at, step in steps.items():
+            lasts[at] = step.last
         return list(steps.values())
 
 

@@ -245,13 +245,19 @@ class Transport:
         node. Calls that could not be written get their error in `answers`."""
         calls, nodes, asks = batch.calls, batch.nodes, batch.asks
         by_node: dict[str, list[int]] = {}
+        by_slot: dict[int, _Node] = {}  # a cluster batch has about one call per slot: each looked up once
         for i in indexes:
-            try:
-                node = self._node(nodes, calls[i].slot, asks.get(i))
-            except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as error:
-                # no map of this slot (yet): learn it again and resend
-                answers[i] = redis.exceptions.ClusterDownError(str(error))
-                continue
+            slot, ask = calls[i].slot, asks.get(i)
+            node = by_slot.get(slot) if ask is None else None
+            if node is None:
+                try:
+                    node = self._node(nodes, slot, ask)
+                except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as error:
+                    # no map of this slot (yet): learn it again and resend
+                    answers[i] = redis.exceptions.ClusterDownError(str(error))
+                    continue
+                if ask is None:
+                    by_slot[slot] = node
             by_node.setdefault(node.name, []).append(i)
         sent: list[_Sent] = []
         for name, node_indexes in by_node.items():

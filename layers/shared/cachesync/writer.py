@@ -17,6 +17,7 @@ the README ("How exactly-once works") for the whole argument.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -86,6 +87,17 @@ class BatchWriter:
         the calls that ran refused (a retry would skip those mutations as applied and never report
         them again).
         """
+        # A batch's objects (its records' mutations, steps, ops) live until it ends and form no
+        # cycles: the collector's passes over them, which their number sets off, free nothing
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._apply(pending, partial, deadline)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _apply(self, pending: Iterable[Pending], partial: bool, deadline: float | None) -> WriteResult:
         if deadline is None:
             deadline = time.monotonic() + DEFAULT_DEADLINE_SECONDS
         records: list[Pending] = []
@@ -140,19 +152,27 @@ def _count(call: Call, reply: list[Any], result: WriteResult, pending: list[Pend
     refused: dict[tuple[int, int], str] = {}
     for entry, op, message in zip(errors[::3], errors[1::3], errors[2::3], strict=True):
         refused[(int(entry) - 1, int(op) - 1)] = _text(message)
+    applied = skipped = 0
     for e, (step, start, end) in enumerate(call.steps):
         position = int(positions[e])
+        step_sources = step.sources
+        if not refused and pending[step_sources[start][0]][3] > position:
+            # the usual case, new records: a step's offsets only grow, so all of them were applied
+            applied += sum(map(len, step_sources[start:end])) if start or end < len(step_sources) else step.records
+            continue
         for j in range(start, end):
-            sources = step.sources[j]
+            sources = step_sources[j]
             message = refused.get((e, j - start))
             if message is not None:
                 result.refused.append((sources[-1], message))
                 sources = sources[:-1]
             for source in sources:
                 if pending[source][3] > position:
-                    result.applied += 1
+                    applied += 1
                 else:
-                    result.skipped += 1
+                    skipped += 1
+    result.applied += applied
+    result.skipped += skipped
 
 
 def _text(message: bytes | str) -> str:
