@@ -156,7 +156,11 @@ class Planner:
                 continue
             step.last = offset
             step.records += 1
-            op = _op(mutation, offset)
+            # a document's SET without a TTL, most records, built here: no call
+            if mutation.code == SET and not mutation.ttl:
+                op: Op = (SET, offset, mutation.argument)
+            else:
+                op = _op(mutation, offset)
             ops = step.ops
             if ops and op[0] in overwrites and ops[-1][0] in overwrites:
                 ops[-1] = op  # the later overwrite wins within the call: the earlier is never sent
