@@ -496,10 +496,11 @@ def _memory_rows(results: dict[str, dict[str, Any]]) -> list[list[str]]:
 
 
 PHASE_TEXT = {
-    "projection": "the event read; each record decoded, parsed, projected (`Ingestor._pending`)",
-    "steps_of": "planning: one step per key and partition, repeated records dropped (`plan.steps_of`)",
-    "pack": "planning: the steps into fence.lua calls, plan, keys and values (`plan.pack`)",
-    "send": "transport: the calls written, the replies read (the server runs fence.lua meanwhile)",
+    "projection": "the event read; each record decoded, parsed, projected (`Ingestor._pending`), a chunk at a time",
+    "steps_of": "planning: one step per key and partition, repeated records dropped (`Planner.steps`)",
+    "pack": "planning: the steps into fence.lua calls, their keys and flat plan (`plan.pack`)",
+    "send": "transport: each chunk's calls written, the chunk before's replies read, what was turned away sent "
+    "again (`Transport.submit`, `finish`)",
     "wait": "transport: `WAIT 1` on the primary after the calls",
     "results": "the replies counted: applied, duplicates, refusals",
     "rest": "dead letters, the operator's figures, metrics, the log line",
@@ -537,11 +538,19 @@ def time_section(results: dict[str, dict[str, Any]]) -> str:
     findings = [line for label, p in profiles.items() for line in _findings(results, label, p)]
     gc_ms = standalone["gc_ms"]
     findings.append(
-        f"- The cyclic garbage collector runs inside those phases for {sum(gc_ms):.0f} ms of CPU a standalone batch "
-        f"(generations 0 / 1 / 2: {gc_ms[0]:.0f} / {gc_ms[1]:.0f} / {gc_ms[2]:.0f} ms), set off by the objects a "
-        "batch allocates (the event's records, their mutations, steps and calls). Without the harness's "
-        "`gc.freeze()` its full passes would also scan the SAM CLI's objects the benchmark process holds "
-        "(`python -m harness.profile_ingest --no-gc-freeze`)."
+        f"- The cyclic garbage collector runs for {sum(gc_ms):.0f} ms of CPU a standalone batch (generations "
+        f"0 / 1 / 2: {gc_ms[0]:.0f} / {gc_ms[1]:.0f} / {gc_ms[2]:.0f} ms), outside the writer: the writer pauses it "
+        "while it applies a batch, whose objects (the records' mutations, steps, calls) form no cycles and die "
+        "with it. Without the harness's `gc.freeze()` its full passes would also scan the SAM CLI's objects the "
+        "benchmark process holds (`python -m harness.profile_ingest --no-gc-freeze`)."
+    )
+    server_rows = "\n".join(
+        f"| {label} | `{row['command']}` | {row['calls_per_record']:.3f} | {row['us_per_record']:.2f} |"
+        for label, p in profiles.items()
+        for row in p.get("server", [])[:6]
+    )
+    server_cpu = "; ".join(
+        f"{label} {p['server_cpu_us']:.2f} µs" for label, p in profiles.items() if "server_cpu_us" in p
     )
     return f"""## Where the time goes
 
@@ -557,6 +566,15 @@ a busy machine.
 {gc_line}
 
 {chr(10).join(findings)}
+
+The server's side of the same batches: its CPU per record over them (`INFO cpu`, the primaries:
+{server_cpu}), and `INFO commandstats`, the commands with the most time. fence.lua's inner
+commands count on their own and again inside `evalsha`; the times are the server's clock around
+each command, which a busy machine stretches as well, so they are shares, not costs.
+
+| server | command | calls a record | µs a record |
+| --- | --- | ---: | ---: |
+{server_rows}
 
 cProfile over one standalone batch, the functions with the most time of their own (profiling
 slows Python code more than the waits, so these are shares, not times):
@@ -576,39 +594,42 @@ def _findings(results: dict[str, dict[str, Any]], label: str, profile: dict[str,
     ingest = {r["name"]: r for r in results.get(f"ingest/{label}", {}).get("rows", [])}
     pure, handler = ingest.get(PURE_WRITE), ingest.get(HANDLER_WAIT)
     naive = next((r for n, r in ingest.items() if n.startswith("naive") and "per record" in n), None)
-    before_sending = cpu["projection"] + cpu["steps_of"] + cpu["pack"]
+    planning = cpu["projection"] + cpu["steps_of"] + cpu["pack"]
     records = profile["records"]
     lines = [
-        f"- {label.capitalize()}: before the first call is sent the client spends {before_sending:.0f} ms of "
-        f"CPU a batch ({cpu['projection']:.0f} ms projecting, {cpu['steps_of'] + cpu['pack']:.0f} ms planning), "
-        f"then waits {ms['send'] - cpu['send']:.0f} ms for the server to run {profile['calls']:,.0f} calls "
-        f"and {ms['wait']:.1f} ms for the WAIT."
+        f"- {label.capitalize()}: the client spends {planning:.0f} ms of CPU a batch drawing and planning its "
+        f"records ({cpu['projection']:.0f} ms projecting, {cpu['steps_of'] + cpu['pack']:.0f} ms planning), "
+        f"1,000 at a time, each chunk's calls sent before the next is drawn: the server runs the "
+        f"{profile['calls']:,.0f} calls meanwhile. The transport's {ms['send']:.0f} ms hold {cpu['send']:.0f} ms "
+        f"of its CPU (packing, reading, counting what each call found) and the rest waiting for replies; then "
+        f"{ms['wait']:.1f} ms for the WAIT."
     ]
     if pure and handler and handler.get("client_cpu_us") and pure.get("client_cpu_us") and naive:
-        handler_cpu = handler["client_cpu_us"] + handler["server_cpu_us"]
-        pure_cpu = pure["client_cpu_us"] + pure["server_cpu_us"]
-        handler_ms = handler_cpu * records / 1000
+        per_record_us = pure["seconds"] * 1e6 / records
+        projection_us = cpu["projection"] * 1000 / records
+        slower = max(handler["client_cpu_us"], handler["server_cpu_us"])
         lines.append(
             f"  In the ingest rows, the handler costs {handler['client_cpu_us']:.1f} µs of client CPU and "
-            f"{handler['server_cpu_us']:.1f} µs of server CPU per record, one after the other (the plan is "
-            f"whole before the first call goes), {handler_ms:.0f} ms a batch against its "
-            f"{handler['seconds'] * 1000:.0f} ms; the pure-write pipeline costs {pure['client_cpu_us']:.1f} µs "
-            f"and {pure['server_cpu_us']:.1f} µs ({pure['seconds'] * 1000:.0f} ms a batch, its commands "
-            f"prepared beforehand). The server's share is {handler['server_cpu_us'] / naive['server_cpu_us']:.1f}x "
-            "the naive pipeline's: each step is an HGET of the key's position, the write and an HSET of the "
-            "new position, in a script that first decodes its JSON plan"
+            f"{handler['server_cpu_us']:.1f} µs of server CPU per record, run side by side ("
+            f"{handler['seconds'] * 1000:.0f} ms a batch); the pure-write pipeline costs "
+            f"{pure['client_cpu_us']:.1f} µs and {pure['server_cpu_us']:.1f} µs, {per_record_us:.1f} µs a record "
+            f"of time ({pure['seconds'] * 1000:.0f} ms a batch, its commands prepared beforehand). With the two "
+            f"sides overlapped, the slower one bounds the handler: {slower:.1f} µs a record, so at most "
+            f"{per_record_us / slower:.2f}x the pure-write pipeline where the target asks for "
+            f"{TARGETS[f'ingest_vs_pure_write_{label}']:g}x; the projection alone (decoding, parsing and "
+            f"projecting each record, before any planning) takes {projection_us:.1f} µs of it."
+        )
+        lines.append(
+            f"  The server's share is {handler['server_cpu_us'] / naive['server_cpu_us']:.1f}x the naive "
+            "pipeline's: a naive record is one command, a fenced one is a step of a script call, which reads the "
+            "key's position (HGET), writes past it, and moves the position (one HSET per positions hash of the "
+            "call), each a command the script calls and the primary replicates to its replica; the plan is read "
+            "from flat arguments (no JSON)"
             + (
-                "; on a cluster a call carries one slot's steps only, so nearly every key is a call of its own."
+                ". On a cluster a call carries one slot's steps only, so nearly every key is a call of its own."
                 if label == "cluster"
                 else "."
             )
-        )
-        lines.append(
-            "  On CPU alone, which a busy machine stretches less than the time: "
-            f"{handler_cpu:.1f} µs a record (client and server, in series) against the pure-write pipeline's "
-            f"{pure_cpu:.1f} µs, so at most "
-            f"{pure_cpu / handler_cpu:.2f}x its throughput where the target asks for "
-            f"{TARGETS[f'ingest_vs_pure_write_{label}']:g}x."
         )
     return lines
 
@@ -689,9 +710,12 @@ Redis 7 when it is installed.
   write of the handler, documents (orders, products: SET, DEL) and stock deltas
   alike, is a step of a fence.lua script call (`cachesync/plan.py`,
   `cachesync/transport.py`): per key and partition, an HGET of the key's applied
-  position, the writes past it and an HSET of the new position, with the plan
-  decoded from JSON once per call. On a cluster a call carries one slot's steps
-  only, so a batch of documents with distinct keys takes about one call per key.
+  position, the writes past it and the new position (one HSET per positions hash
+  of the call), the plan read from flat arguments. The writer plans a batch 1,000
+  records at a time and sends each chunk's calls before it draws the next, so the
+  server runs them while the client projects and plans. On a cluster a call carries
+  one slot's steps only, so a batch of documents with distinct keys takes about one
+  call per key.
 - Client CPU: the benchmark process's own CPU time (`time.process_time`) per
   record while a path ran: what the Lambda function itself pays for, and
   steadier than the wall time when other work shares the machine.
