@@ -132,7 +132,8 @@ def deliver(client: RedisClient, call: Call) -> None:
 
 def ingestor(target: Any, client: RedisClient, transport: Transport) -> Ingestor:
     config = target.settings()
-    writer = BatchWriter(client, 3, transport=transport)  # small calls: keys' steps span calls
+    # small calls and chunks: keys' steps span calls, and a batch is planned and sent in several chunks
+    writer = BatchWriter(client, 3, transport=transport, chunk_records=5)
     return Ingestor(config, writer, RedisStreamSink(client, config.dlq_stream_key, config.dlq_stream_maxlen))
 
 

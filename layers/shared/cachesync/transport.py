@@ -113,6 +113,9 @@ class Batch:
     asks: dict[int, tuple[str, int]] = field(default_factory=dict)  # call -> the node an ASK named
     unread: list[_Sent] = field(default_factory=list)  # the last submit's writes
     counted: set[int] = field(default_factory=set)  # calls whose results the writer has taken
+    # nodes whose connection was lost in this round: the later chunks' calls for them wait for the
+    # next round (a dead cache must fail fast, not once per chunk)
+    down: dict[str, BaseException] = field(default_factory=dict)
 
 
 @dataclass
@@ -155,16 +158,19 @@ class Transport:
         sent = self._write(batch, range(first, len(batch.calls)), answers)
         for i, answer in answers.items():
             batch.replies[i] = answer
-        earlier, batch.unread = batch.unread, sent
-        return self._read_all(batch, earlier)
+        earlier = batch.unread
+        batch.unread = earlier + sent  # until read: a failure closes their connections (close)
+        read = self._read_all(batch, earlier)
+        batch.unread = sent
+        return read
 
     def finish(self, batch: Batch) -> list[Any]:
         """Reads what is still unread, sends again what the cache turned away, then the WAIT: each call's
         reply, as `send`."""
         try:
             try:
-                unread, batch.unread = batch.unread, []
-                self._read_all(batch, unread)
+                self._read_all(batch, batch.unread)
+                batch.unread = []
                 self._settle(batch)
             except BatchNotDone as error:
                 error.replies = batch.replies
@@ -232,7 +238,10 @@ class Transport:
             time.sleep(max(0.0, min(BACKOFF_FIRST_S * 2**attempt, BACKOFF_CAP_S, deadline - time.monotonic())))
             attempt += 1
             answers: dict[int, Any] = {}
-            self._read_all(batch, self._write(batch, redo, answers))
+            batch.down.clear()
+            batch.unread = self._write(batch, redo, answers)
+            self._read_all(batch, batch.unread)
+            batch.unread = []
             for i, answer in answers.items():
                 replies[i] = answer
             pending = redo
@@ -258,6 +267,9 @@ class Transport:
                     continue
                 if ask is None:
                     by_slot[slot] = node
+            if node.name in batch.down:
+                answers[i] = batch.down[node.name]
+                continue
             by_node.setdefault(node.name, []).append(i)
         sent: list[_Sent] = []
         for name, node_indexes in by_node.items():
@@ -280,6 +292,7 @@ class Transport:
             except _LOST as error:
                 _drop(node)
                 self._loaded.discard(name)
+                batch.down[name] = error
                 for i in node_indexes:
                     answers[i] = error
                 continue
@@ -312,6 +325,7 @@ class Transport:
                         self._loaded.discard(node.name)
             except _LOST as error:
                 _drop(node)
+                batch.down[node.name] = error
                 for i in one.indexes[done:]:
                     batch.replies[i] = error
             read += one.indexes

@@ -150,8 +150,9 @@ def _count(call: Call, reply: list[Any], result: WriteResult, pending: list[Pend
     """Applied, skipped and refused records of one call, from the positions its steps found."""
     positions, errors = reply
     refused: dict[tuple[int, int], str] = {}
-    for entry, op, message in zip(errors[::3], errors[1::3], errors[2::3], strict=True):
-        refused[(int(entry) - 1, int(op) - 1)] = _text(message)
+    if errors:
+        for entry, op, message in zip(errors[::3], errors[1::3], errors[2::3], strict=True):
+            refused[(int(entry) - 1, int(op) - 1)] = _text(message)
     applied = skipped = 0
     for e, (step, start, end) in enumerate(call.steps):
         position = int(positions[e])
