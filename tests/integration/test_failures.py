@@ -14,12 +14,13 @@ from moto import mock_aws
 
 from cachesync.config import Settings
 from cachesync.connection import get_client
-from cachesync.deadletter import SqsSink
+from cachesync.deadletter import RedisStreamSink, SqsSink
 from cachesync.ingest import Ingestor, build_ingestor
 from cachesync.writer import BatchWriter
 from devkit import servers
 from devkit.generator import EventGenerator
 from harness.model import model_state, poison_coordinates, redis_state
+from harness.proxy import StallingProxy
 from tests.bounds import assert_within, redis_command_bound
 from tests.integration.midbatch import mid_batch_writer
 from tests.integration.test_ingest import records_of, sample
@@ -85,6 +86,29 @@ def test_unreachable_redis_fails_fast_with_a_connection_error() -> None:
     with pytest.raises(redis.exceptions.ConnectionError):
         build_ingestor(settings).process(sample("kafka-orders.json"))
     # the transport sends again after a lost connection, within the retries, and the client retries each send
+    rounds = 1 + settings.retries
+    assert_within(time.monotonic() - started, redis_command_bound(settings, rounds), "the failed invocation")
+
+
+def test_a_network_that_stops_answering_is_tried_once_a_round_not_once_a_chunk(
+    valkey_proxy: tuple[servers.ServerProcess, StallingProxy],
+) -> None:
+    # the writer sends a batch in chunks; once a reply times out, the chunks after it wait for the
+    # transport's next round instead of each waiting out a timeout of its own
+    _, proxy = valkey_proxy
+    settings = Settings.from_env(
+        {"REDIS_URL": proxy.url, "REDIS_RETRIES": "1", "REDIS_CONNECT_TIMEOUT": "0.25", "REDIS_SOCKET_TIMEOUT": "0.25"}
+    )
+    client = get_client(settings)
+    writer = BatchWriter(client, settings.script_batch_size, settings.retries, chunk_records=100)
+    ingest = Ingestor(settings, writer, RedisStreamSink(client, settings.dlq_stream_key, 100))
+    generator = EventGenerator(seed=26, partitions=3)
+    ingest.process(generator.batch(100))  # a live connection, as in a warm Lambda environment
+    batch = generator.batch(10_000)  # 100 chunks
+    proxy.stall()
+    started = time.monotonic()
+    with pytest.raises((redis.exceptions.TimeoutError, redis.exceptions.ConnectionError)):
+        ingest.process(batch)
     rounds = 1 + settings.retries
     assert_within(time.monotonic() - started, redis_command_bound(settings, rounds), "the failed invocation")
 
