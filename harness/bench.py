@@ -159,6 +159,10 @@ PARTS = {
 }
 
 
+class PartFailed(RuntimeError):
+    """A part's interpreter failed: its rows are left out, and the page says so."""
+
+
 def run_part(name: str, cluster: bool, quick: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as directory:
         out = Path(directory) / "part.json"
@@ -166,9 +170,15 @@ def run_part(name: str, cluster: bool, quick: bool) -> dict[str, Any]:
         command += ["--cluster"] if cluster else []
         command += ["--quick"] if quick else []
         started = time.perf_counter()
-        subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, timeout=600)
-        result: dict[str, Any] = json.loads(out.read_text())
         label = "cluster" if cluster else "standalone"
+        done = subprocess.run(
+            command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600
+        )
+        sys.stderr.write(done.stderr)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+            raise PartFailed(f"{name} ({label}): {last}")
+        result: dict[str, Any] = json.loads(out.read_text())
         print(f"  {name} ({label}): {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
         return result
 
@@ -648,9 +658,22 @@ def table(rows: list[list[str]]) -> str:
 
 
 def document(
-    table_text: str, info: dict[str, str], build: str, command: str, time_text: str = "", minutes: float = 0.0
+    table_text: str,
+    info: dict[str, str],
+    build: str,
+    command: str,
+    time_text: str = "",
+    minutes: float = 0.0,
+    failed: list[str] | None = None,
 ) -> str:
     machine_lines = "\n".join(f"- {k}: {v}" for k, v in info.items() if k != "date")
+    missing = (
+        "Parts that failed in this run, whose rows are missing below (the error's last line):\n\n"
+        + "\n".join(f"- {failure}" for failure in failed)
+        + "\n\n"
+        if failed
+        else ""
+    )
     return f"""# Performance
 
 The latest `make bench` run: {info["date"]}.
@@ -677,7 +700,7 @@ Redis 7 when it is installed.
 
 ## Results
 
-{table_text}
+{missing}{table_text}
 
 {time_text}## How to read it
 
@@ -781,14 +804,22 @@ def main(argv: list[str] | None = None) -> int:
     print("building the SAM artifacts if out of date...", file=sys.stderr, flush=True)
     build = ensure_build()
     results: dict[str, dict[str, Any]] = {}
+    failed: list[str] = []
+
+    def part(name: str, cluster: bool) -> None:
+        try:
+            results[f"{name}/{'cluster' if cluster else 'standalone'}"] = run_part(name, cluster, args.quick)
+        except PartFailed as error:  # the other parts still run: their rows stand on their own
+            failed.append(str(error))
+            print(f"  failed: {error}", file=sys.stderr, flush=True)
+
     for cluster in (False,) if args.no_cluster else (False, True):
-        label = "cluster" if cluster else "standalone"
         for name in ("ingest", "reads", "cold"):
-            results[f"{name}/{label}"] = run_part(name, cluster, args.quick)
-    results["kafka/standalone"] = run_part("kafka", False, args.quick)
-    results["memory/standalone"] = run_part("memory", False, args.quick)
+            part(name, cluster)
+    part("kafka", False)
+    part("memory", False)
     for cluster in (False,) if args.no_cluster else (False, True):
-        results[f"profile/{'cluster' if cluster else 'standalone'}"] = run_part("profile", cluster, args.quick)
+        part("profile", cluster)
     from harness.coldstart import artifact_sizes
 
     text = table(rows_for(results, artifact_sizes()))
@@ -801,7 +832,7 @@ def main(argv: list[str] | None = None) -> int:
         previous = output.read_text() if output.is_file() else ""
         # the section `make bench-connect` writes stays as its last run left it
         minutes = (time.perf_counter() - started) / 60
-        page = document(text, machine(), build, command, time_section(results), minutes)
+        page = document(text, machine(), build, command, time_section(results), minutes, failed)
         output.write_text(carried_over(previous, page))
         print(f"\nwrote {args.output} ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     return 0
