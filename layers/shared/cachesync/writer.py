@@ -69,13 +69,8 @@ class BatchWriter:
         self.transport = transport or Transport(client, retries, wait_replicas, wait_timeout_ms)
 
     def planner(self) -> Planner:
+        """A planner for one batch: it plans the batch chunk by chunk."""
         return Planner(cross_slot=self._cross_slot, max_mutations=self._batch_size, max_arguments=MAX_REQUEST_ARGUMENTS)
-
-    def plan(self, pending: list[Pending]) -> tuple[list[Call], int]:
-        """The calls for these mutations, and how many repeated a record (topic, partition, offset) already seen."""
-        planner = self.planner()
-        calls = planner.plan(pending, 0)
-        return calls, planner.repeated
 
     def apply(self, pending: Iterable[Pending], *, partial: bool = False, deadline: float | None = None) -> WriteResult:
         """Apply the mutations in order. `deadline` (time.monotonic()) bounds the resends.
