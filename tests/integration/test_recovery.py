@@ -4,6 +4,7 @@ their dead letters, NOSCRIPT and READONLY are resent, and the state ends exact."
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from cachesync.connection import get_client
 from cachesync.deadletter import RedisStreamSink
 from cachesync.ingest import Ingestor, build_ingestor
 from cachesync.plan import Call, Pending, Planner
+from cachesync.projections import INCREMENT, Mutation
 from cachesync.transport import Transport
 from cachesync.writer import BatchWriter
 from devkit import servers
@@ -167,3 +169,23 @@ def test_a_replica_that_stays_read_only_fails_within_the_retry_bounds() -> None:
         assert_within(time.monotonic() - started, redis_command_bound(settings, commands=2), "a replica's READONLY")
     finally:
         replica.remove()
+
+
+def test_a_failure_while_drawing_records_still_reports_the_refusals_of_the_calls_sent(target: Any) -> None:
+    client = target.client()
+    client.set("inventory:store1", "not a sorted set")  # its writes are refused: WRONGTYPE
+    writer = BatchWriter(client, 100, chunk_records=3)  # each chunk's calls go out before the next is drawn
+
+    def pending(fail_at: int) -> Iterator[Pending]:
+        for offset in range(fail_at):
+            store = "store1" if offset < 3 else "store2"
+            yield (Mutation(f"inventory:{store}", INCREMENT, "sku:1", "1"), "inventory", 0, offset)
+        raise RuntimeError("INJECTED: the records cannot be read further")
+
+    result = writer.apply(pending(6), partial=True)
+    assert isinstance(result.error, RuntimeError)
+    # the calls sent ran: their refusals are reported (a retry skips those records as applied)
+    assert sorted(position for position, _ in result.refused) == [0, 1, 2]
+    assert result.applied == 3 and client.zscore("inventory:store2", "sku:1") == 3
+    with pytest.raises(RuntimeError, match="INJECTED"):
+        writer.apply(pending(0))  # nothing sent yet: the error as it came

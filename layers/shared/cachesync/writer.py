@@ -48,7 +48,8 @@ class WriteResult:
     # (position in the pending sequence, Redis error) for mutations Redis refused,
     # e.g. WRONGTYPE when a key holds another type than the projection writes.
     refused: list[tuple[int, str]] = field(default_factory=list)
-    # the first call that failed (apply(partial=True) only); the others were still read
+    # the first call that failed, or what stopped drawing the mutations after calls went out
+    # (apply(partial=True) only); the others were still read
     error: BaseException | None = None
 
 
@@ -100,9 +101,19 @@ class BatchWriter:
         planner = self.planner()
         batch = self.transport.start(deadline)
         planned = False  # a call was submitted: the batch must be finished
+        drawing: Exception | None = None  # what stopped drawing the mutations after calls went out
         try:
             mutations = iter(pending)
-            while chunk := list(islice(mutations, self._chunk_records)):
+            while True:
+                try:
+                    chunk = list(islice(mutations, self._chunk_records))
+                except Exception as error:
+                    if not planned:
+                        raise  # nothing was sent
+                    drawing = error
+                    break
+                if not chunk:
+                    break
                 first = len(records)
                 records += chunk
                 calls = planner.plan(chunk, first)
@@ -127,6 +138,10 @@ class BatchWriter:
                 continue  # never answered (the batch failed before it), or counted as it came
             else:
                 _count(batch.calls[i], reply, result, records)
+        if drawing is not None:
+            # the calls sent before it ran, and their refusals are reported with it: a retry would
+            # skip those mutations as applied
+            result.error = drawing
         if result.error is not None and not partial:
             raise result.error
         return result
