@@ -161,7 +161,9 @@ def kafka(request: pytest.FixtureRequest) -> Kafka:
     return Kafka(request.getfixturevalue(f"{request.param}_broker"))
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+def wait_until(condition: Callable[[], bool], timeout: float = 180.0, what: str = "condition") -> None:
+    """Polls `condition` until it holds. The deadline only ends a test that is failing anyway: generous,
+    so a busy machine (brokers, retries and backoffs all slower) does not turn into a failure."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():

@@ -117,7 +117,7 @@ def test_the_batching_window_gathers_records_into_one_invocation(kafka: Kafka) -
         for n in range(5):
             kafka.produce(topic, [(None, str(n).encode())])
             time.sleep(0.1)
-        wait_until(lambda: len(recorder.records()) == 5, timeout=20, what="the five records")
+        wait_until(lambda: len(recorder.records()) == 5, what="the five records")
     assert len(recorder.events) == 1
 
 

@@ -97,7 +97,7 @@ def test_a_redis_outage_mid_stream_is_retried_and_the_cache_is_exact(
     second = produce(kafka, names, 1500, seed=12)
     wait_until(lambda: sum(p.stats.function_errors for p in mappings.pollers) >= 3, what="failed invocations")
     proxy.resume()
-    wait_until(lambda: caught_up(mappings, second), timeout=60, what="the retries to converge")
+    wait_until(lambda: caught_up(mappings, second), what="the retries to converge")
     mappings.stop()
     state = redis_state(redis.Redis(port=server.port))
     assert state == model_state(topic_environment(names), log_of(kafka, names))

@@ -98,7 +98,7 @@ def test_the_whole_path_with_values_in_confluents_wire_format(
     feed.produce(encoded)
     feed.flush()
     mappings.start()
-    wait_until(lambda: mappings.caught_up(feed.last_offsets), timeout=60, what="the mappings to catch up")
+    wait_until(lambda: mappings.caught_up(feed.last_offsets), what="the mappings to catch up")
     mappings.stop()
     # the reference: the topics as Kafka holds them, each value read as its JSON twin
     twin_of = {e.value: j.value for e, j in zip(encoded, as_json, strict=True)}
