@@ -305,8 +305,9 @@ records/s, at most 1.5x its server CPU per record.
 
 {tables}
 
-What the fence adds on the server, per key and partition of a call: an `HGET` and an `HSET` of the
-key's position, and the script's own work (decoding the plan, the loop). A naive pipeline spends
+What the fence adds on the server, per key and partition of a call: an `HGET` of the key's
+position, its share of one `HSET` per positions hash, and the script's own work (walking the plan's
+arguments, the loop). A naive pipeline spends
 none of it, and applies a replayed batch twice. Replace writes of one key in a batch collapse to
 the last (`document`, `hash` replace), which the naive pipeline cannot do; merges, appends and
 `JSON.SET` never collapse.
