@@ -34,7 +34,7 @@ from cachesync import api_schema as schema
 from cachesync import snapstart
 from cachesync.access import Caller, Forbidden, OrderAccess, Unauthenticated
 from cachesync.config import settings
-from cachesync.connection import RedisClient, get_client
+from cachesync.connection import AUTH_FAILURES, RedisClient, cache_auth_failure, get_client
 from cachesync.opstats import operator_view
 from cachesync.reads import BadRequest, NotFound, Reader
 
@@ -56,11 +56,6 @@ PRIVATE_ROUTES = {"/orders/{orderId}": [], "/admin/stats": ["cachesync/admin"]}
 # Redis is unreachable or not serving yet: worth retrying, so 503 rather than 500. An
 # authentication or permission failure (a ConnectionError too, for redis-py) is not: see
 # `cache_auth_failure`.
-AUTH_FAILURES = (
-    redis.exceptions.AuthenticationError,  # WRONGPASS, NOAUTH
-    redis.exceptions.AuthorizationError,
-    redis.exceptions.NoPermissionError,  # NOPERM
-)
 UNAVAILABLE = (
     redis.exceptions.ConnectionError,  # includes BusyLoadingError and AuthenticationError
     redis.exceptions.TimeoutError,
@@ -282,24 +277,6 @@ def redis_refused(error: redis.exceptions.RedisError) -> Response[Any]:
         return cache_refused_us(error)
     logger.exception("redis refused a read")
     return problem(HTTPStatus.BAD_GATEWAY, "the cache refused the read")
-
-
-def cache_auth_failure(error: BaseException | None) -> BaseException | None:
-    """The WRONGPASS, NOAUTH or NOPERM behind `error`, if any: the cluster client wraps what
-    it met while connecting, and a script's denied call comes back as a plain ResponseError."""
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, AUTH_FAILURES):
-            return error
-        if isinstance(error, redis.exceptions.ResponseError) and any(m in str(error) for m in _DENIED_IN_SCRIPT):
-            return error
-        error = error.__cause__ or error.__context__
-    return None
-
-
-# what Redis 7 and Valkey answer when a script calls a command its user may not run
-_DENIED_IN_SCRIPT = ("user executing the script can't run this command", "ACL failure in script")
 
 
 @app.exception_handler(list(AUTH_FAILURES))  # type: ignore[untyped-decorator]

@@ -16,7 +16,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from cachesync.config import settings
-from cachesync.connection import get_client
+from cachesync.connection import cache_auth_failure, get_client
 from cachesync.ingest import Ingestor, build_ingestor, deadline_after
 from cachesync.opstats import record_batch
 
@@ -37,7 +37,19 @@ def ingestor() -> Ingestor:
 @metrics.log_metrics
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    outcome = ingestor().process(event, deadline_after(context.get_remaining_time_in_millis()))
+    try:
+        outcome = ingestor().process(event, deadline_after(context.get_remaining_time_in_millis()))
+    except Exception as error:
+        refusal = cache_auth_failure(error)
+        if refusal is not None:
+            # no retry helps until someone fixes the cache user; the batch is retried meanwhile, nothing skipped
+            logger.error(
+                "the cache refused IngestFunction's credentials or permissions: check the cache user, its secret "
+                "(REDIS_SECRET_ARN) or IAM policy, and its access string (docs/security.md)",
+                extra={"error": f"{type(refusal).__name__}: {refusal}"},
+            )
+            metrics.add_metric("CacheAuthFailed", MetricUnit.Count, 1)
+        raise
     record_batch(get_client(settings()), outcome)  # the operator's page's figures; never fails the batch
 
     metrics.add_metric("RecordsApplied", MetricUnit.Count, outcome.applied)

@@ -17,7 +17,7 @@ from redis.cluster import RedisCluster
 
 from cachesync import keys
 from cachesync.config import Settings
-from cachesync.connection import RedisClient, get_client
+from cachesync.connection import RedisClient, cache_auth_failure, get_client
 from cachesync.ingest import build_ingestor
 from cachesync.opstats import operator_view, record_batch
 from cachesync.reads import Reader, encode_cursor
@@ -112,6 +112,29 @@ def test_each_path_works_with_its_own_user_and_nothing_is_denied(target: Any, us
     for node in admins(target):
         denied = node.execute_command("ACL", "LOG")
         assert denied == [], denied
+
+
+def test_a_write_the_ingest_user_may_not_run_fails_the_batch_and_loses_nothing(target: Any, users: Any) -> None:
+    """An access string without a command the writer needs (a kind configured after the user was
+    made, a hand-made user): the batch fails and Lambda retries it; nothing is dead-lettered or
+    skipped as applied, and once the user may run the command the retry ends exactly as the model."""
+    batch = EventGenerator(seed=23, partitions=3, stores=3, skus=12).batch(400)
+    records = [r for rs in batch["records"].values() for r in rs]
+    for node in admins(target):
+        node.execute_command("ACL", "SETUSER", USERS["ingest"], "-zincrby")
+    ingest = build_ingestor(users("ingest"))
+    for _ in range(2):  # the retry before the fix stops at the same place
+        with pytest.raises(redis.exceptions.ResponseError, match=r"zincrby|can't run this command") as refused:
+            ingest.process(batch)
+        assert cache_auth_failure(refused.value) is not None  # what IngestFunction alarms on
+    admin = admin_client(target)
+    assert admin.xlen("deadletter:ingest") == 0
+    assert redis_state(admin) != model_state({}, records)
+    for node in admins(target):
+        node.execute_command("ACL", "SETUSER", USERS["ingest"], "+zincrby")
+    retried = ingest.process(batch)
+    assert retried.dead_lettered == 0 and retried.applied + retried.duplicates == len(records)
+    assert redis_state(admin) == model_state({}, records)
 
 
 def assert_denied(name: str, attempt: Callable[[], Any]) -> None:

@@ -114,6 +114,7 @@ def test_alarms_watch_functions_mapping_freshness_and_the_cache_caps(
     assert ("CacheSync", "FreshnessLagMs", "cachesync-ingest") in watched
     assert ("CacheSync", "RecordsApplied", "cachesync-ingest") in watched  # AllSkippedAlarm
     assert ("CacheSync", "CacheAuthFailed", "cachesync-api") in watched  # CacheAuthAlarm
+    assert ("CacheSync", "CacheAuthFailed", "cachesync-ingest") in watched  # IngestCacheAuthAlarm
     if creates_cache:
         cache = json.dumps(ref("Cache"))
         assert {
@@ -379,8 +380,8 @@ def emitted_in_code() -> set[str]:
 SKIPPING = ("PollerMode=PROVISIONED", "KafkaMaximumRetryAttempts=3")
 
 
-def invoke(function: str, event: dict[str, Any], env: dict[str, str]) -> list[dict[str, Any]]:
-    """Runs a template function as `make invoke` does; its EMF documents."""
+def invoke(function: str, event: dict[str, Any], env: dict[str, str], fails: bool = False) -> list[dict[str, Any]]:
+    """Runs a template function as `make invoke` does (`fails`: the invocation raises); its EMF documents."""
     result = subprocess.run(
         [sys.executable, "-m", "devkit.invoke", function, "-", "--parameter-overrides", *SKIPPING],
         cwd=ROOT,
@@ -390,7 +391,7 @@ def invoke(function: str, event: dict[str, Any], env: dict[str, str]) -> list[di
         text=True,
         timeout=120,
     )
-    assert result.returncode == 0, result.stderr
+    assert (result.returncode != 0) == fails, result.stderr
     lines = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     return [line for line in lines if "_aws" in line]
 
@@ -423,7 +424,17 @@ def emitted(valkey_server: servers.ServerProcess) -> set[tuple[str, str, tuple[t
     api = invoke("ApiFunction", request, {"REDIS_URL": f"redis://127.0.0.1:{servers.free_port()}/0"})
     # and with the cache refusing its credentials (WRONGPASS)
     refused = invoke("ApiFunction", request, {"REDIS_URL": f"redis://nobody:wrong@127.0.0.1:{valkey_server.port}/15"})
-    return metrics_of(ingest + failures + api + refused)
+    # the ingest with its cache refusing a command it needs (the batch fails, to be retried)
+    admin = redis.Redis.from_url(url)
+    admin.execute_command("ACL", "SETUSER", "ingest-test", "on", ">pw", "~*", "+@all", "-zincrby")
+    denied = invoke(
+        "IngestFunction",
+        EventGenerator(seed=22, partitions=2).batch(40),
+        {"REDIS_URL": f"redis://ingest-test:pw@127.0.0.1:{valkey_server.port}/15"},
+        fails=True,
+    )
+    admin.execute_command("ACL", "DELUSER", "ingest-test")
+    return metrics_of(ingest + failures + api + refused + denied)
 
 
 def test_the_functions_emit_every_metric_named_in_their_code(

@@ -40,6 +40,31 @@ RedisClient = redis.Redis | RedisCluster
 logger = logging.getLogger(__name__)
 
 
+# The cache refusing a function's credentials or permissions: no retry helps until someone fixes the
+# cache user, its secret or its access string (docs/operations.md, CacheAuthAlarm).
+AUTH_FAILURES = (
+    redis.exceptions.AuthenticationError,  # WRONGPASS, NOAUTH
+    redis.exceptions.AuthorizationError,
+    redis.exceptions.NoPermissionError,  # NOPERM
+)
+# what Redis 7 and Valkey answer when a script calls a command its user may not run
+_DENIED_IN_SCRIPT = ("user executing the script can't run this command", "ACL failure in script", "NOPERM")
+
+
+def cache_auth_failure(error: BaseException | None) -> BaseException | None:
+    """The WRONGPASS, NOAUTH or NOPERM behind `error`, if any: the cluster client wraps what
+    it met while connecting, and a script's denied call comes back as a plain ResponseError."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, AUTH_FAILURES):
+            return error
+        if isinstance(error, redis.exceptions.ResponseError) and any(m in str(error) for m in _DENIED_IN_SCRIPT):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def client_options(settings: Settings) -> dict[str, Any]:
     options: dict[str, Any] = {
         "socket_timeout": settings.socket_timeout,

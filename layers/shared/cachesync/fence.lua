@@ -39,11 +39,38 @@
 -- Returns {positions, errors}: the position read per entry (-1: none), and
 -- {entry, op, error, ...} for mutations Redis refused (e.g. WRONGTYPE); a refused
 -- mutation counts as handled (the caller dead-letters it) and moves the position.
+-- A refusal no record causes stops the call instead: the user may not run a command
+-- (an access string without the commands of a newly configured kind) or the server
+-- lacks it (no JSON module). The positions then cover what was written before it, and
+-- the reply is {positions, errors, {entry, op, error}}: the caller fails the batch,
+-- which a retry applies from there once the cache is fixed; nothing is dead-lettered.
 -- Each hash gets one HSET with the new positions of its entries. A call that
 -- changes nothing else sets one position to its own value, so it is still a
 -- write: WAIT on its connection then covers every earlier write of it.
 local tonumber, unpack = tonumber, unpack
 local positions, errors = {}, {}
+
+local function systemic(err)  -- not the record's fault: the user's access or the server's commands
+  return err:sub(1, 6) == 'NOPERM' or err:find('ACL failure', 1, true) ~= nil
+    or err:find("can't run this command", 1, true) ~= nil or err:find('nknown command', 1, true) ~= nil
+    or err:find('nknown Redis command', 1, true) ~= nil
+end
+local stopped = nil  -- the refusal that stops the call
+local function halts(reply)  -- a command around a write: whatever it is refused stops the call
+  if type(reply) == 'table' and reply.err then
+    stopped = stopped or reply.err
+    return true
+  end
+  return false
+end
+-- EXPIRE after a write that cannot be undone: checked first where the server can tell
+local may_expire = nil
+local function expire_allowed(key)
+  if may_expire == nil then
+    may_expire = not redis.acl_check_cmd or redis.acl_check_cmd('EXPIRE', key, '1')
+  end
+  return may_expire
+end
 local read = {}  -- entry -> the position string its `after` check read
 
 local p = 2
@@ -94,6 +121,10 @@ while p <= argc do
     end
     local apply = tonumber(offset_text) > position
     local result = nil
+    if apply and ttl > 0 and code ~= 'S' and not expire_allowed(key) then
+      stopped = "NOPERM this user has no permissions to run the 'expire' command"
+      apply = false
+    end
     if code == 'S' then
       if apply then
         if ttl > 0 then
@@ -120,11 +151,8 @@ while p <= argc do
       p = p + 1
     elseif code == 'H' then
       local n = tonumber(ARGV[p])
-      if apply then
-        redis.call('DEL', key)
-        if n > 0 then
-          result = redis.pcall('HSET', key, unpack(ARGV, p + 1, p + 2 * n))
-        end
+      if apply and not halts(redis.pcall('DEL', key)) and n > 0 then
+        result = redis.pcall('HSET', key, unpack(ARGV, p + 1, p + 2 * n))
       end
       p = p + 1 + 2 * n
     elseif code == 'M' then
@@ -145,7 +173,7 @@ while p <= argc do
         if not (type(result) == 'table' and result.err) then
           is_json = true
           if ttl == 0 and not no_ttl then
-            redis.call('PERSIST', key)
+            halts(redis.pcall('PERSIST', key))
             no_ttl = true
           end
         end
@@ -154,15 +182,15 @@ while p <= argc do
     elseif code == 'N' then
       if apply then
         -- a merge into no document merges into {} (RFC 7396): JSON.MERGE alone would keep the nulls
-        local created = not is_json and redis.call('EXISTS', key) == 0
-        if created then
-          redis.call('JSON.SET', key, '$', '{}')
-        end
-        result = redis.pcall('JSON.MERGE', key, '$', ARGV[p])
-        if type(result) == 'table' and result.err then
-          if created then redis.call('DEL', key) end  -- a refused merge leaves no {} behind
-        else
-          is_json = true
+        local exists = is_json and 1 or redis.pcall('EXISTS', key)
+        local created = exists == 0
+        if not halts(exists) and not (created and halts(redis.pcall('JSON.SET', key, '$', '{}'))) then
+          result = redis.pcall('JSON.MERGE', key, '$', ARGV[p])
+          if type(result) == 'table' and result.err then
+            if created then halts(redis.pcall('DEL', key)) end  -- a refused merge leaves no {} behind
+          else
+            is_json = true
+          end
         end
       end
       p = p + 1
@@ -186,16 +214,28 @@ while p <= argc do
       if #run > 0 then redis.call('HSET', run_hash, unpack(run)) end
       return redis.error_reply('CACHESYNC_PLAN unknown mutation code ' .. tostring(code))
     end
-    if apply then
-      if type(result) == 'table' and result.err then
+    local refused = type(result) == 'table' and result.err
+    if refused and systemic(refused) then
+      stopped = stopped or refused
+    elseif apply and not (stopped and not result) then
+      -- written (or refused for its own sake): the position moves past it
+      if refused then
         errors[#errors + 1] = e
         errors[#errors + 1] = j
-        errors[#errors + 1] = result.err
+        errors[#errors + 1] = refused
       elseif ttl > 0 then
-        redis.call('EXPIRE', key, ttl)
+        halts(redis.pcall('EXPIRE', key, ttl))  -- refused here: the write stays, its position with it
         no_ttl = false
       end
       last = offset_text
+    end
+    if stopped then
+      if last then
+        run[#run + 1] = field
+        run[#run + 1] = last
+      end
+      if #run > 0 then redis.call('HSET', run_hash, unpack(run)) end
+      return {positions, errors, {e, j, stopped}}
     end
   end
   if last then

@@ -80,6 +80,23 @@ class NotReplicated(BatchNotDone):
     """A primary's writes did not reach enough replicas within the wait: the batch is not applied yet."""
 
 
+class CallStopped(redis.exceptions.ResponseError):
+    """A call that fence.lua stopped part-way: the cache refused a command no record causes (the
+    user's access string lacks it, or the server has no such command). `reply` is the script's
+    {positions, errors, [entry, op, error]}: what it wrote before stopping is fenced, so the batch
+    fails and its retry goes on from there once the cache is fixed."""
+
+    def __init__(self, reply: list[Any]):
+        entry, op, error = reply[2]
+        self.reply = reply
+        self.entry, self.op = int(entry), int(op)
+        self.refusal = error.decode("utf-8", "replace") if isinstance(error, bytes) else str(error)
+        super().__init__(
+            f"the cache refused a command the writer needs: {self.refusal} (fix the cache user's access string "
+            "or the server's modules: docs/security.md); the batch is retried, nothing was skipped"
+        )
+
+
 @dataclass
 class _Node:
     """A node this batch writes to, and the one connection its calls take (WAIT must follow them there)."""
@@ -317,7 +334,10 @@ class Transport:
                 for i, width in zip(one.indexes, one.widths, strict=True):
                     if width == 2:
                         _read(node.connection)  # ASKING's OK
-                    answer = batch.replies[i] = _read(node.connection)
+                    answer = _read(node.connection)
+                    if type(answer) is list and len(answer) == 3:
+                        answer = CallStopped(answer)
+                    batch.replies[i] = answer
                     done += 1
                     if not isinstance(answer, BaseException):
                         node.wrote = True

@@ -29,7 +29,7 @@ from redis.cluster import RedisCluster
 
 from cachesync.config import MAX_REQUEST_ARGUMENTS, MAX_SCRIPT_BATCH_SIZE
 from cachesync.plan import Call, Pending, Planner
-from cachesync.transport import Batch, BatchNotDone, Transport
+from cachesync.transport import Batch, BatchNotDone, CallStopped, Transport
 
 # How long a batch may keep resending what the cache turns away (slots moving, a failover)
 # when the caller names no deadline; IngestFunction derives its own from the time it has left.
@@ -132,7 +132,10 @@ class BatchWriter:
             # what the calls answered before the batch failed: their refusals still count
             replies = error.replies if isinstance(error, BatchNotDone) else batch.replies
         for i, reply in enumerate(replies):
-            if isinstance(reply, BaseException):
+            if isinstance(reply, CallStopped):
+                _count(batch.calls[i], reply.reply, result, records, stop=(reply.entry, reply.op))
+                result.error = result.error or reply
+            elif isinstance(reply, BaseException):
                 result.error = result.error or reply
             elif reply is None or i in batch.counted:
                 continue  # never answered (the batch failed before it), or counted as it came
@@ -156,17 +159,27 @@ def _count_done(batch: Batch, read: list[int], result: WriteResult, records: lis
             batch.counted.add(i)
 
 
-def _count(call: Call, reply: list[Any], result: WriteResult, pending: list[Pending]) -> None:
-    """Applied, skipped and refused records of one call, from the positions its steps found."""
-    positions, errors = reply
+def _count(
+    call: Call, reply: list[Any], result: WriteResult, pending: list[Pending], stop: tuple[int, int] | None = None
+) -> None:
+    """Applied, skipped and refused records of one call, from the positions its steps found; with
+    `stop` (entry, op, from 1), those before the op where the script stopped."""
+    positions, errors = reply[0], reply[1]
     refused: dict[tuple[int, int], str] = {}
     if errors:
         for entry, op, message in zip(errors[::3], errors[1::3], errors[2::3], strict=True):
             refused[(int(entry) - 1, int(op) - 1)] = _text(message)
     applied = skipped = 0
-    for e, (step, start, end) in enumerate(call.steps):
+    steps = call.steps
+    if stop is not None:
+        steps = steps[: stop[0]]
+        step, start, end = steps[-1]
+        steps[-1] = (step, start, start + stop[1] - 1)
+    for e, (step, start, end) in enumerate(steps):
         position = int(positions[e])
         step_sources = step.sources
+        if start == end:
+            continue
         if not refused and pending[step_sources[start][0]][3] > position:
             # the usual case, new records: a step's offsets only grow, so all of them were applied
             applied += sum(map(len, step_sources[start:end])) if start or end < len(step_sources) else step.records
