@@ -178,7 +178,14 @@ class Ingestor:
         config = self._topics.get(topic)
         if config is None:
             raise PoisonRecord(f"no projection is configured for topic {topic!r}")
-        value = _decode(record.get("value"), "value")
+        raw = record.get("value")
+        if type(raw) is str:  # _decode's usual case, without its call
+            try:
+                value: bytes | None = binascii.a2b_base64(raw, strict_mode=True)
+            except (binascii.Error, ValueError):
+                raise PoisonRecord("record value is not valid base64") from None
+        else:
+            value = _decode(raw, "value")
         if value is not None and len(value) > self._settings.max_value_bytes:
             raise PoisonRecord(f"value of {len(value)} bytes is over the limit of {self._settings.max_value_bytes}")
         if value is not None and config.value_format is not None:  # Avro or Protobuf: decoded to JSON

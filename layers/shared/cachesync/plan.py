@@ -79,15 +79,16 @@ class Step:
 
     __slots__ = ("after", "key", "last", "ops", "position", "records", "slot", "sources")
 
-    def __init__(self, slot: int, key: str, position: str, after: int = -1):
+    def __init__(self, slot: int, key: str, position: str, after: int, op: Op, source: int, offset: int):
+        """A step begun with its first op: `source` is the op's pending position, `offset` its record's."""
         self.slot = slot
         self.key = key
         self.position = position  # the key's position field for this partition
-        self.ops: list[Op] = []
+        self.ops: list[Op] = [op]
         # per op, the pending positions it stands for (several for collapsed overwrites)
-        self.sources: list[list[int]] = []
-        self.last = -1  # the offset of its last record
-        self.records = 0  # the records its ops stand for
+        self.sources: list[list[int]] = [[source]]
+        self.last = offset  # the offset of its last record
+        self.records = 1  # the records its ops stand for
         # the offset the key's position must have reached first: the end of this key's step in an
         # earlier chunk of the batch (-1: none)
         self.after = after
@@ -150,19 +151,22 @@ class Planner:
                 if offset <= earlier:
                     self.repeated += 1
                     continue
-                step = steps[at] = Step(key_slot(key.encode()), key, keys.position_field(key, partition), earlier)
             elif offset <= step.last:
                 self.repeated += 1
                 continue
-            step.last = offset
-            step.records += 1
             # a document's SET without a TTL, most records, built here: no call
             if mutation.code == SET and not mutation.ttl:
                 op: Op = (SET, offset, mutation.argument)
             else:
                 op = _op(mutation, offset)
+            if step is None:  # most records of a backlog are a key's only one in the chunk
+                slot = key_slot(key.encode())
+                steps[at] = Step(slot, key, keys.position_field(key, partition), earlier, op, position, offset)
+                continue
+            step.last = offset
+            step.records += 1
             ops = step.ops
-            if ops and op[0] in overwrites and ops[-1][0] in overwrites:
+            if op[0] in overwrites and ops[-1][0] in overwrites:
                 ops[-1] = op  # the later overwrite wins within the call: the earlier is never sent
                 step.sources[-1].append(position)
             else:

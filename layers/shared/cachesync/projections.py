@@ -115,6 +115,8 @@ def project(config: TopicConfig, record_key: bytes | None, value: bytes | None, 
 
 
 _MISSING = object()
+# a Mutation from all its fields at once, in half the time of its constructor (which fills in defaults)
+_new_mutation = tuple.__new__
 
 
 def _document(config: TopicConfig, record_key: bytes | None, value: bytes | None, ttl: int) -> Mutation:
@@ -122,9 +124,17 @@ def _document(config: TopicConfig, record_key: bytes | None, value: bytes | None
     if value is None:
         identifier = _tombstone_identifier(record_key)
         return Mutation(keys.data_key(config.key_prefix, identifier), DELETE)
-    document = _json_object(value, config)
+    # _json_object's work without its calls: most records of most topics are documents
+    try:
+        document = orjson.loads(value)
+    except orjson.JSONDecodeError as error:
+        document = _slow_json(value, error)
+    if type(document) is not dict:
+        raise PoisonRecord(f"value must be a JSON object, got {type(document).__name__}")
+    if config.schema is not None:
+        _check_schema(config, document)
     key = keys.data_key(config.key_prefix, _identifier(document, config.key_field, value))
-    return Mutation(key, SET, "", value, ttl)
+    return _new_mutation(Mutation, (key, SET, "", value, ttl, (), 0))
 
 
 def _row(config: TopicConfig, record_key: bytes | None, value: bytes | None, ttl: int) -> Mutation:
