@@ -349,13 +349,26 @@ def catch_up(path: str, stack: Stack, names: dict[str, str], backlog: list[RawRe
     }
 
 
-def throughput(paths: Sequence[str], stack: Stack, records: int, logs: Path) -> dict[str, dict[str, Any]]:
-    names = fresh_topics(stack.bootstrap)
-    backlog = new_orders(EventGenerator(seed=9, partitions=PARTITIONS), records)
-    feed = feed_of(stack, names)
-    feed.produce(backlog)
-    feed.flush(120)
-    return {path: catch_up(path, stack, names, backlog, feed.last_offsets, logs) for path in paths}
+def throughput(
+    paths: Sequence[str], stack: Stack, records: int, logs: Path, rounds: int = 1
+) -> dict[str, dict[str, Any]]:
+    """Each system's catch-up, `rounds` times in turn (the order swapped each round, each round on a
+    backlog of its own): the round with the median rate, and every round's rate. A shared machine's
+    load swings more between minutes than between two systems measured back to back."""
+    runs: dict[str, list[dict[str, Any]]] = {path: [] for path in paths}
+    for n in range(rounds):
+        names = fresh_topics(stack.bootstrap)
+        backlog = new_orders(EventGenerator(seed=9 + n, partitions=PARTITIONS), records)
+        feed = feed_of(stack, names)
+        feed.produce(backlog)
+        feed.flush(120)
+        for path in paths if n % 2 == 0 else reversed(paths):
+            runs[path].append(catch_up(path, stack, names, backlog, feed.last_offsets, logs))
+    result = {}
+    for path, each in runs.items():
+        ordered = sorted(each, key=lambda run: run["per_second"])
+        result[path] = {**ordered[len(ordered) // 2], "rounds": [run["per_second"] for run in each]}
+    return result
 
 
 def freshness(paths: Sequence[str], stack: Stack, probes: int, logs: Path, rate: float) -> dict[str, dict[str, Any]]:
@@ -557,6 +570,22 @@ def ratio(ours: float, theirs: float) -> str:
     return f"{ours / theirs:.2f}x" if theirs else "n/a"
 
 
+def rounds_note(run: dict[str, Any]) -> str:
+    rounds = len(run.get("rounds", [])) or 1
+    return f", median of {rounds} rounds, each system in turn" if rounds > 1 else ""
+
+
+def spread(run: dict[str, Any]) -> str:
+    rounds = run.get("rounds", [])
+    return f" ({', '.join(f'{r:,.0f}' for r in rounds)})" if len(rounds) > 1 else ""
+
+
+def round_ratios(ours: dict[str, Any], theirs: dict[str, Any]) -> str:
+    """Each round's ratio: how far apart two systems measured back to back were, round by round."""
+    pairs = list(zip(ours.get("rounds", []), theirs.get("rounds", []), strict=False))
+    return f" (rounds: {', '.join(ratio(a, b) for a, b in pairs)})" if len(pairs) > 1 else ""
+
+
 def section(result: dict[str, Any], command: str) -> str:
     peer_path = result["peer_path"]
     connector = peer_path == "connector"
@@ -581,9 +610,10 @@ def section(result: dict[str, Any], command: str) -> str:
     rows = [
         f"| measure | cachesync | {peer_name} | cachesync / {'connector' if connector else 'peer'} |",
         "| --- | --- | --- | --- |",
-        f"| catch-up of a {ours_t['records']:,}-order backlog ({PARTITIONS} partitions), first write to last "
-        f"| {ours_t['per_second']:,.0f} orders/s | {peer_t['per_second']:,.0f} orders/s "
-        f"| {ratio(ours_t['per_second'], peer_t['per_second'])} |",
+        f"| catch-up of a {ours_t['records']:,}-order backlog ({PARTITIONS} partitions), first write to last"
+        f"{rounds_note(ours_t)} | {ours_t['per_second']:,.0f} orders/s{spread(ours_t)} "
+        f"| {peer_t['per_second']:,.0f} orders/s{spread(peer_t)} "
+        f"| {ratio(ours_t['per_second'], peer_t['per_second'])}{round_ratios(ours_t, peer_t)} |",
         f"| the same, first write to the last offset committed "
         f"| {ours_t['per_second_to_commit']:,.0f} orders/s | {peer_t['per_second_to_commit']:,.0f} orders/s "
         f"| {ratio(ours_t['per_second_to_commit'], peer_t['per_second_to_commit'])} |",
@@ -630,7 +660,10 @@ def section(result: dict[str, Any], command: str) -> str:
             "Catch-up: the backlog is produced first, then each system runs alone on it, timed from its first",
             "write to Redis to its last (every partition's last order readable), so neither start-up (the JVM,",
             "the group join) is counted; the second row runs to the group's commit of the last offset, which",
-            "Connect makes on its flush interval. Freshness: both run at once on the same live stream, every",
+            "Connect makes on its flush interval. Each round produces a backlog of its own and runs both systems",
+            "on it in turn (the order swapped every round); the rows give the median round and every round,",
+            "since the load of a shared machine swings between minutes more than between two systems measured",
+            "back to back. Freshness: both run at once on the same live stream, every",
             "order of it a probe polled in both databases, produced at random moments (exponential gaps), so",
             "none waits for the one before or lines up with a poll loop. Kill test: each system alone,",
             "SIGKILLed at random moments (up to 0.2 s after Redis holds evenly spaced fractions of the",
@@ -714,6 +747,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-records", type=int, default=30_000, help="records for the kill test")
     parser.add_argument("--kill-rate", type=float, default=1000, help="records/s produced during the kill test")
     parser.add_argument("--kills", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3, help="catch-up rounds of each system, in turn")
     parser.add_argument("--probes", type=int, default=1000, help="orders of the live stream, each a probe")
     parser.add_argument("--rate", type=float, default=50, help="the live stream's orders/s")
     default_broker = "apache" if brokers.available("apache") is None else "embedded"
@@ -742,7 +776,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = ("cachesync", stack.peer_path)
     try:
         print(f"catch-up of {args.records:,} orders, each alone...", file=sys.stderr, flush=True)
-        caught_up = throughput(paths, stack, args.records, logs)
+        caught_up = throughput(paths, stack, args.records, logs, args.rounds)
         print(f"freshness, {args.probes} probes, both at once...", file=sys.stderr, flush=True)
         fresh = freshness(paths, stack, args.probes, logs, args.rate)
         kills: dict[str, dict[str, Any]] = {}

@@ -126,3 +126,14 @@ def test_the_section_gives_ratios_and_names_its_peer() -> None:
     fallback = bench_connect.section(_result("peer"), "make bench-connect")
     assert "No connector source was found" in fallback and "no Kafka Connect Redis sink source at /x" in fallback
     assert "committing every" in fallback
+
+
+def test_the_catch_up_row_gives_every_round_and_its_ratio() -> None:
+    result = _result("connector")
+    throughput: dict[str, dict[str, object]] = result["throughput"]  # type: ignore[assignment]
+    throughput["cachesync"] = {**throughput["cachesync"], "rounds": [40.0, 50.0, 90.0]}
+    throughput["connector"] = {**throughput["connector"], "rounds": [80.0, 100.0, 60.0]}
+    text = bench_connect.section(result, "make bench-connect")
+    assert "median of 3 rounds" in text
+    assert "50 orders/s (40, 50, 90)" in text and "100 orders/s (80, 100, 60)" in text
+    assert "0.50x (rounds: 0.50x, 0.50x, 1.50x)" in text
