@@ -131,29 +131,18 @@ def from_message(message: Any, registry: SchemaRegistry | None = None) -> Record
     else:
         encoded_value = _base64(value, newline=False).decode("ascii")
         size += 2 + len(encoded_value)
-    if key is None:
-        body = {
-            "topic": topic,
-            "partition": partition,
-            "offset": offset,
-            "timestamp": timestamp,
-            "timestampType": timestamp_type,
-            "value": encoded_value,
-            "headers": [],
-        }
-    else:
-        encoded_key = _base64(key, newline=False).decode("ascii")
+    body = {
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "timestamp": timestamp,
+        "timestampType": timestamp_type,
+    }
+    if key is not None:
+        encoded_key = body["key"] = _base64(key, newline=False).decode("ascii")
         size += 9 + len(encoded_key)
-        body = {
-            "topic": topic,
-            "partition": partition,
-            "offset": offset,
-            "timestamp": timestamp,
-            "timestampType": timestamp_type,
-            "key": encoded_key,
-            "value": encoded_value,
-            "headers": [],
-        }
+    body["value"] = encoded_value
+    body["headers"] = []
     return Record(topic, partition, offset, timestamp, body, size)
 
 
