@@ -359,7 +359,12 @@ class Transport:
                     raise redis.exceptions.ClusterDownError(f"ASK names {ask[0]}:{ask[1]}, not in the map yet")
                 cluster_node = target
             else:
-                cluster_node = self.client.nodes_manager.get_node_from_slot(slot)
+                # the map itself, not get_node_from_slot: a cluster batch looks up about one slot per call,
+                # and that method's argument checks and lock cost more than the call's planning
+                holders = self.client.nodes_manager.slots_cache.get(slot)
+                if not holders:
+                    raise redis.exceptions.SlotNotCoveredError(f"slot {slot} is not in the cluster map")
+                cluster_node = holders[0]
             name = cluster_node.name
             if name not in nodes:
                 nodes[name] = _Node(name, self.client.get_redis_connection(cluster_node).connection_pool)
