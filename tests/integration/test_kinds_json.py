@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from cachesync import config
 from cachesync.deadletter import RedisStreamSink
 from cachesync.ingest import Ingestor, build_ingestor
+from cachesync.transport import CallStopped
 from devkit import debezium, servers
 from harness.json_server import json_module, start_json_cluster, start_json_server
 from harness.model_kinds import KindsModel, redis_kinds_state
@@ -179,3 +180,35 @@ def test_the_ingest_user_of_json_topics_may_do_all_it_needs(json_target: Target,
     outcome = build_ingestor(as_ingest_user(json_target)).process(whole(log))
     assert outcome.dead_lettered == len(model.poison)
     check(json_target, table, [r for records in log.values() for r in records])
+
+
+def test_a_server_without_the_json_commands_fails_the_batch_and_loses_nothing(table: Path) -> None:
+    """A json topic on a cache without the JSON commands (no module loaded): the batch fails with
+    the server's refusal naming the command, no record is dead-lettered for it or skipped as applied,
+    and once the module is loaded the retry ends exactly as the model."""
+    _need_module()
+    module = json_module()
+    assert module is not None
+    server = servers.start_server(servers.valkey_binary(), extra=["--enable-module-command", "yes"])
+    try:
+        target = Target("valkey-without-json", server.url, cluster=False)
+        log = log_of(KindsLog(11).raws(120, json_kind=True))
+        records = [r for rs in log.values() for r in rs]
+        model = KindsModel(table).apply_all(records)
+        ingest = build_ingestor(target.settings())
+        for _ in range(2):  # the retry before the fix stops at the same place
+            with pytest.raises(CallStopped, match=r"(?i)unknown command.*JSON\.(SET|MERGE)") as stopped:
+                ingest.process(whole(log))
+            assert "docs/security.md" in str(stopped.value)
+        client = target.client()
+        # only the poison records, once per attempt (each attempt finds them again)
+        letters = client.xrange("deadletter:ingest")
+        assert len(letters) == 2 * len(model.poison)
+        assert not any(b"Redis refused" in fields[b"reason"] for _, fields in letters)
+        assert redis_kinds_state(client) != model.state
+        client.execute_command("MODULE", "LOAD", module)
+        retried = ingest.process(whole(log))
+        assert retried.dead_lettered == len(model.poison)
+        check(target, table, records)
+    finally:
+        server.remove()

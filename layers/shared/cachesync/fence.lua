@@ -56,9 +56,15 @@ local function systemic(err)  -- not the record's fault: the user's access or th
     or err:find('nknown Redis command', 1, true) ~= nil
 end
 local stopped = nil  -- the refusal that stops the call
-local function halts(reply)  -- a command around a write: whatever it is refused stops the call
+-- the refusal with the command it refused: some servers' messages do not name it
+-- ("Unknown command called from script")
+local function naming(err, command)
+  if err:lower():find(command:lower(), 1, true) then return err end
+  return err .. ' (' .. command .. ')'
+end
+local function halts(reply, command)  -- a command around a write: whatever it is refused stops the call
   if type(reply) == 'table' and reply.err then
-    stopped = stopped or reply.err
+    stopped = stopped or naming(reply.err, command)
     return true
   end
   return false
@@ -87,6 +93,8 @@ for _ = 1, tonumber(ARGV[1]) do
 end
 
 local WITH_TTL = {s = 'S', i = 'I', z = 'Z', h = 'H', m = 'M', j = 'J', n = 'N', x = 'X'}
+local COMMANDS = {S = 'SET', D = 'DEL', I = 'ZINCRBY', Z = 'ZADD', R = 'ZREM', H = 'HSET', M = 'HSET/HDEL',
+                  J = 'JSON.SET', N = 'JSON.MERGE', X = 'XADD'}
 local run_hash, run = nil, {}  -- the hash whose new positions are being gathered, and them
 local wrote = false
 local first_field, first_raw
@@ -151,7 +159,7 @@ while p <= argc do
       p = p + 1
     elseif code == 'H' then
       local n = tonumber(ARGV[p])
-      if apply and not halts(redis.pcall('DEL', key)) and n > 0 then
+      if apply and not halts(redis.pcall('DEL', key), 'DEL') and n > 0 then
         result = redis.pcall('HSET', key, unpack(ARGV, p + 1, p + 2 * n))
       end
       p = p + 1 + 2 * n
@@ -173,7 +181,7 @@ while p <= argc do
         if not (type(result) == 'table' and result.err) then
           is_json = true
           if ttl == 0 and not no_ttl then
-            halts(redis.pcall('PERSIST', key))
+            halts(redis.pcall('PERSIST', key), 'PERSIST')
             no_ttl = true
           end
         end
@@ -184,10 +192,10 @@ while p <= argc do
         -- a merge into no document merges into {} (RFC 7396): JSON.MERGE alone would keep the nulls
         local exists = is_json and 1 or redis.pcall('EXISTS', key)
         local created = exists == 0
-        if not halts(exists) and not (created and halts(redis.pcall('JSON.SET', key, '$', '{}'))) then
+        if not halts(exists, 'EXISTS') and not (created and halts(redis.pcall('JSON.SET', key, '$', '{}'), 'JSON.SET')) then
           result = redis.pcall('JSON.MERGE', key, '$', ARGV[p])
           if type(result) == 'table' and result.err then
-            if created then halts(redis.pcall('DEL', key)) end  -- a refused merge leaves no {} behind
+            if created then halts(redis.pcall('DEL', key), 'DEL') end  -- a refused merge leaves no {} behind
           else
             is_json = true
           end
@@ -216,7 +224,7 @@ while p <= argc do
     end
     local refused = type(result) == 'table' and result.err
     if refused and systemic(refused) then
-      stopped = stopped or refused
+      stopped = stopped or naming(refused, COMMANDS[code])
     elseif apply and not (stopped and not result) then
       -- written (or refused for its own sake): the position moves past it
       if refused then
@@ -224,7 +232,7 @@ while p <= argc do
         errors[#errors + 1] = j
         errors[#errors + 1] = refused
       elseif ttl > 0 then
-        halts(redis.pcall('EXPIRE', key, ttl))  -- refused here: the write stays, its position with it
+        halts(redis.pcall('EXPIRE', key, ttl), 'EXPIRE')  -- refused here: the write stays, its position with it
         no_ttl = false
       end
       last = offset_text
