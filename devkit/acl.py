@@ -98,7 +98,7 @@ def apply_lua_commands() -> tuple[str, ...]:
 # user gets the commands of the kinds topics.toml configures, no others (a cache without the
 # JSON commands refuses an access string that names them). Together they are every command
 # fence.lua calls (tests/security keeps them in step).
-FENCE_COMMANDS = ("hget", "hset")
+FENCE_COMMANDS = ("hmget", "hset")
 KIND_COMMANDS: dict[str, tuple[str, ...]] = {
     DOCUMENT: ("set", "del"),
     STOCK_LEDGER: ("zincrby", "zadd", "zrem", "expire"),
@@ -106,6 +106,12 @@ KIND_COMMANDS: dict[str, tuple[str, ...]] = {
     JSON: ("json.set", "json.merge", "exists", "persist", "del", "expire"),
     STREAM: ("xadd", "expire"),
 }
+
+
+# A standalone server's positions moved into one hash, once, before the writer's first write
+# (cachesync.layout): the layout field's HGET and HSET, EXISTS over the slots' hashes, and its
+# script's commands (each slot's hash read, merged into the one hash, replaced by a marker).
+LAYOUT_COMMANDS = ("hget", "exists", "hgetall", "hmget", "hset", "set")
 
 
 def fence_commands(settings: Settings) -> tuple[str, ...]:
@@ -128,7 +134,8 @@ def ingest_rule(settings: Settings, cluster: bool | None = None) -> AccessRule:
     patterns.append(settings.dlq_stream_key)
     patterns += OPSTATS_KEYS
     commands = [*CONNECTION_COMMANDS, *INGEST_SCRIPT_COMMANDS, *fence_commands(settings)]
-    commands += dict.fromkeys(c for c in (*DEAD_LETTER_COMMANDS, *OPSTATS_WRITE_COMMANDS) if c not in commands)
+    others = (*LAYOUT_COMMANDS, *DEAD_LETTER_COMMANDS, *OPSTATS_WRITE_COMMANDS)
+    commands += dict.fromkeys(c for c in others if c not in commands)
     return AccessRule("ingest", _with_cluster(commands, settings, cluster), tuple(patterns))
 
 

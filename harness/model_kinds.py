@@ -23,7 +23,8 @@ from typing import Any
 State = dict[str, tuple[str, Any]]
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
-_POSITIONS = re.compile(r"cachesync:offsets(:\{[0-9]+\})?\Z")
+# the positions hashes (a slot's, or a standalone server's one) and the database's offsets hash
+_POSITIONS = re.compile(r"cachesync:offsets(:\{([0-9]+|positions)\})?\Z")
 NOT_DATA = ("deadletter:ingest", "cachesync:batches", "cachesync:processed")
 
 

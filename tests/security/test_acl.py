@@ -21,6 +21,7 @@ from cachesync.connection import RedisClient, cache_auth_failure, get_client
 from cachesync.ingest import build_ingestor
 from cachesync.opstats import operator_view, record_batch
 from cachesync.reads import Reader, encode_cursor
+from cachesync.layout import MOVE_SCRIPT
 from cachesync.transport import FENCE_SCRIPT
 from devkit import acl, servers
 from devkit.generator import EventGenerator
@@ -216,7 +217,7 @@ def test_the_ingest_user_cannot_step_outside_its_keys_even_from_a_script(target:
         assert_denied(name, lambda: client.evalsha(sha, len(script_keys), *script_keys))  # noqa: B023
     attempts = [
         ("GET own key", lambda: client.get("orders:1")),
-        ("HGETALL offsets", lambda: client.hgetall(keys.offsets_key())),
+        ("HKEYS offsets", lambda: client.hkeys(keys.offsets_key())),
         ("XRANGE", lambda: client.xrange("deadletter:ingest")),
         *attempts_common(client),
     ]
@@ -245,6 +246,7 @@ def test_access_strings_are_in_elasticache_rbac_form() -> None:
     assert set(acl.script_commands(FENCE_SCRIPT)) == set(acl.FENCE_COMMANDS) | kinds
     configured = {c for t in settings.topics for c in acl.KIND_COMMANDS[t.kind]}
     assert set(acl.FENCE_COMMANDS) | configured <= set(ingest.commands)
+    assert set(acl.script_commands(MOVE_SCRIPT)) <= set(acl.LAYOUT_COMMANDS) <= set(ingest.commands)
     assert "json.set" not in ingest.commands and "hdel" not in ingest.commands
     # the stream takes the dead letters while SQS is down, so the rule does not depend on the queue
     with_queue = acl.ingest_rule(Settings.from_env({"DLQ_QUEUE_URL": "https://sqs/q"}))

@@ -25,16 +25,19 @@ def entries(call: Call) -> list[Entry]:
     args = list(call.args())
     numkeys = args[0]
     keys, plan = args[1 : 1 + numkeys], args[1 + numkeys :]
+    positions, data_keys = keys[0], keys[1:]
     checks, p = int(plan[0]), 1
     afters: dict[int, int] = {}
     for _ in range(checks):
-        afters[int(plan[p])] = int(plan[p + 2])
-        p += 3
+        afters[int(plan[p])] = int(plan[p + 1])
+        p += 2
+    fields = plan[p : p + len(data_keys)]
+    p += len(data_keys)
     found: list[Entry] = []
     while p < len(plan):
         e = len(found) + 1
-        field, count = plan[p], int(plan[p + 1])
-        p += 2
+        count = int(plan[p])
+        p += 1
         ops = []
         for _ in range(count):
             code, offset = plan[p], int(plan[p + 1])
@@ -53,5 +56,6 @@ def entries(call: Call) -> list[Entry]:
                 width = 2 + 2 * int(plan[p + 1])
             ops.append((code, offset, ttl, *plan[p : p + width]))
             p += width
-        found.append(Entry(keys[2 * e - 2], keys[2 * e - 1], field, afters.get(e, -1), ops))
+        found.append(Entry(positions, data_keys[e - 1], fields[e - 1], afters.get(e, -1), ops))
+    assert len(found) == len(data_keys), "one entry per data key"
     return found

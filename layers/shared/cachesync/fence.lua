@@ -1,21 +1,24 @@
 #!lua
 -- Applies Kafka-derived mutations, each at most once, in partition order per key.
 --
--- Every key keeps its applied position per partition: a field of a hash in the
--- key's own slot (cachesync.keys.positions_key / position_field), the offset of
--- the last record of that partition applied to it. A mutation at or below it was
--- applied before (a replay, an overlapping invocation, a call that arrived late)
--- and is skipped. Data and positions change in one atomic step.
+-- Every key keeps its applied position per partition: a field of a positions hash
+-- (cachesync.keys), the offset of the last record of that partition applied to it.
+-- A call carries one positions hash: on a cluster its slot's (a call is one slot's),
+-- on a standalone server the one hash of every key. A mutation at or below its
+-- key's position was applied before (a replay, an overlapping invocation, a call
+-- that arrived late) and is skipped. Data and positions change in one atomic step.
 --
 -- The plan is flat: the script walks ARGV with a cursor and reads numbers with
--- tonumber, so no JSON is decoded and no table is built per mutation.
+-- tonumber, so no JSON is decoded and no table is built per mutation. The positions
+-- are read with one HMGET and written with one HSET.
 --
--- KEYS: two per entry (one entry per key and partition): KEYS[2e-1] the position
---       hash of its slot, KEYS[2e] the data key. Entries of one hash come together.
--- ARGV[1]: how many entries carry an `after`, then that many (entry, field, after):
---       the offset the entry's position must have reached (an earlier call carried
+-- KEYS[1]: the positions hash; KEYS[1 + e]: entry e's data key (one entry per key
+--       and partition).
+-- ARGV[1]: how many entries carry an `after`, then that many (entry, after): the
+--       offset the entry's position must have reached (an earlier call carried
 --       this key's mutations before these).
--- Then per entry: its position field, its op count n, and n ops, each
+-- Then each entry's position field, in entry order.
+-- Then per entry: its op count n, and n ops, each
 --       code, offset[, ttl], then by code:
 --         S value                  SET key value (EX ttl)
 --         D                        DEL key
@@ -44,8 +47,8 @@
 -- lacks it (no JSON module). The positions then cover what was written before it, and
 -- the reply is {positions, errors, {entry, op, error}}: the caller fails the batch,
 -- which a retry applies from there once the cache is fixed; nothing is dead-lettered.
--- Each hash gets one HSET with the new positions of its entries. A call that
--- changes nothing else sets one position to its own value, so it is still a
+-- The positions hash gets one HSET with the new positions of the entries. A call
+-- that changes nothing else sets one position to its own value, so it is still a
 -- write: WAIT on its connection then covers every earlier write of it.
 local tonumber, unpack = tonumber, unpack
 local positions, errors = {}, {}
@@ -77,44 +80,41 @@ local function expire_allowed(key)
   end
   return may_expire
 end
-local read = {}  -- entry -> the position string its `after` check read
-
+local hash = KEYS[1]
+local entries = #KEYS - 1
 local p = 2
+local afters = {}
 for _ = 1, tonumber(ARGV[1]) do
-  local e, after = tonumber(ARGV[p]), tonumber(ARGV[p + 2])
-  local raw = redis.call('HGET', KEYS[2 * e - 1], ARGV[p + 1]) or '-1'
-  local position = tonumber(raw)
-  if position < after then
-    return redis.error_reply('CACHESYNC_GAP ' .. KEYS[2 * e] .. ' is at offset ' .. raw ..
-      ', before ' .. ARGV[p + 2] .. ': an earlier call of this batch has not run; nothing written')
+  afters[#afters + 1] = tonumber(ARGV[p])
+  afters[#afters + 1] = ARGV[p + 1]
+  p = p + 2
+end
+local fields = p  -- ARGV[fields + e - 1]: entry e's position field
+local read = entries > 0 and redis.call('HMGET', hash, unpack(ARGV, fields, fields + entries - 1)) or {}
+p = fields + entries
+for a = 1, #afters, 2 do
+  local e, after = afters[a], afters[a + 1]
+  local raw = read[e] or '-1'
+  if tonumber(raw) < tonumber(after) then
+    return redis.error_reply('CACHESYNC_GAP ' .. KEYS[1 + e] .. ' is at offset ' .. raw ..
+      ', before ' .. after .. ': an earlier call of this batch has not run; nothing written')
   end
-  read[e] = raw
-  p = p + 3
 end
 
 local WITH_TTL = {s = 'S', i = 'I', z = 'Z', h = 'H', m = 'M', j = 'J', n = 'N', x = 'X'}
 local COMMANDS = {S = 'SET', D = 'DEL', I = 'ZINCRBY', Z = 'ZADD', R = 'ZREM', H = 'HSET', M = 'HSET/HDEL',
                   J = 'JSON.SET', N = 'JSON.MERGE', X = 'XADD'}
-local run_hash, run = nil, {}  -- the hash whose new positions are being gathered, and them
+local moved = {}  -- field, offset of each entry whose position moves: one HSET at the end
 local wrote = false
-local first_field, first_raw
 local e = 0
 local argc = #ARGV
 while p <= argc do
   e = e + 1
-  local hash, key, field, count = KEYS[2 * e - 1], KEYS[2 * e], ARGV[p], tonumber(ARGV[p + 1])
-  p = p + 2
-  if hash ~= run_hash then
-    if #run > 0 then
-      redis.call('HSET', run_hash, unpack(run))
-      run = {}
-    end
-    run_hash = hash
-  end
-  local raw = read[e] or redis.call('HGET', hash, field) or '-1'
+  local key, field, count = KEYS[1 + e], ARGV[fields + e - 1], tonumber(ARGV[p])
+  p = p + 1
+  local raw = read[e] or '-1'
   local position = tonumber(raw)
   positions[e] = position
-  if e == 1 then first_field, first_raw = field, raw end
   local last = nil
   -- what this entry's JSON writes know of the key: a document there, no TTL on it (saves an
   -- EXISTS per merge and a PERSIST per replace after the first)
@@ -216,10 +216,10 @@ while p <= argc do
       -- the planner sends none: the rest of the plan cannot be read, so the call stops here with
       -- the positions of what it wrote (the batch fails on this error)
       if last then
-        run[#run + 1] = field
-        run[#run + 1] = last
+        moved[#moved + 1] = field
+        moved[#moved + 1] = last
       end
-      if #run > 0 then redis.call('HSET', run_hash, unpack(run)) end
+      if #moved > 0 then redis.call('HSET', hash, unpack(moved)) end
       return redis.error_reply('CACHESYNC_PLAN unknown mutation code ' .. tostring(code))
     end
     local refused = type(result) == 'table' and result.err
@@ -239,25 +239,23 @@ while p <= argc do
     end
     if stopped then
       if last then
-        run[#run + 1] = field
-        run[#run + 1] = last
+        moved[#moved + 1] = field
+        moved[#moved + 1] = last
       end
-      if #run > 0 then redis.call('HSET', run_hash, unpack(run)) end
+      if #moved > 0 then redis.call('HSET', hash, unpack(moved)) end
       return {positions, errors, {e, j, stopped}}
     end
   end
   if last then
-    run[#run + 1] = field
-    run[#run + 1] = last
+    moved[#moved + 1] = field
+    moved[#moved + 1] = last
     wrote = true
   end
 end
-if #run > 0 then
-  redis.call('HSET', run_hash, unpack(run))
-end
-
-if not wrote then
-  redis.call('HSET', KEYS[1], first_field, first_raw)
+if wrote then
+  redis.call('HSET', hash, unpack(moved))
+elseif entries > 0 and read[1] then
+  redis.call('HSET', hash, ARGV[fields], read[1])
 end
 
 return {positions, errors}

@@ -3,14 +3,20 @@
 Data keys keep the names of the original design (`orders:18`,
 `inventory:store1` with members `sku:<sku>`), so existing readers keep working.
 
-Every data key keeps its applied position beside it, in its own hash slot: a
-hash per slot, `cachesync:offsets:{<tag>}` (where `<tag>` hashes to that slot),
-field `<key>#<partition>` -> the offset of the last record of that partition
-applied to the key. A script then checks and moves a key's position in the same
-atomic step as its write, on any topology (no CROSSSLOT on a cluster): that is
-the fence (cachesync.plan, fence.lua). The same hashes on a standalone server, so
-both topologies keep the same data. The database's own hash (`cachesync:offsets`)
-holds what an operator needs (below), never positions.
+Every data key keeps its applied position: field `<key>#<partition>` of a
+positions hash -> the offset of the last record of that partition applied to the
+key. A script checks and moves a key's position in the same atomic step as its
+write (the fence: cachesync.plan, fence.lua), and reads and writes a call's
+positions with one command each, so a call has one positions hash:
+- on a cluster, the hash of the key's own slot, `cachesync:offsets:{<tag>}` (where
+  `<tag>` hashes to that slot): a call is one slot's, so no CROSSSLOT;
+- on a standalone server, one hash for every key, `cachesync:offsets:{positions}`.
+  Servers written by an earlier version kept the cluster's hashes there too; the
+  writer moves their positions into the one hash before its first write
+  (cachesync.layout). A cache moved from a standalone server to a cluster is
+  rebuilt (docs/operations.md).
+The database's own hash (`cachesync:offsets`) holds what an operator needs
+(below), never positions.
 """
 
 from __future__ import annotations
@@ -82,6 +88,14 @@ def sku_member(sku: str) -> str:
 
 def sku_from_member(member: str) -> str:
     return member[len(SKU_MEMBER_PREFIX) :] if member.startswith(SKU_MEMBER_PREFIX) else member
+
+
+# The positions of every key of a standalone server (above)
+STANDALONE_POSITIONS_KEY = OFFSETS_KEY + ":{positions}"
+# A field of the database's offsets hash: the positions layout of a standalone server once its
+# positions are in STANDALONE_POSITIONS_KEY (cachesync.layout)
+LAYOUT_FIELD = "layout"
+ONE_POSITIONS_HASH = "positions-in-one-hash"
 
 
 def offsets_key(slot: int | None = None) -> str:

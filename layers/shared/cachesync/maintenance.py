@@ -11,7 +11,7 @@
   The topic's mapping must be stopped meanwhile (docs/deploy.md, "Rebuild").
 
 Markers and sources are fields of the database's offsets hash; positions are fields of
-each slot's positions hash (see `keys`).
+the positions hashes (a slot's on a cluster, the one hash of a standalone server: see `keys`).
 """
 
 from __future__ import annotations
@@ -194,21 +194,23 @@ def status(client: RedisClient, settings: Settings) -> dict[str, Any]:
 
 # --- reading across topologies ---------------------------------------------------------
 def _positions_keys(client: RedisClient) -> list[str]:
-    found = set(_scan(client, keys.OFFSETS_PATTERN))
+    # hashes only: a slot's hash whose positions moved into a standalone server's one hash is a
+    # marker string for a day (cachesync.layout)
+    found = set(_scan(client, keys.OFFSETS_PATTERN, kind="hash"))
     return sorted(k for k in found if keys.is_offsets_key(k) and k != keys.OFFSETS_KEY)
 
 
-def _scan(client: RedisClient, pattern: str) -> Iterator[str]:
+def _scan(client: RedisClient, pattern: str, kind: str | None = None) -> Iterator[str]:
     if isinstance(client, RedisCluster):
         seen: set[str] = set()
         for node in client.get_primaries():  # type: ignore[no-untyped-call]
-            for key in client.scan_iter(match=pattern, count=SCAN_COUNT, target_nodes=node):
+            for key in client.scan_iter(match=pattern, count=SCAN_COUNT, _type=kind, target_nodes=node):
                 text = _text(key)
                 if text not in seen:
                     seen.add(text)
                     yield text
     else:
-        for key in client.scan_iter(match=pattern, count=SCAN_COUNT):
+        for key in client.scan_iter(match=pattern, count=SCAN_COUNT, _type=kind):
             yield _text(key)
 
 

@@ -1,7 +1,8 @@
 """Planning: a batch's mutations into fenced script calls. Pure: no Redis, no I/O.
 
-Every key keeps its applied position, per Kafka partition, in a hash of its own
-hash slot (`keys.positions_key`, field `keys.position_field`). A step is one
+Every key keeps its applied position, per Kafka partition, in a positions hash
+(`keys.positions_key`, field `keys.position_field`): its slot's on a cluster, the
+one hash of every key on a standalone server. A step is one
 key's mutations from one partition; the script (fence.lua) applies those whose
 offset is past the position and moves the position, in one atomic step. So a
 replay, an overlap (two invocations of one partition at once), or a call that
@@ -20,7 +21,8 @@ changes nothing: the position already says newer.
   the request limit.
 - The steps of one slot go out in calls of that slot only, so a cluster can run
   them (`cross_slot=False`); a standalone server takes any mix (`cross_slot=True`).
-  Both topologies plan the same steps; only their packing differs.
+  Either way a call has one positions hash, read with one HMGET and written with one
+  HSET. Both topologies plan the same steps; only their packing differs.
 - A step too long for one call continues in the next, which checks that the key's
   position reached the end of the part before (`after`): calls run independently,
   and a refused call (out of memory) must stop the rest of its key's mutations.
@@ -62,12 +64,13 @@ _WITH_TTL = {code: code.lower() for code in (SET, INCREMENT, ASSIGN, HASH_REPLAC
 _WITH_TTL[STREAM_ADD] = STREAM_ADD.lower()
 _OVERWRITE_CODES = frozenset({*OVERWRITES, *(_WITH_TTL[code] for code in OVERWRITES if code in _WITH_TTL)})
 
-# Arguments a call spends before its keys and plan: EVALSHA, the hash, numkeys, the count of `after` checks.
-CALL_OVERHEAD_ARGUMENTS = 4
-# Arguments of an entry besides its ops: its positions hash and key (KEYS), its field and op count.
-ENTRY_ARGUMENTS = 4
-# and when it carries an `after` check: the entry, its field and the offset
-AFTER_ARGUMENTS = 3
+# Arguments a call spends before its entries: EVALSHA, the script's hash, numkeys, the positions hash,
+# the count of `after` checks.
+CALL_OVERHEAD_ARGUMENTS = 5
+# Arguments of an entry besides its ops: its key (KEYS), its position field and its op count.
+ENTRY_ARGUMENTS = 3
+# and when it carries an `after` check: the entry and the offset
+AFTER_ARGUMENTS = 2
 
 # One op as fence.lua reads it: code (lower case: a TTL follows), offset[, ttl], then the code's own
 # arguments (member, value, fields). A tuple: one is built for every record.
@@ -95,20 +98,22 @@ class Step:
 
 
 class Call:
-    """One fence.lua call: steps of one slot (cluster) or of any slots (standalone)."""
+    """One fence.lua call: steps of one slot (cluster) or of any slots (standalone), and the one
+    positions hash of their keys."""
 
-    def __init__(self, slot: int):
+    def __init__(self, slot: int, positions: str):
         self.slot = slot  # the slot of its first step: where a cluster sends it
-        self.keys: list[str] = []  # per entry, its positions hash and its key
-        self.afters: list[Any] = []  # (entry, field, after) of the entries that check an `after`
-        self.argv: list[Any] = []  # per entry, its field, op count and ops
+        self.keys: list[str] = [positions]  # the positions hash, then each entry's key
+        self.afters: list[Any] = []  # (entry, after) of the entries that check an `after`
+        self.fields: list[str] = []  # per entry, its position field
+        self.argv: list[Any] = []  # per entry, its op count and ops
         self.steps: list[tuple[Step, int, int]] = []  # (step, first op, end op) carried here
         self.mutations = 0
         self.arguments = CALL_OVERHEAD_ARGUMENTS
 
     def args(self) -> tuple[Any, ...]:
         """numkeys, the keys and the plan: what follows EVAL <script> or EVALSHA <hash>."""
-        return (len(self.keys), *self.keys, len(self.afters) // 3, *self.afters, *self.argv)
+        return (len(self.keys), *self.keys, len(self.afters) // 2, *self.afters, *self.fields, *self.argv)
 
 
 def steps_of(pending: list[Pending]) -> tuple[list[Step], int]:
@@ -213,27 +218,27 @@ def pack(steps: list[Step], *, cross_slot: bool, max_mutations: int, max_argumen
         if call is not None and not cross_slot:
             calls.append(call)
             call = None
-        positions = keys.positions_key(slot)
+        positions = keys.STANDALONE_POSITIONS_KEY if cross_slot else keys.positions_key(slot)
         for step in slot_steps:
             ops = step.ops
             if call is None:
-                call = Call(slot)
+                call = Call(slot, positions)
             # most steps are one key's few ops: all of them into this call when they fit
             width = ENTRY_ARGUMENTS + (AFTER_ARGUMENTS if step.after >= 0 else 0) + sum(map(len, ops))
             if call.mutations + len(ops) <= max_mutations and call.arguments + width <= max_arguments:
-                _add(call, step, positions, 0, len(ops), step.after)
+                _add(call, step, 0, len(ops), step.after)
                 continue
             start, after = 0, step.after
             while start < len(ops):
                 if call is None:
-                    call = Call(slot)
+                    call = Call(slot, positions)
                 room = _room(call, step, start, after, max_mutations, max_arguments)
                 if room == 0:
                     calls.append(call)
                     call = None
                     continue
                 end = start + room
-                _add(call, step, positions, start, end, after)
+                _add(call, step, start, end, after)
                 after = ops[end - 1][1]
                 start = end
     if call is not None:
@@ -261,15 +266,16 @@ def _room(call: Call, step: Step, start: int, after: int, max_mutations: int, ma
     return room
 
 
-def _add(call: Call, step: Step, positions: str, start: int, end: int, after: int) -> None:
+def _add(call: Call, step: Step, start: int, end: int, after: int) -> None:
     entry = len(call.steps) + 1  # fence.lua counts from 1
-    call.keys += (positions, step.key)
+    call.keys.append(step.key)
+    call.fields.append(step.position)
     argv = call.argv
     width = len(argv)
     if after >= 0:
-        call.afters += (entry, step.position, after)
+        call.afters += (entry, after)
         call.arguments += AFTER_ARGUMENTS
-    argv += (step.position, end - start)
+    argv.append(end - start)
     for op in step.ops[start:end] if start or end < len(step.ops) else step.ops:
         argv += op
     call.arguments += 2 + len(argv) - width

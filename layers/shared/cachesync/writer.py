@@ -3,8 +3,9 @@
 Three jobs, each in its own place:
 
 - planning (cachesync.plan, pure): the batch into fenced script calls, one step
-  per key and partition, checked against the key's applied position kept in its
-  own hash slot; the same steps on a standalone server and on a cluster;
+  per key and partition, checked against the key's applied position (its slot's
+  positions hash on a cluster, the one positions hash of a standalone server:
+  cachesync.layout); the same steps on a standalone server and on a cluster;
 - transport (cachesync.transport): per-node pipelines, redirects and resends,
   and WAIT on each primary written, so acknowledged means replicated;
 - results (here): what was applied, what was a duplicate, and what Redis refused
@@ -27,6 +28,7 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
+from cachesync import layout
 from cachesync.config import MAX_REQUEST_ARGUMENTS, MAX_SCRIPT_BATCH_SIZE
 from cachesync.plan import Call, Pending, Planner
 from cachesync.transport import Batch, BatchNotDone, CallStopped, Transport
@@ -65,6 +67,9 @@ class BatchWriter:
         chunk_records: int = CHUNK_RECORDS,
     ):
         self._cross_slot = not isinstance(client, RedisCluster)
+        self._client = client
+        # a standalone server's positions are in one hash before the first write (cachesync.layout)
+        self._layout_known = not self._cross_slot
         self._batch_size = min(script_batch_size, MAX_SCRIPT_BATCH_SIZE)
         self._chunk_records = chunk_records
         self.transport = transport or Transport(client, retries, wait_replicas, wait_timeout_ms)
@@ -96,6 +101,10 @@ class BatchWriter:
     def _apply(self, pending: Iterable[Pending], partial: bool, deadline: float | None) -> WriteResult:
         if deadline is None:
             deadline = time.monotonic() + DEFAULT_DEADLINE_SECONDS
+        if not self._layout_known:
+            assert isinstance(self._client, redis.Redis)
+            layout.ensure_one_hash(self._client)
+            self._layout_known = True
         records: list[Pending] = []
         result = WriteResult()
         planner = self.planner()
