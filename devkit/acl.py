@@ -100,7 +100,7 @@ def apply_lua_commands() -> tuple[str, ...]:
 # fence.lua calls (tests/security keeps them in step).
 FENCE_COMMANDS = ("hmget", "hset")
 KIND_COMMANDS: dict[str, tuple[str, ...]] = {
-    DOCUMENT: ("set", "del"),
+    DOCUMENT: ("set", "mset", "del"),
     STOCK_LEDGER: ("zincrby", "zadd", "zrem", "expire"),
     HASH: ("del", "hset", "hdel", "expire"),
     JSON: ("json.set", "json.merge", "exists", "persist", "del", "expire"),

@@ -1,4 +1,4 @@
-"""What a script-based fence costs the server at best (a measurement, not a test).
+"""What the fence costs the server, beside what any script-based fence must (a measurement, not a test).
 
     python -m harness.fence_floor [--records 20000] [--rounds 5] [--binary PATH]
 
@@ -7,14 +7,12 @@ each variant on an emptied server in turn, round by round. Per record: the prima
 user + system), the replica's, and EVALSHA's own time (INFO commandstats). Variants:
 
 - a naive pipeline of SETs: the baseline of the bench's "server CPU vs naive" row;
-- fence.lua as shipped, with the calls the writer plans (`plan.Planner`): per record an HGET of
-  its position, the SET and an HSET of the new position (each key's position in its slot's hash);
-- a script that returns at once, given the same arguments: the cost of handing a record's
-  arguments to Lua, before it runs a single command;
-- one positions hash per call (HMGET of every position, one MSET, one HSET): the shape the
-  positions would need on a standalone server to make the commands per record go away. Not what
-  ships: on a cluster each slot keeps its own hash, and a standalone cache would need its
-  positions moved.
+- fence.lua as shipped, with the calls the writer plans on a standalone server (`plan.Planner`):
+  one HMGET of the call's positions, one MSET, one HSET of the positions that moved;
+- the per-record shape of the earlier version, rebuilt here for comparison: each key's position in
+  its slot's hash, so per record an HGET, the SET and an HSET;
+- a script that returns at once, given the shipped calls' arguments: what handing a record's
+  arguments to Lua costs before the script runs a single command.
 """
 
 from __future__ import annotations
@@ -25,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from redis.crc import key_slot
 
 from cachesync import keys
 from cachesync.config import MAX_REQUEST_ARGUMENTS, MAX_SCRIPT_BATCH_SIZE
@@ -35,29 +34,21 @@ from devkit import servers
 from devkit.generator import EventGenerator
 
 NOTHING_SCRIPT = "#!lua\nreturn 1"
-ONE_HASH_SCRIPT = """#!lua
--- KEYS[1] the positions hash, KEYS[2..n+1] the data keys; ARGV: n fields, n offsets, n values
-local n = #KEYS - 1
-local fields = {unpack(ARGV, 1, n)}
-local positions = redis.call('HMGET', KEYS[1], unpack(fields))
-local data, moved = {}, {}
-for e = 1, n do
-  local offset = ARGV[n + e]
-  if tonumber(offset) > tonumber(positions[e] or '-1') then
-    data[#data + 1] = KEYS[e + 1]
-    data[#data + 1] = ARGV[2 * n + e]
-    moved[#moved + 1] = fields[e]
-    moved[#moved + 1] = offset
+PER_RECORD_SCRIPT = """#!lua
+-- the earlier shape: KEYS per entry (its slot's positions hash, its key); ARGV per entry (field,
+-- offset, value)
+for e = 1, #KEYS / 2 do
+  local hash, field, offset = KEYS[2 * e - 1], ARGV[3 * e - 2], ARGV[3 * e - 1]
+  if tonumber(offset) > tonumber(redis.call('HGET', hash, field) or '-1') then
+    redis.call('SET', KEYS[2 * e], ARGV[3 * e])
+    redis.call('HSET', hash, field, offset)
   end
-end
-if #data > 0 then
-  redis.call('MSET', unpack(data))
-  redis.call('HSET', KEYS[1], unpack(moved))
 end
 return 1
 """
-ONE_HASH = keys.OFFSETS_KEY + ":{floor}"
+PER_RECORD_CALL = 570  # records per call: 3,991 arguments, inside the request limit
 NAIVE = "naive pipeline of SETs"
+SHIPPED = "fence.lua as shipped: an HMGET, an MSET and an HSET a call"
 ONE_HASH_CALL = 1000  # records per call: 3,001 arguments, inside the request limit
 
 
@@ -77,23 +68,17 @@ def shipped_calls(records: list[tuple[str, bytes, int]], sha: str) -> list[tuple
     return [("EVALSHA", sha, *call.args()) for call in planner.plan(pending, 0)]
 
 
-def one_hash_calls(records: list[tuple[str, bytes, int]], sha: str) -> list[tuple[Any, ...]]:
+def per_record_calls(records: list[tuple[str, bytes, int]], sha: str) -> list[tuple[Any, ...]]:
     calls = []
-    for start in range(0, len(records), ONE_HASH_CALL):
-        part = records[start : start + ONE_HASH_CALL]
-        fields = [keys.position_field(key, 0) for key, _, _ in part]
-        calls.append(
-            (
-                "EVALSHA",
-                sha,
-                len(part) + 1,
-                ONE_HASH,
-                *(key for key, _, _ in part),
-                *fields,
-                *(offset for _, _, offset in part),
-                *(value for _, value, _ in part),
-            )
-        )
+    for start in range(0, len(records), PER_RECORD_CALL):
+        part = records[start : start + PER_RECORD_CALL]
+        call_keys: list[str] = []
+        argv: list[Any] = []
+        for key, value, offset in part:
+            slot_hash = keys.OFFSETS_KEY + ":{" + str(key_slot(key.encode())) + "}"  # any name of its own
+            call_keys += (slot_hash, key)
+            argv += (keys.position_field(key, 0), offset, value)
+        calls.append(("EVALSHA", sha, len(call_keys), *call_keys, *argv))
     return calls
 
 
@@ -126,18 +111,16 @@ def measure_floor(records_count: int = 20_000, rounds: int = 5, binary: str | No
     replica_server = servers.start_replica(primary_server)
     try:
         primary, replica = redis.Redis(port=primary_server.port), redis.Redis(port=replica_server.port)
-        fence, nothing, one_hash = (primary.script_load(s) for s in (FENCE_SCRIPT, NOTHING_SCRIPT, ONE_HASH_SCRIPT))
+        fence, nothing, per_record = (primary.script_load(s) for s in (FENCE_SCRIPT, NOTHING_SCRIPT, PER_RECORD_SCRIPT))
         records = orders(records_count, seed=5)
         shipped = shipped_calls(records, fence)
         variants: dict[str, Callable[[], list[tuple[Any, ...]]]] = {
             NAIVE: lambda: [("SET", key, value) for key, value, _ in records],
-            "fence.lua as shipped (an HGET, the SET and an HSET a record)": lambda: shipped,
-            "a script that returns at once, given the same arguments": lambda: [
+            SHIPPED: lambda: shipped,
+            "the earlier shape: per record an HGET, the SET and an HSET": lambda: per_record_calls(records, per_record),
+            "a script that returns at once, given the shipped calls' arguments": lambda: [
                 ("EVALSHA", nothing, *command[2:]) for command in shipped
             ],
-            "one positions hash a call (an HMGET, an MSET and an HSET a call)": lambda: one_hash_calls(
-                records, one_hash
-            ),
         }
         commands = {name: make() for name, make in variants.items()}
         results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in variants}

@@ -19,9 +19,9 @@ from cachesync import keys
 from cachesync.config import Settings
 from cachesync.connection import RedisClient, cache_auth_failure, get_client
 from cachesync.ingest import build_ingestor
+from cachesync.layout import MOVE_SCRIPT
 from cachesync.opstats import operator_view, record_batch
 from cachesync.reads import Reader, encode_cursor
-from cachesync.layout import MOVE_SCRIPT
 from cachesync.transport import FENCE_SCRIPT
 from devkit import acl, servers
 from devkit.generator import EventGenerator
@@ -136,6 +136,25 @@ def test_a_write_the_ingest_user_may_not_run_fails_the_batch_and_loses_nothing(t
     retried = ingest.process(batch)
     assert retried.dead_lettered == 0 and retried.applied + retried.duplicates == len(records)
     assert redis_state(admin) == model_state({}, records)
+
+
+def test_an_ingest_user_without_mset_writes_each_document_with_a_set(target: Any, users: Any) -> None:
+    """An access string of an earlier version (no +mset): the fence sets each document on its own
+    instead of failing the batch."""
+    batch = EventGenerator(seed=29, partitions=3, stores=3, skus=12).batch(300)
+    records = [r for rs in batch["records"].values() for r in rs]
+    for node in admins(target):
+        node.execute_command("ACL", "SETUSER", USERS["ingest"], "-mset")
+    try:
+        outcome = build_ingestor(users("ingest")).process(batch)
+        assert outcome.dead_lettered == 0 and outcome.applied + outcome.duplicates == len(records)
+        admin = admin_client(target)
+        assert redis_state(admin) == model_state({}, records)
+        for node in admins(target):
+            assert node.execute_command("ACL", "LOG") == []
+    finally:
+        for node in admins(target):
+            node.execute_command("ACL", "SETUSER", USERS["ingest"], "+mset")
 
 
 def assert_denied(name: str, attempt: Callable[[], Any]) -> None:

@@ -82,6 +82,35 @@ local function expire_allowed(key)
 end
 local hash = KEYS[1]
 local entries = #KEYS - 1
+local moved = {}  -- field, offset of each entry whose position moves: one HSET at the end
+-- An entry whose one op is a SET without a TTL joins the others' in one MSET (one command to run
+-- and one to replicate), sent before any other command of the call runs, and before the positions
+-- of its entries move. Where the user may not run MSET, each is a SET.
+local sets, sets_moved, sets_first = {}, {}, nil
+local may_mset = nil
+local function mset_allowed(key, value)
+  if may_mset == nil then
+    may_mset = not redis.acl_check_cmd or redis.acl_check_cmd('MSET', key, value)
+  end
+  return may_mset
+end
+local function flush_sets()  -- false: refused (`stopped` says why), none of them written
+  if #sets == 0 then return true end
+  local result = redis.pcall('MSET', unpack(sets))
+  if type(result) == 'table' and result.err then
+    stopped = stopped or naming(result.err, 'MSET')
+    return false
+  end
+  for i = 1, #sets_moved do moved[#moved + 1] = sets_moved[i] end
+  sets, sets_moved, sets_first = {}, {}, nil
+  return true
+end
+-- the call stops at entry e, op j: what it wrote before is kept, with its positions
+local function stop_at(e, j)
+  if not flush_sets() then e, j = sets_first, 1 end
+  if #moved > 0 then redis.call('HSET', hash, unpack(moved)) end
+  return {positions, errors, {e, j, stopped}}
+end
 local p = 2
 local afters = {}
 for _ = 1, tonumber(ARGV[1]) do
@@ -104,7 +133,6 @@ end
 local WITH_TTL = {s = 'S', i = 'I', z = 'Z', h = 'H', m = 'M', j = 'J', n = 'N', x = 'X'}
 local COMMANDS = {S = 'SET', D = 'DEL', I = 'ZINCRBY', Z = 'ZADD', R = 'ZREM', H = 'HSET', M = 'HSET/HDEL',
                   J = 'JSON.SET', N = 'JSON.MERGE', X = 'XADD'}
-local moved = {}  -- field, offset of each entry whose position moves: one HSET at the end
 local wrote = false
 local e = 0
 local argc = #ARGV
@@ -119,6 +147,7 @@ while p <= argc do
   -- what this entry's JSON writes know of the key: a document there, no TTL on it (saves an
   -- EXISTS per merge and a PERSIST per replace after the first)
   local is_json, no_ttl = false, false
+  local deferred = false  -- its SET waits in `sets`
   for j = 1, count do
     local code, offset_text, ttl = ARGV[p], ARGV[p + 1], 0
     p = p + 2
@@ -133,8 +162,16 @@ while p <= argc do
       stopped = "NOPERM this user has no permissions to run the 'expire' command"
       apply = false
     end
+    deferred = apply and code == 'S' and ttl == 0 and count == 1 and mset_allowed(key, ARGV[p])
+    if apply and not deferred and not flush_sets() then
+      return stop_at(e, j)  -- the MSET was refused: the stop is at its first entry
+    end
     if code == 'S' then
-      if apply then
+      if deferred then
+        sets[#sets + 1] = key
+        sets[#sets + 1] = ARGV[p]
+        sets_first = sets_first or e
+      elseif apply then
         if ttl > 0 then
           result = redis.pcall('SET', key, ARGV[p], 'EX', ttl)
         else
@@ -219,6 +256,7 @@ while p <= argc do
         moved[#moved + 1] = field
         moved[#moved + 1] = last
       end
+      flush_sets()
       if #moved > 0 then redis.call('HSET', hash, unpack(moved)) end
       return redis.error_reply('CACHESYNC_PLAN unknown mutation code ' .. tostring(code))
     end
@@ -242,15 +280,18 @@ while p <= argc do
         moved[#moved + 1] = field
         moved[#moved + 1] = last
       end
-      if #moved > 0 then redis.call('HSET', hash, unpack(moved)) end
-      return {positions, errors, {e, j, stopped}}
+      return stop_at(e, j)
     end
   end
   if last then
-    moved[#moved + 1] = field
-    moved[#moved + 1] = last
+    local into = deferred and sets_moved or moved
+    into[#into + 1] = field
+    into[#into + 1] = last
     wrote = true
   end
+end
+if not flush_sets() then
+  return stop_at(e, 1)
 end
 if wrote then
   redis.call('HSET', hash, unpack(moved))
