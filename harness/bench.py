@@ -85,7 +85,7 @@ def part_ingest(cluster: bool, quick: bool) -> dict[str, Any]:
 def part_memory(cluster: bool, quick: bool) -> dict[str, Any]:
     from harness import bench_memory
 
-    # per key, the same on both topologies (one positions hash per slot either way): measured standalone
+    # standalone, where every key's position is in one hash (a cluster keeps one per slot)
     return {"rows": bench_memory.as_dicts(bench_memory.run(20_000 if quick else 100_000))}
 
 
@@ -488,11 +488,11 @@ def _memory_rows(results: dict[str, dict[str, Any]]) -> list[list[str]]:
     for m in memory["rows"] if memory else []:
         ratio = m["fenced_bytes"] / m["plain_bytes"]
         if m["encoding"] == "default":
-            what = f"{m['orders']:,} Datagen-like orders into a fresh server; its positions hashes as it keeps them"
+            what = f"{m['orders']:,} Datagen-like orders into a fresh server"
         else:
             what = (
-                f"{m['orders']:,} Datagen-like orders after {m['after']:,} others had made most slots' hashes; "
-                "positions hashes as hashtables (hash-max-listpack-entries 0), as each is past 512 fields"
+                f"{m['orders']:,} Datagen-like orders after {m['after']:,} others, hashes as hashtables "
+                "(hash-max-listpack-entries 0)"
             )
         rows.append(
             [
@@ -500,8 +500,8 @@ def _memory_rows(results: dict[str, dict[str, Any]]) -> list[list[str]]:
                 f"memory per document key through IngestFunction, used_memory growth (less client buffers) per "
                 f"order: {what}",
                 f"standalone, {m['server']}",
-                f"{m['fenced_bytes']:.0f} B/key ({m['fields_per_hash']:.1f} position fields in each of "
-                f"{m['position_hashes']:,} hashes)",
+                f"{m['fenced_bytes']:.0f} B/key ({m['fields_per_hash']:,.0f} position fields in each of "
+                f"{m['position_hashes']:,} positions hashes)",
                 f"plain SET of the same values {m['plain_bytes']:.0f} B/key",
                 f"{ratio:.2f}x",
                 "-",
@@ -617,18 +617,13 @@ EVALSHA's own time from `INFO commandstats`.
 
 {render(floor)}
 
-- Handing a record's arguments to a script costs the server a share of a naive `SET` before the
-  script runs a command (the third row): a fence in Lua starts there.
-- Each command the script calls per record costs about as much again: the shipped fence calls
-  three for a new key (its position's `HGET`, the write, its share of the positions' `HSET`,
-  which on a standalone server is nearly always one `HSET` per key, its slot's hash holding no
-  other key of the call). That is what sets the server CPU row above its target.
-- Keeping a call's positions in one hash (the last row: one `HMGET`, one `MSET`, one `HSET` a
-  call, the positions still per key) takes about half the shipped fence's CPU on the primary,
-  and less than the naive pipeline's on the replica (one replicated command a call). On a cluster every call is one slot's, so it has one
-  positions hash already; on a standalone server it would need the positions of every key in one
-  hash, and a cache written by this version would need its positions moved. That harness row is
-  not what ships.
+- The shipped fence reads a call's positions with one `HMGET`, sets its documents with one
+  `MSET` and moves their positions with one `HSET`. The earlier shape, each key's position in its
+  slot's hash (still a cluster's, where a call is one slot's), ran three commands a record: an
+  `HGET`, the write and an `HSET`, each a call from Lua and each replicated.
+- Handing the shipped calls' arguments to a script that does nothing costs the server about as
+  much as a naive `SET` (the last row): any fence in Lua starts there. What the shipped fence
+  spends beyond it is its walk over each record's arguments and the commands' shares.
 
 """
 
@@ -669,8 +664,8 @@ def _findings(results: dict[str, dict[str, Any]], label: str, profile: dict[str,
         lines.append(
             f"  The server's share is {handler['server_cpu_us'] / naive['server_cpu_us']:.1f}x the naive "
             "pipeline's: a naive record is one command, a fenced one is a step of a script call, which reads the "
-            "key's position (HGET), writes past it, and moves the position (one HSET per positions hash of the "
-            "call), each a command the script calls and the primary replicates to its replica; the plan is read "
+            "call's positions (one HMGET), writes past them (a call's documents in one MSET) and moves them (one "
+            "HSET), each a command the script calls and the primary replicates to its replica; the plan is read "
             "from flat arguments (no JSON)"
             + (
                 ". On a cluster a call carries one slot's steps only, so nearly every key is a call of its own."
@@ -769,9 +764,9 @@ Redis 7 when it is installed.
   cost (ZINCRBY on 20 sorted sets of 2,000 members costs more than a SET). Every
   write of the handler, documents (orders, products: SET, DEL) and stock deltas
   alike, is a step of a fence.lua script call (`cachesync/plan.py`,
-  `cachesync/transport.py`): per key and partition, an HGET of the key's applied
-  position, the writes past it and the new position (one HSET per positions hash
-  of the call), the plan read from flat arguments. The writer plans a batch 1,000
+  `cachesync/transport.py`): per key and partition, its applied position read (one
+  HMGET a call), the writes past it (the documents of a call in one MSET) and the new
+  position (one HSET a call), the plan read from flat arguments. The writer plans a batch 1,000
   records at a time and sends each chunk's calls before it draws the next, so the
   server runs them while the client projects and plans. On a cluster a call carries
   one slot's steps only, so a batch of documents with distinct keys takes about one

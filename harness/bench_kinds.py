@@ -305,18 +305,16 @@ records/s, at most 1.5x its server CPU per record.
 
 {tables}
 
-What the fence adds on the server, per key and partition of a call: an `HGET` of the key's
-position, its share of one `HSET` per positions hash, and the script's own work (walking the plan's
-arguments, the loop). A naive pipeline spends
+What the fence adds on the server, per key and partition of a call: its share of the call's
+`HMGET` and `HSET` of the positions, and the script's own work (walking the plan's arguments,
+the loop). A naive pipeline spends
 none of it, and applies a replayed batch twice. Replace writes of one key in a batch collapse to
 the last (`document`, `hash` replace), which the naive pipeline cannot do; merges, appends and
 `JSON.SET` never collapse.
 
 Where the server's CPU goes beyond the naive pipeline's: `python -m harness.fence_floor` measures
-the shipped fence beside a script that only receives the same arguments, and beside one that keeps
-a call's positions in one hash (one `HMGET`, one `MSET`, one `HSET` a call). The commands the
-fence runs per key, each a call from Lua, cost more than the records' arguments do; see
-[performance.md](performance.md#the-fences-floor).
+the fence beside the earlier per-record shape and beside a script that only receives the same
+arguments, which alone costs about a naive `SET`; see [performance.md](performance.md#the-fences-floor).
 """
 
 

@@ -6,17 +6,12 @@ Datagen-like orders (devkit.generator, one new order id each) go through IngestF
 fresh server, and the same values with a plain `SET orders:<id> <value>` into another fresh
 server of the same binary. A key's cost is the server's growth of `used_memory` (`INFO
 memory`, less its clients' buffers) over the orders, divided by them. Beside the document,
-the fenced path keeps the key's applied position: a field `<key>#<partition>` in the positions
-hash of the key's slot (`cachesync:offsets:{<tag>}`, cachesync.keys), so 100,000 keys make
-about 6 fields in each of 16,384 hashes.
+the fenced path keeps the key's applied position: a field `<key>#<partition>` in the standalone
+server's one positions hash (`cachesync:offsets:{positions}`, cachesync.keys).
 
-Twice per binary: into a fresh server with its default encoding (such small hashes are
-listpacks), and what a key costs in a big cache: with `hash-max-listpack-entries 0`, every
-positions hash a hashtable, as each one becomes once it holds more fields than
-`hash-max-listpack-entries` (512 by default on Valkey 8 and Redis 7: past about 8.4 million
-document keys, or sooner where a field is longer than `hash-max-listpack-value`, 64 bytes),
-and measured over a second run of orders once the first has made nearly every slot's hash
-(a big cache pays for its 16,384 hashes once, not per key).
+Twice per binary: into a fresh server with its default encodings, and what a key costs in a
+bigger cache: 100,000 orders after as many others, with `hash-max-listpack-entries 0` (every hash a
+hashtable, as the positions hash is once it holds more fields than `hash-max-listpack-entries`).
 """
 
 from __future__ import annotations
