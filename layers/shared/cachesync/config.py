@@ -54,8 +54,8 @@ MAX_REQUEST_ARGUMENTS = 3999
 MAX_SCRIPT_BATCH_SIZE = (MAX_REQUEST_ARGUMENTS - 5) // 2
 # A hash or a stream entry travels field by field, two arguments each, and one record's fields
 # cannot be split across requests: a call of one key carries at most this many, after the call's
-# own 4 arguments, the entry's 4 (its positions hash, key, field, op count), an `after` check's 3
-# and the op's at most 5 (code, offset, TTL and its counts) (cachesync.plan).
+# own 5 arguments, the entry's 3 (its key, position field and op count), an `after` check's 2
+# and the op's at most 5 (code, offset, TTL and its counts), with one to spare (cachesync.plan).
 MAX_RECORD_FIELDS = (MAX_REQUEST_ARGUMENTS - 16) // 2
 
 

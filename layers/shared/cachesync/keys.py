@@ -116,7 +116,7 @@ def _positions_keys() -> tuple[str, ...]:
 
 
 def position_field(key: str, partition: int) -> str:
-    """The field of `key`'s applied position for one partition, in its slot's positions hash."""
+    """The field of `key`'s applied position for one partition, in its positions hash."""
     return f"{key}{POSITION_SEPARATOR}{partition}"
 
 
