@@ -85,7 +85,7 @@ local entries = #KEYS - 1
 local moved = {}  -- field, offset of each entry whose position moves: one HSET at the end
 -- An entry whose one op is a SET without a TTL joins the others' in one MSET (one command to run
 -- and one to replicate), sent before any other command of the call runs, and before the positions
--- of its entries move. Where the user may not run MSET, each is a SET.
+-- of its entries move. Where the user may not run MSET, each is a SET (the ops' general path).
 local sets, sets_moved, sets_first = {}, {}, nil
 local may_mset = nil
 local function mset_allowed(key, value)
@@ -139,155 +139,169 @@ local argc = #ARGV
 while p <= argc do
   e = e + 1
   local key, field, count = KEYS[1 + e], ARGV[fields + e - 1], tonumber(ARGV[p])
-  p = p + 1
   local raw = read[e] or '-1'
   local position = tonumber(raw)
   positions[e] = position
-  local last = nil
-  -- what this entry's JSON writes know of the key: a document there, no TTL on it (saves an
-  -- EXISTS per merge and a PERSIST per replace after the first)
-  local is_json, no_ttl = false, false
-  local deferred = false  -- its SET waits in `sets`
-  for j = 1, count do
-    local code, offset_text, ttl = ARGV[p], ARGV[p + 1], 0
-    p = p + 2
-    local upper = WITH_TTL[code]
-    if upper then
-      code, ttl = upper, tonumber(ARGV[p])
-      p = p + 1
-    end
-    local apply = tonumber(offset_text) > position
-    local result = nil
-    if apply and ttl > 0 and code ~= 'S' and not expire_allowed(key) then
-      stopped = "NOPERM this user has no permissions to run the 'expire' command"
-      apply = false
-    end
-    deferred = apply and code == 'S' and ttl == 0 and count == 1 and mset_allowed(key, ARGV[p])
-    if apply and not deferred and not flush_sets() then
-      return stop_at(e, j)  -- the MSET was refused: the stop is at its first entry
-    end
-    if code == 'S' then
-      if deferred then
-        sets[#sets + 1] = key
-        sets[#sets + 1] = ARGV[p]
-        sets_first = sets_first or e
-      elseif apply then
-        if ttl > 0 then
-          result = redis.pcall('SET', key, ARGV[p], 'EX', ttl)
-        else
-          result = redis.pcall('SET', key, ARGV[p])
-        end
-      end
-      ttl = 0
-      p = p + 1
-    elseif code == 'D' then
-      if apply then
-        result = redis.pcall('DEL', key)
-        is_json, no_ttl = false, false
-      end
-    elseif code == 'I' then
-      if apply then result = redis.pcall('ZINCRBY', key, ARGV[p + 1], ARGV[p]) end
-      p = p + 2
-    elseif code == 'Z' then
-      if apply then result = redis.pcall('ZADD', key, ARGV[p + 1], ARGV[p]) end
-      p = p + 2
-    elseif code == 'R' then
-      if apply then result = redis.pcall('ZREM', key, ARGV[p]) end
-      p = p + 1
-    elseif code == 'H' then
-      local n = tonumber(ARGV[p])
-      if apply and not halts(redis.pcall('DEL', key), 'DEL') and n > 0 then
-        result = redis.pcall('HSET', key, unpack(ARGV, p + 1, p + 2 * n))
-      end
-      p = p + 1 + 2 * n
-    elseif code == 'M' then
-      local n, m = tonumber(ARGV[p]), tonumber(ARGV[p + 1])
-      if apply then
-        if n > 0 then
-          result = redis.pcall('HSET', key, unpack(ARGV, p + 2, p + 1 + 2 * n))
-        end
-        if m > 0 and not (type(result) == 'table' and result.err) then
-          result = redis.pcall('HDEL', key, unpack(ARGV, p + 2 + 2 * n, p + 1 + 2 * n + m))
-        end
-      end
-      p = p + 2 + 2 * n + m
-    elseif code == 'J' then
-      if apply then
-        -- in place, not DEL first: a value the server refuses leaves the old document
-        result = redis.pcall('JSON.SET', key, '$', ARGV[p])
-        if not (type(result) == 'table' and result.err) then
-          is_json = true
-          if ttl == 0 and not no_ttl then
-            halts(redis.pcall('PERSIST', key), 'PERSIST')
-            no_ttl = true
-          end
-        end
-      end
-      p = p + 1
-    elseif code == 'N' then
-      if apply then
-        -- a merge into no document merges into {} (RFC 7396): JSON.MERGE alone would keep the nulls
-        local exists = is_json and 1 or redis.pcall('EXISTS', key)
-        local created = exists == 0
-        if not halts(exists, 'EXISTS') and not (created and halts(redis.pcall('JSON.SET', key, '$', '{}'), 'JSON.SET')) then
-          result = redis.pcall('JSON.MERGE', key, '$', ARGV[p])
-          if type(result) == 'table' and result.err then
-            if created then halts(redis.pcall('DEL', key), 'DEL') end  -- a refused merge leaves no {} behind
-          else
-            is_json = true
-          end
-        end
-      end
-      p = p + 1
-    elseif code == 'X' then
-      local maxlen, n = tonumber(ARGV[p]), tonumber(ARGV[p + 1])
-      if apply then
-        if maxlen > 0 then
-          result = redis.pcall('XADD', key, 'MAXLEN', '~', maxlen, '*', unpack(ARGV, p + 2, p + 1 + 2 * n))
-        else
-          result = redis.pcall('XADD', key, '*', unpack(ARGV, p + 2, p + 1 + 2 * n))
-        end
-      end
-      p = p + 2 + 2 * n
-    else
-      -- the planner sends none: the rest of the plan cannot be read, so the call stops here with
-      -- the positions of what it wrote (the batch fails on this error)
-      if last then
-        moved[#moved + 1] = field
-        moved[#moved + 1] = last
-      end
-      flush_sets()
-      if #moved > 0 then redis.call('HSET', hash, unpack(moved)) end
-      return redis.error_reply('CACHESYNC_PLAN unknown mutation code ' .. tostring(code))
-    end
-    local refused = type(result) == 'table' and result.err
-    if refused and systemic(refused) then
-      stopped = stopped or naming(refused, COMMANDS[code])
-    elseif apply and not (stopped and not result) then
-      -- written (or refused for its own sake): the position moves past it
-      if refused then
-        errors[#errors + 1] = e
-        errors[#errors + 1] = j
-        errors[#errors + 1] = refused
-      elseif ttl > 0 then
-        halts(redis.pcall('EXPIRE', key, ttl), 'EXPIRE')  -- refused here: the write stays, its position with it
-        no_ttl = false
-      end
-      last = offset_text
-    end
-    if stopped then
-      if last then
-        moved[#moved + 1] = field
-        moved[#moved + 1] = last
-      end
-      return stop_at(e, j)
+  -- most entries: one document's SET without a TTL, into the call's MSET (or skipped, a replay)
+  local done = false
+  if count == 1 and ARGV[p + 1] == 'S' then
+    local offset_text = ARGV[p + 2]
+    if tonumber(offset_text) <= position then
+      done = true
+    elseif mset_allowed(key, ARGV[p + 3]) then
+      sets[#sets + 1] = key
+      sets[#sets + 1] = ARGV[p + 3]
+      sets_first = sets_first or e
+      sets_moved[#sets_moved + 1] = field
+      sets_moved[#sets_moved + 1] = offset_text
+      wrote = true
+      done = true
     end
   end
-  if last then
-    local into = deferred and sets_moved or moved
-    into[#into + 1] = field
-    into[#into + 1] = last
-    wrote = true
+  if done then
+    p = p + 4
+  else
+    p = p + 1
+    local last = nil
+    -- what this entry's JSON writes know of the key: a document there, no TTL on it (saves an
+    -- EXISTS per merge and a PERSIST per replace after the first)
+    local is_json, no_ttl = false, false
+    for j = 1, count do
+      local code, offset_text, ttl = ARGV[p], ARGV[p + 1], 0
+      p = p + 2
+      local upper = WITH_TTL[code]
+      if upper then
+        code, ttl = upper, tonumber(ARGV[p])
+        p = p + 1
+      end
+      local apply = tonumber(offset_text) > position
+      local result = nil
+      if apply and ttl > 0 and code ~= 'S' and not expire_allowed(key) then
+        stopped = "NOPERM this user has no permissions to run the 'expire' command"
+        apply = false
+      end
+      -- the documents waiting for the MSET go first: this op may read or write one of their keys
+      if apply and not flush_sets() then
+        return stop_at(e, j)  -- the MSET was refused: the stop is at its first entry
+      end
+      if code == 'S' then
+        if apply then
+          if ttl > 0 then
+            result = redis.pcall('SET', key, ARGV[p], 'EX', ttl)
+          else
+            result = redis.pcall('SET', key, ARGV[p])
+          end
+        end
+        ttl = 0
+        p = p + 1
+      elseif code == 'D' then
+        if apply then
+          result = redis.pcall('DEL', key)
+          is_json, no_ttl = false, false
+        end
+      elseif code == 'I' then
+        if apply then result = redis.pcall('ZINCRBY', key, ARGV[p + 1], ARGV[p]) end
+        p = p + 2
+      elseif code == 'Z' then
+        if apply then result = redis.pcall('ZADD', key, ARGV[p + 1], ARGV[p]) end
+        p = p + 2
+      elseif code == 'R' then
+        if apply then result = redis.pcall('ZREM', key, ARGV[p]) end
+        p = p + 1
+      elseif code == 'H' then
+        local n = tonumber(ARGV[p])
+        if apply and not halts(redis.pcall('DEL', key), 'DEL') and n > 0 then
+          result = redis.pcall('HSET', key, unpack(ARGV, p + 1, p + 2 * n))
+        end
+        p = p + 1 + 2 * n
+      elseif code == 'M' then
+        local n, m = tonumber(ARGV[p]), tonumber(ARGV[p + 1])
+        if apply then
+          if n > 0 then
+            result = redis.pcall('HSET', key, unpack(ARGV, p + 2, p + 1 + 2 * n))
+          end
+          if m > 0 and not (type(result) == 'table' and result.err) then
+            result = redis.pcall('HDEL', key, unpack(ARGV, p + 2 + 2 * n, p + 1 + 2 * n + m))
+          end
+        end
+        p = p + 2 + 2 * n + m
+      elseif code == 'J' then
+        if apply then
+          -- in place, not DEL first: a value the server refuses leaves the old document
+          result = redis.pcall('JSON.SET', key, '$', ARGV[p])
+          if not (type(result) == 'table' and result.err) then
+            is_json = true
+            if ttl == 0 and not no_ttl then
+              halts(redis.pcall('PERSIST', key), 'PERSIST')
+              no_ttl = true
+            end
+          end
+        end
+        p = p + 1
+      elseif code == 'N' then
+        if apply then
+          -- a merge into no document merges into {} (RFC 7396): JSON.MERGE alone would keep the nulls
+          local exists = is_json and 1 or redis.pcall('EXISTS', key)
+          local created = exists == 0
+          if not halts(exists, 'EXISTS') and not (created and halts(redis.pcall('JSON.SET', key, '$', '{}'), 'JSON.SET')) then
+            result = redis.pcall('JSON.MERGE', key, '$', ARGV[p])
+            if type(result) == 'table' and result.err then
+              if created then halts(redis.pcall('DEL', key), 'DEL') end  -- a refused merge leaves no {} behind
+            else
+              is_json = true
+            end
+          end
+        end
+        p = p + 1
+      elseif code == 'X' then
+        local maxlen, n = tonumber(ARGV[p]), tonumber(ARGV[p + 1])
+        if apply then
+          if maxlen > 0 then
+            result = redis.pcall('XADD', key, 'MAXLEN', '~', maxlen, '*', unpack(ARGV, p + 2, p + 1 + 2 * n))
+          else
+            result = redis.pcall('XADD', key, '*', unpack(ARGV, p + 2, p + 1 + 2 * n))
+          end
+        end
+        p = p + 2 + 2 * n
+      else
+        -- the planner sends none: the rest of the plan cannot be read, so the call stops here with
+        -- the positions of what it wrote (the batch fails on this error)
+        if last then
+          moved[#moved + 1] = field
+          moved[#moved + 1] = last
+        end
+        flush_sets()
+        if #moved > 0 then redis.call('HSET', hash, unpack(moved)) end
+        return redis.error_reply('CACHESYNC_PLAN unknown mutation code ' .. tostring(code))
+      end
+      local refused = type(result) == 'table' and result.err
+      if refused and systemic(refused) then
+        stopped = stopped or naming(refused, COMMANDS[code])
+      elseif apply and not (stopped and not result) then
+        -- written (or refused for its own sake): the position moves past it
+        if refused then
+          errors[#errors + 1] = e
+          errors[#errors + 1] = j
+          errors[#errors + 1] = refused
+        elseif ttl > 0 then
+          halts(redis.pcall('EXPIRE', key, ttl), 'EXPIRE')  -- refused here: the write stays, its position with it
+          no_ttl = false
+        end
+        last = offset_text
+      end
+      if stopped then
+        if last then
+          moved[#moved + 1] = field
+          moved[#moved + 1] = last
+        end
+        return stop_at(e, j)
+      end
+    end
+    if last then
+      moved[#moved + 1] = field
+      moved[#moved + 1] = last
+      wrote = true
+    end
   end
 end
 if not flush_sets() then
