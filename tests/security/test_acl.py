@@ -157,6 +157,37 @@ def test_an_ingest_user_without_mset_writes_each_document_with_a_set(target: Any
             node.execute_command("ACL", "SETUSER", USERS["ingest"], "+mset")
 
 
+@pytest.mark.parametrize("mset", [True, False], ids=["one MSET", "a SET each"])
+def test_documents_the_cache_refuses_part_way_fail_the_batch_and_lose_nothing(
+    target: Any, users: Any, mset: bool
+) -> None:
+    """The ingest user may write orders but not products (a prefix added to topics.toml after the
+    user was made): a call's documents go out together, the refusal stops the call, the batch
+    fails, nothing is dead-lettered or skipped as applied, and the retry ends as the model once the
+    user may write them."""
+    batch = EventGenerator(seed=37, partitions=2).batch(400, ["orders", "products"])
+    records = [r for rs in batch["records"].values() for r in rs]
+    for node in admins(target):
+        rules = ["resetkeys", "~orders:*", "~inventory:*", "~cachesync:offsets*", "~deadletter:ingest"]
+        rules += ["~cachesync:batches", "~cachesync:processed", *([] if mset else ["-mset"])]
+        node.execute_command("ACL", "SETUSER", USERS["ingest"], *rules)
+    try:
+        ingest = build_ingestor(users("ingest"))
+        with pytest.raises(redis.exceptions.ResponseError, match=r"(?i)no permissions|noperm"):
+            ingest.process(batch)
+        admin = admin_client(target)
+        assert admin.xlen("deadletter:ingest") == 0
+        assert redis_state(admin) != model_state({}, records)
+        for node in admins(target):
+            node.execute_command("ACL", "SETUSER", USERS["ingest"], "~products:*")
+        retried = ingest.process(batch)
+        assert retried.dead_lettered == 0 and retried.applied + retried.duplicates == len(records)
+        assert redis_state(admin) == model_state({}, records)
+    finally:
+        for node in admins(target):
+            node.execute_command("ACL", "SETUSER", USERS["ingest"], "~products:*", "+mset")
+
+
 def assert_denied(name: str, attempt: Callable[[], Any]) -> None:
     try:
         result = attempt()

@@ -83,31 +83,46 @@ end
 local hash = KEYS[1]
 local entries = #KEYS - 1
 local moved = {}  -- field, offset of each entry whose position moves: one HSET at the end
--- An entry whose one op is a SET without a TTL joins the others' in one MSET (one command to run
--- and one to replicate), sent before any other command of the call runs, and before the positions
--- of its entries move. Where the user may not run MSET, each is a SET (the ops' general path).
-local sets, sets_moved, sets_first = {}, {}, nil
-local may_mset = nil
+-- An entry whose one op is a SET without a TTL waits in `sets`; they go out together before any
+-- other command of the call runs, and before their positions move: one MSET (one command to run
+-- and one to replicate), or a SET each where there is one, or where the user may not run MSET.
+local sets, sets_moved, sets_entries = {}, {}, {}  -- key, value; field, offset; entry: per waiting SET
 local function mset_allowed(key, value)
-  if may_mset == nil then
-    may_mset = not redis.acl_check_cmd or redis.acl_check_cmd('MSET', key, value)
-  end
-  return may_mset
+  return not redis.acl_check_cmd or redis.acl_check_cmd('MSET', key, value)
 end
-local function flush_sets()  -- false: refused (`stopped` says why), none of them written
-  if #sets == 0 then return true end
-  local result = redis.pcall('MSET', unpack(sets))
-  if type(result) == 'table' and result.err then
-    stopped = stopped or naming(result.err, 'MSET')
-    return false
+-- true, or false and the entry of the first SET the cache refused (`stopped` says why): the ones
+-- before it are written and their positions move, the rest are not written
+local function flush_sets()
+  local n = #sets_entries
+  if n == 0 then return true end
+  local done = 0
+  if n > 1 and mset_allowed(sets[1], sets[2]) then
+    local result = redis.pcall('MSET', unpack(sets))
+    if type(result) == 'table' and result.err then
+      stopped = stopped or naming(result.err, 'MSET')
+    else
+      done = n
+    end
+  else
+    for i = 1, n do
+      local result = redis.pcall('SET', sets[2 * i - 1], sets[2 * i])
+      if type(result) == 'table' and result.err then
+        stopped = stopped or naming(result.err, 'SET')
+        break
+      end
+      done = i
+    end
   end
-  for i = 1, #sets_moved do moved[#moved + 1] = sets_moved[i] end
-  sets, sets_moved, sets_first = {}, {}, nil
+  for i = 1, 2 * done do moved[#moved + 1] = sets_moved[i] end
+  local refused = done < n and sets_entries[done + 1]
+  sets, sets_moved, sets_entries = {}, {}, {}
+  if refused then return false, refused end
   return true
 end
 -- the call stops at entry e, op j: what it wrote before is kept, with its positions
 local function stop_at(e, j)
-  if not flush_sets() then e, j = sets_first, 1 end
+  local flushed, refused = flush_sets()
+  if not flushed then e, j = refused, 1 end
   if #moved > 0 then redis.call('HSET', hash, unpack(moved)) end
   return {positions, errors, {e, j, stopped}}
 end
@@ -142,23 +157,17 @@ while p <= argc do
   local raw = read[e] or '-1'
   local position = tonumber(raw)
   positions[e] = position
-  -- most entries: one document's SET without a TTL, into the call's MSET (or skipped, a replay)
-  local done = false
   if count == 1 and ARGV[p + 1] == 'S' then
+    -- most entries: one document's SET without a TTL, which waits in `sets` (a replay skips it)
     local offset_text = ARGV[p + 2]
-    if tonumber(offset_text) <= position then
-      done = true
-    elseif mset_allowed(key, ARGV[p + 3]) then
+    if tonumber(offset_text) > position then
       sets[#sets + 1] = key
       sets[#sets + 1] = ARGV[p + 3]
-      sets_first = sets_first or e
       sets_moved[#sets_moved + 1] = field
       sets_moved[#sets_moved + 1] = offset_text
+      sets_entries[#sets_entries + 1] = e
       wrote = true
-      done = true
     end
-  end
-  if done then
     p = p + 4
   else
     p = p + 1
@@ -181,8 +190,9 @@ while p <= argc do
         apply = false
       end
       -- the documents waiting for the MSET go first: this op may read or write one of their keys
-      if apply and not flush_sets() then
-        return stop_at(e, j)  -- the MSET was refused: the stop is at its first entry
+      if apply then
+        local flushed, refused = flush_sets()
+        if not flushed then return stop_at(refused, 1) end
       end
       if code == 'S' then
         if apply then
@@ -304,8 +314,9 @@ while p <= argc do
     end
   end
 end
-if not flush_sets() then
-  return stop_at(e, 1)
+local flushed, refused = flush_sets()
+if not flushed then
+  return stop_at(refused, 1)
 end
 if wrote then
   redis.call('HSET', hash, unpack(moved))
