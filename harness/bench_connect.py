@@ -703,9 +703,9 @@ def section(result: dict[str, Any], command: str) -> str:
             "  last record per key wins in the end, as the kill test's orders show.",
             "- Strings only: no sorted sets, so no stock counts (`ZINCRBY`), and no TTL, no dead letters (a",
             "  record with a null key or a non-string value fails the task), no check of the value.",
-            "- Ours applies each record once: every write is checked against its partition's applied offset",
-            "  in the same Lua call, so a replay after a kill skips what was applied and a key never goes",
-            "  back to an older value.",
+            "- Ours applies each record once: every write is checked against its key's applied position",
+            "  (the offset of the last record of its partition applied to it) in the same Lua call, so a",
+            "  replay after a kill skips what was applied and a key never goes back to an older value.",
         ]
         if connector
         else []
