@@ -27,9 +27,9 @@ def test_the_largest_allowed_batch_size_stays_within_the_argument_limit() -> Non
     sizes = [_request_size(call) for call in calls]
     assert max(sizes) <= MAX_REQUEST_ARGUMENTS
     assert sum(call.mutations for call in calls) == 5000
-    # full calls: 8 arguments per new key at most (its slot's positions hash, the key, the field, the op
-    # count; the op's code, offset, TTL and value)
-    assert len(calls) <= 5000 * 8 // (MAX_REQUEST_ARGUMENTS - 4) + 1
+    # full calls: 7 arguments per new key at most (the key, its position field, the op count; the op's
+    # code, offset, TTL and value)
+    assert len(calls) <= 5000 * 7 // (MAX_REQUEST_ARGUMENTS - 5) + 1
 
 
 def test_cluster_calls_hold_the_keys_of_one_slot_and_its_positions_hash() -> None:

@@ -117,8 +117,9 @@ class Call:
 
 
 def steps_of(pending: list[Pending]) -> tuple[list[Step], int]:
-    """The batch's steps in first-seen order, and how many records repeated one already seen."""
-    planner = Planner(cross_slot=True, max_mutations=1, max_arguments=1)
+    """The batch's steps in first-seen order, each with its key's slot, and how many records repeated
+    one already seen."""
+    planner = Planner(cross_slot=False, max_mutations=1, max_arguments=1)
     return planner.steps(pending, 0), planner.repeated
 
 
@@ -148,6 +149,7 @@ class Planner:
         steps: dict[tuple[str, int], Step] = {}
         lasts = self._lasts
         overwrites = _OVERWRITE_CODES
+        cross_slot = self.cross_slot
         for position, (mutation, _, partition, offset) in enumerate(pending, first):
             key = mutation.key
             step = steps.get(at := (key, partition))
@@ -165,7 +167,8 @@ class Planner:
             else:
                 op = _op(mutation, offset)
             if step is None:  # most records of a backlog are a key's only one in the chunk
-                slot = key_slot(key.encode())
+                # a standalone server's calls take any keys: only a cluster's need the slot
+                slot = 0 if cross_slot else key_slot(key.encode())
                 steps[at] = Step(slot, key, keys.position_field(key, partition), earlier, op, position, offset)
                 continue
             step.last = offset
@@ -210,8 +213,11 @@ def _op(m: Mutation, offset: int) -> Op:
 def pack(steps: list[Step], *, cross_slot: bool, max_mutations: int, max_arguments: int) -> list[Call]:
     """The calls that carry these steps, in an order that keeps each key's mutations in order."""
     by_slot: dict[int, list[Step]] = {}
-    for step in steps:
-        by_slot.setdefault(step.slot, []).append(step)
+    if cross_slot:  # a standalone server: the steps as they come, all under the one positions hash
+        by_slot[0] = steps
+    else:
+        for step in steps:
+            by_slot.setdefault(step.slot, []).append(step)
     calls: list[Call] = []
     call: Call | None = None
     for slot, slot_steps in by_slot.items():
