@@ -36,8 +36,10 @@ def entries(call: Call) -> list[Entry]:
     found: list[Entry] = []
     while p < len(plan):
         e = len(found) + 1
-        count = int(plan[p])
-        p += 1
+        count = 1
+        if isinstance(plan[p], int):  # an op count, when more than one; else the op's code
+            count = int(plan[p])
+            p += 1
         ops = []
         for _ in range(count):
             code, offset = plan[p], int(plan[p + 1])

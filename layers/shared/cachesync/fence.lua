@@ -18,7 +18,7 @@
 --       offset the entry's position must have reached (an earlier call carried
 --       this key's mutations before these).
 -- Then each entry's position field, in entry order.
--- Then per entry: its op count n, and n ops, each
+-- Then per entry: its op count n when more than one, and its n ops, each
 --       code, offset[, ttl], then by code:
 --         S value                  SET key value (EX ttl)
 --         D                        DEL key
@@ -153,24 +153,28 @@ local e = 0
 local argc = #ARGV
 while p <= argc do
   e = e + 1
-  local key, field, count = KEYS[1 + e], ARGV[fields + e - 1], tonumber(ARGV[p])
+  local key, field, count = KEYS[1 + e], ARGV[fields + e - 1], tonumber(ARGV[p])  -- nil: one op
   local raw = read[e] or '-1'
   local position = tonumber(raw)
   positions[e] = position
-  if count == 1 and ARGV[p + 1] == 'S' then
+  if not count and ARGV[p] == 'S' then
     -- most entries: one document's SET without a TTL, which waits in `sets` (a replay skips it)
-    local offset_text = ARGV[p + 2]
+    local offset_text = ARGV[p + 1]
     if tonumber(offset_text) > position then
       sets[#sets + 1] = key
-      sets[#sets + 1] = ARGV[p + 3]
+      sets[#sets + 1] = ARGV[p + 2]
       sets_moved[#sets_moved + 1] = field
       sets_moved[#sets_moved + 1] = offset_text
       sets_entries[#sets_entries + 1] = e
       wrote = true
     end
-    p = p + 4
+    p = p + 3
   else
-    p = p + 1
+    if count then
+      p = p + 1
+    else
+      count = 1
+    end
     local last = nil
     -- what this entry's JSON writes know of the key: a document there, no TTL on it (saves an
     -- EXISTS per merge and a PERSIST per replace after the first)

@@ -67,7 +67,8 @@ _OVERWRITE_CODES = frozenset({*OVERWRITES, *(_WITH_TTL[code] for code in OVERWRI
 # Arguments a call spends before its entries: EVALSHA, the script's hash, numkeys, the positions hash,
 # the count of `after` checks.
 CALL_OVERHEAD_ARGUMENTS = 5
-# Arguments of an entry besides its ops: its key (KEYS), its position field and its op count.
+# Arguments of an entry besides its ops, at most: its key (KEYS), its position field and its op count
+# (sent only when more than one).
 ENTRY_ARGUMENTS = 3
 # and when it carries an `after` check: the entry and the offset
 AFTER_ARGUMENTS = 2
@@ -106,7 +107,7 @@ class Call:
         self.keys: list[str] = [positions]  # the positions hash, then each entry's key
         self.afters: list[Any] = []  # (entry, after) of the entries that check an `after`
         self.fields: list[str] = []  # per entry, its position field
-        self.argv: list[Any] = []  # per entry, its op count and ops
+        self.argv: list[Any] = []  # per entry, its op count (when more than one) and ops
         self.steps: list[tuple[Step, int, int]] = []  # (step, first op, end op) carried here
         self.mutations = 0
         self.arguments = CALL_OVERHEAD_ARGUMENTS
@@ -281,7 +282,8 @@ def _add(call: Call, step: Step, start: int, end: int, after: int) -> None:
     if after >= 0:
         call.afters += (entry, after)
         call.arguments += AFTER_ARGUMENTS
-    argv.append(end - start)
+    if end - start > 1:  # one op needs no count (fence.lua)
+        argv.append(end - start)
     for op in step.ops[start:end] if start or end < len(step.ops) else step.ops:
         argv += op
     call.arguments += 2 + len(argv) - width
