@@ -92,7 +92,9 @@ class KafkaFeed:
 
     def close(self, timeout: float = 5.0) -> None:
         """Delivers what is queued (for up to `timeout`), drops the rest and disconnects: before the
-        broker stops, or its client would keep reconnecting and logging each refusal."""
+        broker stops, or its client would keep reconnecting and logging each refusal. Once."""
+        if self._closed:
+            return
         self._closed = True
         self._producer.flush(timeout)
         self._producer.purge()

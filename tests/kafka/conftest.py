@@ -20,6 +20,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from cachesync import config
 from devkit import brokers
+from devkit.datagen import KafkaFeed
 from devkit.esm.runner import LocalMappings
 from tests.unavailable import unavailable
 
@@ -216,3 +217,20 @@ def local_mappings() -> Iterator[Callable[..., LocalMappings]]:
     os.environ.clear()
     os.environ.update(saved)
     config.settings.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def feeds_closed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every KafkaFeed a test opens is closed when the test ends, before any broker stops: a producer
+    left open keeps reconnecting to a stopped broker and logs each refusal."""
+    opened: list[KafkaFeed] = []
+    original = KafkaFeed.__init__
+
+    def opening(feed: KafkaFeed, *args: Any, **kwargs: Any) -> None:
+        original(feed, *args, **kwargs)
+        opened.append(feed)
+
+    monkeypatch.setattr(KafkaFeed, "__init__", opening)
+    yield
+    for feed in opened:
+        feed.close()
