@@ -214,8 +214,13 @@ def _op(m: Mutation, offset: int) -> Op:
 def pack(steps: list[Step], *, cross_slot: bool, max_mutations: int, max_arguments: int) -> list[Call]:
     """The calls that carry these steps, in an order that keeps each key's mutations in order."""
     by_slot: dict[int, list[Step]] = {}
-    if cross_slot:  # a standalone server: the steps as they come, all under the one positions hash
-        by_slot[0] = steps
+    if cross_slot:
+        # a standalone server: any keys under the one positions hash. A call's documents (one SET
+        # without a TTL each) go first, so fence.lua sets them all with one MSET before any other
+        # write; steps of different keys are independent, and a key's steps from different
+        # partitions have no order between them (as in Kafka)
+        plain = [step for step in steps if len(step.ops) == 1 and step.ops[0][0] == SET]
+        by_slot[0] = plain + [step for step in steps if not (len(step.ops) == 1 and step.ops[0][0] == SET)]
     else:
         for step in steps:
             by_slot.setdefault(step.slot, []).append(step)
