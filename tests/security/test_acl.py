@@ -120,22 +120,32 @@ def test_a_write_the_ingest_user_may_not_run_fails_the_batch_and_loses_nothing(t
     made, a hand-made user): the batch fails and Lambda retries it; nothing is dead-lettered or
     skipped as applied, and once the user may run the command the retry ends exactly as the model."""
     batch = EventGenerator(seed=23, partitions=3, stores=3, skus=12).batch(400)
+    refused = refused_then_allowed(target, users, batch, ["-zincrby"], ["+zincrby"], r"zincrby|can't run this command")
+    assert cache_auth_failure(refused) is not None  # what IngestFunction alarms on
+
+
+def refused_then_allowed(
+    target: Any, users: Any, batch: dict[str, Any], refuse: list[str], allow: list[str], match: str
+) -> BaseException:
+    """The ingest user with the `refuse` rules: the batch fails (twice: the retry before the fix
+    stops at the same place), nothing is dead-lettered or skipped as applied; with the `allow` rules
+    the retry ends exactly as the model. The refusal, for what else the test checks."""
     records = [r for rs in batch["records"].values() for r in rs]
     for node in admins(target):
-        node.execute_command("ACL", "SETUSER", USERS["ingest"], "-zincrby")
+        node.execute_command("ACL", "SETUSER", USERS["ingest"], *refuse)
     ingest = build_ingestor(users("ingest"))
-    for _ in range(2):  # the retry before the fix stops at the same place
-        with pytest.raises(redis.exceptions.ResponseError, match=r"zincrby|can't run this command") as refused:
+    for _ in range(2):
+        with pytest.raises(redis.exceptions.ResponseError, match=match) as refused:
             ingest.process(batch)
-        assert cache_auth_failure(refused.value) is not None  # what IngestFunction alarms on
     admin = admin_client(target)
     assert admin.xlen("deadletter:ingest") == 0
     assert redis_state(admin) != model_state({}, records)
     for node in admins(target):
-        node.execute_command("ACL", "SETUSER", USERS["ingest"], "+zincrby")
+        node.execute_command("ACL", "SETUSER", USERS["ingest"], *allow)
     retried = ingest.process(batch)
     assert retried.dead_lettered == 0 and retried.applied + retried.duplicates == len(records)
     assert redis_state(admin) == model_state({}, records)
+    return refused.value
 
 
 def test_an_ingest_user_without_mset_writes_each_document_with_a_set(target: Any, users: Any) -> None:
@@ -166,23 +176,10 @@ def test_documents_the_cache_refuses_part_way_fail_the_batch_and_lose_nothing(
     fails, nothing is dead-lettered or skipped as applied, and the retry ends as the model once the
     user may write them."""
     batch = EventGenerator(seed=37, partitions=2).batch(400, ["orders", "products"])
-    records = [r for rs in batch["records"].values() for r in rs]
-    for node in admins(target):
-        rules = ["resetkeys", "~orders:*", "~inventory:*", "~cachesync:offsets*", "~deadletter:ingest"]
-        rules += ["~cachesync:batches", "~cachesync:processed", *([] if mset else ["-mset"])]
-        node.execute_command("ACL", "SETUSER", USERS["ingest"], *rules)
+    rules = ["resetkeys", "~orders:*", "~inventory:*", "~cachesync:offsets*", "~deadletter:ingest"]
+    rules += ["~cachesync:batches", "~cachesync:processed", *([] if mset else ["-mset"])]
     try:
-        ingest = build_ingestor(users("ingest"))
-        with pytest.raises(redis.exceptions.ResponseError, match=r"(?i)no permissions|noperm"):
-            ingest.process(batch)
-        admin = admin_client(target)
-        assert admin.xlen("deadletter:ingest") == 0
-        assert redis_state(admin) != model_state({}, records)
-        for node in admins(target):
-            node.execute_command("ACL", "SETUSER", USERS["ingest"], "~products:*")
-        retried = ingest.process(batch)
-        assert retried.dead_lettered == 0 and retried.applied + retried.duplicates == len(records)
-        assert redis_state(admin) == model_state({}, records)
+        refused_then_allowed(target, users, batch, rules, ["~products:*"], r"(?i)no permissions|noperm")
     finally:
         for node in admins(target):
             node.execute_command("ACL", "SETUSER", USERS["ingest"], "~products:*", "+mset")
