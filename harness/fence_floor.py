@@ -75,8 +75,7 @@ def per_record_calls(records: list[tuple[str, bytes, int]], sha: str) -> list[tu
         call_keys: list[str] = []
         argv: list[Any] = []
         for key, value, offset in part:
-            slot_hash = keys.OFFSETS_KEY + ":{" + str(key_slot(key.encode())) + "}"  # any name of its own
-            call_keys += (slot_hash, key)
+            call_keys += (keys.positions_key(key_slot(key.encode())), key)  # the earlier layout's name
             argv += (keys.position_field(key, 0), offset, value)
         calls.append(("EVALSHA", sha, len(call_keys), *call_keys, *argv))
     return calls

@@ -219,8 +219,11 @@ def pack(steps: list[Step], *, cross_slot: bool, max_mutations: int, max_argumen
         # without a TTL each) go first, so fence.lua sets them all with one MSET before any other
         # write; steps of different keys are independent, and a key's steps from different
         # partitions have no order between them (as in Kafka)
-        plain = [step for step in steps if len(step.ops) == 1 and step.ops[0][0] == SET]
-        by_slot[0] = plain + [step for step in steps if not (len(step.ops) == 1 and step.ops[0][0] == SET)]
+        plain: list[Step] = []
+        others: list[Step] = []
+        for step in steps:
+            (plain if len(step.ops) == 1 and step.ops[0][0] == SET else others).append(step)
+        by_slot[0] = plain + others
     else:
         for step in steps:
             by_slot.setdefault(step.slot, []).append(step)
