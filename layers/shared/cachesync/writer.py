@@ -36,9 +36,12 @@ from cachesync.transport import Batch, BatchNotDone, CallStopped, Transport
 # How long a batch may keep resending what the cache turns away (slots moving, a failover)
 # when the caller names no deadline; IngestFunction derives its own from the time it has left.
 DEFAULT_DEADLINE_SECONDS = 30.0
-# Records drawn and planned before their calls are sent: small enough that the server starts early and
-# runs one chunk while the next is planned, large enough that a chunk fills calls on a standalone server.
-CHUNK_RECORDS = 1000
+# Records drawn and planned before their calls are sent, so the server runs one chunk while the next
+# is planned. A standalone server's call takes any keys: small chunks start it early, and a batch of
+# Lambda's default size is still two. A cluster's calls are one slot's each: a larger chunk puts more
+# of a slot's keys into one call, so fewer calls.
+CHUNK_RECORDS_STANDALONE = 250
+CHUNK_RECORDS_CLUSTER = 2500
 
 __all__ = ["BatchWriter", "Pending", "WriteResult"]
 
@@ -64,13 +67,15 @@ class BatchWriter:
         wait_replicas: int | None = None,
         wait_timeout_ms: int = 1000,
         transport: Transport | None = None,
-        chunk_records: int = CHUNK_RECORDS,
+        chunk_records: int | None = None,
     ):
         self._cross_slot = not isinstance(client, RedisCluster)
         self._client = client
         # a standalone server's positions are in one hash before the first write (cachesync.layout)
         self._layout_known = not self._cross_slot
         self._batch_size = min(script_batch_size, MAX_SCRIPT_BATCH_SIZE)
+        if chunk_records is None:
+            chunk_records = CHUNK_RECORDS_STANDALONE if self._cross_slot else CHUNK_RECORDS_CLUSTER
         self._chunk_records = chunk_records
         self.transport = transport or Transport(client, retries, wait_replicas, wait_timeout_ms)
 
