@@ -14,10 +14,12 @@ import random
 from typing import Any
 
 import orjson
+import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cachesync import keys
 from cachesync.connection import RedisClient
 from cachesync.deadletter import RedisStreamSink
 from cachesync.ingest import Ingestor
@@ -179,3 +181,25 @@ def test_late_repeated_and_overlapping_writes_never_move_a_key_back(
         reader.observe_all(client)
     every_record = [record for records in log.values() for record in records]
     assert redis_state(client) == model_state(target.settings(), every_record)
+
+
+@pytest.mark.parametrize("code", ["Q", "q"])
+def test_a_plan_the_script_cannot_read_stops_the_call_keeping_what_it_wrote(valkey: Any, code: str) -> None:
+    """An op code the script does not know stops the call with CACHESYNC_PLAN, in lower case too
+    (which says a TTL follows, here none that is a number): the document before it is written with
+    its position, the rest is not."""
+    valkey.flush()
+    client = valkey.client()
+    hash_name = keys.STANDALONE_POSITIONS_KEY
+    first, second = "orders:1", "orders:2"
+    with pytest.raises(redis.exceptions.ResponseError, match="CACHESYNC_PLAN unknown mutation code"):
+        client.execute_command(
+            "EVAL", FENCE_SCRIPT, 3, hash_name, first, second,
+            0, keys.position_field(first, 0), keys.position_field(second, 0),
+            "S", 5, b'{"orderid":1}',
+            code, 6, b'{"orderid":2}',
+        )  # fmt: skip
+    assert client.get(first) == b'{"orderid":1}'
+    assert client.hget(hash_name, keys.position_field(first, 0)) == b"5"
+    assert client.exists(second) == 0
+    assert client.hget(hash_name, keys.position_field(second, 0)) is None

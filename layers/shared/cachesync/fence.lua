@@ -145,9 +145,10 @@ for a = 1, #afters, 2 do
   end
 end
 
-local WITH_TTL = {s = 'S', i = 'I', z = 'Z', h = 'H', m = 'M', j = 'J', n = 'N', x = 'X'}
-local COMMANDS = {S = 'SET', D = 'DEL', I = 'ZINCRBY', Z = 'ZADD', R = 'ZREM', H = 'HSET', M = 'HSET/HDEL',
-                  J = 'JSON.SET', N = 'JSON.MERGE', X = 'XADD'}
+local function command_of(code)  -- for a refusal's message only
+  return ({S = 'SET', D = 'DEL', I = 'ZINCRBY', Z = 'ZADD', R = 'ZREM', H = 'HSET', M = 'HSET/HDEL',
+           J = 'JSON.SET', N = 'JSON.MERGE', X = 'XADD'})[code]
+end
 local wrote = false
 local e = 0
 local argc = #ARGV
@@ -182,9 +183,8 @@ while p <= argc do
     for j = 1, count do
       local code, offset_text, ttl = ARGV[p], ARGV[p + 1], 0
       p = p + 2
-      local upper = WITH_TTL[code]
-      if upper then
-        code, ttl = upper, tonumber(ARGV[p])
+      if (code:byte() or 0) > 90 then  -- lower case: a TTL follows
+        code, ttl = code:upper(), tonumber(ARGV[p]) or 0
         p = p + 1
       end
       local apply = tonumber(offset_text) > position
@@ -290,7 +290,7 @@ while p <= argc do
       end
       local refused = type(result) == 'table' and result.err
       if refused and systemic(refused) then
-        stopped = stopped or naming(refused, COMMANDS[code])
+        stopped = stopped or naming(refused, command_of(code))
       elseif apply and not (stopped and not result) then
         -- written (or refused for its own sake): the position moves past it
         if refused then
