@@ -624,6 +624,11 @@ EVALSHA's own time from `INFO commandstats`.
 - Handing the shipped calls' arguments to a script that does nothing costs the server about as
   much as a naive `SET` (the last row): any fence in Lua starts there. What the shipped fence
   spends beyond it is its walk over each record's arguments and the commands' shares.
+- The least a fence of each key's position does with those arguments (read the positions, set
+  the newer documents, move their positions, nothing else) is the floor of this design: a
+  target below that row's ratio to the naive pipeline is out of reach for any per-key fence in
+  a script, whatever the rest of it does. The shipped fence's distance above it is what its
+  other kinds, refusals and stops cost a call of documents.
 
 """
 

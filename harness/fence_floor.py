@@ -11,6 +11,9 @@ user + system), the replica's, and EVALSHA's own time (INFO commandstats). Varia
   one HMGET of the call's positions, one MSET, one HSET of the positions that moved;
 - the per-record shape of the earlier version, rebuilt here for comparison: each key's position in
   its slot's hash, so per record an HGET, the SET and an HSET;
+- the least a fence of each key's position can do with those arguments: a script that reads the
+  positions (one HMGET), sets the newer documents (one MSET) and moves their positions (one HSET),
+  and nothing else (no other kinds, no refusals, no stops): the floor of this design;
 - a script that returns at once, given the shipped calls' arguments: what handing a record's
   arguments to Lua costs before the script runs a single command.
 """
@@ -46,6 +49,30 @@ for e = 1, #KEYS / 2 do
 end
 return 1
 """
+LEAST_SCRIPT = """#!lua
+-- the shipped calls' arguments, documents only and no `after` checks: KEYS (positions hash, then
+-- a key per entry); ARGV (0, a position field per entry, then per entry 'S', offset, value)
+local hash, n = KEYS[1], #KEYS - 1
+local read = redis.call('HMGET', hash, unpack(ARGV, 2, n + 1))
+local sets, moved = {}, {}
+local p = n + 2
+for e = 1, n do
+  local offset = ARGV[p + 1]
+  if tonumber(offset) > tonumber(read[e] or '-1') then
+    sets[#sets + 1] = KEYS[1 + e]
+    sets[#sets + 1] = ARGV[p + 2]
+    moved[#moved + 1] = ARGV[1 + e]
+    moved[#moved + 1] = offset
+  end
+  p = p + 3
+end
+if #sets > 0 then
+  redis.call('MSET', unpack(sets))
+  redis.call('HSET', hash, unpack(moved))
+end
+return 1
+"""
+LEAST = "the least a per-key fence does with the same arguments: an HMGET, an MSET and an HSET a call, nothing else"
 PER_RECORD_CALL = 570  # records per call: 3,991 arguments, inside the request limit
 NAIVE = "naive pipeline of SETs"
 SHIPPED = "fence.lua as shipped: an HMGET, an MSET and an HSET a call"
@@ -110,12 +137,16 @@ def measure_floor(records_count: int = 20_000, rounds: int = 5, binary: str | No
     replica_server = servers.start_replica(primary_server)
     try:
         primary, replica = redis.Redis(port=primary_server.port), redis.Redis(port=replica_server.port)
-        fence, nothing, per_record = (primary.script_load(s) for s in (FENCE_SCRIPT, NOTHING_SCRIPT, PER_RECORD_SCRIPT))
+        fence, nothing, per_record, least = (
+            primary.script_load(s) for s in (FENCE_SCRIPT, NOTHING_SCRIPT, PER_RECORD_SCRIPT, LEAST_SCRIPT)
+        )
         records = orders(records_count, seed=5)
         shipped = shipped_calls(records, fence)
+        assert all(command[3 + command[2]] == 0 for command in shipped), "the least fence reads no `after` checks"
         variants: dict[str, Callable[[], list[tuple[Any, ...]]]] = {
             NAIVE: lambda: [("SET", key, value) for key, value, _ in records],
             SHIPPED: lambda: shipped,
+            LEAST: lambda: [("EVALSHA", least, *command[2:]) for command in shipped],
             "the earlier shape: per record an HGET, the SET and an HSET": lambda: per_record_calls(records, per_record),
             "a script that returns at once, given the shipped calls' arguments": lambda: [
                 ("EVALSHA", nothing, *command[2:]) for command in shipped
