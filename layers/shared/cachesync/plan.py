@@ -239,7 +239,7 @@ def pack(steps: list[Step], *, cross_slot: bool, max_mutations: int, max_argumen
             if call is None:
                 call = Call(slot, positions)
             # most steps are one key's few ops: all of them into this call when they fit
-            width = ENTRY_ARGUMENTS + (AFTER_ARGUMENTS if step.after >= 0 else 0) + sum(map(len, ops))
+            width = ENTRY_ARGUMENTS + (AFTER_ARGUMENTS if _checked(step, 0, step.after) else 0) + sum(map(len, ops))
             if call.mutations + len(ops) <= max_mutations and call.arguments + width <= max_arguments:
                 _add(call, step, 0, len(ops), step.after)
                 continue
@@ -264,7 +264,7 @@ def pack(steps: list[Step], *, cross_slot: bool, max_mutations: int, max_argumen
 def _room(call: Call, step: Step, start: int, after: int, max_mutations: int, max_arguments: int) -> int:
     """How many of the step's ops from `start` fit in the call (0: none)."""
     free_mutations = max_mutations - call.mutations
-    entry = ENTRY_ARGUMENTS + (AFTER_ARGUMENTS if after >= 0 else 0)
+    entry = ENTRY_ARGUMENTS + (AFTER_ARGUMENTS if _checked(step, start, after) else 0)
     free_arguments = max_arguments - call.arguments - entry
     if free_mutations <= 0 or free_arguments <= 0:
         return 0
@@ -281,13 +281,21 @@ def _room(call: Call, step: Step, start: int, after: int, max_mutations: int, ma
     return room
 
 
+def _checked(step: Step, start: int, after: int) -> bool:
+    """Whether the entry from op `start` goes in the call's `after` block, whose entries fence.lua
+    answers with the position it read: when its key's position must have reached `after` first,
+    or when its first op stands for several records (overwrites collapsed), so the writer can
+    count those at or below the position as repeats."""
+    return after >= 0 or len(step.sources[start]) > 1
+
+
 def _add(call: Call, step: Step, start: int, end: int, after: int) -> None:
     entry = len(call.steps) + 1  # fence.lua counts from 1
     call.keys.append(step.key)
     call.fields.append(step.position)
     argv = call.argv
     width = len(argv)
-    if after >= 0:
+    if _checked(step, start, after):
         call.afters += (entry, after)
         call.arguments += AFTER_ARGUMENTS
     if end - start > 1:  # one op needs no count (fence.lua)

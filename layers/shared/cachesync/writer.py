@@ -174,13 +174,17 @@ def _count_done(batch: Batch, read: list[int], result: WriteResult, records: lis
 
 
 def _count(
-    call: Call, reply: list[Any], result: WriteResult, pending: list[Pending], stop: tuple[int, int] | None = None
+    call: Call, reply: int | list[Any], result: WriteResult, pending: list[Pending], stop: tuple[int, int] | None = None
 ) -> None:
-    """Applied, skipped and refused records of one call, from the positions its steps found; with
-    `stop` (entry, op, from 1), those before the op where the script stopped."""
-    positions, errors = reply[0], reply[1]
+    """Applied, skipped and refused records of one call, from what fence.lua reported: 0 when every
+    entry applied all its ops, else the positions of the entries it reported (the others applied all
+    theirs) and the refusals; with `stop` (entry, op, from 1), those before the op where it stopped."""
+    found: dict[int, int] = {}
     refused: dict[tuple[int, int], str] = {}
-    if errors:
+    if type(reply) is not int:
+        reported, errors = reply[0], reply[1]
+        for entry, position in zip(reported[::2], reported[1::2], strict=True):
+            found[int(entry) - 1] = int(position)
         for entry, op, message in zip(errors[::3], errors[1::3], errors[2::3], strict=True):
             refused[(int(entry) - 1, int(op) - 1)] = _text(message)
     applied = skipped = 0
@@ -190,12 +194,18 @@ def _count(
         step, start, end = steps[-1]
         steps[-1] = (step, start, start + stop[1] - 1)
     for e, (step, start, end) in enumerate(steps):
-        position = int(positions[e])
         step_sources = step.sources
         if start == end:
             continue
-        if not refused and pending[step_sources[start][0]][3] > position:
-            # the usual case, new records: a step's offsets only grow, so all of them were applied
+        position = found.get(e)
+        if position is None:
+            if not refused:
+                # the usual case, new records: every op of the entry was applied
+                applied += sum(map(len, step_sources[start:end])) if start or end < len(step_sources) else step.records
+                continue
+            position = -1  # each op applied or refused
+        elif not refused and pending[step_sources[start][0]][3] > position:
+            # all of them past the position: applied
             applied += sum(map(len, step_sources[start:end])) if start or end < len(step_sources) else step.records
             continue
         for j in range(start, end):
