@@ -181,7 +181,7 @@ def _count(
     theirs) and the refusals; with `stop` (entry, op, from 1), those before the op where it stopped."""
     found: dict[int, int] = {}
     refused: dict[tuple[int, int], str] = {}
-    if type(reply) is not int:
+    if not isinstance(reply, int):
         reported, errors = reply[0], reply[1]
         for entry, position in zip(reported[::2], reported[1::2], strict=True):
             found[int(entry) - 1] = int(position)
