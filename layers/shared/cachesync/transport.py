@@ -214,8 +214,13 @@ class Transport:
         while pending:
             redo: list[int] = []
             refresh = lost = False
+            asks = batch.asks
             for i in pending:
                 answer = replies[i]
+                if not isinstance(answer, BaseException):  # it ran: most calls
+                    if asks:
+                        asks.pop(i, None)
+                    continue
                 if isinstance(answer, redis.exceptions.AskError) and not isinstance(
                     answer, redis.exceptions.MovedError
                 ):
