@@ -203,3 +203,23 @@ def test_a_plan_the_script_cannot_read_stops_the_call_keeping_what_it_wrote(valk
     assert client.hget(hash_name, keys.position_field(first, 0)) == b"5"
     assert client.exists(second) == 0
     assert client.hget(hash_name, keys.position_field(second, 0)) is None
+
+
+def test_a_call_that_applied_everything_answers_a_number_and_a_replay_the_positions(valkey: Any) -> None:
+    """The usual call answers 0 (the server builds no table for it); a replay of it answers each
+    entry with the position that made it skip, and an overwrite of several records is answered
+    too, so the writer can count those at or below the position as repeats."""
+    valkey.flush()
+    client = valkey.client()
+    hash_name = keys.STANDALONE_POSITIONS_KEY
+    args = (
+        3, hash_name, "orders:1", "orders:2",
+        0, keys.position_field("orders:1", 0), keys.position_field("orders:2", 0),
+        "S", 5, b'{"orderid":1}', "S", 6, b'{"orderid":2}',
+    )  # fmt: skip
+    assert client.execute_command("EVAL", FENCE_SCRIPT, *args) == 0
+    assert client.execute_command("EVAL", FENCE_SCRIPT, *args) == [[1, 5, 2, 6], []]
+    collapsed = (2, hash_name, "orders:1", 1, 1, -1, keys.position_field("orders:1", 0), "S", 9, b'{"orderid":1}')
+    assert client.execute_command("EVAL", FENCE_SCRIPT, *collapsed) == [[1, 5], []]
+    assert client.get("orders:1") == b'{"orderid":1}'
+    assert client.hget(hash_name, keys.position_field("orders:1", 0)) == b"9"
