@@ -19,6 +19,7 @@ class Entry:
     field: str
     after: int  # -1: none
     ops: list[tuple[Any, ...]]  # (code upper case, offset, ttl, arguments...)
+    reported: bool  # in the call's `after` block, so fence.lua answers its position
 
 
 def entries(call: Call) -> list[Entry]:
@@ -58,6 +59,6 @@ def entries(call: Call) -> list[Entry]:
                 width = 2 + 2 * int(plan[p + 1])
             ops.append((code, offset, ttl, *plan[p : p + width]))
             p += width
-        found.append(Entry(positions, data_keys[e - 1], fields[e - 1], afters.get(e, -1), ops))
+        found.append(Entry(positions, data_keys[e - 1], fields[e - 1], afters.get(e, -1), ops, e in afters))
     assert len(found) == len(data_keys), "one entry per data key"
     return found

@@ -64,6 +64,14 @@ def test_a_repeated_record_is_planned_once_and_overwrites_collapse() -> None:
     assert [op[1] for op in ledger.ops] == [7]  # (code, offset, ...)
     assert order.ops == [(SET, 9, b"b")]  # only the last overwrite is sent
     assert order.sources[0] == [2, 3, 4]  # it stands for all three records
+    (call,) = pack(steps, cross_slot=True, max_mutations=1000, max_arguments=MAX_REQUEST_ARGUMENTS)
+    assert call.records == 4  # what a call that applied everything counts as applied
+    # the collapsed overwrite asks for its position back (an `after` of -1 checks nothing): a replay
+    # whose position falls between its records counts those at or below it as repeats
+    assert {entry.key: (entry.reported, entry.after) for entry in entries(call)} == {
+        "inventory:s": (False, -1),
+        "orders:1": (True, -1),
+    }
 
 
 def test_a_key_planned_again_in_a_later_chunk_checks_the_end_of_its_earlier_step() -> None:

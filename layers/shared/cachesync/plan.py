@@ -110,6 +110,7 @@ class Call:
         self.argv: list[Any] = []  # per entry, its op count (when more than one) and ops
         self.steps: list[tuple[Step, int, int]] = []  # (step, first op, end op) carried here
         self.mutations = 0
+        self.records = 0  # the records its ops stand for
         self.arguments = CALL_OVERHEAD_ARGUMENTS
 
     def args(self) -> tuple[Any, ...]:
@@ -305,3 +306,4 @@ def _add(call: Call, step: Step, start: int, end: int, after: int) -> None:
     call.arguments += 2 + len(argv) - width
     call.steps.append((step, start, end))
     call.mutations += end - start
+    call.records += step.records if not start and end == len(step.ops) else sum(map(len, step.sources[start:end]))

@@ -179,14 +179,16 @@ def _count(
     """Applied, skipped and refused records of one call, from what fence.lua reported: 0 when every
     entry applied all its ops, else the positions of the entries it reported (the others applied all
     theirs) and the refusals; with `stop` (entry, op, from 1), those before the op where it stopped."""
+    if isinstance(reply, int):  # 0: all of them applied (a stopped call answers a list)
+        result.applied += call.records
+        return
     found: dict[int, int] = {}
     refused: dict[tuple[int, int], str] = {}
-    if not isinstance(reply, int):
-        reported, errors = reply[0], reply[1]
-        for entry, position in zip(reported[::2], reported[1::2], strict=True):
-            found[int(entry) - 1] = int(position)
-        for entry, op, message in zip(errors[::3], errors[1::3], errors[2::3], strict=True):
-            refused[(int(entry) - 1, int(op) - 1)] = _text(message)
+    reported, errors = reply[0], reply[1]
+    for entry, position in zip(reported[::2], reported[1::2], strict=True):
+        found[int(entry) - 1] = int(position)
+    for entry, op, message in zip(errors[::3], errors[1::3], errors[2::3], strict=True):
+        refused[(int(entry) - 1, int(op) - 1)] = _text(message)
     applied = skipped = 0
     steps = call.steps
     if stop is not None:
