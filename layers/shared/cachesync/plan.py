@@ -240,9 +240,10 @@ def pack(steps: list[Step], *, cross_slot: bool, max_mutations: int, max_argumen
             if call is None:
                 call = Call(slot, positions)
             # most steps are one key's few ops: all of them into this call when they fit
-            width = ENTRY_ARGUMENTS + (AFTER_ARGUMENTS if _checked(step, 0, step.after) else 0) + sum(map(len, ops))
+            checked = step.after >= 0 or len(step.sources[0]) > 1  # _checked, inline: once per step
+            width = ENTRY_ARGUMENTS + (AFTER_ARGUMENTS if checked else 0) + sum(map(len, ops))
             if call.mutations + len(ops) <= max_mutations and call.arguments + width <= max_arguments:
-                _add(call, step, 0, len(ops), step.after)
+                _add(call, step, 0, len(ops), step.after, checked)
                 continue
             start, after = 0, step.after
             while start < len(ops):
@@ -254,7 +255,7 @@ def pack(steps: list[Step], *, cross_slot: bool, max_mutations: int, max_argumen
                     call = None
                     continue
                 end = start + room
-                _add(call, step, start, end, after)
+                _add(call, step, start, end, after, _checked(step, start, after))
                 after = ops[end - 1][1]
                 start = end
     if call is not None:
@@ -290,13 +291,14 @@ def _checked(step: Step, start: int, after: int) -> bool:
     return after >= 0 or len(step.sources[start]) > 1
 
 
-def _add(call: Call, step: Step, start: int, end: int, after: int) -> None:
+def _add(call: Call, step: Step, start: int, end: int, after: int, checked: bool) -> None:
+    """Ops [start, end) of the step as the call's next entry; `checked`: `_checked` of them."""
     entry = len(call.steps) + 1  # fence.lua counts from 1
     call.keys.append(step.key)
     call.fields.append(step.position)
     argv = call.argv
     width = len(argv)
-    if _checked(step, start, after):
+    if checked:
         call.afters += (entry, after)
         call.arguments += AFTER_ARGUMENTS
     if end - start > 1:  # one op needs no count (fence.lua)
