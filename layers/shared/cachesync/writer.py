@@ -37,10 +37,11 @@ from cachesync.transport import Batch, BatchNotDone, CallStopped, Transport
 # when the caller names no deadline; IngestFunction derives its own from the time it has left.
 DEFAULT_DEADLINE_SECONDS = 30.0
 # Records drawn and planned before their calls are sent, so the server runs one chunk while the next
-# is planned. A standalone server's call takes any keys: small chunks start it early, and a batch of
-# Lambda's default size is still two. A cluster's calls are one slot's each: a larger chunk puts more
-# of a slot's keys into one call, so fewer calls.
-CHUNK_RECORDS_STANDALONE = 250
+# is planned. The first chunk is small, so the server starts early (a batch of Lambda's default size
+# is two chunks); each next one doubles, up to the most: a larger chunk collapses more overwrites of
+# a key and, on a cluster, whose calls are one slot's each, puts more of a slot's keys into a call.
+FIRST_CHUNK_RECORDS = 250
+CHUNK_RECORDS_STANDALONE = 1000
 CHUNK_RECORDS_CLUSTER = 2500
 
 __all__ = ["BatchWriter", "Pending", "WriteResult"]
@@ -116,11 +117,13 @@ class BatchWriter:
         batch = self.transport.start(deadline)
         planned = False  # a call was submitted: the batch must be finished
         drawing: Exception | None = None  # what stopped drawing the mutations after calls went out
+        size = min(FIRST_CHUNK_RECORDS, self._chunk_records)
         try:
             mutations = iter(pending)
             while True:
                 try:
-                    chunk = list(islice(mutations, self._chunk_records))
+                    chunk = list(islice(mutations, size))
+                    size = min(2 * size, self._chunk_records)
                 except Exception as error:
                     if not planned:
                         raise  # nothing was sent
