@@ -645,12 +645,11 @@ def _findings(results: dict[str, dict[str, Any]], label: str, profile: dict[str,
     planning = cpu["projection"] + cpu["steps_of"] + cpu["pack"]
     records = profile["records"]
     chunk = CHUNK_RECORDS_CLUSTER if label == "cluster" else CHUNK_RECORDS_STANDALONE
-    first = FIRST_CHUNK_RECORDS
     lines = [
         f"- {label.capitalize()}: the client spends {planning:.0f} ms of CPU a batch drawing and planning its "
         f"records ({cpu['projection']:.0f} ms projecting, {cpu['steps_of'] + cpu['pack']:.0f} ms planning), "
-        f"{first:,} at first, then twice as many each time up to {chunk:,}, each chunk's calls sent before "
-        f"the next is drawn: the server runs the "
+        f"{FIRST_CHUNK_RECORDS:,} at first, then twice as many each time up to {chunk:,}, each chunk's calls "
+        f"sent before the next is drawn: the server runs the "
         f"{profile['calls']:,.0f} calls meanwhile. The transport's {ms['send']:.0f} ms hold {cpu['send']:.0f} ms "
         f"of its CPU (packing, reading, counting what each call found) and the rest waiting for replies; then "
         f"{ms['wait']:.1f} ms for the WAIT."

@@ -97,6 +97,10 @@ class Step:
         # earlier chunk of the batch (-1: none)
         self.after = after
 
+    def records_in(self, start: int, end: int) -> int:
+        """The records its ops [start, end) stand for."""
+        return self.records if not start and end == len(self.ops) else sum(map(len, self.sources[start:end]))
+
 
 class Call:
     """One fence.lua call: steps of one slot (cluster) or of any slots (standalone), and the one
@@ -240,7 +244,7 @@ def pack(steps: list[Step], *, cross_slot: bool, max_mutations: int, max_argumen
             if call is None:
                 call = Call(slot, positions)
             # most steps are one key's few ops: all of them into this call when they fit
-            checked = step.after >= 0 or len(step.sources[0]) > 1  # _checked, inline: once per step
+            checked = _checked(step, 0, step.after)
             width = ENTRY_ARGUMENTS + (AFTER_ARGUMENTS if checked else 0) + sum(map(len, ops))
             if call.mutations + len(ops) <= max_mutations and call.arguments + width <= max_arguments:
                 _add(call, step, 0, len(ops), step.after, checked)
@@ -308,4 +312,4 @@ def _add(call: Call, step: Step, start: int, end: int, after: int, checked: bool
     call.arguments += 2 + len(argv) - width
     call.steps.append((step, start, end))
     call.mutations += end - start
-    call.records += step.records if not start and end == len(step.ops) else sum(map(len, step.sources[start:end]))
+    call.records += step.records_in(start, end)

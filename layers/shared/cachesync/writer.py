@@ -203,16 +203,12 @@ def _count(
         if start == end:
             continue
         position = found.get(e)
-        if position is None:
-            if not refused:
-                # the usual case, new records: every op of the entry was applied
-                applied += sum(map(len, step_sources[start:end])) if start or end < len(step_sources) else step.records
-                continue
-            position = -1  # each op applied or refused
-        elif not refused and pending[step_sources[start][0]][3] > position:
-            # all of them past the position: applied
-            applied += sum(map(len, step_sources[start:end])) if start or end < len(step_sources) else step.records
+        if not refused and (position is None or pending[step_sources[start][0]][3] > position):
+            # not reported (every op of the entry applied), or all of them past the position
+            applied += step.records_in(start, end)
             continue
+        if position is None:
+            position = -1  # each op applied or refused
         for j in range(start, end):
             sources = step_sources[j]
             message = refused.get((e, j - start))
