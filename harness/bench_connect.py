@@ -56,6 +56,7 @@ from devkit import brokers, servers
 from devkit.children import spawn
 from devkit.datagen import KafkaFeed, ensure_topics
 from devkit.esm.payload import lambda_record
+from devkit.esm.workers import default_processes
 from devkit.generator import TOPICS, EventGenerator, RawRecord, partition_for
 from harness import connect_peer
 
@@ -647,7 +648,8 @@ def section(result: dict[str, Any], command: str) -> str:
             "source with Maven and run by Apache Kafka's standalone Connect worker",
             "(`org.apache.kafka.connect.cli.ConnectStandalone`, connect-runtime 4.4.0 from Maven Central, Java",
             f"17) into Redis database {PEER_DB} (its default); ours is `python -m devkit.esm` (the template's",
-            "mappings, batching window 0, metrics off, logs at ERROR, into IngestFunction in-process) into",
+            f"mappings in {default_processes()} processes, one per CPU, batching window 0, metrics off, logs at",
+            "ERROR, into IngestFunction in-process) into",
             f"database {OURS_DB} of the same Valkey. Same broker, same records: Datagen-shaped orders keyed",
             "`orders:<orderid>`, since the connector SETs the record key as it is; ours names the key from",
             "the value's `orderid` and counts such a record key as a keying mismatch (a metric, and a",
@@ -659,11 +661,12 @@ def section(result: dict[str, Any], command: str) -> str:
             "",
             "Catch-up: the backlog is produced first, then each system runs alone on it, timed from its first",
             "write to Redis to its last (every partition's last order readable), so neither start-up (the JVM,",
-            "the group join) is counted; the second row runs to the group's commit of the last offset, which",
-            "Connect makes on its flush interval. Each round produces a backlog of its own and runs both systems",
-            "on it in turn (the order swapped every round); the rows give the median round and every round,",
-            "since the load of a shared machine swings between minutes more than between two systems measured",
-            "back to back. Freshness: both run at once on the same live stream, every",
+            "the group join, our processes waiting for each other to join) is counted; the second row runs to",
+            "the group's commit of the last offset, which Connect makes on its flush interval. Each round",
+            "produces a backlog of its own and runs both systems on it in turn (the order swapped every",
+            "round); the rows give the median round and every round, since the load of a shared machine",
+            "swings between minutes more than between two systems measured back to back. Freshness: both",
+            "run at once on the same live stream, every",
             "order of it a probe polled in both databases, produced at random moments (exponential gaps), so",
             "none waits for the one before or lines up with a poll loop. Kill test: each system alone,",
             "SIGKILLed at random moments (up to 0.2 s after Redis holds evenly spaced fractions of the",

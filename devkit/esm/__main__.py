@@ -6,9 +6,11 @@
 
 Each mapping joins its consumer group, batches as the template says and
 invokes its function in-process against `REDIS_URL` (or the private Valkey
-that `make invoke` uses), its partitions concurrently. SIGUSR1 rebalances
-every mapping's consumer group (`kill -USR1 <pid>`). Ctrl-C stops it; the next
-run resumes from the committed offsets.
+that `make invoke` uses), its partitions concurrently. With `--processes N`
+(default: one per CPU, up to 4) N processes share each group's partitions, as
+Lambda's pollers do. SIGUSR1 rebalances every mapping's consumer group
+(`kill -USR1 <pid>`). Ctrl-C stops it; the next run resumes from the committed
+offsets.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
+from functools import partial
 from pathlib import Path
 
 from devkit import localredis
@@ -27,6 +31,7 @@ from devkit.esm.kafka import MappingError
 from devkit.esm.mapping import STARTING_POSITIONS, TemplateError
 from devkit.esm.poller import DEFAULT_CONCURRENCY
 from devkit.esm.runner import LocalMappings, tune_collector
+from devkit.esm.workers import WORKER_FLAG, WorkerProcesses, default_processes, start_together
 from devkit.sam import TEMPLATE, parameter_overrides
 
 
@@ -65,9 +70,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--function-timeout", type=_seconds, help="seconds, override the function's Timeout")
     parser.add_argument(
+        "--processes",
+        type=_positive,
+        default=default_processes(),
+        help="processes sharing each mapping's partitions (default: one per CPU, up to 4)",
+    )
+    parser.add_argument(WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
         "--parameter-overrides", nargs="*", default=[], metavar="KEY=VALUE", help="template parameters, as for sam"
     )
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(arguments)
     parameters = parameter_overrides(args.parameter_overrides)
     if not args.bootstrap:
         parser.error("give --bootstrap host:port or set KAFKA_BOOTSTRAP")
@@ -84,37 +97,60 @@ def main(argv: list[str] | None = None) -> int:
     if args.batching_window is not None:
         overrides["window_seconds"] = args.batching_window
     signal.signal(signal.SIGTERM, _interrupt)
+    # the workers start with this process, so that every consumer joins its groups at about the same
+    # time: one joining later takes partitions from the others in a rebalance mid-run
+    workers = WorkerProcesses(arguments, 0 if args.worker else args.processes - 1).start()
+    hold = threading.Event() if args.processes > 1 else None
+    mappings: LocalMappings | None = None
     try:
-        mappings = LocalMappings(
-            pollers=args.pollers,
-            concurrency=args.concurrency,
-            function_timeout=args.function_timeout,
-            bootstrap=args.bootstrap,
-            parameters={**parameters, "RedisUrl": redis_url, "KafkaBootstrapServers": args.bootstrap},
-            template=Path(args.template),
-            only=tuple(args.mapping),
-            use_secret=args.use_secret,
-            overrides=overrides,
-        )
-        mappings.apply_environment({"REDIS_URL": redis_url})
-        mappings.start()
+        try:
+            mappings = LocalMappings(
+                pollers=args.pollers,
+                concurrency=args.concurrency,
+                function_timeout=args.function_timeout,
+                bootstrap=args.bootstrap,
+                parameters={**parameters, "RedisUrl": redis_url, "KafkaBootstrapServers": args.bootstrap},
+                template=Path(args.template),
+                only=tuple(args.mapping),
+                use_secret=args.use_secret,
+                overrides=overrides,
+                hold=hold,
+            )
+            mappings.apply_environment({"REDIS_URL": redis_url})
+            mappings.start()
+        except (MappingError, TemplateError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         tune_collector()
-        signal.signal(signal.SIGUSR1, lambda signum, frame: mappings.rebalance())
-    except (MappingError, TemplateError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"consuming {args.bootstrap} into {redis_url}:\n{mappings.describe()}\nCtrl-C stops it.", file=sys.stderr)
-    try:
-        while not mappings.failed():
+        if hold is not None:
+            start_together(mappings, args.processes, hold)
+        signal.signal(signal.SIGUSR1, partial(_rebalance, mappings, workers))
+        if not args.worker:
+            processes = f" in {args.processes} processes" if args.processes > 1 else ""
+            print(
+                f"consuming {args.bootstrap} into {redis_url}{processes}:\n{mappings.describe()}\nCtrl-C stops it.",
+                file=sys.stderr,
+            )
+        while not mappings.failed() and not workers.failed():
             time.sleep(0.5)
         for name, why in mappings.failed():
             print(f"error: {name}: {why}", file=sys.stderr)
+        for ended in workers.failed():
+            print(f"error: {ended}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
     finally:
         with contextlib.suppress(KeyboardInterrupt):
-            mappings.stop()
+            workers.request_stop()  # every process leaves its groups at once
+            if mappings is not None:
+                mappings.stop()
+            workers.stop()
+
+
+def _rebalance(mappings: LocalMappings, workers: WorkerProcesses, signum: int, frame: object) -> None:
+    mappings.rebalance()
+    workers.rebalance()
 
 
 if __name__ == "__main__":

@@ -180,6 +180,11 @@ class LocalEventSourceMapping:
         self._idle = threading.Condition(self._lock)
         self._rejections_sent: set[tuple[str, int]] = set()  # sent once, even when a retry reads them again
 
+    @property
+    def kafka_settings(self) -> dict[str, Any]:
+        """The Kafka client settings of its consumers (broker, credentials)."""
+        return dict(self._settings)
+
     # --- lifecycle -----------------------------------------------------------------
     def check(self, timeout: float = 5.0) -> None:
         check_topics(self.config, self._settings, timeout)

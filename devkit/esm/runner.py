@@ -155,10 +155,12 @@ class LocalMappings:
         concurrency: int = DEFAULT_CONCURRENCY,
         function_timeout: float | None = None,
         around_handler: Callable[[Callable[[], Any], dict[str, Any]], Any] | None = None,
+        hold: threading.Event | None = None,
     ):
         """`pollers` (default: one, MinimumPollers in provisioned mode), `concurrency` (lanes per
         poller) and `function_timeout` (default: the function's Timeout) set how the mappings run;
-        `around_handler` wraps each handler call of the functions made here (InProcessFunction)."""
+        `around_handler` wraps each handler call of the functions made here (InProcessFunction);
+        with `hold`, the mappings poll but invoke nothing until it is set."""
         configs = read_mappings(parameters, template)
         if only:
             unknown = sorted(set(only) - {c.logical_id for c in configs})
@@ -197,6 +199,7 @@ class LocalMappings:
                 pollers=pollers,
                 concurrency=concurrency,
                 timeout=function_timeout if function_timeout is not None else functions[config.function].timeout_s,
+                hold=hold,
             )
             for config in configs
         ]

@@ -17,8 +17,8 @@ from typing import Any
 
 import redis
 
-from devkit import servers
-from devkit.children import spawn
+from devkit import brokers, servers
+from devkit.children import running, spawn, started, still_running, with_ledger
 from devkit.datagen import KafkaFeed
 from devkit.esm import payload
 from devkit.esm.runner import LocalMappings
@@ -175,6 +175,60 @@ def _committed_all(kafka: Kafka, names: dict[str, str], feed: KafkaFeed) -> bool
             if t == topic and committed.get(p, -1) <= offset:
                 return False
     return True
+
+
+def _committed_all_yet(kafka: Kafka, names: dict[str, str], feed: KafkaFeed) -> bool:
+    """_committed_all, or not yet while the broker's group coordinator is still loading."""
+    from confluent_kafka import KafkaException
+
+    try:
+        return _committed_all(kafka, names, feed)
+    except KafkaException:
+        return False
+
+
+def test_mappings_in_two_processes_share_each_group_apply_every_record_once_and_die_with_their_parent(
+    apache_broker: brokers.Broker, tmp_path: Path
+) -> None:
+    """`make esm --processes 2`: a worker process joins every group beside the parent, the broker
+    splits each topic's partitions between them, the cache comes out as the model's, and a parent
+    killed with SIGKILL takes its worker with it."""
+    from confluent_kafka.admin import AdminClient
+
+    kafka = Kafka(apache_broker)
+    server = servers.start_server()
+    names = topics(kafka)
+    overrides = [f"{key}={value}" for key, value in parameters(names).items()]
+    command = [sys.executable, "-m", "devkit.esm", "--bootstrap", kafka.bootstrap, "--processes", "2"]
+    command += ["--parameter-overrides", *overrides]
+    ledger = tmp_path / "started"  # what the command starts: its worker
+    env = with_ledger(
+        {**os.environ, "REDIS_URL": server.url, "POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": "ERROR"},
+        ledger,
+    )
+    output = tmp_path / "esm.log"
+    with output.open("ab") as log:
+        process = spawn(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        feed = produce(kafka, names, 1500, seed=31)
+        try:
+            wait_until(lambda: _committed_all_yet(kafka, names, feed), timeout=120, what="both processes to catch up")
+        except AssertionError:
+            raise AssertionError(output.read_text()[-3000:]) from None
+        admin = AdminClient({"bootstrap.servers": kafka.bootstrap, "log_level": 0})
+        prefix = parameters(names)["KafkaConsumerGroupId"]
+        groups = [f"{prefix}-{kind}" for kind in names]
+        for group, future in admin.describe_consumer_groups(groups).items():
+            owned = [len(m.assignment.topic_partitions) for m in future.result(30).members]
+            assert sorted(owned) == [1, 2], (group, owned)  # 3 partitions between two processes
+        workers = [entry for entry in started(ledger) if "devkit.esm" in entry.command]
+        assert len(workers) == 1 and running(workers[0]), started(ledger)
+        assert redis_state(redis.Redis(port=server.port)) == model_state(topic_environment(names), log_of(kafka, names))
+    finally:
+        process.kill()  # SIGKILL: no clean-up of its own
+        process.wait()
+        server.remove()
+    assert still_running(ledger, within=10) == []
 
 
 def test_make_run_on_an_existing_broker_serves_its_records_and_produces_nothing(kafka: Kafka) -> None:
