@@ -45,7 +45,8 @@ WORKER_FLAG = "--worker"  # a worker process: no banner, no workers of its own
 
 def default_processes() -> int:
     """One process per CPU, up to a few: more than the CPUs only adds rebalances."""
-    return max(1, min(MAX_DEFAULT_PROCESSES, len(os.sched_getaffinity(0))))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(MAX_DEFAULT_PROCESSES, cpus))
 
 
 class WorkerProcesses:
