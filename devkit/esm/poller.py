@@ -96,6 +96,7 @@ class MappingStats:
     timeouts: int = 0  # invocations abandoned past the function's Timeout
     abandoned: int = 0  # invocations whose result was ignored: timed out, revoked, or their poller died
     rebalances: int = 0  # revocations the pollers went through
+    pauses: int = 0  # times a lane stopped fetching, far behind, until it caught up by half
     overlaps: int = 0  # invocations started while an earlier one of the same partition still ran
     peak_concurrency: int = 0  # most invocation threads of this mapping running at once
 
@@ -493,6 +494,9 @@ class _Poller:
         """Another consumer of the group may own them now and reads them from the committed offsets:
         their invocations in flight are abandoned, and nothing of theirs is committed any more."""
         revoked = {f"{tp.topic}-{tp.partition}" for tp in partitions}
+        for number, lane in self._lanes.items():
+            if lane.paused:  # the consumer keeps a partition paused through a revocation and a new assignment
+                self._pause(number, lane, False)
         self.assignment -= revoked
         if revoked and not self.mapping._stop.is_set():
             self.mapping._count(rebalances=1)
@@ -565,6 +569,8 @@ class _Poller:
         with contextlib.suppress(Exception):
             (self._consumer.pause if pause else self._consumer.resume)(partitions)
             lane.paused = pause
+            if pause:
+                self.mapping._count(pauses=1)
 
     # --- batching ------------------------------------------------------------------
     def _next_batch(self, lane: _Lane, now: float) -> list[Record] | None:

@@ -20,7 +20,7 @@ from moto import mock_aws
 from devkit.esm import payload
 from devkit.esm.kafka import MappingError
 from devkit.esm.mapping import MappingConfig
-from devkit.esm.poller import LocalEventSourceMapping
+from devkit.esm.poller import PAUSE_RECORDS, LocalEventSourceMapping
 from devkit.servers import free_port
 from tests.bounds import assert_within
 from tests.kafka.conftest import Kafka, Recorder, wait_until
@@ -432,3 +432,20 @@ def test_a_poller_that_dies_is_replaced_and_its_partitions_are_read_again(kafka:
         assert len(esm.poller_assignments()) == 2 and esm.running
     assert esm.stats.rebalances >= 1 and esm.stats.abandoned >= 1 and esm.stats.overlaps >= 1
     assert sorted(set(recorder.coordinates())) == sorted((p, n) for p in range(4) for n in range(5))
+
+
+def test_a_partition_paused_far_behind_then_assigned_again_by_a_rebalance_is_read_to_its_end(kafka: Kafka) -> None:
+    """A lane that stopped fetching (far behind, while nothing was invoked) goes through a rebalance
+    that hands its partition back to the same poller: the partition must be fetched again."""
+    topic = kafka.topic(partitions=1)
+    count = PAUSE_RECORDS + 5_000
+    kafka.produce(topic, [(None, b"{}")] * count, partition=0)
+    recorder = Recorder()
+    hold = threading.Event()  # nothing is invoked until it is set: the lane fills up and pauses
+    with polling(mapping(kafka, topic, batch_size=500), recorder, hold=hold) as esm:
+        wait_until(lambda: esm.stats.pauses >= 1, what="the lane to pause, far behind")
+        esm.rebalance()
+        wait_until(lambda: esm.stats.rebalances >= 1, what="the rebalance")
+        hold.set()
+        wait_until(lambda: esm.stats.committed.get(f"{topic}-0", 0) >= count, 120, "every record, after the rebalance")
+    assert sorted(set(recorder.coordinates())) == [(0, offset) for offset in range(count)]
