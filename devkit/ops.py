@@ -26,44 +26,25 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
 from cachesync import maintenance
 from cachesync.config import STOCK_LEDGER, Settings
 from cachesync.connection import RedisClient, get_client
 from devkit import localredis
-from devkit.esm.kafka import MappingError, check_topics, client_settings, credentials
+from devkit.esm.kafka import (
+    MappingError,
+    check_topics,
+    client_settings,
+    coordinator_settling,
+    credentials,
+    retrying,
+)
 from devkit.esm.mapping import MappingConfig, read_mappings
 from devkit.esm.poller import LocalEventSourceMapping
 from devkit.esm.runner import InProcessFunction, tune_collector
 from devkit.sam import describe, parameter_overrides
-
-RETRY_SECONDS = 30.0
-T = TypeVar("T")
-
-
-def _retrying(call: Callable[[], T]) -> T:
-    """`call()`, again while Kafka answers that it cannot yet: an error it calls retriable, or the
-    group's coordinator still loading or elsewhere (a broker just started), which librdkafka's
-    committed() does not call retriable."""
-    from confluent_kafka import KafkaError, KafkaException
-
-    coordinator = {
-        KafkaError.NOT_COORDINATOR,
-        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-        KafkaError.COORDINATOR_NOT_AVAILABLE,
-    }
-    deadline = time.monotonic() + RETRY_SECONDS
-    while True:
-        try:
-            return call()
-        except KafkaException as error:
-            failure = error.args[0]
-            if not (failure.retriable() or failure.code() in coordinator) or time.monotonic() > deadline:
-                raise
-        time.sleep(0.2)
 
 
 def kafka_view(config: MappingConfig, settings: dict[str, Any]) -> dict[int, dict[str, int]]:
@@ -75,7 +56,8 @@ def kafka_view(config: MappingConfig, settings: dict[str, Any]) -> dict[int, dic
         topic = config.topics[0]
         partitions = sorted(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
         wanted = [TopicPartition(topic, p) for p in partitions]
-        committed = {tp.partition: tp.offset for tp in _retrying(lambda: consumer.committed(wanted, timeout=10))}
+        answer = retrying(lambda: consumer.committed(wanted, timeout=10), coordinator_settling())
+        committed = {tp.partition: tp.offset for tp in answer}
         view = {}
         for p in partitions:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)

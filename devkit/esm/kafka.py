@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from devkit.esm.mapping import MappingConfig
 
 AUTH_ERROR_CODES = ("_AUTHENTICATION", "SASL_AUTHENTICATION_FAILED", "TOPIC_AUTHORIZATION_FAILED")
+RETRY_SECONDS = 30.0
+T = TypeVar("T")
 
 
 class MappingError(RuntimeError):
@@ -114,3 +117,29 @@ def check_topics(config: MappingConfig, settings: dict[str, Any], timeout: float
         found = metadata.topics.get(topic)
         if found is None or found.error is not None:
             raise MappingError(f"topic {topic!r} of {config.logical_id} does not exist on Kafka at {where}")
+
+
+def coordinator_settling() -> frozenset[int]:
+    """A consumer group's coordinator still loading or elsewhere (a broker just started), which
+    librdkafka's committed() does not call retriable."""
+    from confluent_kafka import KafkaError
+
+    return frozenset(
+        {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE}
+    )
+
+
+def retrying(call: Callable[[], T], settling: Collection[int], deadline: float | None = None, pause: float = 0.2) -> T:
+    """`call()`, again while Kafka answers that it cannot yet: an error it calls retriable, or one
+    whose code is in `settling`, until `deadline` (time.monotonic(); default RETRY_SECONDS from now)."""
+    from confluent_kafka import KafkaException
+
+    deadline = time.monotonic() + RETRY_SECONDS if deadline is None else deadline
+    while True:
+        try:
+            return call()
+        except KafkaException as error:
+            failure = error.args[0]
+            if not (failure.retriable() or failure.code() in settling) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)

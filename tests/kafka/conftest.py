@@ -21,6 +21,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from cachesync import config
 from devkit import brokers
 from devkit.datagen import KafkaFeed
+from devkit.esm.kafka import retrying
 from devkit.esm.runner import LocalMappings
 from tests.unavailable import unavailable
 
@@ -102,8 +103,6 @@ class Kafka:
 
     def end_offsets(self, topic: str, partitions: int, timeout: float = 30.0) -> dict[int, int]:
         """Each partition's end offset; a new topic's leaders may need a moment before they answer."""
-        from confluent_kafka import KafkaError, KafkaException
-
         settling = (
             KafkaError.NOT_LEADER_FOR_PARTITION,
             KafkaError.LEADER_NOT_AVAILABLE,
@@ -112,18 +111,15 @@ class Kafka:
         consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"probe-{uuid.uuid4().hex}"})
         deadline = time.monotonic() + timeout
         try:
-            ends: dict[int, int] = {}
-            for p in range(partitions):
-                while True:
-                    try:
-                        ends[p] = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                        break
-                    except KafkaException as error:
-                        why = error.args[0]
-                        if not (why.retriable() or why.code() in settling) or time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.1)
-            return ends
+            return {
+                p: retrying(
+                    lambda p=p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1],
+                    settling,
+                    deadline,
+                    pause=0.1,
+                )
+                for p in range(partitions)
+            }
         finally:
             consumer.close()
 

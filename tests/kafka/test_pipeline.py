@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from devkit import brokers, servers
 from devkit.children import running, spawn, started, still_running, with_ledger
 from devkit.datagen import KafkaFeed
 from devkit.esm import payload
+from devkit.esm.kafka import coordinator_settling, retrying
 from devkit.esm.runner import LocalMappings
 from devkit.generator import TOPICS, EventGenerator
 from devkit.sam import ROOT
@@ -168,23 +170,14 @@ def _committed_all(kafka: Kafka, names: dict[str, str], feed: KafkaFeed) -> bool
         consumer = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": group})
         try:
             wanted = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-            committed = {tp.partition: tp.offset for tp in consumer.committed(wanted, timeout=10)}
+            answer = retrying(partial(consumer.committed, wanted, timeout=10), coordinator_settling())
+            committed = {tp.partition: tp.offset for tp in answer}
         finally:
             consumer.close()
         for (t, p), offset in feed.last_offsets.items():
             if t == topic and committed.get(p, -1) <= offset:
                 return False
     return True
-
-
-def _committed_all_yet(kafka: Kafka, names: dict[str, str], feed: KafkaFeed) -> bool:
-    """_committed_all, or not yet while the broker's group coordinator is still loading."""
-    from confluent_kafka import KafkaException
-
-    try:
-        return _committed_all(kafka, names, feed)
-    except KafkaException:
-        return False
 
 
 def test_mappings_in_two_processes_share_each_group_apply_every_record_once_and_die_with_their_parent(
@@ -212,7 +205,7 @@ def test_mappings_in_two_processes_share_each_group_apply_every_record_once_and_
     try:
         feed = produce(kafka, names, 1500, seed=31)
         try:
-            wait_until(lambda: _committed_all_yet(kafka, names, feed), timeout=120, what="both processes to catch up")
+            wait_until(lambda: _committed_all(kafka, names, feed), timeout=120, what="both processes to catch up")
         except AssertionError:
             raise AssertionError(output.read_text()[-3000:]) from None
         admin = AdminClient({"bootstrap.servers": kafka.bootstrap, "log_level": 0})

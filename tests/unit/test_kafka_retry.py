@@ -1,15 +1,16 @@
-"""make status and make rebuild read a group's committed offsets right after a broker starts."""
+"""Asking Kafka again while it answers that it cannot yet: a group's committed offsets right after a
+broker starts (make status, make rebuild), a new topic's leaders."""
 
 from __future__ import annotations
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from devkit import ops
+from devkit.esm import kafka
 
 
 def test_a_coordinator_still_loading_is_asked_again_and_other_errors_are_not(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ops.time, "sleep", lambda _: None)
+    monkeypatch.setattr(kafka.time, "sleep", lambda _: None)
     answers: list[object] = [
         KafkaException(KafkaError(KafkaError.NOT_COORDINATOR)),
         KafkaException(KafkaError(KafkaError.COORDINATOR_LOAD_IN_PROGRESS)),
@@ -22,11 +23,11 @@ def test_a_coordinator_still_loading_is_asked_again_and_other_errors_are_not(mon
             raise answer
         return answer
 
-    assert ops._retrying(committed) == "committed"
+    assert kafka.retrying(committed, kafka.coordinator_settling()) == "committed"
     assert answers == []
 
     def refused() -> object:
         raise KafkaException(KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED))
 
     with pytest.raises(KafkaException):
-        ops._retrying(refused)
+        kafka.retrying(refused, kafka.coordinator_settling())
