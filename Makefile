@@ -54,9 +54,9 @@ cli: dev
 run: dev
 	exec $(PY) -m devkit.localrun --port $(PORT) $(if $(VALUES),--value-format $(VALUES)) $(if $(REGISTRY),--schema-registry $(REGISTRY)) $(ARGS)
 
-# the template's Kafka event source mappings, locally: KAFKA_BOOTSTRAP=host:port make esm
+# the template's Kafka event source mappings, locally: KAFKA_BOOTSTRAP=host:port make esm [ARGS="--processes 2"]
 esm: dev
-	exec $(PY) -m devkit.esm
+	exec $(PY) -m devkit.esm $(ARGS)
 
 # a Kafka broker on a free port until Ctrl-C (KAFKA=apache for Apache Kafka itself; needs Java and Maven)
 KAFKA ?= embedded

@@ -56,7 +56,7 @@ from devkit import brokers, servers
 from devkit.children import spawn
 from devkit.datagen import KafkaFeed, ensure_topics
 from devkit.esm.payload import lambda_record
-from devkit.esm.workers import default_processes
+from devkit.esm.workers import processes_per_cpu
 from devkit.generator import TOPICS, EventGenerator, RawRecord, partition_for
 from harness import connect_peer
 
@@ -153,6 +153,7 @@ def worker(path: str, stack: Stack, names: dict[str, str], logs: Path) -> Worker
         prefix = f"cachesync-{tag}"
         parameters = [f"{kind.capitalize()}Topic={name}" for kind, name in names.items()]
         command = [sys.executable, "-m", "devkit.esm", "--bootstrap", stack.bootstrap, "--batching-window", "0"]
+        command += ["--processes", str(processes_per_cpu())]
         # no log line per batch: these records are keyed as the connector needs (`orders:<id>`), which
         # ours reports at WARNING, once a batch, as breaking its keying rule (the record key is the id).
         # The template's environment (LogLevel) overrides the worker's own.
@@ -648,7 +649,7 @@ def section(result: dict[str, Any], command: str) -> str:
             "source with Maven and run by Apache Kafka's standalone Connect worker",
             "(`org.apache.kafka.connect.cli.ConnectStandalone`, connect-runtime 4.4.0 from Maven Central, Java",
             f"17) into Redis database {PEER_DB} (its default); ours is `python -m devkit.esm` (the template's",
-            f"mappings in {default_processes()} processes, one per CPU, batching window 0, metrics off, logs at",
+            f"mappings in {processes_per_cpu()} processes, one per CPU, batching window 0, metrics off, logs at",
             "ERROR, into IngestFunction in-process) into",
             f"database {OURS_DB} of the same Valkey. Same broker, same records: Datagen-shaped orders keyed",
             "`orders:<orderid>`, since the connector SETs the record key as it is; ours names the key from",

@@ -7,8 +7,8 @@
 Each mapping joins its consumer group, batches as the template says and
 invokes its function in-process against `REDIS_URL` (or the private Valkey
 that `make invoke` uses), its partitions concurrently. With `--processes N`
-(default: one per CPU, up to 4) N processes share each group's partitions, as
-Lambda's pollers do. SIGUSR1 rebalances every mapping's consumer group
+N processes share each group's partitions, as Lambda's pollers do: one per CPU
+catches a backlog up fastest. SIGUSR1 rebalances every mapping's consumer group
 (`kill -USR1 <pid>`). Ctrl-C stops it; the next run resumes from the committed
 offsets.
 """
@@ -31,7 +31,7 @@ from devkit.esm.kafka import MappingError
 from devkit.esm.mapping import STARTING_POSITIONS, TemplateError
 from devkit.esm.poller import DEFAULT_CONCURRENCY
 from devkit.esm.runner import LocalMappings, tune_collector
-from devkit.esm.workers import WORKER_FLAG, WorkerProcesses, default_processes, start_together
+from devkit.esm.workers import WORKER_FLAG, WorkerProcesses, processes_per_cpu, start_together
 from devkit.sam import TEMPLATE, parameter_overrides
 
 
@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--processes",
         type=_positive,
-        default=default_processes(),
-        help="processes sharing each mapping's partitions (default: one per CPU, up to 4)",
+        default=1,
+        help=f"processes sharing each mapping's partitions (default 1; one per CPU here: {processes_per_cpu()})",
     )
     parser.add_argument(WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
